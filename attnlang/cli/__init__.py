@@ -1,0 +1,68 @@
+"""The ``attnlang`` command: a thin dispatcher; each subcommand lives in its own module and is
+imported only when used (``check`` and ``fmt`` never import torch or triton)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "check": ("check", "check .attn files for errors"),
+    "fmt": ("fmt", "print a file in canonical form"),
+    "show": ("show", "draw a pattern's mask and layout, and report its statistics"),
+    "compile": ("compile", "generate standalone Triton/PyTorch modules for patterns"),
+    "bench": ("bench", "benchmark attnlang against FlexAttention and SDPA (GPU)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnlang",
+        description="attnlang: a compiler for attention sparsity patterns.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(f".{module}", __name__).add_arguments(sp)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Build only the parser of the chosen subcommand so that `check`/`fmt` stay light.
+    if argv and argv[0] in COMMANDS:
+        name = argv[0]
+        module = importlib.import_module(f".{COMMANDS[name][0]}", __name__)
+        sp = argparse.ArgumentParser(prog=f"attnlang {name}", description=COMMANDS[name][1])
+        module.add_arguments(sp)
+        args = sp.parse_args(argv[1:])
+        return _run(module, args)
+    parser = argparse.ArgumentParser(
+        prog="attnlang", description="attnlang: a compiler for attention sparsity patterns.",
+        epilog="commands:\n" + "\n".join(f"  {n:<8} {h}" for n, (_, h) in COMMANDS.items())
+        + "\n\nRun 'attnlang COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", help="one of: " + ", ".join(COMMANDS))
+    args = parser.parse_args(argv[:1])
+    if args.command is None:
+        parser.print_help()
+        return 0
+    parser.error(f"unknown command {args.command!r} (choose from {', '.join(COMMANDS)})")
+    return 2
+
+
+def _run(module, args) -> int:
+    from ..errors import AttnError
+
+    try:
+        return int(module.run(args) or 0)
+    except AttnError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
