@@ -1,0 +1,222 @@
+"""Code generation: a pattern becomes the source of a standalone Python module.
+
+The module (rendered from ``templates/attention.py.jinja``) holds, per plan component, a Triton
+forward kernel and two backward kernels (dK/dV and dQ), the launchers that run the components and
+merge their results by log-sum-exp, a ``torch.autograd.Function``, a ``torch.nn.Module``, and a copy
+of the few attnlang modules the launchers need at run time to build block tables for new lengths
+(``ir``, ``layout``, ``plan``, ``validate``: standard library and torch only).  It imports nothing
+from attnlang, so it runs where attnlang is not installed.
+
+Logic lives here, in Python; the template only lays the pieces out.  The in-block mask of each
+component is a Triton expression built by ``MaskEmitter`` (one case per IR node) over:
+``qp`` (original query positions, ``[BLOCK_M, 1]``), ``kp`` (original key positions,
+``[1, BLOCK_N]``), ``h`` (query head), ``H``, ``Lq``, ``Lk`` and, for ``segment``, ``sq``/``sk``
+(the segment ids at ``qp``/``kp``).  Arithmetic is int64 with floor division/modulo helpers, so
+``where`` predicates are exact for any realistic length.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from . import ir
+from .resources import templates_dir
+
+TEMPLATE_VERSION = "1"
+
+# attnlang modules copied into generated code (standard library and torch only); ``layout`` may
+# be split into ``layout_*.py`` helpers, which come along.
+SUPPORT_MODULES = ("ir", "printer", "predicate", "layout", "plan", "validate")
+
+_MASK32 = 0xFFFFFFFF
+
+
+def mix32(x: int) -> int:
+    """LANGUAGE.md section 5's mixer on unsigned 32-bit integers (used to fold constant seeds)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+class MaskEmitter:
+    """Builds the Triton expression of a bound pattern predicate (see the module docstring)."""
+
+    def __init__(self):
+        self.uses_segment = False
+        self.uses_heads = False
+
+    # -- integers
+    def int_expr(self, e) -> str:
+        if isinstance(e, ir.Int):
+            return f"({e.value})"
+        if isinstance(e, ir.Var):
+            return {"q": "qp", "k": "kp", "p": "(qp + (Lk - Lq))", "d": "(qp + (Lk - Lq) - kp)",
+                    "h": "h", "Lq": "Lq", "Lk": "Lk"}[e.name]
+        if isinstance(e, ir.BinOp):
+            a, b = self.int_expr(e.left), self.int_expr(e.right)
+            if e.op == "div":
+                return f"_floordiv({a}, {b})"
+            if e.op == "mod":
+                return f"_floormod({a}, {b})"
+            return f"({a} {e.op} {b})"
+        if isinstance(e, ir.Neg):
+            return f"(-{self.int_expr(e.operand)})"
+        if isinstance(e, ir.Func):
+            args = [self.int_expr(a) for a in e.args]
+            if e.name == "abs":
+                return f"tl.abs({args[0]})"
+            return f"tl.{'minimum' if e.name == 'min' else 'maximum'}({args[0]}, {args[1]})"
+        raise TypeError(f"not a bound integer expression: {e}")
+
+    # -- booleans (where)
+    def bool_expr(self, e) -> str:
+        if isinstance(e, ir.Compare):
+            return f"({self.int_expr(e.left)} {e.op} {self.int_expr(e.right)})"
+        if isinstance(e, ir.BoolOp):
+            op = "&" if e.op == "and" else "|"
+            return f"({self.bool_expr(e.left)} {op} {self.bool_expr(e.right)})"
+        if isinstance(e, ir.BoolNot):
+            return f"(~{self.bool_expr(e.operand)})"
+        raise TypeError(f"not a boolean expression: {e}")
+
+    # -- index sets: membership of `x` (an expression); `end` is the length negatives count from
+    def member(self, s, x: str, end: str) -> str:
+        if isinstance(s, ir.SetUnion):
+            return f"({self.member(s.left, x, end)} | {self.member(s.right, x, end)})"
+        if isinstance(s, ir.Range):
+            parts = []
+            if s.lo is not None:
+                parts.append(f"({x} >= {self._bound(s.lo, end)})")
+            if s.hi is not None:
+                parts.append(f"({x} < {self._bound(s.hi, end)})")
+            return "(" + " & ".join(parts) + ")" if parts else f"({x} == {x})"
+        if isinstance(s, ir.Listed):
+            if not s.items:
+                return f"({x} != {x})"
+            return "(" + " | ".join(f"({x} == {self._bound(i, end)})" for i in s.items) + ")"
+        if isinstance(s, ir.Every):
+            m = ir.const(s.modulus)
+            r = f"_floormod({x}, {m})"
+            if isinstance(s.residue, ir.Range):
+                lo = 0 if s.residue.lo is None else ir.const(s.residue.lo)
+                hi = m if s.residue.hi is None else ir.const(s.residue.hi)
+                return f"(({r} >= {lo}) & ({r} < {hi}))"
+            return f"({r} == {ir.const(s.residue)})"
+        raise TypeError(f"not an index set: {s}")
+
+    @staticmethod
+    def _bound(e, end: str) -> str:
+        v = ir.const(e)
+        return f"({end} - {-v})" if v < 0 else f"({v})"
+
+    # -- patterns
+    def pattern(self, e) -> str:  # noqa: C901 - one case per primitive
+        p, d = "(qp + (Lk - Lq))", "(qp + (Lk - Lq) - kp)"
+        if isinstance(e, ir.All):
+            return "(kp == kp)"
+        if isinstance(e, ir.Nothing):
+            return "(kp != kp)"
+        if isinstance(e, ir.Causal):
+            return f"({d} >= 0)"
+        if isinstance(e, ir.Window):
+            return f"(({d} >= {-ir.const(e.ahead)}) & ({d} <= {ir.const(e.back)}))"
+        if isinstance(e, ir.Stride):
+            return f"(_floormod({d}, {ir.const(e.s)}) == 0)"
+        if isinstance(e, ir.Chunk):
+            size = ir.const(e.size)
+            t = f"(_floordiv({p}, {size}) - _floordiv(kp, {size}))"
+            return f"(({t} >= {-ir.const(e.ahead)}) & ({t} <= {ir.const(e.back)}))"
+        if isinstance(e, ir.Rows):
+            return self.member(e.set, p, "Lk")
+        if isinstance(e, ir.Cols):
+            return self.member(e.set, "kp", "Lk")
+        if isinstance(e, ir.Global):
+            return f"({self.member(e.set, p, 'Lk')} | {self.member(e.set, 'kp', 'Lk')})"
+        if isinstance(e, ir.Prefix):
+            m = ir.const(e.m)
+            return f"(({p} < {m}) & (kp < {m}))"
+        if isinstance(e, ir.Random):
+            density = float(ir.const(e.density))
+            threshold = int(density * 2 ** 32)
+            block, seed = ir.const(e.block), ir.const(e.seed)
+            return (f"(_block_hash(_floordiv({p}, {block}), _floordiv(kp, {block}), {mix32(seed)})"
+                    f" < {threshold})")
+        if isinstance(e, ir.Segment):
+            self.uses_segment = True
+            return "(sq == sk)"
+        if isinstance(e, ir.Heads):
+            self.uses_heads = True
+            return self.member(e.set, "h", "H")
+        if isinstance(e, ir.Where):
+            return self.bool_expr(e.pred)
+        if isinstance(e, ir.Union):
+            return f"({self.pattern(e.left)} | {self.pattern(e.right)})"
+        if isinstance(e, ir.Intersect):
+            return f"({self.pattern(e.left)} & {self.pattern(e.right)})"
+        if isinstance(e, ir.Difference):
+            return f"({self.pattern(e.left)} & ~{self.pattern(e.right)})"
+        if isinstance(e, ir.Complement):
+            return f"(~{self.pattern(e.operand)})"
+        raise TypeError(f"not a pattern: {e}")
+
+
+def mask_expression(expr) -> str:
+    """The Triton expression of a bound pattern (public for tests and ``--emit``)."""
+    return MaskEmitter().pattern(expr)
+
+
+def _support_sources():
+    package = Path(__file__).resolve().parent
+    names = list(SUPPORT_MODULES) + sorted(p.stem for p in package.glob("layout_*.py"))
+    return [(name, (package / f"{name}.py").read_text()) for name in names]
+
+
+def render_module(pattern, *, block_m=None, block_n=None) -> str:
+    """The standalone module for a (bound) ``attnlang.Pattern``: deterministic text."""
+    import jinja2
+
+    from .plan import decompose
+
+    expr = pattern.ir
+    specs = decompose(expr)
+    components = []
+    uses_segment = False
+    for i, spec in enumerate(specs):
+        emitter = MaskEmitter()
+        mask = emitter.pattern(spec.predicate)
+        uses_segment |= emitter.uses_segment
+        components.append(dict(index=i, kind=spec.kind, modulus=spec.modulus,
+                               predicate=str(spec.predicate), mask=mask))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    template = env.get_template("attention.py.jinja")
+    layout_picture = _layout_picture(pattern)
+    source = template.render(
+        pattern_source=str(pattern.decl) if hasattr(pattern, "decl") else str(pattern),
+        expr_source=str(expr),
+        expr_repr=repr(expr),
+        name=getattr(pattern, "name", "pattern"),
+        components=components,
+        uses_segment=uses_segment,
+        layout_picture=layout_picture,
+        template_version=TEMPLATE_VERSION,
+        support=_support_sources(),
+        block_m=block_m or 0,
+        block_n=block_n or 0,
+    )
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return source.replace("@@DIGEST@@", digest)
+
+
+def _layout_picture(pattern) -> str:
+    """A small picture of the layout for the @generated header (segment patterns: none)."""
+    try:
+        lay = pattern.layout(256, block_m=16, block_n=16)
+        return lay.to_string()
+    except ValueError as exc:  # data-dependent patterns (segment) have no static picture
+        return f"(no static picture: {str(exc).splitlines()[0]})"
