@@ -22,7 +22,15 @@ from pathlib import Path
 from . import ir
 from .resources import templates_dir
 
-TEMPLATE_VERSION = "1"
+def _template_version() -> str:
+    """Changes whenever the template, this file or a copied support module changes, so cached
+    generated modules are never stale."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in [templates_dir() / "attention.py.jinja", Path(__file__)] + sorted(
+            package.glob("layout*.py")) + [package / f"{n}.py" for n in SUPPORT_MODULES]:
+        digest.update(path.read_bytes())
+    return "1." + digest.hexdigest()[:12]
 
 # attnlang modules copied into generated code (standard library and torch only); ``layout`` may
 # be split into ``layout_*.py`` helpers, which come along.
@@ -173,6 +181,9 @@ def _support_sources():
     package = Path(__file__).resolve().parent
     names = list(SUPPORT_MODULES) + sorted(p.stem for p in package.glob("layout_*.py"))
     return [(name, (package / f"{name}.py").read_text()) for name in names]
+
+
+TEMPLATE_VERSION = _template_version()
 
 
 def render_module(pattern, *, block_m=None, block_n=None) -> str:

@@ -15,6 +15,12 @@ PREC_OR, PREC_AND, PREC_NOT, PREC_CMP, PREC_UNION, PREC_INTER, PREC_RANGE, PREC_
 
 _BIN_PREC = {"+": PREC_ADD, "-": PREC_ADD, "*": PREC_MUL, "div": PREC_MUL, "mod": PREC_MUL}
 
+# Every operator of the surface syntax in canonical spelling, for printers of other trees
+# (formatter.py prints the AST with these, so there is one precedence table).
+BINARY_PREC = {"or": PREC_OR, "and": PREC_AND, **{op: PREC_CMP for op in ir.COMPARE_OPS},
+               "|": PREC_UNION, "&": PREC_INTER, **_BIN_PREC}
+UNARY_PREC = {"not": PREC_NOT, "-": PREC_UNARY, "~": PREC_UNARY}
+
 
 def to_source(node: ir.Node) -> str:
     text, _ = _fmt(node)
@@ -33,6 +39,9 @@ def _binary(op: str, left: ir.Node, right: ir.Node, prec: int):
 def _float(value: float) -> str:
     text = repr(float(value))
     return text if ("." in text or "e" in text or "n" in text) else text + ".0"
+
+
+format_float = _float  # public name for formatter.py
 
 
 def _call(name: str, positional=(), keywords=()):

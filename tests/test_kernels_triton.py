@@ -35,7 +35,7 @@ STRUCTURED = [
 def _expr(text):
     import attnlang
 
-    return attnlang.parse(f"pattern p = {text}")["p"].ir
+    return attnlang.parse(f"pattern x = {text}")["x"].ir
 
 
 @pytest.mark.parametrize("text", STRUCTURED)

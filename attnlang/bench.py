@@ -1,0 +1,234 @@
+"""GPU benchmark: attnlang against FlexAttention and SDPA on the suite patterns.
+
+Every implementation runs in the same process on the same inputs; every output is checked on a
+sample of query rows against a float64 reference before it is timed; times are CUDA-event medians
+(``triton.testing.do_bench``) after warm-up.  Useful TFLOP/s = 4 * D * kept pairs * B * H / time,
+forward+backward counted as 3.5x the forward FLOPs.  Results: one JSON record per (pattern, n, d,
+mode, impl) with ``pattern, n, d, mode, impl, ms, tflops, device, torch, triton``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+TOKENS_PER_BATCH = 16384
+HEADS = 16
+
+# (attnlang expression, FlexAttention mask_mod written as a user of FlexAttention would)
+SUITE = {
+    "causal": lambda s: (lambda b, h, q, k: q >= k),
+    "causal & window(1023, 0)": lambda s: (lambda b, h, q, k: (q >= k) & (q - k <= 1023)),
+    "window(512)": lambda s: (lambda b, h, q, k: (q - k <= 512) & (k - q <= 512)),
+    "causal & (window(127, 0) | stride(128))":
+        lambda s: (lambda b, h, q, k: (q >= k) & ((q - k <= 127) | ((q - k) % 128 == 0))),
+    "causal & (chunk(128) | cols(every(128, 112..128)))":
+        lambda s: (lambda b, h, q, k: (q >= k) & ((q // 128 == k // 128) | (k % 128 >= 112))),
+    "window(512) | global(0..128)":
+        lambda s: (lambda b, h, q, k: ((q - k <= 512) & (k - q <= 512)) | (q < 128) | (k < 128)),
+    "window(2048) & stride(4)":
+        lambda s: (lambda b, h, q, k: (q - k <= 2048) & (k - q <= 2048) & ((q - k) % 4 == 0)),
+    "causal & segment": lambda s: (lambda b, h, q, k: (q >= k) & (s[q] == s[k])),
+}
+
+
+@dataclass
+class Record:
+    pattern: str
+    n: int
+    d: int
+    mode: str
+    impl: str
+    ms: float
+    tflops: float
+    device: str
+    torch: str
+    triton: str
+    max_err: float = float("nan")
+
+
+def random_documents(n: int, count: int, device, generator) -> torch.Tensor:
+    """Segment ids of ``count`` random-length documents covering ``n`` tokens."""
+    cuts = torch.randperm(n - 1, generator=generator)[: count - 1] + 1
+    starts = torch.zeros(n, dtype=torch.int32)
+    starts[cuts] = 1
+    return torch.cumsum(starts, 0).to(torch.int32).to(device)
+
+
+def _reference_rows(q, k, v, keep_rows, rows):
+    """float64 attention of the sampled query rows (b = 0): out [H, R, D]."""
+    qd = q[0, :, rows].double()
+    kd = k[0].double()
+    vd = v[0].double()
+    s = torch.einsum("hrd,hnd->hrn", qd, kd) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(~keep_rows[None], float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return torch.einsum("hrn,hnd->hrd", p, vd)
+
+
+def _rel(x, ref):
+    return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def run(patterns=None, lengths=(8192, 32768), dims=(128, 64), modes=("fwd", "fwd+bwd"),
+        impls=("attnlang", "flex", "sdpa"), out_path=None, warmup=25, rep=100, log=print):
+    import triton
+    from triton.testing import do_bench
+
+    import attnlang
+    from attnlang.predicate import evaluate
+
+    torch._dynamo.config.cache_size_limit = 1000
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = 1000
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    device = torch.device("cuda")
+    dev_name = torch.cuda.get_device_name()
+    records = []
+    gen = torch.Generator().manual_seed(0)
+    patterns = list(SUITE) if patterns is None else patterns
+    for n in lengths:
+        batch = max(1, TOKENS_PER_BATCH // n)
+        segments = random_documents(n, 64, device, gen)
+        for d in dims:
+            q, k, v = (torch.randn(batch, HEADS, n, d, device=device, dtype=torch.bfloat16)
+                       for _ in range(3))
+            do = torch.randn_like(q)
+            rows = torch.randperm(n, generator=gen)[:64].sort().values.to(device)
+            for text in patterns:
+                pattern = attnlang.parse(f"pattern x = {text}")["x"]
+                uses_seg = "segment" in text
+                seg_kw = dict(segments=segments) if uses_seg else {}
+                plan = pattern.plan(n, n, segments=segments if uses_seg else None)
+                kept = plan.kept_pairs
+                keep_rows = evaluate(pattern.ir, rows.view(-1, 1), torch.arange(n, device=device)
+                                     .view(1, -1), q_len=n, k_len=n,
+                                     seg_q=segments if uses_seg else None,
+                                     seg_k=segments if uses_seg else None)
+                ref = _reference_rows(q, k, v, keep_rows, rows)
+                flops_fwd = 4.0 * d * kept * batch * HEADS
+                candidates = {}
+                if "attnlang" in impls:
+                    mod = pattern.module(backend="triton")
+                    candidates["attnlang"] = lambda qq, kk, vv, mod=mod: mod(qq, kk, vv, **seg_kw)
+                if "flex" in impls:
+                    mm = SUITE[text](segments)
+                    bm = create_block_mask(mm, None, None, n, n, device=device)
+                    candidates["flex"] = lambda qq, kk, vv, bm=bm: flex(qq, kk, vv, block_mask=bm)
+                if "sdpa" in impls and text == "causal":
+                    candidates["sdpa-causal"] = lambda qq, kk, vv: \
+                        torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=True)
+                if "sdpa" in impls and n <= 8192:
+                    dense = evaluate(pattern.ir, torch.arange(n, device=device).view(-1, 1),
+                                     torch.arange(n, device=device).view(1, -1), q_len=n, k_len=n,
+                                     seg_q=segments if uses_seg else None,
+                                     seg_k=segments if uses_seg else None)
+                    candidates["sdpa-mask"] = lambda qq, kk, vv, m=dense: \
+                        torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, attn_mask=m)
+                for impl, fn in candidates.items():
+                    try:
+                        out = fn(q, k, v)
+                        err = _rel(out[0, :, rows], ref)
+                        if not err < 3e-2:
+                            log(f"!! {impl} {text} n={n} d={d}: error {err:.3g} -- not timed")
+                            continue
+                        for mode in modes:
+                            if mode == "fwd":
+                                ms = do_bench(lambda: fn(q, k, v), warmup=warmup, rep=rep,
+                                              return_mode="median")
+                                flops = flops_fwd
+                            else:
+                                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+                                def step():
+                                    o = fn(qg, kg, vg)
+                                    o.backward(do)
+                                ms = do_bench(step, warmup=warmup, rep=rep, grad_to_none=[qg, kg, vg],
+                                              return_mode="median")
+                                flops = 3.5 * flops_fwd
+                            rec = Record(text, n, d, mode, impl, ms, flops / ms / 1e9, dev_name,
+                                         torch.__version__, triton.__version__, err)
+                            records.append(rec)
+                            log(f"{text:52s} n={n:6d} d={d:3d} {mode:8s} {impl:12s} "
+                                f"{ms:8.3f} ms {rec.tflops:7.1f} TFLOP/s err {err:.2e}")
+                    except Exception as exc:  # a competitor failing is a result, not a crash
+                        log(f"!! {impl} {text} n={n} d={d}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}")
+                    torch.cuda.empty_cache()
+                if "sdpa" in impls and text == "causal":  # full attention, for the `all` target
+                    fn = lambda qq, kk, vv: torch.nn.functional.scaled_dot_product_attention(qq, kk, vv)
+                    full_mod = attnlang.parse("pattern x = all")["x"].module(backend="triton")
+                    for impl, f in (("sdpa", fn), ("attnlang", lambda a, b, c: full_mod(a, b, c))):
+                        for mode in modes:
+                            if mode == "fwd":
+                                ms = do_bench(lambda: f(q, k, v), warmup=warmup, rep=rep,
+                                              return_mode="median")
+                                flops = 4.0 * d * n * n * batch * HEADS
+                            else:
+                                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+                                def step2():
+                                    f(qg, kg, vg).backward(do)
+                                ms = do_bench(step2, warmup=warmup, rep=rep,
+                                              grad_to_none=[qg, kg, vg], return_mode="median")
+                                flops = 3.5 * 4.0 * d * n * n * batch * HEADS
+                            rec = Record("all", n, d, mode, impl, ms, flops / ms / 1e9, dev_name,
+                                         torch.__version__, triton.__version__)
+                            records.append(rec)
+                            log(f"{'all':52s} n={n:6d} d={d:3d} {mode:8s} {impl:12s} "
+                                f"{ms:8.3f} ms {rec.tflops:7.1f} TFLOP/s")
+        if out_path:
+            with open(out_path, "w") as handle:
+                json.dump([asdict(r) for r in records], handle, indent=1)
+    return records
+
+
+def markdown_table(records) -> str:
+    """attnlang vs FlexAttention vs SDPA, useful TFLOP/s, one row per (pattern, n, d, mode)."""
+    from collections import OrderedDict
+
+    rows = OrderedDict()
+    for r in records:
+        rows.setdefault((r["pattern"], r["n"], r["d"], r["mode"]), {})[r["impl"]] = r["tflops"]
+    causal = {(r["n"], r["d"], r["mode"]): r["tflops"] for r in records
+              if r["impl"] == "sdpa-causal"}
+    lines = ["| pattern | n | d | mode | attnlang | FlexAttention | SDPA (causal / mask / full) | "
+             "vs Flex | vs SDPA causal |", "|---|---|---|---|---|---|---|---|---|"]
+    for (pattern, n, d, mode), impls in rows.items():
+        ours = impls.get("attnlang")
+        flex = impls.get("flex")
+        sdpa = impls.get("sdpa-causal") or impls.get("sdpa-mask") or impls.get("sdpa")
+        ref = causal.get((n, d, mode))
+        fmt = lambda x: "—" if x is None else f"{x:.0f}"
+        ratio = lambda a, b: "—" if a is None or not b else f"{a / b:.2f}×"
+        lines.append(f"| `{pattern}` | {n // 1024}k | {d} | {mode} | {fmt(ours)} | {fmt(flex)} | "
+                     f"{fmt(sdpa)} | {ratio(ours, flex)} | {ratio(ours, ref)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lengths", default="8192,32768")
+    parser.add_argument("--dims", default="128,64")
+    parser.add_argument("--patterns", default=None, help="comma-free: repeat --pattern")
+    parser.add_argument("--pattern", action="append")
+    parser.add_argument("--modes", default="fwd,fwd+bwd")
+    parser.add_argument("-o", "--out", default="benchmarks/results/latest.json")
+    args = parser.parse_args(argv)
+    start = time.time()
+    records = run(patterns=args.pattern, lengths=[int(x) for x in args.lengths.split(",")],
+                  dims=[int(x) for x in args.dims.split(",")], modes=args.modes.split(","),
+                  out_path=args.out)
+    print(markdown_table([asdict(r) for r in records]))
+    print(f"total {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

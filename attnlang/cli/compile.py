@@ -1,0 +1,155 @@
+"""``attnlang compile FILE``: generate a standalone Triton/PyTorch module per pattern.
+
+Writes ``DIR/<name>.py`` (``codegen.render_module``) for every pattern of the file (or the one
+named by ``--pattern``) and prints a summary: the canonical pattern, density and FLOPs saved at a
+few lengths, a small picture of the block layout and where the module went.  ``--emit STAGE``
+prints one stage's artifact instead and writes nothing: ``ast`` (the parser's AST), ``ir`` (the
+bound, simplified pattern, canonical text), ``plan`` (the component plan at ``--length``),
+``layout`` (the block picture at a small length) or ``triton`` (the generated source).
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import AttnError
+
+STAGES = ("ast", "ir", "plan", "layout", "triton")
+SUMMARY_LENGTHS = (1024, 4096, 16384)
+PICTURE_LENGTH, PICTURE_BLOCK = 256, 16
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("file", help="the .attn file")
+    parser.add_argument("--pattern", metavar="NAME", help="compile only this pattern")
+    parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
+                        help="give a parameter a value (repeatable)")
+    parser.add_argument("-o", "--output", metavar="DIR", default=".",
+                        help="where to write the modules (default: the current folder)")
+    parser.add_argument("--emit", choices=STAGES,
+                        help="print this stage's artifact to stdout instead of writing modules")
+    parser.add_argument("--block-m", type=int, default=None, help="query block size")
+    parser.add_argument("--block-n", type=int, default=None, help="key block size")
+    parser.add_argument("--length", type=int, default=1024,
+                        help="sequence length for --emit plan (default 1024)")
+    parser.add_argument("--heads", type=int, default=1, help="number of heads for plan/layout")
+
+
+def _value(text: str):
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return None
+
+
+def parse_settings(items, filename):
+    """``["w=64", "d=0.5"]`` -> ``{"w": 64, "d": 0.5}``; malformed items are errors."""
+    values = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name, raw = name.strip(), raw.strip()
+        value = _value(raw) if sep else None
+        if not name.isidentifier() or value is None:
+            raise AttnError(f"--set: got {item!r}; expected NAME=VALUE with an integer or "
+                            f"float value", filename=filename)
+        values[name] = value
+    return values
+
+
+def select(program, args):
+    """The patterns to compile, bound with the ``--set`` values they declare."""
+    settings = parse_settings(args.set, args.file)
+    patterns = [program[args.pattern]] if args.pattern else list(program)
+    declared = {name for p in patterns for name in p.params}
+    unknown = sorted(set(settings) - declared)
+    if unknown:
+        raise AttnError(f"--set: no selected pattern has a parameter named {unknown[0]!r}",
+                        filename=args.file)
+    return [p.bind(**{k: v for k, v in settings.items() if k in p.params}) for p in patterns]
+
+
+def density_rows(pattern, heads: int):
+    """``(length, density, flops saved)`` at ``SUMMARY_LENGTHS``, from the plan (exact, and
+    cheap: full blocks by area, partial blocks evaluated): density = kept / all pairs; saved =
+    1 - (pairs inside the blocks the kernels visit) / all pairs."""
+    rows = []
+    for length in SUMMARY_LENGTHS:
+        total = length * length * heads
+        plan = pattern.plan(length, num_heads=heads)
+        rows.append((length, plan.kept_pairs / total, 1.0 - plan.computed_pairs / total))
+    return rows
+
+
+def picture(pattern, heads: int) -> str:
+    try:
+        lay = pattern.layout(PICTURE_LENGTH, block_m=PICTURE_BLOCK, block_n=PICTURE_BLOCK,
+                             num_heads=heads)
+    except ValueError as exc:  # data-dependent patterns (segment) have no static layout
+        return f"(no static layout: {str(exc).splitlines()[0]})"
+    return lay.to_string()
+
+
+def emit(stage, program_text, filename, pattern, args) -> str:
+    if stage == "ast":
+        from ..parser import parse_ast
+
+        return repr(parse_ast(program_text, filename))
+    if stage == "ir":
+        return f"pattern {pattern.name} = {pattern.ir}"
+    if stage == "plan":
+        return pattern.plan(args.length, block_m=args.block_m or 128,
+                            block_n=args.block_n or 128, num_heads=args.heads).describe()
+    if stage == "layout":
+        return picture(pattern, args.heads)
+    from ..codegen import render_module
+
+    return render_module(pattern, block_m=args.block_m, block_n=args.block_n)
+
+
+def run(args) -> int:
+    from ..api import parse
+
+    try:
+        with open(args.file, "rb") as handle:
+            text = handle.read().decode("utf-8")
+    except OSError as exc:
+        raise AttnError(f"cannot read file ({exc.strerror})", filename=args.file) from None
+    except UnicodeDecodeError:
+        raise AttnError("file is not UTF-8 text", filename=args.file) from None
+    program = parse(text, filename=args.file)
+    if args.pattern and args.pattern not in program:
+        known = ", ".join(p.name for p in program) or "none"
+        raise AttnError(f"--pattern: no pattern named {args.pattern!r} (this file declares: "
+                        f"{known})", filename=args.file)
+    patterns = select(program, args)
+    if args.emit == "ast":
+        print(emit("ast", text, args.file, None, args))
+        return 0
+    if args.emit:
+        for pattern in patterns:
+            print(emit(args.emit, text, args.file, pattern, args))
+        return 0
+    from ..codegen import render_module
+    from ..cache import write_atomic
+    from pathlib import Path
+
+    out_dir = Path(args.output)
+    for pattern in patterns:
+        source = render_module(pattern, block_m=args.block_m, block_n=args.block_n)
+        target = out_dir / f"{pattern.name}.py"
+        write_atomic(target, source)
+        print(f"pattern {pattern.name} = {pattern.ir}")
+        try:
+            rows = density_rows(pattern, args.heads)
+        except ValueError as exc:  # segment patterns: the numbers depend on the ids
+            rows = []
+            print(f"  density: depends on run-time data ({str(exc).splitlines()[0]})")
+        for length, density, saved in rows:
+            print(f"  L={length:>6}: density {100 * density:6.2f}%   FLOPs saved "
+                  f"{100 * saved:6.2f}%")
+        print(f"  layout at L={PICTURE_LENGTH}, {PICTURE_BLOCK}x{PICTURE_BLOCK} blocks:")
+        for line in picture(pattern, args.heads).splitlines():
+            print(f"    {line}")
+        print(f"  wrote {os.path.normpath(str(target))}")
+    return 0

@@ -1,0 +1,125 @@
+"""Attention implementations as ``torch.library`` custom ops, so ``torch.compile`` sees one opaque
+node per call (no graph break, no tracing into Python loops or Triton launchers).
+
+``attention_op(name, impl)`` registers two ops for an implementation object ``impl`` that has
+``attention_forward`` / ``attention_backward`` with the signatures of a generated module (the
+Triton module, or ``torch_backend.TorchBackend``):
+
+* ``attnlang::<name>_fwd(q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
+  dropout_p, seed) -> (out, lse)``
+* ``attnlang::<name>_bwd(do, q, k, v, out, lse, ..., seed, need_dbias) -> (dq, dk, dv, dbias)``
+
+with fake (meta) implementations and autograd wired through ``register_autograd``.  Broadcast
+masks and biases cross the op boundary *compact* (size 1 on broadcast dimensions, see
+``compact``) and are expanded inside, so nothing ``Lq x Lk``-sized is materialised and the bias
+gradient comes back in the bias's own shape.  ``lse`` is an output for inspection and merging; it
+carries no gradient (a gradient flowing into it is ignored).
+
+This file deliberately has no ``from __future__ import annotations``: ``custom_op`` reads the
+type hints to infer the op schema.
+"""
+import threading
+from typing import Dict, Optional, Tuple
+
+import torch
+
+_OPS: Dict[str, object] = {}
+_LOCK = threading.Lock()
+_EMPTY_SHAPE = (0,)
+
+
+def compact(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A view of ``t`` with broadcast (stride-0) dimensions narrowed to size 1."""
+    if t is None:
+        return None
+    index = tuple(slice(0, 1) if (st == 0 and n > 1) else slice(None)
+                  for n, st in zip(t.shape, t.stride()))
+    return t[index]
+
+
+def _full(t, q, k):
+    if t is None:
+        return None
+    return t.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+
+
+def _reduce_to(grad, shape):
+    """Sum a gradient over the dimensions where the input had size 1."""
+    dims = [i for i, (g, n) in enumerate(zip(grad.shape, shape)) if n == 1 and g != 1]
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+def attention_op(name: str, impl):
+    """The callable ``f(q, k, v, scale, seg_q, seg_k, kpm, attn_mask, attn_bias, dropout_p,
+    seed) -> (out, lse)`` backed by custom ops ``attnlang::<name>_fwd`` / ``_bwd`` (registered
+    once per process and name; ``attn_mask``/``attn_bias`` compact 4-D or None)."""
+    with _LOCK:
+        hit = _OPS.get(name)
+        if hit is None:
+            hit = _OPS[name] = _register(name, impl)
+        return hit
+
+
+def _register(name, impl):
+    qualname = f"attnlang::{name}"
+
+    @torch.library.custom_op(f"{qualname}_fwd", mutates_args=())
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                seg_q: Optional[torch.Tensor], seg_k: Optional[torch.Tensor],
+                key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
+                attn_bias: Optional[torch.Tensor], dropout_p: float,
+                seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        out, lse = impl.attention_forward(q, k, v, scale, seg_q, seg_k, key_padding_mask,
+                                          _full(attn_mask, q, k), _full(attn_bias, q, k),
+                                          dropout_p, seed)
+        return out.contiguous(), lse.to(torch.float32).contiguous()
+
+    @forward.register_fake
+    def _(q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias, dropout_p, seed):
+        b, h, lq, d = q.shape
+        return q.new_empty((b, h, lq, d)), q.new_empty((b, h, lq), dtype=torch.float32)
+
+    @torch.library.custom_op(f"{qualname}_bwd", mutates_args=())
+    def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 out: torch.Tensor, lse: torch.Tensor, scale: float,
+                 seg_q: Optional[torch.Tensor], seg_k: Optional[torch.Tensor],
+                 key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
+                 attn_bias: Optional[torch.Tensor], dropout_p: float, seed: int,
+                 need_dbias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                            torch.Tensor]:
+        dq, dk, dv, dbias = impl.attention_backward(
+            do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask,
+            _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p, seed, need_dbias)
+        if need_dbias and attn_bias is not None and dbias is not None:
+            dbias = _reduce_to(dbias, attn_bias.shape).to(attn_bias.dtype).contiguous()
+        else:
+            dbias = q.new_empty(_EMPTY_SHAPE)
+        return (dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(),
+                dv.to(v.dtype).contiguous(), dbias)
+
+    @backward.register_fake
+    def _(do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
+          dropout_p, seed, need_dbias):
+        if need_dbias and attn_bias is not None:
+            dbias = attn_bias.new_empty(attn_bias.shape)
+        else:
+            dbias = q.new_empty(_EMPTY_SHAPE)
+        return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, scale, seg_q, seg_k, kpm, attn_mask, attn_bias, dropout_p, seed = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k, kpm, attn_mask, attn_bias)
+        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
+        ctx.need_dbias = attn_bias is not None and attn_bias.requires_grad
+
+    def grad(ctx, dout, dlse):
+        q, k, v, out, lse, seg_q, seg_k, kpm, attn_mask, attn_bias = ctx.saved_tensors
+        dq, dk, dv, dbias = backward(dout, q, k, v, out, lse, ctx.scale, seg_q, seg_k, kpm,
+                                     attn_mask, attn_bias, ctx.dropout_p, ctx.seed,
+                                     ctx.need_dbias)
+        return (dq, dk, dv, None, None, None, None, None,
+                dbias if ctx.need_dbias else None, None, None)
+
+    forward.register_autograd(grad, setup_context=setup_context)
+    return forward

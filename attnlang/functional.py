@@ -1,0 +1,60 @@
+"""``attnlang.functional.attention``: sparse attention of a pattern in one call.
+
+``pattern`` is an ``attnlang.Pattern`` or the source of one pattern expression, such as
+``"causal & window(8, 0)"``; the text is parsed once per process (wrapped as ``pattern _ = ...``,
+with error positions reported against the text as given).  Plans are cached per (pattern,
+lengths, heads, block sizes, device); patterns that use ``segment`` get a new plan per call.
+"""
+from __future__ import annotations
+
+import functools
+
+from .api import Pattern, parse
+from .errors import AttnError
+
+_PREFIX = "pattern _ =\n"
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_expression(text: str) -> Pattern:
+    try:
+        return parse(_PREFIX + text, filename="<pattern>")["_"]
+    except AttnError as exc:
+        if exc.line >= 2:
+            lines = text.splitlines()
+            source = lines[exc.line - 2] if exc.line - 2 < len(lines) else None
+            raise AttnError(exc.message, filename="<pattern>", line=exc.line - 1,
+                            column=exc.column, source_line=source) from None
+        raise
+
+
+def as_pattern(pattern) -> Pattern:
+    """A ``Pattern`` from a ``Pattern`` or the source text of one pattern expression."""
+    if isinstance(pattern, Pattern):
+        return pattern
+    if isinstance(pattern, str):
+        return _parse_expression(pattern)
+    raise ValueError(f"pattern: got {type(pattern).__name__} {pattern!r}; expected an "
+                     "attnlang.Pattern or the source of a pattern expression such as "
+                     "'causal & window(8, 0)'")
+
+
+def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_mask=None,
+              attn_bias=None, scale=None, dropout_p=0.0, generator=None, return_lse=False,
+              backend="auto"):
+    """Sparse attention: ``out`` ``[B, Hq, Lq, D]`` (and ``lse`` ``[B, Hq, Lq]`` float32 with
+    ``return_lse=True``).
+
+    ``q`` ``[B, Hq, Lq, D]``; ``k``, ``v`` ``[B, Hkv, Lk, D]`` (``Hq`` a multiple of ``Hkv``;
+    ``Lq != Lk`` aligns bottom-right).  ``segments``: ids ``[Lk]`` or ``[B, Lk]`` (queries take
+    the last ``Lq``), or a pair ``(seg_q, seg_k)``.  ``key_padding_mask`` bool ``[B, Lk]``, True
+    = keep.  ``attn_mask`` (bool, True = keep) and ``attn_bias`` (float, added to the scaled
+    scores; it gets a gradient) broadcast to ``[B, Hq, Lq, Lk]``.  ``dropout_p`` drops attention
+    weights, drawn from ``generator``.  ``backend``: ``"auto"``, ``"triton"`` or ``"torch"``.
+    """
+    from .runtime import run
+
+    return run(as_pattern(pattern), q, k, v, segments=segments,
+               key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
+               scale=scale, dropout_p=dropout_p, generator=generator, return_lse=return_lse,
+               backend=backend)

@@ -1,0 +1,165 @@
+"""The runtime: patterns become callables and ``nn.Module``s that run on a chosen backend.
+
+Backends:
+
+* ``"triton"``: the generated module of the pattern (``codegen.render_module``, stored by
+  ``cache.load_module``); needs CUDA tensors, or ``TRITON_INTERPRET=1`` on CPU.
+* ``"torch"``: ``torch_backend.TorchBackend``, blocked PyTorch over the component plan (CPU users,
+  and a check on the kernels).
+* ``"auto"``: ``"triton"`` for CUDA tensors, ``"torch"`` otherwise.
+
+Both run as ``torch.library`` custom ops (``custom_ops.attention_op``), so a module compiles with
+``torch.compile(fullgraph=True)`` (dropout excepted: drawing its seed reads the generator).
+Inputs are checked by ``validate.validate``; every complaint is a ``ValueError`` naming the
+argument.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Dict, Optional
+
+import torch
+
+from .custom_ops import attention_op, compact
+from .torch_backend import TorchBackend, uses_segments
+from .validate import validate
+
+BACKENDS = ("auto", "triton", "torch")
+DEFAULT_TORCH_BLOCK = 64
+
+_IMPLS: Dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def check_backend(backend) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: got {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
+    return backend
+
+
+def _check_block(name, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value & (value - 1):
+        raise ValueError(f"{name}: got {value!r}; expected a power of two of at least 16 (or None)")
+    return value
+
+
+def choose_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for tensors on ``device``."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend: got 'triton' for tensors on {device}; expected CUDA tensors "
+                         "(or set TRITON_INTERPRET=1 to run the kernels in the interpreter), or "
+                         "backend='torch'")
+    return backend
+
+
+def _op(pattern, backend: str, block_m, block_n, cache_dir):
+    """The custom-op callable of ``pattern`` on a concrete backend (made once per process)."""
+    expr = pattern.ir
+    key = f"{backend}|{block_m}|{block_n}|{cache_dir}|{expr}"
+    hit = _IMPLS.get(key)  # lock-free read (torch.compile traces this path)
+    if hit is not None:
+        return hit
+    return _make_op(pattern, expr, key, backend, block_m, block_n, cache_dir)
+
+
+def _make_op(pattern, expr, key, backend, block_m, block_n, cache_dir):
+    if backend == "torch":
+        impl = TorchBackend(expr, block_m or DEFAULT_TORCH_BLOCK, block_n or DEFAULT_TORCH_BLOCK)
+    else:
+        from .cache import load_module
+
+        impl = load_module(pattern, block_m, block_n, cache_dir)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    op = attention_op(f"{backend}_{digest}", impl)
+    with _LOCK:
+        _IMPLS.setdefault(key, op)
+        return _IMPLS[key]
+
+
+def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None,
+        attn_bias=None, scale=None, dropout_p=0.0, generator=None, return_lse=False,
+        backend="auto", block_m=None, block_n=None, cache_dir=None, ops=None):
+    """Attention of ``pattern`` (an ``attnlang.Pattern``): validate, pick the backend, run.
+
+    ``ops``: optional ``{backend name: op}`` made beforehand (``PatternAttention`` passes its
+    own, so that ``torch.compile`` finds the op without tracing the lookup).
+    """
+    check_backend(backend)
+    args = validate(q, k, v, segments=segments, key_padding_mask=key_padding_mask,
+                    attn_mask=attn_mask, attn_bias=attn_bias, scale=scale, dropout_p=dropout_p,
+                    needs_segments=uses_segments(pattern.ir))
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: got {type(generator).__name__}; expected a torch.Generator "
+                         "or None")
+    name = choose_backend(backend, args.q.device)
+    op = ops.get(name) if ops else None
+    if op is None:
+        op = _op(pattern, name, block_m, block_n, cache_dir)
+    seed = 0
+    if args.dropout_p > 0:
+        device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=device).item())
+    out, lse = op(args.q, args.k, args.v, args.scale, args.seg_q, args.seg_k,
+                  args.key_padding_mask, compact(args.attn_mask), args.attn_bias4,
+                  args.dropout_p, seed)
+    return (out, lse) if return_lse else out
+
+
+class PatternAttention(torch.nn.Module):
+    """Sparse attention of one pattern: ``forward(q, k, v, *, segments=None, ...)``.
+
+    ``q`` is ``[B, Hq, Lq, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]``; returns ``out`` (and ``lse``
+    ``[B, Hq, Lq]`` float32 with ``return_lse=True``).  ``dropout`` applies in training mode only.
+    """
+
+    def __init__(self, pattern, backend="auto", *, dropout=0.0, block_m=None, block_n=None,
+                 cache_dir=None):
+        super().__init__()
+        from .functional import as_pattern
+
+        self.pattern = as_pattern(pattern)
+        self.backend = check_backend(backend)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: got {dropout!r}; expected a number in [0, 1)")
+        self.dropout = float(dropout)
+        self.block_m = _check_block("block_m", block_m)
+        self.block_n = _check_block("block_n", block_n)
+        self.cache_dir = cache_dir
+        # Resolve now: a missing parameter is reported at construction, and the ops exist
+        # before any torch.compile trace reaches ``forward``.
+        self._ops = {"torch": _op(self.pattern, "torch", self.block_m, self.block_n, cache_dir)}
+        if backend == "triton" or (backend == "auto" and torch.cuda.is_available()):
+            self._ops["triton"] = _op(self.pattern, "triton", self.block_m, self.block_n,
+                                      cache_dir)
+
+    def extra_repr(self) -> str:
+        return f"pattern='{self.pattern.ir}', backend={self.backend!r}, dropout={self.dropout}"
+
+    def forward(self, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None,
+                attn_bias=None, scale=None, return_lse=False, generator=None):
+        return run(self.pattern, q, k, v, segments=segments, key_padding_mask=key_padding_mask,
+                   attn_mask=attn_mask, attn_bias=attn_bias, scale=scale,
+                   dropout_p=self.dropout if self.training else 0.0, generator=generator,
+                   return_lse=return_lse, backend=self.backend, block_m=self.block_m,
+                   block_n=self.block_n, cache_dir=self.cache_dir, ops=self._ops)
+
+
+def make_module(pattern, backend="auto", **options) -> PatternAttention:
+    """An ``nn.Module`` for ``pattern`` (a ``Pattern`` or the source of one pattern expression).
+
+    Options: ``dropout=0.0``, ``block_m``, ``block_n`` (None: the backend's default),
+    ``cache_dir`` (generated modules; default ``$ATTNLANG_CACHE_DIR`` or ``~/.cache/attnlang``).
+    """
+    known = {"dropout", "block_m", "block_n", "cache_dir"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: got an unknown option; expected one of "
+                         f"{', '.join(sorted(known))}")
+    return PatternAttention(pattern, backend, **options)

@@ -1,0 +1,204 @@
+"""Validate and normalise the arguments of an attention call.
+
+Every attention entry point (the blocked PyTorch path, the generated Triton modules) accepts the
+same arguments and promises the same checks, so they live here.  This file imports only the
+standard library and torch: ``attnlang compile`` copies it verbatim into standalone modules.
+
+Each failure is a ``ValueError`` naming the argument, what was given and what is accepted.  What
+passes comes back as an ``Inputs`` tuple in the normal form the kernels expect:
+
+* ``q`` ``[B, Hq, Lq, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]`` (strides untouched);
+* ``seg_q`` / ``seg_k``: int32 ``[B or 1, L]`` or ``None``;
+* ``key_padding_mask``: bool ``[B, Lk]`` (True = keep) or ``None``;
+* ``attn_mask`` (bool) / ``attn_bias`` (float): broadcast views of ``[B, Hq, Lq, Lk]`` (stride
+  0 on broadcast dimensions) or ``None``; ``attn_bias4`` is the bias before expansion, as a
+  4-D view whose broadcast dimensions have size 1 (gradients are reduced to that shape);
+* ``scale``: a positive finite float (``1/sqrt(D)`` by default); ``dropout_p`` in ``[0, 1)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+
+
+class Inputs(NamedTuple):
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    seg_q: Optional[torch.Tensor]
+    seg_k: Optional[torch.Tensor]
+    key_padding_mask: Optional[torch.Tensor]
+    attn_mask: Optional[torch.Tensor]
+    attn_bias: Optional[torch.Tensor]
+    attn_bias4: Optional[torch.Tensor]
+    scale: float
+    dropout_p: float
+
+
+def _compiling() -> bool:
+    """Under torch.compile, value checks (which read tensor data) are skipped."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def _fail(name, given, accepted):
+    return ValueError(f"{name}: got {given}; expected {accepted}")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {list(x.shape)} on {x.device}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def validate(q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None, attn_bias=None,
+             scale=None, dropout_p=0.0, needs_segments=False) -> Inputs:
+    """Check every argument of an attention call and return them normalised (see module doc).
+
+    ``needs_segments``: the pattern uses ``segment``, so ``segments`` must be given.
+    """
+    q, k, v = _check_qkv(q, k, v)
+    batch, hq, lq, dim = q.shape
+    lk = k.shape[2]
+    seg_q, seg_k = _check_segments(segments, batch, lq, lk, q.device, needs_segments)
+    kpm = _check_key_padding(key_padding_mask, batch, lk, q.device)
+    full = (batch, hq, lq, lk)
+    mask = _check_dense("attn_mask", attn_mask, full, q.device, boolean=True)
+    bias4 = _check_dense("attn_bias", attn_bias, full, q.device, boolean=False)
+    bias = bias4.expand(full) if bias4 is not None else None
+    if mask is not None:
+        mask = mask.expand(full)
+    return Inputs(q, k, v, seg_q, seg_k, kpm, mask, bias, bias4,
+                  _check_scale(scale, dim), _check_dropout(dropout_p))
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise _fail(name, _describe(t), "a torch.Tensor of shape [B, H, L, D]")
+        if t.dim() != 4:
+            raise _fail(name, f"a tensor of shape {list(t.shape)}",
+                        "4 dimensions [batch, heads, length, head_dim]")
+        if t.dtype not in FLOAT_DTYPES:
+            raise _fail(name, f"dtype {t.dtype}", "torch.float16, torch.bfloat16 or torch.float32")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise _fail(name, f"dtype {t.dtype}", f"the dtype of q ({q.dtype})")
+        if t.device != q.device:
+            raise _fail(name, f"a tensor on {t.device}", f"the device of q ({q.device})")
+    batch, hq, lq, dim = q.shape
+    if batch < 1 or hq < 1 or lq < 1:
+        raise _fail("q", f"shape {list(q.shape)}", "batch, heads and length of at least 1")
+    if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
+        raise _fail("q", f"head dim {dim}", f"a head dim from {MIN_HEAD_DIM} to {MAX_HEAD_DIM}")
+    if k.shape[0] != batch or k.shape[3] != dim or k.shape[1] < 1 or k.shape[2] < 1:
+        raise _fail("k", f"shape {list(k.shape)}",
+                    f"[{batch}, Hkv, Lk, {dim}] (batch and head dim of q, Hkv >= 1, Lk >= 1)")
+    if hq % k.shape[1] != 0:
+        raise _fail("k", f"{k.shape[1]} heads",
+                    f"a number of heads that divides the {hq} query heads (GQA/MQA)")
+    if v.shape != k.shape:
+        raise _fail("v", f"shape {list(v.shape)}", f"the shape of k {list(k.shape)}")
+    return q, k, v
+
+
+def _as_ids(name, t, batch, length, device):
+    if not isinstance(t, torch.Tensor):
+        try:
+            t = torch.as_tensor(t, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise _fail(name, _describe(t), "an integer tensor of segment ids") from None
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise _fail(name, f"dtype {t.dtype}", "an integer dtype (segment ids)")
+    if t.device != device:
+        raise _fail(name, f"a tensor on {t.device}", f"the device of q ({device})")
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.shape[0] not in (1, batch) or t.shape[1] != length:
+        raise _fail(name, f"shape {list(t.shape)}", f"[{length}] or [{batch}, {length}]")
+    if t.dtype == torch.int64 and t.device.type == "cpu" and t.numel() and not _compiling():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < -2 ** 31 or hi >= 2 ** 31:
+            raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
+    return t.to(torch.int32)
+
+
+def _check_segments(segments, batch, lq, lk, device, needs):
+    if segments is None:
+        if needs:
+            raise _fail("segments", "None", "segment ids (the pattern uses 'segment'): a tensor "
+                        "[Lk] or [B, Lk], or a pair (seg_q, seg_k)")
+        return None, None
+    if isinstance(segments, (tuple, list)) and len(segments) == 2 and all(
+            isinstance(s, torch.Tensor) for s in segments):
+        return (_as_ids("segments[0] (query ids)", segments[0], batch, lq, device),
+                _as_ids("segments[1] (key ids)", segments[1], batch, lk, device))
+    seg_k = _as_ids("segments", segments, batch, lk, device)
+    if lq > lk:
+        raise _fail("segments", f"one id tensor with Lq={lq} > Lk={lk}",
+                    "a pair (seg_q, seg_k) when there are more queries than keys")
+    # Bottom-right alignment: query q sits at key position q + Lk - Lq.
+    return seg_k[:, lk - lq:], seg_k
+
+
+def _check_key_padding(mask, batch, lk, device):
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise _fail("key_padding_mask", _describe(mask), "a bool tensor [B, Lk] (True = keep)")
+    if mask.device != device:
+        raise _fail("key_padding_mask", f"a tensor on {mask.device}", f"the device of q ({device})")
+    if mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 2 or mask.shape[0] not in (1, batch) or mask.shape[1] != lk:
+        raise _fail("key_padding_mask", f"shape {list(mask.shape)}", f"[{batch}, {lk}]")
+    return mask.expand(batch, lk)
+
+
+def _check_dense(name, t, full, device, boolean):
+    if t is None:
+        return None
+    accepted = (f"a bool tensor broadcastable to {list(full)} (True = keep)" if boolean else
+                f"a floating-point tensor broadcastable to {list(full)} (added to the scores)")
+    if not isinstance(t, torch.Tensor):
+        raise _fail(name, _describe(t), accepted)
+    if boolean and t.dtype != torch.bool:
+        hint = "; pass additive float masks as attn_bias" if t.dtype.is_floating_point else ""
+        raise _fail(name, f"dtype {t.dtype}", accepted + hint)
+    if not boolean and not t.dtype.is_floating_point:
+        raise _fail(name, f"dtype {t.dtype}", accepted)
+    if t.device != device:
+        raise _fail(name, f"a tensor on {t.device}", f"the device of q ({device})")
+    if t.dim() > 4:
+        raise _fail(name, f"shape {list(t.shape)}", accepted)
+    try:
+        fits = tuple(torch.broadcast_shapes(t.shape, full)) == tuple(full)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise _fail(name, f"shape {list(t.shape)}", accepted)
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    return t
+
+
+def _check_scale(scale, dim):
+    if scale is None:
+        return 1.0 / math.sqrt(dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise _fail("scale", _describe(scale), "a positive finite number (or None for 1/sqrt(D))")
+    if not (math.isfinite(scale) and scale > 0):
+        raise _fail("scale", repr(scale), "a positive finite number (or None for 1/sqrt(D))")
+    return float(scale)
+
+
+def _check_dropout(p):
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise _fail("dropout_p", _describe(p) if not isinstance(p, (int, float)) else repr(p),
+                    "a number in [0, 1)")
+    return float(p)
