@@ -136,7 +136,7 @@ def parse(text: str, filename: str = "<string>") -> Program:
     return Program(check_source(text, filename))
 
 
-MAX_FILE_BYTES = 256 << 10
+MAX_FILE_BYTES = 1 << 20
 
 
 def load(path) -> Program:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -35,7 +35,8 @@ _LOCK = threading.Lock()
 
 def check_backend(backend) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"backend: got {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
+        choices = ", ".join(map(repr, BACKENDS))
+        raise ValueError(f"backend: got {backend!r}; expected one of {choices}")
     return backend
 
 

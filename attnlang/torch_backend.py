@@ -16,15 +16,15 @@ the same signatures as a generated Triton module (inputs already validated by ``
 so the runtime wraps both the same way.
 
 Dropout (training only) drops pair ``(b, h, q, k)`` when a counter-based hash of
-``(seed, b * Hq + h, q, k)`` falls below ``dropout_p * 2^32`` (``dropout_keep``): the decision does not
-depend on how the work is blocked, and the backward pass regenerates it from the seed.
+``(seed, b * Hq + h, q, k)`` falls below ``dropout_p * 2^32`` (``dropout_keep``): the decision
+does not depend on how the work is blocked, and the backward pass regenerates it from the seed.
 """
 from __future__ import annotations
 
 import functools
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 

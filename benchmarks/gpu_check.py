@@ -9,6 +9,7 @@ and writes benchmarks/results/gpu_check.json.
 """
 import json
 import math
+import os
 import sys
 import time
 
@@ -108,7 +109,7 @@ def main():
                   flush=True)
             torch.cuda.empty_cache()
     print(f"worst bf16 error ratio attnlang/SDPA: {worst_ratio:.2f}")
-    with open("benchmarks/results/gpu_check.json", "w") as fh:
+    with open(os.path.join(os.environ.get("OUT", "benchmarks/results"), "gpu_check.json"), "w") as fh:
         json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                        rows=rows, worst_bf16_ratio=worst_ratio), fh, indent=1)
 

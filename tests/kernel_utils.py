@@ -69,7 +69,9 @@ def check_against_reference(attention_fn, expr, B, Hq, Hkv, Lq, Lk, D, dtype, se
     for name, got, want in (("dq", q.grad, qd.grad), ("dk", k.grad, kd.grad),
                             ("dv", v.grad, vd.grad)):
         assert torch.isfinite(got).all(), name
-        if want.norm() > 0:
+        if want.norm() > 1e-3:
             assert rel_err(got, want) < 2 * tol + 1e-6, (name, rel_err(got, want))
-        else:
-            assert got.abs().max() == 0, name
+        else:  # e.g. one key per row: the true gradient is 0, rounding leaves crumbs
+            assert got.abs().max() < 50 * tol, (name, got.abs().max())
+    # empty rows pass exactly zero gradient
+    assert (q.grad[empty] == 0).all(), "empty rows must have dq = 0"

@@ -1,0 +1,32 @@
+"""Regenerate the benchmark table from benchmarks/results/latest.json: writes
+benchmarks/results/latest.md and the README section between the bench markers.
+
+    python benchmarks/make_table.py
+"""
+import json
+import re
+from pathlib import Path
+
+from attnlang.bench import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    records = json.loads((ROOT / "benchmarks/results/latest.json").read_text())
+    device = records[0]["device"] if records else "?"
+    versions = f"torch {records[0]['torch']}, Triton {records[0]['triton']}" if records else ""
+    table = (f"Useful TFLOP/s on {device} ({versions}), bf16, 16 heads, 16k tokens per batch; "
+             f"generated from `benchmarks/results/latest.json` by `python benchmarks/make_table.py`."
+             f"\n\n{markdown_table(records)}\n")
+    (ROOT / "benchmarks/results/latest.md").write_text(table)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = re.sub(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)",
+                 lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+    readme.write_text(new)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
