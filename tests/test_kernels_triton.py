@@ -67,3 +67,19 @@ def test_segments_and_padding(tmp_path_factory, data, shape):
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=2, Lq=Lq, Lk=Lk, D=16,
                             dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+
+
+def test_dropout_is_seeded_reproducible_and_differentiable(tmp_path):
+    expr = _expr("causal & window(9, 0)")
+    mod = generated(expr, tmp_path)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(i))
+               .requires_grad_(True) for i in range(3))
+    plain = mod.attention(q, k, v)
+    outs = [mod.attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(7))
+            for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(outs[0], plain)
+    other = mod.attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(outs[0], other)
+    outs[0].sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
