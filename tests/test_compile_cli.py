@@ -88,7 +88,18 @@ def test_syntax_error_points_at_the_source(tmp_path, capsys):
 
 
 RUNNER = textwrap.dedent("""
-    import importlib.util, sys, torch
+    import importlib.abc, importlib.util, sys
+
+    class _NoAttnlang(importlib.abc.MetaPathFinder):
+        # attnlang may be installed in this environment (CI installs it): hide it, so the
+        # generated module must run on torch and triton alone
+        def find_spec(self, name, path=None, target=None):
+            if name == "attnlang" or name.startswith("attnlang."):
+                raise ImportError("attnlang is hidden in this test")
+            return None
+
+    sys.meta_path.insert(0, _NoAttnlang())
+    import torch
     try:
         import attnlang
     except ImportError:
