@@ -72,20 +72,17 @@ class Pattern:
         return make_module(self, backend=backend, **options)
 
 
+_RESOLVED: Dict[ir.PatternDecl, ir.PatternExpr] = {}
+
+
 def _resolved(decl: ir.PatternDecl) -> ir.PatternExpr:
+    """The declaration bound with its defaults and simplified (memoised per declaration)."""
     from .binding import bind
     from .simplify import simplify
 
-    return _resolved_cache(bind(decl, {}, fill_defaults=True), simplify)
-
-
-_CACHE: Dict[ir.PatternDecl, ir.PatternExpr] = {}
-
-
-def _resolved_cache(bound: ir.PatternDecl, simplify) -> ir.PatternExpr:
-    hit = _CACHE.get(bound)
+    hit = _RESOLVED.get(decl)
     if hit is None:
-        hit = _CACHE[bound] = simplify(bound.body)
+        hit = _RESOLVED[decl] = simplify(bind(decl, {}, fill_defaults=True).body)
     return hit
 
 

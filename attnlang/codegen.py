@@ -34,20 +34,16 @@ def _template_version() -> str:
 
 # attnlang modules copied into generated code (standard library and torch only); ``layout`` may
 # be split into ``layout_*.py`` helpers, which come along.
-SUPPORT_MODULES = ("ir", "printer", "predicate", "layout", "plan", "validate")
-
-_MASK32 = 0xFFFFFFFF
+SUPPORT_MODULES = ("ir", "errors", "printer", "predicate", "layout", "plan", "validate")
 
 
 def mix32(x: int) -> int:
-    """LANGUAGE.md section 5's mixer on unsigned 32-bit integers (used to fold constant seeds)."""
-    x &= _MASK32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _MASK32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _MASK32
-    x ^= x >> 16
-    return x
+    """LANGUAGE.md section 5's mixer of a constant seed (the predicate evaluator's own)."""
+    import torch
+
+    from .predicate import MASK32, mix32 as mix32_tensor
+
+    return int(mix32_tensor(torch.tensor(x & MASK32, dtype=torch.int64)))
 
 
 class MaskEmitter:

@@ -41,6 +41,7 @@ import torch
 
 from . import ir
 from . import layout_prims as prims
+from .errors import bad_argument
 from .layout_runs import AND, DIFF, FULL, IDENT, NOT, OR, PARTIAL, SKIP, UNKNOWN, Runs, combine, \
     expand
 from .layout_where import where_classes
@@ -48,10 +49,6 @@ from .layout_where import where_classes
 MAX_INDEX_ENTRIES = (1 << 31) - 1  # int32 CSR indices; also capped by half the free memory
 REFINE_LIMIT = 1 << 24  # element evaluations allowed to settle UNKNOWN blocks
 WHERE_PAIR_LIMIT = 1 << 24  # block pairs bounded by interval arithmetic for a where
-
-
-def _bad(name, given, accepted):
-    return ValueError(f"{name}: got {given!r}; expected {accepted}")
 
 
 # ---------------------------------------------------------------- axes
@@ -175,7 +172,7 @@ class Layout:
         """The layout of one head group: one character per block ('█' full, '░' partial,
         '·' skipped), one line per query block."""
         if not 0 <= group < self.num_groups:
-            raise _bad("group", group, f"a head group in [0, {self.num_groups})")
+            raise bad_argument("group", group, f"a head group in [0, {self.num_groups})")
         chars = {SKIP: "·", PARTIAL: "░", FULL: "█"}
         cls = self.classes()[group].tolist()
         return "\n".join("".join(chars[c] for c in row) for row in cls)
@@ -234,15 +231,15 @@ def _positive(name, value, minimum=1):
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
             value = int(value)
         else:
-            raise _bad(name, value, f"an integer >= {minimum}")
+            raise bad_argument(name, value, f"an integer >= {minimum}")
     if value < minimum:
-        raise _bad(name, value, f"an integer >= {minimum}")
+        raise bad_argument(name, value, f"an integer >= {minimum}")
     return value
 
 
 def _block_size(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value & (value - 1):
-        raise _bad(name, value, "a power of two >= 16")
+        raise bad_argument(name, value, "a power of two >= 16")
     return value
 
 
@@ -256,30 +253,30 @@ def _segment_pair(segments, q_len, k_len):
     else:
         seg_q = seg_k = torch.as_tensor(segments)
         if q_len != k_len:
-            raise _bad("segments", f"one tensor with q_len={q_len} != k_len={k_len}",
+            raise bad_argument("segments", f"one tensor with q_len={q_len} != k_len={k_len}",
                        "a pair (seg_q, seg_k) when q_len != k_len")
     for label, seg, length in (("segments (query ids)", seg_q, q_len),
                                ("segments (key ids)", seg_k, k_len)):
         if seg.dim() != 1 or seg.shape[0] != length or seg.is_floating_point() \
                 or seg.is_complex() or seg.dtype == torch.bool:
-            raise _bad(label, f"tensor of shape {tuple(seg.shape)} and dtype {seg.dtype}",
+            raise bad_argument(label, f"tensor of shape {tuple(seg.shape)} and dtype {seg.dtype}",
                        f"a 1-D integer tensor of length {length}")
     return seg_q.to(torch.int64), seg_k.to(seg_q.device, torch.int64)
 
 
 def _check_axis(name, axis, orig_len):
     if not isinstance(axis, Axis):
-        raise _bad(name, axis, "a layout.Axis")
+        raise bad_argument(name, axis, "a layout.Axis")
     if axis.length < 0:
-        raise _bad(f"{name}.length", axis.length, "an integer >= 0")
+        raise bad_argument(f"{name}.length", axis.length, "an integer >= 0")
     if axis.index is None:
         if axis.step < 1:
-            raise _bad(f"{name}.step", axis.step, "an integer >= 1")
+            raise bad_argument(f"{name}.step", axis.step, "an integer >= 1")
         last = axis.start + axis.step * (axis.length - 1)
         if axis.length and (axis.start < 0 or last >= orig_len):
-            raise _bad(name, axis, f"positions inside [0, {orig_len})")
+            raise bad_argument(name, axis, f"positions inside [0, {orig_len})")
     elif axis.index.numel() != axis.length:
-        raise _bad(f"{name}.index", f"{axis.index.numel()} positions",
+        raise bad_argument(f"{name}.index", f"{axis.index.numel()} positions",
                    f"length = {axis.length} positions")
 
 
@@ -386,7 +383,7 @@ class _Classifier:
                                           int(c(n.seed))))
         if isinstance(n, ir.Segment):
             if self.segs is None:
-                raise _bad("segments", None, "segment ids (a 1-D integer tensor, or a pair "
+                raise bad_argument("segments", None, "segment ids (a 1-D integer tensor, or a pair "
                            "(seg_q, seg_k)): the pattern uses `segment`")
             return self.norm(prims.segment(qb, kb, *self.segs))
         if isinstance(n, ir.Heads):
@@ -480,10 +477,10 @@ def classify(expr, q_axis: Axis, k_axis: Axis, *, block_m: int, block_n: int, q_
     _check_axis("k_axis", k_axis, k_len)
     heads = list(range(num_heads)) if heads is None else [int(h) for h in heads]
     if not heads:
-        raise _bad("heads", heads, "at least one head index")
+        raise bad_argument("heads", heads, "at least one head index")
     segs = _segment_pair(segments, q_len, k_len)
     if segs is None and any(isinstance(n, ir.Segment) for n in expr.walk()):
-        raise _bad("segments", None, "segment ids (a 1-D integer tensor of length k_len, or a "
+        raise bad_argument("segments", None, "segment ids (a 1-D integer tensor of length k_len, or a "
                    "pair (seg_q, seg_k)): the pattern uses `segment`")
     device = segs[0].device if segs is not None else torch.device("cpu")
     qb = prims.make_blocks(q_axis, block_m, k_len - q_len, device)

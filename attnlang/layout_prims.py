@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from . import ir
+from .predicate import random_keep
 from .layout_runs import FULL, PARTIAL, SKIP, UNKNOWN, Runs, expand, runs_1d, tile
 
 _BIG = 1 << 48  # stands for an unbounded band edge (positions are far below this)
@@ -304,28 +305,6 @@ def _runs_2d(cls: torch.Tensor, row0: int) -> Runs:
 # ---------------------------------------------------------------- random
 
 
-def _mul32(x, c):
-    # low 32 bits of x * c (x < 2^32): split to stay inside int64
-    return ((x & 0xFFFF) * c + ((((x >> 16) * (c & 0xFFFF)) & 0xFFFF) << 16)) & 0xFFFFFFFF
-
-
-def mix32(x):
-    x = x & 0xFFFFFFFF
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def random_cells(seed: int, i: torch.Tensor, j: torch.Tensor, density: float) -> torch.Tensor:
-    """LANGUAGE.md section 5: whether random cell (i, j) is kept (broadcasting i and j)."""
-    h = mix32(torch.as_tensor(seed & 0xFFFFFFFF, dtype=torch.int64, device=i.device))
-    h = mix32((h + i) & 0xFFFFFFFF)
-    h = mix32((h + j) & 0xFFFFFFFF)
-    return h < math.floor(float(density) * 4294967296.0)
-
-
 def random(qb: Blocks, kb: Blocks, density: float, cell: int, seed: int,
            budget: int = 1 << 22) -> Runs:
     """Layout of ``random(density, block = cell, seed)``: the class of layout block (m, n) is
@@ -357,7 +336,7 @@ def random(qb: Blocks, kb: Blocks, density: float, cell: int, seed: int,
             r1 += 1
         i0 = int(i_lo[r0])
         i = torch.arange(i0, int(i_hi[r1 - 1]) + 1, dtype=torch.int64, device=device)
-        kept = random_cells(seed, i[:, None], j[None, :], density).to(torch.int64)
+        kept = random_keep(seed, i[:, None], j[None, :], density).to(torch.int64)
         pre = torch.zeros(i.numel() + 1, n_j + 1, dtype=torch.int64, device=device)
         pre[1:, 1:] = kept.cumsum(0).cumsum(1)
         a0, a1 = (i_lo[r0:r1] - i0)[:, None], (i_hi[r0:r1] - i0 + 1)[:, None]

@@ -118,8 +118,6 @@ def decompose(expr) -> Tuple[ComponentSpec, ...]:
             predicate = ir.Difference(predicate, prev)
         specs.append(ComponentSpec(kind, predicate, modulus, gather_set))
         earlier.append(own)
-    if len(specs) > 1 and all(s.kind == IDENTITY for s in specs):
-        raise AssertionError("identity terms must share one component")
     return tuple(specs)
 
 

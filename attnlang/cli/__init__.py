@@ -16,18 +16,6 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attnlang",
-        description="attnlang: a compiler for attention sparsity patterns.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(f".{module}", __name__).add_arguments(sp)
-    return parser
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Build only the parser of the chosen subcommand so that `check`/`fmt` stay light.
