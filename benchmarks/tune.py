@@ -1,0 +1,79 @@
+"""Tile sweep for the generated kernels on the GPU (ATTNLANG_TILES overrides one role at a time).
+
+    python benchmarks/tune.py [--dims 128,64] [--pattern "causal"] [--n 8192]
+
+Prints the median time of the forward kernel(s) and of the backward kernels for each candidate,
+per head dimension, so the defaults in templates/attention.py.jinja (TILES) can be chosen.
+"""
+import argparse
+import math
+import os
+
+import torch
+from triton.testing import do_bench
+
+import attnlang
+from attnlang.cache import load_module
+
+FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "128x128:4:3"]
+DKDV = ["64x64:8:2", "64x64:4:2", "64x128:8:2", "32x128:4:2", "32x128:8:2", "64x128:8:1",
+        "32x64:4:3"]
+DQ = ["64x64:8:2", "64x64:4:2", "128x64:8:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
+      "64x32:4:3"]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dims", default="128,64")
+    parser.add_argument("--pattern", action="append")
+    parser.add_argument("--n", type=int, default=8192)
+    args = parser.parse_args()
+    patterns = args.pattern or ["causal"]
+    n, heads, batch = args.n, 16, max(1, 16384 // args.n)
+    for text in patterns:
+        mod = load_module(attnlang.parse(f"pattern x = {text}")["x"])
+        for d in (int(x) for x in args.dims.split(",")):
+            q, k, v, do = (torch.randn(batch, heads, n, d, device="cuda", dtype=torch.bfloat16)
+                           for _ in range(4))
+            scale = 1 / math.sqrt(d)
+            none = (None,) * 5
+            base = dict(fwd=FWD[0], dkdv=DKDV[0], dq=DQ[0])
+
+            def setenv(cfg):
+                os.environ["ATTNLANG_TILES"] = ",".join(f"{r}={c}" for r, c in cfg.items())
+
+            def fwd():
+                return mod.attention_forward(q, k, v, scale, None, None, None, None, None, 0.0, 0)
+
+            def run(role, cands):
+                best = None
+                for cand in cands:
+                    cfg = dict(base, **{role: cand})
+                    setenv(cfg)
+                    try:
+                        out, lse = fwd()
+                        if role == "fwd":
+                            ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
+                        else:
+                            def bwd():
+                                mod.attention_backward(do, q, k, v, out, lse, scale, None, None,
+                                                       None, None, None, 0.0, 0, False)
+                            ms = do_bench(bwd, warmup=25, rep=100, return_mode="median")
+                    except Exception as exc:  # out of resources etc.
+                        print(f"{text} d={d} {role} {cand}: {type(exc).__name__}", flush=True)
+                        continue
+                    print(f"{text} d={d} {role:5s} {cand:12s} {ms:8.3f} ms", flush=True)
+                    if best is None or ms < best[0]:
+                        best = (ms, cand)
+                print(f"BEST {text} d={d} {role} {best}", flush=True)
+                if best:
+                    base[role] = best[1]
+
+            run("fwd", FWD)
+            run("dkdv", DKDV)
+            run("dq", DQ)
+            print(f"CHOSEN {text} d={d} {base}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
