@@ -41,7 +41,7 @@ def as_pattern(pattern) -> Pattern:
 
 def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_mask=None,
               attn_bias=None, scale=None, dropout_p=0.0, generator=None, return_lse=False,
-              backend="auto"):
+              backend="auto", block_m=None, block_n=None):
     """Sparse attention: ``out`` ``[B, Hq, Lq, D]`` (and ``lse`` ``[B, Hq, Lq]`` float32 with
     ``return_lse=True``).
 
@@ -51,10 +51,14 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
     = keep.  ``attn_mask`` (bool, True = keep) and ``attn_bias`` (float, added to the scaled
     scores; it gets a gradient) broadcast to ``[B, Hq, Lq, Lk]``.  ``dropout_p`` drops attention
     weights, drawn from ``generator``.  ``backend``: ``"auto"``, ``"triton"`` or ``"torch"``.
+    ``block_m``/``block_n``: the layout block sizes (queries, keys), powers of two >= 16, or
+    None for the backend's default; they change only the speed, never the result.
     """
-    from .runtime import run
+    from .runtime import _check_block, run
 
+    block_m = _check_block("block_m", block_m)
+    block_n = _check_block("block_n", block_n)
     return run(as_pattern(pattern), q, k, v, segments=segments,
                key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
                scale=scale, dropout_p=dropout_p, generator=generator, return_lse=return_lse,
-               backend=backend)
+               backend=backend, block_m=block_m, block_n=block_n)

@@ -121,3 +121,41 @@ def test_defaults_and_block_size_spelling():
 def test_errors_name_the_argument(call, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         call()
+
+
+@pytest.mark.parametrize("blocksize, block", [(1, 16), (16, 16), (17, 32), (32, 32), (48, 64),
+                                              (64, 64), (128, 64), (1000, 64)])
+def test_blocksize_reaches_the_runtime(monkeypatch, blocksize, block):
+    """``blocksize`` becomes ``block_m = block_n`` (rounded up to a power of two in [16, 64]);
+    ``attention_impl`` leaves the runtime's default (None)."""
+    import attnlang.runtime as runtime
+
+    seen = []
+    real_run = runtime.run
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("block_m"), kwargs.get("block_n")))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "run", spy)
+    q = torch.randn(1, 12, 32)
+    blocksparse_attention_impl(q, q, q, 2, "local", 4, blocksize=blocksize)
+    SparseAttention(2, "strided", 3, blocksize)(q, q, q)
+    attention_impl(q, q, q, 2, "all")
+    assert seen == [(block, block), (block, block), (None, None)]
+
+
+def test_results_equal_across_blocksizes():
+    """Layout blocks change only how the work is split: the same numbers for every blocksize."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 150, 64, generator=gen, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 150, 64, generator=gen)
+    expected = reference(q, k, v, 4, openai_mask(150, 150, "fixed", 24, True, 3))
+    results = []
+    for blocksize in (16, 32, 64):
+        out = blocksparse_attention_impl(q, k, v, 4, "fixed", 24, blocksize, summary_size=3)
+        torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+        results.append((out, *torch.autograd.grad((out * g).sum(), (q, k, v))))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

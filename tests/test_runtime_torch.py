@@ -214,6 +214,26 @@ def test_string_patterns_and_errors():
         make_module("causal", block_m=24)
 
 
+def test_functional_block_sizes_reach_the_op_and_keep_the_numbers():
+    """``block_m``/``block_n`` of ``functional.attention`` pick the op (its cache key) and are
+    checked; every valid choice gives the same result."""
+    from attnlang import runtime
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 70, 16, generator=gen) for _ in range(3))
+    text = "causal & window(9, 0) | global(0..3)"
+    expr = str(F.as_pattern(text).ir)
+    base = F.attention(q, k, v, text, backend="torch")
+    for bm, bn in ((16, 16), (16, 32), (32, 16), (64, 64)):
+        out = F.attention(q, k, v, text, backend="torch", block_m=bm, block_n=bn)
+        torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
+        assert any(key.startswith(f"torch|{bm}|{bn}|") and key.endswith(f"|{expr}")
+                   for key in runtime._IMPLS), (bm, bn)
+    for name, bad in (("block_m", 24), ("block_n", 8), ("block_m", "32"), ("block_n", True)):
+        with pytest.raises(ValueError, match=f"^{name}: got {bad!r}"):
+            F.attention(q, k, v, text, backend="torch", **{name: bad})
+
+
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, v = (torch.randn(1, 1, 8, 16) for _ in range(3))

@@ -14,13 +14,14 @@ the scale fixed to the caller's ``1/sqrt(D)`` so that padding never changes the 
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 
 MIN_HEAD_DIM = 16  # the smallest head dim the generated kernels accept (attnlang.validate)
+MIN_BLOCK = 16  # the smallest layout block the kernels take (a power of two)
+MAX_BLOCK = 64  # the largest layout block ``layout_block`` picks
 
 
 @functools.lru_cache(maxsize=256)
@@ -31,40 +32,40 @@ def pattern(text: str):
     return parse(f"pattern nn_pattern = {text}", filename="<attnlang.nn>")["nn_pattern"]
 
 
-@functools.lru_cache(maxsize=1)
-def _runtime():
-    """``attnlang.functional.attention`` and whether it takes ``block_m``/``block_n``."""
-    from ..functional import attention
+def layout_block(blocksize: int) -> int:
+    """The layout block size (``block_m = block_n``) used for a requested ``blocksize``.
 
-    try:
-        names = inspect.signature(attention).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        names = {}
-    return attention, ("block_m" in names and "block_n" in names)
+    The kernels take powers of two from 16 up; ``blocksize`` is rounded up to the next power
+    of two, raised to at least ``MIN_BLOCK`` and capped at ``MAX_BLOCK`` (larger tiles would not
+    fit the backward kernels' shared memory at the larger head dims).  The block size changes
+    only the speed, never the numbers.
+    """
+    block = 1 << max(0, int(blocksize) - 1).bit_length()  # next power of two >= blocksize
+    return min(MAX_BLOCK, max(MIN_BLOCK, block))
 
 
 def attend(q, k, v, text, *, key_padding_mask=None, attn_mask=None, attn_bias=None,
            scale=None, dropout_p=0.0, return_lse=False, block=None):
     """Run ``attnlang.functional.attention`` with the pattern ``text`` on ``[B, H, L, D]`` inputs.
 
-    ``scale`` defaults to ``1/sqrt(D)`` of the *unpadded* head dim.  ``block`` is a layout block
-    size passed as ``block_m``/``block_n`` where the runtime takes them and the value is a power
-    of two >= 16 (otherwise the runtime's default blocks; the result is the same either way).
+    ``scale`` defaults to ``1/sqrt(D)`` of the *unpadded* head dim.  ``block`` is a requested
+    layout block size: ``layout_block(block)`` is passed as ``block_m`` and ``block_n`` (None:
+    the backend's default blocks).  The result is the same either way.
     Returns ``out`` (and ``lse`` when ``return_lse``), ``out`` with ``q``'s head dim.
     """
-    attention, takes_blocks = _runtime()
+    from ..functional import attention
+
     dim = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(dim)
     if dim < MIN_HEAD_DIM:
         pad = (0, MIN_HEAD_DIM - dim)
         q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
-    extra = {}
-    if block is not None and takes_blocks and block >= MIN_HEAD_DIM and not block & (block - 1):
-        extra = dict(block_m=block, block_n=block)  # kernels take powers of two >= 16
+    block = None if block is None else layout_block(block)
     result = attention(q, k, v, pattern(text), key_padding_mask=key_padding_mask,
                        attn_mask=attn_mask, attn_bias=attn_bias, scale=scale,
-                       dropout_p=dropout_p, return_lse=return_lse, **extra)
+                       dropout_p=dropout_p, return_lse=return_lse, block_m=block,
+                       block_n=block)
     if return_lse:
         out, lse = result
         return out[..., :dim], lse

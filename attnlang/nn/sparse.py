@@ -95,7 +95,8 @@ def attention_impl(q, k, v, heads, attn_mode, local_attn_ctx=None, *, causal=Tru
 
 def blocksparse_attention_impl(q, k, v, heads, attn_mode, local_attn_ctx=None, blocksize=32, *,
                                causal=True, summary_size=None):
-    """``attention_impl`` computed with layout blocks of ``blocksize`` tokens (same numbers)."""
+    """``attention_impl`` computed with layout blocks of about ``blocksize`` tokens (same numbers;
+    ``_common.layout_block`` rounds it to a power of two in [16, 64])."""
     blocksize = check_int("blocksize", blocksize, 1)
     return _run(q, k, v, heads, attn_mode, local_attn_ctx, causal, blocksize, summary_size)
 
