@@ -45,6 +45,7 @@ from .errors import bad_argument
 from .layout_runs import AND, DIFF, FULL, IDENT, NOT, OR, PARTIAL, SKIP, UNKNOWN, Runs, combine, \
     expand
 from .layout_where import where_classes
+from . import layout_segment
 
 MAX_INDEX_ENTRIES = (1 << 31) - 1  # int32 CSR indices; also capped by half the free memory
 REFINE_LIMIT = 1 << 24  # element evaluations allowed to settle UNKNOWN blocks
@@ -482,6 +483,11 @@ def classify(expr, q_axis: Axis, k_axis: Axis, *, block_m: int, block_n: int, q_
     if segs is None and any(isinstance(n, ir.Segment) for n in expr.walk()):
         raise bad_argument("segments", None, "segment ids (a 1-D integer tensor of length k_len, or a "
                    "pair (seg_q, seg_k)): the pattern uses `segment`")
+    if segs is not None and q_axis.is_identity and k_axis.is_identity:
+        fast = _classify_documents(expr, segs, heads, num_heads, block_m, block_n, q_len, k_len,
+                                   refine_limit, segments)
+        if fast is not None:
+            return fast
     device = segs[0].device if segs is not None else torch.device("cpu")
     qb = prims.make_blocks(q_axis, block_m, k_len - q_len, device)
     kb = prims.make_blocks(k_axis, block_n, 0, device)
@@ -496,14 +502,49 @@ def classify(expr, q_axis: Axis, k_axis: Axis, *, block_m: int, block_n: int, q_
         exact &= ok
         entries = sum(r.blocks() for r in per_group) + runs.blocks()
         if entries > budget:
-            raise ValueError(
-                f"pattern: the block layout would hold about {entries} kept blocks "
-                f"(so far, of {len(groups)} head group(s)) at q_len={q_len}, k_len={k_len}, "
-                f"blocks {block_m}x{block_n}; the limit is {budget} index entries (int32, half "
-                f"the available memory); use larger blocks or shorter sequences")
+            _too_large(entries, len(groups), q_len, k_len, block_m, block_n, budget)
         per_group.append(runs)
     return _assemble(per_group, groups, heads, qb, kb, q_axis, k_axis, exact, expr, q_len,
                      k_len, segments)
+
+
+def _too_large(entries, n_groups, q_len, k_len, block_m, block_n, budget):
+    raise ValueError(
+        f"pattern: the block layout would hold about {entries} kept blocks "
+        f"(so far, of {n_groups} head group(s)) at q_len={q_len}, k_len={k_len}, "
+        f"blocks {block_m}x{block_n}; the limit is {budget} index entries (int32, half "
+        f"the available memory); use larger blocks or shorter sequences")
+
+
+def _classify_documents(expr, segs, heads, num_heads, block_m, block_n, q_len, k_len,
+                        refine_limit, segments) -> Optional[Layout]:
+    """The lean path for document masks (``layout_segment``): the same Layout as the general
+    classifier, or None where it does not apply (another pattern, heads-dependent, ids of a key
+    document not contiguous, or a block grid too large for a dense array)."""
+    band = layout_segment.band_of(expr)
+    if band is None:
+        return None
+    for presorted in (True, False):
+        dense = layout_segment.classes(segs[0], segs[1], q_len, k_len, block_m, block_n, *band,
+                                       refine_limit, presorted)
+        if dense is None:
+            return None
+        done = layout_segment.csr_tables(*dense)
+        if done is not None:
+            break
+    else:
+        return None
+    exact, entries, t = done
+    # the memory budget reads /proc/meminfo: only worth it where it could bind (< 16 MiB free)
+    if entries > (1 << 20):
+        budget = _memory_budget()
+        if entries > budget:
+            _too_large(entries, 1, q_len, k_len, block_m, block_n, budget)
+    nq, nk = dense[0].shape
+    return Layout(q_len, k_len, block_m, block_n, len(heads), nq, nk, (tuple(heads),),
+                  torch.zeros(len(heads), dtype=torch.int32, device=segs[0].device), *t,
+                  exact=exact, identity=True, expr=expr, orig_q_len=q_len, orig_k_len=k_len,
+                  segments=segments)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int):

@@ -267,9 +267,30 @@ def _mark(s, keep, length):
         raise TypeError(f"not an index set: {s}")
 
 
+def _translation_invariant(expr) -> bool:
+    """Whether ``expr`` depends on positions only through ``d = p - k`` (and on ``h``, ``Lq``,
+    ``Lk``): then shifting both axes of a class by the same amount leaves its layout unchanged."""
+    for node in expr.walk():
+        if isinstance(node, ir.Var):
+            if node.name in ("p", "q", "k"):
+                return False
+        elif ir.is_pattern(node) and not isinstance(node, _SHIFT_FREE):
+            return False
+    return True
+
+
+_SHIFT_FREE = (ir.All, ir.Nothing, ir.Causal, ir.Window, ir.Stride, ir.Heads, ir.Where, ir.Union,
+               ir.Intersect, ir.Difference, ir.Complement)
+
+
 def lower(spec: ComponentSpec, q_len: int, k_len: int, *, block_m: int, block_n: int,
           num_heads: int, segments=None) -> Component:
-    """Axes and block layouts of one component at concrete lengths."""
+    """Axes and block layouts of one component at concrete lengths.
+
+    Residue classes ``r`` have query axis ``q0 + s i`` and key axis ``r + s j``; when the
+    predicate only reads ``d`` (``_translation_invariant``), classes with equal axis lengths and
+    equal ``q0 + (k_len - q_len) - r`` are translates of each other and get the same layout
+    (computed once: a residue component has at most a handful of distinct ones)."""
     common = dict(block_m=block_m, block_n=block_n, q_len=q_len, k_len=k_len,
                   num_heads=num_heads, segments=segments)
     if spec.kind == IDENTITY:
@@ -284,8 +305,18 @@ def lower(spec: ComponentSpec, q_len: int, k_len: int, *, block_m: int, block_n:
             q0 = (r - off) % s
             axes.append((Axis(max(0, -(-(q_len - q0) // s)), start=q0, step=s),
                          Axis(max(0, -(-(k_len - r) // s)), start=r, step=s)))
-    layouts = tuple(classify(spec.predicate, qa, ka, **common) for qa, ka in axes)
-    return Component(spec, tuple(a[0] for a in axes), tuple(a[1] for a in axes), layouts)
+    shared = spec.kind == RESIDUE and _translation_invariant(spec.predicate)
+    done, layouts = {}, []
+    for qa, ka in axes:
+        key = (qa.length, ka.length, qa.start + k_len - q_len - ka.start) if shared else None
+        if key is None or key not in done:
+            lay = classify(spec.predicate, qa, ka, **common)
+            if key is None:
+                layouts.append(lay)
+                continue
+            done[key] = lay
+        layouts.append(done[key])
+    return Component(spec, tuple(a[0] for a in axes), tuple(a[1] for a in axes), tuple(layouts))
 
 
 def build_plan(expr, q_len: int, k_len: Optional[int] = None, block_m: int = 128,
@@ -298,7 +329,31 @@ def build_plan(expr, q_len: int, k_len: Optional[int] = None, block_m: int = 128
     return Plan(expr, components, q_len, k_len, num_heads, block_m, block_n, segments)
 
 
+# pairs per ``predicate.evaluate`` call in ``_kept_pairs``: cache-sized chunks run faster on CPU
+# than huge ones, and the Python overhead is one call per 16 blocks of 128 x 128
+_EVAL_ELEMENTS = 1 << 18
+
+
+def _partial_entries(lay: Layout):
+    """Every (query block, key block, head) of a layout's partial table: three int64 tensors."""
+    offsets = lay.partial_offsets.to(torch.int64).cpu()
+    counts = offsets[1:] - offsets[:-1]
+    rows = torch.arange(counts.numel()).repeat_interleave(counts)
+    cols = lay.partial_indices.to(torch.int64).cpu()
+    group = torch.div(rows, max(lay.num_q_blocks, 1), rounding_mode="floor")
+    m = rows - group * lay.num_q_blocks
+    sizes = torch.tensor([len(g) for g in lay.groups], dtype=torch.int64)
+    members = torch.tensor([h for g in lay.groups for h in g], dtype=torch.int64)
+    first = torch.cumsum(sizes, 0) - sizes
+    reps = sizes[group]
+    which = torch.arange(rows.numel()).repeat_interleave(reps)
+    slot = torch.arange(which.numel()) - (torch.cumsum(reps, 0) - reps)[which]
+    return m[which], cols[which], members[first[group[which]] + slot]
+
+
 def _kept_pairs(component: Component, plan: "Plan") -> int:
+    """Kept pairs of one component: full blocks by area; partial blocks of every class and head
+    evaluated element-wise, batched (``_EVAL_ELEMENTS`` pairs per call)."""
     from .predicate import evaluate  # not needed by generated modules: imported only here
 
     segments = plan.segments
@@ -306,22 +361,36 @@ def _kept_pairs(component: Component, plan: "Plan") -> int:
     if segments is not None:
         seg_q, seg_k = segments if isinstance(segments, (tuple, list)) else (segments, segments)
     total = 0
-    for q_axis, k_axis, lay in zip(component.q_axes, component.k_axes, component.layouts):
+    blocks, q_flat, k_flat = [], [], []
+    q_base = k_base = 0
+    for c, (q_axis, k_axis, lay) in enumerate(zip(component.q_axes, component.k_axes,
+                                                  component.layouts)):
         total += _visited_pairs(lay, q_axis.length, k_axis.length, full_only=True)
-        bm, bn = lay.block_m, lay.block_n
-        offsets, indices = lay.partial_offsets.cpu(), lay.partial_indices.cpu()
-        for g, heads in enumerate(lay.groups):
-            for m in range(lay.num_q_blocks):
-                row = g * lay.num_q_blocks + m
-                lo, hi = int(offsets[row]), int(offsets[row + 1])
-                if lo == hi:
-                    continue
-                qp = q_axis.positions(m * bm, min((m + 1) * bm, q_axis.length))
-                for n in indices[lo:hi].tolist():
-                    kp = k_axis.positions(n * bn, min((n + 1) * bn, k_axis.length))
-                    for h in heads:
-                        keep = evaluate(component.predicate, qp.view(-1, 1), kp.view(1, -1),
-                                        q_len=plan.q_len, k_len=plan.k_len, heads=h,
-                                        num_heads=plan.num_heads, seg_q=seg_q, seg_k=seg_k)
-                        total += int(keep.sum())
+        m, n, h = _partial_entries(lay)
+        if m.numel():
+            blocks.append((m * lay.block_m + q_base, n * lay.block_n + k_base, h,
+                           torch.full_like(m, q_base + q_axis.length),
+                           torch.full_like(m, k_base + k_axis.length)))
+            q_flat.append(q_axis.positions().cpu())
+            k_flat.append(k_axis.positions().cpu())
+        # class positions are laid end to end: an entry's block starts at its class base
+        q_base += q_axis.length if m.numel() else 0
+        k_base += k_axis.length if m.numel() else 0
+    if not blocks:
+        return total
+    bm, bn = component.layouts[0].block_m, component.layouts[0].block_n
+    q0, k0, heads, q_end, k_end = (torch.cat(parts) for parts in zip(*blocks))
+    q_all, k_all = torch.cat(q_flat), torch.cat(k_flat)
+    rm, rn = torch.arange(bm), torch.arange(bn)
+    step = max(1, _EVAL_ELEMENTS // (bm * bn))
+    for s in range(0, q0.numel(), step):
+        qi = q0[s:s + step, None] + rm[None, :]
+        ki = k0[s:s + step, None] + rn[None, :]
+        q_ok, k_ok = qi < q_end[s:s + step, None], ki < k_end[s:s + step, None]
+        qp = q_all[torch.where(q_ok, qi, 0)]
+        kp = k_all[torch.where(k_ok, ki, 0)]
+        keep = evaluate(component.predicate, qp[:, :, None], kp[:, None, :], q_len=plan.q_len,
+                        k_len=plan.k_len, heads=heads[s:s + step, None, None],
+                        num_heads=plan.num_heads, seg_q=seg_q, seg_k=seg_k)
+        total += int((keep & q_ok[:, :, None] & k_ok[:, None, :]).sum())
     return total

@@ -1,0 +1,199 @@
+"""The fast plan paths give exactly what the straightforward ones give, and are fast.
+
+* residue components reuse the layout of translated classes (``plan.lower``): compared with a
+  per-class ``classify`` of every class;
+* ``Plan.kept_pairs`` evaluates partial blocks in batches: compared with a per-block, per-head loop;
+* document masks (``segment``, ``causal & segment``, ``window & segment``) take the dense
+  difference-array path (``layout_segment``): compared with the general classifier, CSR tensors
+  and the ``exact`` flag included, also where the refinement limit makes the general one
+  conservative.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attnlang
+from attnlang import ir, layout, layout_segment
+from attnlang.layout import classify
+from attnlang.plan import RESIDUE, build_plan, decompose
+from attnlang.predicate import evaluate
+from tests.strategies import bound_patterns, lengths, num_heads, segment_ids, segments_for
+
+I = ir.Int
+CSR_FIELDS = ("full_offsets", "full_indices", "partial_offsets", "partial_indices",
+              "full_t_offsets", "full_t_indices", "partial_t_offsets", "partial_t_indices",
+              "head_group")
+SCALAR_FIELDS = ("q_len", "k_len", "block_m", "block_n", "num_heads", "num_q_blocks",
+                 "num_k_blocks", "groups", "exact", "identity", "orig_q_len", "orig_k_len")
+
+
+def assert_same_layout(a, b):
+    for f in CSR_FIELDS:
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and torch.equal(x, y), f
+    for f in SCALAR_FIELDS:
+        assert getattr(a, f) == getattr(b, f), f
+
+
+def slow_layouts(component, plan):
+    """Every class classified on its own (what ``lower`` did before sharing layouts)."""
+    return [classify(component.predicate, qa, ka, block_m=plan.block_m, block_n=plan.block_n,
+                     q_len=plan.q_len, k_len=plan.k_len, num_heads=plan.num_heads,
+                     segments=plan.segments)
+            for qa, ka in zip(component.q_axes, component.k_axes)]
+
+
+def slow_kept_pairs(plan):
+    """Kept pairs by evaluating every visited block of every class, one block and head at a time."""
+    seg_q = seg_k = None
+    if plan.segments is not None:
+        seg_q, seg_k = plan.segments if isinstance(plan.segments, (tuple, list)) \
+            else (plan.segments, plan.segments)
+    total = 0
+    for comp in plan.components:
+        for qa, ka, lay in zip(comp.q_axes, comp.k_axes, comp.layouts):
+            cls = lay.classes()
+            for g, heads in enumerate(lay.groups):
+                for m, n in torch.nonzero(cls[g]).tolist():
+                    qp = qa.positions(m * lay.block_m, min((m + 1) * lay.block_m, qa.length))
+                    kp = ka.positions(n * lay.block_n, min((n + 1) * lay.block_n, ka.length))
+                    for h in heads:
+                        total += int(evaluate(comp.predicate, qp[:, None], kp[None, :],
+                                              q_len=plan.q_len, k_len=plan.k_len, heads=h,
+                                              num_heads=plan.num_heads, seg_q=seg_q,
+                                              seg_k=seg_k).sum())
+    return total
+
+
+def _segments(draw, q_len, k_len, expr):
+    uses = any(isinstance(n, ir.Segment) for n in expr.walk())
+    return draw(segments_for(q_len, k_len)) if uses else None
+
+
+@settings(deadline=None)
+@given(st.data(), bound_patterns(max_leaves=4), st.integers(2, 9), lengths(160), num_heads(3),
+       st.sampled_from([16, 32]), st.sampled_from([16, 32]), st.booleans())
+def test_residue_plan_matches_per_class(data, pattern, s, lens, heads, bm, bn, union):
+    expr = ir.Union(pattern, ir.Stride(I(s))) if union else ir.Intersect(pattern, ir.Stride(I(s)))
+    q_len, k_len = lens
+    segments = _segments(data.draw, q_len, k_len, expr)
+    plan = build_plan(expr, q_len, k_len, block_m=bm, block_n=bn, num_heads=heads,
+                      segments=segments)
+    for comp in plan.components:
+        for fast, slow in zip(comp.layouts, slow_layouts(comp, plan)):
+            assert_same_layout(fast, slow)
+    assert plan.kept_pairs == slow_kept_pairs(plan)
+
+
+def test_translated_classes_share_layouts():
+    expr = attnlang.parse("pattern x = causal & (window(127, 0) | stride(128))")["x"].ir
+    plan = build_plan(expr, 4096, block_m=32, block_n=32)
+    residue = [c for c in plan.components if c.kind == RESIDUE][0]
+    assert residue.num_classes == 128
+    assert len({id(lay) for lay in residue.layouts}) <= 4
+    for fast, slow in zip(residue.layouts, slow_layouts(residue, plan)):
+        assert_same_layout(fast, slow)
+
+
+def test_position_dependent_classes_are_not_shared():
+    # chunk reads absolute positions: classes are no translates of each other
+    expr = attnlang.parse("pattern x = causal & stride(8) & chunk(20)")["x"].ir
+    plan = build_plan(expr, 300, block_m=16, block_n=16)
+    residue = plan.components[0]
+    assert len({id(lay) for lay in residue.layouts}) == 8
+    for fast, slow in zip(residue.layouts, slow_layouts(residue, plan)):
+        assert_same_layout(fast, slow)
+    assert plan.kept_pairs == slow_kept_pairs(plan)
+
+
+def test_plan_with_128_classes_builds_fast():
+    expr = attnlang.parse("pattern x = causal & (window(127, 0) | stride(128))")["x"].ir
+    build_plan(expr, 1024)  # warm-up
+    t0 = time.perf_counter()
+    plan = build_plan(expr, 32768)
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    kept = plan.kept_pairs
+    count = time.perf_counter() - t0
+    assert plan.components[1].num_classes == 128
+    # causal & window(127, 0): 128 pairs per row (fewer in the first 127 rows); the stride
+    # diagonals d = 128 t, t >= 1, add (32768 - 128 t) pairs each
+    rows = sum(min(p + 1, 128) for p in range(32768))
+    diagonals = sum(32768 - 128 * t for t in range(1, 256))
+    assert kept == rows + diagonals
+    assert build < 3.0, f"plan took {build:.2f} s (about 0.05 s expected)"
+    assert count < 6.0, f"kept_pairs took {count:.2f} s"
+
+
+# ---------------------------------------------------------------- document masks
+
+
+def _general(monkeypatch):
+    """Switch the document-mask path off (the general classifier answers)."""
+    monkeypatch.setattr(layout_segment, "band_of", lambda expr: None)
+
+
+def _both(monkeypatch, expr, q_len, k_len, segments, **kw):
+    fast = layout.build_layout(expr, q_len, k_len, segments=segments, **kw)
+    with monkeypatch.context() as m:
+        _general(m)
+        slow = layout.build_layout(expr, q_len, k_len, segments=segments, **kw)
+    return fast, slow
+
+
+BANDS = st.sampled_from(["segment", "causal & segment", "segment & causal",
+                         "window(40, 3) & segment", "segment & window(0, 17)",
+                         "window(5, 200) & segment"])
+
+
+@settings(deadline=None)
+@given(st.data(), BANDS, lengths(300), num_heads(3), st.sampled_from([16, 32, 64]),
+       st.sampled_from([16, 32]), st.sampled_from([1 << 24, 0, 3000]))
+def test_document_layout_matches_general(data, source, lens, heads, bm, bn, limit):
+    expr = attnlang.parse(f"pattern x = {source}")["x"].ir
+    q_len, k_len = lens
+    segments = data.draw(segments_for(q_len, k_len))
+    assert layout_segment.band_of(expr) is not None
+    with pytest.MonkeyPatch.context() as mp:
+        fast, slow = _both(mp, expr, q_len, k_len, segments, block_m=bm, block_n=bn,
+                           num_heads=heads, refine_limit=limit)
+    assert_same_layout(fast, slow)
+
+
+@pytest.mark.parametrize("ids", [
+    [3, 3, 3, 1, 1, 7, 7, 7, 7, 0, 0, 0, 0, 0, 2, 2],   # contiguous, not sorted
+    [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 2, 2, 0, 1, 1, 1],   # ids in several runs: general path
+])
+def test_document_layout_unsorted_ids(monkeypatch, ids):
+    ids = torch.tensor(ids)
+    for source in ("segment", "causal & segment", "window(9, 2) & segment"):
+        expr = attnlang.parse(f"pattern x = {source}")["x"].ir
+        fast, slow = _both(monkeypatch, expr, ids.numel(), ids.numel(), ids, block_m=16,
+                           block_n=16)
+        assert_same_layout(fast, slow)
+    # distinct ids in shuffled order: every id is one run, the sorted-ids guess fails
+    shuffled = torch.randperm(64, generator=torch.Generator().manual_seed(1)) * 3
+    fast, slow = _both(monkeypatch, expr, 64, 64, shuffled, block_m=16, block_n=16)
+    assert_same_layout(fast, slow)
+
+
+def test_document_plan_at_32k_is_fast_and_exact(monkeypatch):
+    expr = attnlang.parse("pattern x = causal & segment")["x"].ir
+    g = torch.Generator().manual_seed(0)
+    cuts = torch.sort(torch.randperm(32767, generator=g)[:63] + 1).values
+    ids = torch.zeros(32768, dtype=torch.int64)
+    ids[cuts] = 1
+    ids = ids.cumsum(0)
+    build_plan(expr, 32768, segments=ids)
+    t0 = time.perf_counter()
+    plan = build_plan(expr, 32768, segments=ids)
+    took = time.perf_counter() - t0
+    _general(monkeypatch)
+    slow = build_plan(expr, 32768, segments=ids)
+    assert_same_layout(plan.components[0].layouts[0], slow.components[0].layouts[0])
+    assert took < 1.0, f"document plan took {took:.3f} s (a few ms expected)"
