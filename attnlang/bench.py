@@ -188,6 +188,46 @@ def run(patterns=None, lengths=(8192, 32768), dims=(128, 64), modes=("fwd", "fwd
     return records
 
 
+def long_context(lengths=(131072, 1048576), heads=8, d=128, log=print):
+    """``causal & window(1023, 0)`` forward+backward at long lengths (B = 1): time, and peak GPU
+    memory against the tensors the call must hold anyway (q, k, v, out, dout, dq, dk, dv)."""
+    from triton.testing import do_bench
+
+    import attnlang
+
+    module = attnlang.parse("pattern x = causal & window(1023, 0)")["x"].module(backend="triton")
+    def measure(n):  # a function, so the tensors are freed before the next length
+        torch.cuda.empty_cache()
+        q, k, v, do = (torch.randn(1, heads, n, d, device="cuda", dtype=torch.bfloat16)
+                       for _ in range(4))
+        q.requires_grad_(True)
+        k.requires_grad_(True)
+        v.requires_grad_(True)
+
+        def step():
+            module(q, k, v).backward(do)
+        step()  # compile and build the tables outside the measurement
+        q.grad = k.grad = v.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        essential = 8 * q.numel() * q.element_size()  # q k v dout, out, dq dk dv
+        ms = do_bench(step, warmup=10, rep=50, grad_to_none=[q, k, v], return_mode="median")
+        return dict(n=n, heads=heads, d=d, ms=ms, ms_per_token=ms / n * 1e6, peak_bytes=peak,
+                    essential_bytes=essential, ratio=peak / essential)
+
+    rows = []
+    for n in lengths:
+        row = measure(n)
+        rows.append(row)
+        log(f"long context causal & window(1023, 0) n={n:8d}: fwd+bwd {row['ms']:9.3f} ms "
+            f"({row['ms_per_token']:.3f} ns/token), peak {row['peak_bytes'] / 2**30:.2f} GiB, "
+            f"peak / (inputs+outputs+grads) = {row['ratio']:.3f}")
+    return rows
+
+
 def markdown_table(records) -> str:
     """attnlang vs FlexAttention vs SDPA, useful TFLOP/s, one row per (pattern, n, d, mode)."""
     from collections import OrderedDict
@@ -221,8 +261,15 @@ def main(argv=None):
     parser.add_argument("--pattern", action="append")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("-o", "--out", default="benchmarks/results/latest.json")
+    parser.add_argument("--long", action="store_true",
+                        help="only the long-context run (128k and 1M tokens); writes --out")
     args = parser.parse_args(argv)
     start = time.time()
+    if args.long:
+        rows = long_context()
+        with open(args.out, "w") as handle:
+            json.dump(rows, handle, indent=1)
+        return
     records = run(patterns=args.pattern, lengths=[int(x) for x in args.lengths.split(",")],
                   dims=[int(x) for x in args.dims.split(",")], modes=args.modes.split(","),
                   out_path=args.out)
