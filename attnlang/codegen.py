@@ -11,8 +11,10 @@ Logic lives here, in Python; the template only lays the pieces out.  The in-bloc
 component is a Triton expression built by ``MaskEmitter`` (one case per IR node) over:
 ``qp`` (original query positions, ``[BLOCK_M, 1]``), ``kp`` (original key positions,
 ``[1, BLOCK_N]``), ``h`` (query head), ``H``, ``Lq``, ``Lk`` and, for ``segment``, ``sq``/``sk``
-(the segment ids at ``qp``/``kp``).  Arithmetic is int64 with floor division/modulo helpers, so
-``where`` predicates are exact for any realistic length.
+(the segment ids at ``qp``/``kp``).  Primitives compute in int32 (positions and distances of
+sequences shorter than 2^30 fit; larger constants promote to int64), which is what the partial
+blocks' hot loop wants; ``where`` and the ``random`` hash compute in int64, so ``where``
+predicates are exact for any realistic length.  Division and modulo floor (helpers).
 """
 from __future__ import annotations
 
@@ -58,8 +60,11 @@ class MaskEmitter:
         if isinstance(e, ir.Int):
             return f"({e.value})"
         if isinstance(e, ir.Var):
-            return {"q": "qp", "k": "kp", "p": "(qp + (Lk - Lq))", "d": "(qp + (Lk - Lq) - kp)",
-                    "h": "h", "Lq": "Lq", "Lk": "Lk"}[e.name]
+            # where: int64, so products of positions stay exact
+            q, k, lq, lk = "qp.to(tl.int64)", "kp.to(tl.int64)", "Lq.to(tl.int64)", "Lk.to(tl.int64)"
+            return {"q": q, "k": k, "p": f"({q} + ({lk} - {lq}))",
+                    "d": f"({q} + ({lk} - {lq}) - {k})", "h": "h.to(tl.int64)", "Lq": lq,
+                    "Lk": lk}[e.name]
         if isinstance(e, ir.BinOp):
             a, b = self.int_expr(e.left), self.int_expr(e.right)
             if e.op == "div":
