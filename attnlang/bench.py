@@ -229,25 +229,34 @@ def long_context(lengths=(131072, 1048576), heads=8, d=128, log=print):
 
 
 def markdown_table(records) -> str:
-    """attnlang vs FlexAttention vs SDPA, useful TFLOP/s, one row per (pattern, n, d, mode)."""
+    """attnlang vs FlexAttention vs SDPA, useful TFLOP/s, one row per (pattern, n, d, mode).
+
+    Records may carry a ``run`` label (results merged from several runs): ratios then compare only
+    numbers of the same run, and a ``run`` column says where each row comes from."""
     from collections import OrderedDict
 
+    runs = {r.get("run") for r in records}
     rows = OrderedDict()
     for r in records:
-        rows.setdefault((r["pattern"], r["n"], r["d"], r["mode"]), {})[r["impl"]] = r["tflops"]
-    causal = {(r["n"], r["d"], r["mode"]): r["tflops"] for r in records
+        key = (r["pattern"], r["n"], r["d"], r["mode"], r.get("run"))
+        rows.setdefault(key, {})[r["impl"]] = r["tflops"]
+    causal = {(r["n"], r["d"], r["mode"], r.get("run")): r["tflops"] for r in records
               if r["impl"] == "sdpa-causal"}
-    lines = ["| pattern | n | d | mode | attnlang | FlexAttention | SDPA (causal / mask / full) | "
-             "vs Flex | vs SDPA causal |", "|---|---|---|---|---|---|---|---|---|"]
-    for (pattern, n, d, mode), impls in rows.items():
+    extra = len(runs) > 1
+    head = ("| pattern | n | d | mode | attnlang | FlexAttention | SDPA (causal / mask / full) | "
+            "vs Flex | vs SDPA causal |" + (" run |" if extra else ""))
+    lines = [head, "|---" * (9 + extra) + "|"]
+    fmt = lambda x: "—" if x is None else f"{x:.0f}"
+    ratio = lambda a, b: "—" if a is None or not b else f"{a / b:.2f}×"
+    for (pattern, n, d, mode, run), impls in rows.items():
         ours = impls.get("attnlang")
         flex = impls.get("flex")
         sdpa = impls.get("sdpa-causal") or impls.get("sdpa-mask") or impls.get("sdpa")
-        ref = causal.get((n, d, mode))
-        fmt = lambda x: "—" if x is None else f"{x:.0f}"
-        ratio = lambda a, b: "—" if a is None or not b else f"{a / b:.2f}×"
-        lines.append(f"| `{pattern}` | {n // 1024}k | {d} | {mode} | {fmt(ours)} | {fmt(flex)} | "
-                     f"{fmt(sdpa)} | {ratio(ours, flex)} | {ratio(ours, ref)} |")
+        ref = causal.get((n, d, mode, run))
+        pattern_md = pattern.replace("|", "\\|")
+        line = (f"| `{pattern_md}` | {n // 1024}k | {d} | {mode} | {fmt(ours)} | {fmt(flex)} | "
+                f"{fmt(sdpa)} | {ratio(ours, flex)} | {ratio(ours, ref)} |")
+        lines.append(line + (f" {run} |" if extra else ""))
     return "\n".join(lines)
 
 
