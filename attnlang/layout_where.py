@@ -40,7 +40,8 @@ def _corners(op, a, b):
 
 
 def _singleton(b):
-    return bool(((b[0] == b[1]) & torch.isfinite(b[0])).all()) and \
+    """Whether the bounds ``b`` are one finite constant everywhere (no blocks: not a singleton)."""
+    return b[0].numel() > 0 and bool(((b[0] == b[1]) & torch.isfinite(b[0])).all()) and \
         bool((b[0] == b[0].flatten()[0]).all())
 
 

@@ -90,6 +90,17 @@ def test_residue_plan_matches_per_class(data, pattern, s, lens, heads, bm, bn, u
     assert plan.kept_pairs == slow_kept_pairs(plan)
 
 
+def test_residue_class_with_no_key_blocks_in_a_where_condition():
+    """A residue class can be empty on one side (k_len 1, stride 2): bounds of a `where` condition
+    over no blocks are not a constant (found by the property test above)."""
+    expr = attnlang.parse("pattern x = where(q == 0 and q // 1 == 0) & stride(2)")["x"].ir
+    plan = build_plan(expr, 2, 1, block_m=16, block_n=16)
+    for comp in plan.components:
+        for fast, slow in zip(comp.layouts, slow_layouts(comp, plan)):
+            assert_same_layout(fast, slow)
+    assert plan.kept_pairs == slow_kept_pairs(plan)
+
+
 def test_translated_classes_share_layouts():
     expr = attnlang.parse("pattern x = causal & (window(127, 0) | stride(128))")["x"].ir
     plan = build_plan(expr, 4096, block_m=32, block_n=32)
