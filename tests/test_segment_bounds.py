@@ -1,0 +1,126 @@
+"""Document masks build their block bounds from the segment ids with one Triton kernel per call
+(`_segment_bounds` in the generated module): exact for sorted ids, flagged (every block visited
+with the element-wise mask) for unsorted ones, and correct end to end with per-batch ids."""
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import attnlang
+from attnlang import reference
+
+from kernel_utils import generated, random_inputs, rel_err
+from strategies import segment_ids
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="needs a GPU or TRITON_INTERPRET=1 (set by tests/conftest.py on CPU machines)")
+
+DOCUMENT_PATTERNS = ["segment", "causal & segment", "window(5, 2) & segment",
+                     "segment & window(0, 9)"]
+
+
+def _expr(text):
+    return attnlang.parse(f"pattern x = {text}")["x"].ir
+
+
+def _block_truth(mask, bm, bn):
+    """Per row block of a [Lq, Lk] boolean mask: (kept block ids, full block ids)."""
+    lq, lk = mask.shape
+    out = []
+    for m in range(-(-lq // bm)):
+        rows = mask[m * bm:(m + 1) * bm]
+        kept, full = [], []
+        for n in range(-(-lk // bn)):
+            tile = rows[:, n * bn:(n + 1) * bn]
+            if tile.any():
+                kept.append(n)
+            if tile.all():
+                full.append(n)
+        out.append((kept, full))
+    return out
+
+
+def _bounds(mod, text, role, seg_q, seg_k, lq, lk, bm, bn):
+    q = torch.zeros(1, 1, lq, 16)
+    k = torch.zeros(1, 1, lk, 16)
+    tables = mod._segment_tables(q, k, role, seg_q[None], seg_k[None], bm, bn)
+    return tables["ranges"].view(-1, 4).tolist(), int(tables["seg_flag"][0])
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), length=st.integers(1, 70),
+       blocks=st.sampled_from([(16, 16), (16, 8), (8, 16)]))
+def test_bounds_are_the_exact_block_classes_for_sorted_ids(tmp_path_factory, data, text, length,
+                                                           blocks):
+    """Self-attention over packed documents: [lo, hi) is exactly the blocks with a kept pair and
+    [full_lo, full_hi) exactly the blocks whose every pair is kept, per query and per key block."""
+    expr = _expr(text)
+    mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
+    ids = data.draw(segment_ids(length, sorted_runs=True))
+    mask = reference.mask(expr, length, length, segments=ids)[0]
+    bm, bn = blocks
+    for role, truth in (("fwd", _block_truth(mask, bm, bn)),
+                        ("dkdv", _block_truth(mask.t(), bn, bm))):
+        rows, flag = _bounds(mod, text, role, ids, ids, length, length, bm, bn)
+        assert flag == 0
+        assert len(rows) == len(truth)
+        for (lo, flo, fhi, hi), (kept, full) in zip(rows, truth):
+            assert list(range(lo, hi)) == kept, (role, lo, hi, kept)
+            assert list(range(flo, fhi)) == full, (role, flo, fhi, full)
+            assert lo <= flo <= fhi <= hi
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), lq=st.integers(1, 60),
+       lk=st.integers(1, 60))
+def test_bounds_cover_every_kept_pair_across_lengths(tmp_path_factory, data, text, lq, lk):
+    """Different query and key ids and lengths (sorted): every block with a kept pair lies in
+    [lo, hi) and every block called full is full."""
+    expr = _expr(text)
+    mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
+    seg_q = data.draw(segment_ids(lq, sorted_runs=True))
+    seg_k = data.draw(segment_ids(lk, sorted_runs=True))
+    mask = reference.mask(expr, lq, lk, segments=(seg_q, seg_k))[0]
+    for role, truth in (("fwd", _block_truth(mask, 16, 8)), ("dkdv", _block_truth(mask.t(), 8, 16))):
+        rows, flag = _bounds(mod, text, role, seg_q, seg_k, lq, lk, 16, 8)
+        assert flag == 0
+        for (lo, flo, fhi, hi), (kept, full) in zip(rows, truth):
+            assert set(kept) <= set(range(lo, hi))
+            assert set(range(flo, fhi)) <= set(full)
+
+
+@pytest.mark.parametrize("ids", [[0, 0, 1, 1, 0, 0] * 6, [3] * 20 + [1] * 16, [0] * 35 + [-1]])
+def test_unsorted_ids_raise_the_flag(tmp_path, ids):
+    mod = generated(_expr("causal & segment"), tmp_path)
+    ids = torch.tensor(ids)
+    for role in ("fwd", "dkdv", "dq"):
+        _, flag = _bounds(mod, "", role, ids, ids, len(ids), len(ids), 16, 16)
+        assert flag == 1
+
+
+def test_per_batch_ids_sorted_and_unsorted_match_reference(tmp_path):
+    """Two batch rows with their own ids (one packed in order, one not): outputs, log-sum-exp and
+    gradients against the float64 reference of each row."""
+    for text in ("causal & segment", "window(6, 3) & segment"):
+        expr = _expr(text)
+        mod = generated(expr, tmp_path)
+        L = 53
+        seg = torch.stack([torch.tensor([0] * 7 + [1] * 30 + [2] * 16),
+                           torch.tensor([1] * 20 + [0] * 20 + [1] * 13)])
+        q, k, v = random_inputs(2, 2, 1, L, L, 16, torch.float32, seed=4)
+        for t in (q, k, v):
+            t.requires_grad_(True)
+        out, lse = mod.attention(q, k, v, segments=seg, return_lse=True)
+        do = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+        out.backward(do)
+        mask = torch.stack([reference.mask(expr, L, L, num_heads=2, segments=seg[b])
+                            for b in range(2)])
+        qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+        ref_out, ref_lse = reference.attention(qd, kd, vd, mask)
+        ref_out.backward(do.double())
+        assert rel_err(out, ref_out) < 2e-5
+        assert torch.allclose(lse.double(), ref_lse, atol=2e-4)
+        for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
+            assert rel_err(got, want) < 5e-5
