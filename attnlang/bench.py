@@ -130,6 +130,8 @@ def run(patterns=None, lengths=(8192, 32768), dims=(128, 64), modes=("fwd", "fwd
                                      seg_k=segments if uses_seg else None)
                     candidates["sdpa-mask"] = lambda qq, kk, vv, m=dense: \
                         torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, attn_mask=m)
+                if uses_seg and "attnlang" in impls:
+                    records += _layout_cost(text, pattern, n, d, q, k, segments, dev_name, log)
                 for impl, fn in candidates.items():
                     try:
                         out = fn(q, k, v)
@@ -188,6 +190,48 @@ def run(patterns=None, lengths=(8192, 32768), dims=(128, 64), modes=("fwd", "fwd
     return records
 
 
+def _gpu_ms(fn, reps=100):
+    """GPU time of one ``fn()`` call: the calls are queued behind ~30 ms of matrix products, so
+    the host's launch time overlaps them and the events time only the GPU's work."""
+    busy = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(5):
+        for _ in range(150):
+            busy @ busy
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return sorted(times)[len(times) // 2]
+
+
+def _layout_cost(text, pattern, n, d, q, k, segments, dev_name, log):
+    """Records of the per-call layout of a document mask (new ids every call): the forward's
+    block tables built from the ids, timed alone -- ``attnlang-layout`` (GPU time, the cost inside
+    a training step) and ``attnlang-layout-host`` (one call at a time, launch-bound)."""
+    import triton
+    from triton.testing import do_bench
+
+    from .cache import load_module
+
+    gen = load_module(pattern)
+    seg = segments.to(torch.int32)[None]
+    build = lambda: gen._prepare(q, k, "fwd", seg, seg, None)
+    records = []
+    for impl, ms in (("attnlang-layout", _gpu_ms(build)),
+                     ("attnlang-layout-host", do_bench(build, warmup=25, rep=100,
+                                                       return_mode="median"))):
+        records.append(Record(text, n, d, "layout", impl, ms, 0.0, dev_name, torch.__version__,
+                              triton.__version__))
+        log(f"{text:52s} n={n:6d} d={d:3d} layout   {impl:20s} {ms * 1000:8.1f} us")
+    return records
+
+
 def long_context(lengths=(131072, 1048576), heads=8, d=128, log=print):
     """``causal & window(1023, 0)`` forward+backward at long lengths (B = 1): time, and peak GPU
     memory against the tensors the call must hold anyway (q, k, v, out, dout, dq, dk, dv)."""
@@ -237,6 +281,8 @@ def markdown_table(records) -> str:
 
     runs = {r.get("run") for r in records}
     rows = OrderedDict()
+    layout = [r for r in records if r["mode"] == "layout"]
+    records = [r for r in records if r["mode"] != "layout"]
     for r in records:
         key = (r["pattern"], r["n"], r["d"], r["mode"], r.get("run"))
         rows.setdefault(key, {})[r["impl"]] = r["tflops"]
@@ -257,6 +303,24 @@ def markdown_table(records) -> str:
         line = (f"| `{pattern_md}` | {n // 1024}k | {d} | {mode} | {fmt(ours)} | {fmt(flex)} | "
                 f"{fmt(sdpa)} | {ratio(ours, flex)} | {ratio(ours, ref)} |")
         lines.append(line + (f" {run} |" if extra else ""))
+    if layout:
+        lines += ["", "Per-call layout of document masks (new segment ids every call): the forward's "
+                  "block tables, GPU time and launch-bound host time, against attnlang's forward "
+                  "(which includes them).", "",
+                  "| pattern | n | d | layout GPU µs | layout host µs | attnlang fwd µs | "
+                  "GPU share | host share |", "|---" * 8 + "|"]
+        fwd = {(r["pattern"], r["n"], r["d"], r.get("run")): r["ms"] for r in records
+               if r["impl"] == "attnlang" and r["mode"] == "fwd"}
+        cost = OrderedDict()
+        for r in layout:
+            cost.setdefault((r["pattern"], r["n"], r["d"], r.get("run")), {})[r["impl"]] = r["ms"]
+        for key, impls in cost.items():
+            gpu, host = impls.get("attnlang-layout"), impls.get("attnlang-layout-host")
+            total = fwd.get(key)
+            us = lambda x: "—" if x is None else f"{x * 1000:.0f}"
+            share = lambda x: "—" if x is None or not total else f"{100 * x / total:.1f}%"
+            lines.append(f"| `{key[0]}` | {key[1] // 1024}k | {key[2]} | {us(gpu)} | {us(host)} | "
+                         f"{us(total)} | {share(gpu)} | {share(host)} |")
     return "\n".join(lines)
 
 

@@ -13,13 +13,16 @@ import torch
 from triton.testing import do_bench
 
 import attnlang
+from attnlang.bench import random_documents
 from attnlang.cache import load_module
 
-FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "128x128:4:3"]
-DKDV = ["64x64:8:2", "64x64:4:2", "64x128:8:2", "32x128:4:2", "32x128:8:2", "64x128:8:1",
-        "32x64:4:3"]
-DQ = ["64x64:8:2", "64x64:4:2", "128x64:8:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
-      "64x32:4:3"]
+FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "128x128:4:3",
+       "64x64:4:2", "64x64:4:3", "64x64:4:1", "128x64:8:2", "64x32:4:2"]
+DKDV = ["64x64:4:2", "64x64:8:2", "64x128:8:2", "32x128:4:2", "32x128:8:2", "64x128:8:1",
+        "32x64:4:3", "128x64:8:2", "128x64:4:2", "64x64:4:3", "64x64:4:1", "32x64:4:2",
+        "64x32:4:2"]
+DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
+      "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2"]
 
 
 def main():
@@ -37,13 +40,18 @@ def main():
                            for _ in range(4))
             scale = 1 / math.sqrt(d)
             none = (None,) * 5
-            base = dict(fwd=FWD[0], dkdv=DKDV[0], dq=DQ[0])
+            base = {role: "{}x{}:{}:{}".format(*mod.TILES[role][128 if d > 64 else 64])
+                    for role in ("fwd", "dkdv", "dq")}
+            seg = None
+            if mod.USES_SEGMENT:  # packed documents, as in the benchmark
+                seg = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
+                seg = seg.to(torch.int32)[None]
 
             def setenv(cfg):
                 os.environ["ATTNLANG_TILES"] = ",".join(f"{r}={c}" for r, c in cfg.items())
 
             def fwd():
-                return mod.attention_forward(q, k, v, scale, None, None, None, None, None, 0.0, 0)
+                return mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)
 
             def run(role, cands):
                 best = None
@@ -56,7 +64,7 @@ def main():
                             ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
                         else:
                             def bwd():
-                                mod.attention_backward(do, q, k, v, out, lse, scale, None, None,
+                                mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg,
                                                        None, None, None, 0.0, 0, False)
                             ms = do_bench(bwd, warmup=25, rep=100, return_mode="median")
                     except Exception as exc:  # out of resources etc.

@@ -124,3 +124,16 @@ def test_per_batch_ids_sorted_and_unsorted_match_reference(tmp_path):
         assert torch.allclose(lse.double(), ref_lse, atol=2e-4)
         for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
             assert rel_err(got, want) < 5e-5
+
+
+@pytest.mark.parametrize("text, short", [("causal", False), ("all", False), ("window(256)", True),
+                                         ("causal & (window(127, 0) | stride(128))", True),
+                                         ("causal & segment", True)])
+def test_short_row_patterns_are_recognised(tmp_path, text, short):
+    """The tile rule's input: mean visited key blocks per query block at 128 x 128 tiles (4096
+    tokens: causal visits 16.5, a 513-wide window about 5); document masks always count as short."""
+    from attnlang.cache import load_module
+    from kernel_utils import pattern_of
+
+    mod = load_module(pattern_of(_expr(text)), None, None, tmp_path)
+    assert mod._short_rows(4096, 4096, 2, 128, 128, torch.device("cpu")) is short

@@ -1,0 +1,61 @@
+"""Per-kernel GPU time of attnlang's forward and backward for a few patterns (torch.profiler), to
+see where a pattern's time goes (which component, which role, the layout kernels, merges).
+
+    python benchmarks/profile_kernels.py [--n 8192] [--d 128] [--pattern TEXT ...]
+"""
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import attnlang
+from attnlang.bench import HEADS, TOKENS_PER_BATCH, random_documents
+
+DEFAULT = ["causal & (window(127, 0) | stride(128))",
+           "causal & (chunk(128) | cols(every(128, 112..128)))",
+           "window(2048) & stride(4)", "causal & segment", "window(512)"]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--d", type=int, default=128)
+    parser.add_argument("--pattern", action="append")
+    args = parser.parse_args()
+    n, d = args.n, args.d
+    batch = max(1, TOKENS_PER_BATCH // n)
+    gen = torch.Generator().manual_seed(0)
+    segments = random_documents(n, 64, "cuda", gen)
+    q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(4))
+    for text in args.pattern or DEFAULT:
+        mod = attnlang.parse(f"pattern x = {text}")["x"].module(backend="triton")
+        kw = dict(segments=segments) if "segment" in text else {}
+        qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+        def step():
+            mod(qg, kg, vg, **kw).backward(do)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        reps = 10
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                step()
+            torch.cuda.synchronize()
+        rows = {}
+        for e in prof.events():
+            if e.device_type.name == "CUDA":
+                name = e.name[:60]
+                total, count = rows.get(name, (0.0, 0))
+                rows[name] = (total + e.device_time, count + 1)
+        print(f"== {text}  n={n} d={d} B={batch} (per step, us)")
+        step_total = 0.0
+        for name, (total, count) in sorted(rows.items(), key=lambda x: -x[1][0]):
+            step_total += total / reps
+            print(f"   {total / reps:9.1f}  x{count // reps:<3d} {name}")
+        print(f"   {step_total:9.1f}  total GPU time per forward+backward step")
+
+
+if __name__ == "__main__":
+    main()
