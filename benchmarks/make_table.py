@@ -14,9 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main():
     records = json.loads((ROOT / "benchmarks/results/latest.json").read_text())
-    device = records[0]["device"] if records else "?"
-    versions = f"torch {records[0]['torch']}, Triton {records[0]['triton']}" if records else ""
-    table = (f"Useful TFLOP/s on {device} ({versions}), bf16, 16 heads, 16k tokens per batch; "
+    runs = {}
+    for r in records:  # one line per run when results of several runs are merged
+        runs.setdefault(r.get("run"), f"{r['device']} (torch {r['torch']}, Triton {r['triton']})")
+    if len(runs) == 1:
+        where = f"on {next(iter(runs.values()))}"
+    else:
+        where = "on " + "; ".join(f"{run}: {dev}" for run, dev in runs.items()) + \
+            " (ratios compare numbers of one run only)"
+    table = (f"Useful TFLOP/s {where}, bf16, 16 heads, 16k tokens per batch; "
              f"generated from `benchmarks/results/latest.json` by `python benchmarks/make_table.py`."
              f"\n\n{markdown_table(records)}\n")
     (ROOT / "benchmarks/results/latest.md").write_text(table)

@@ -1,0 +1,26 @@
+"""The benchmark table (README) from result records: ratios within one run, the layout-cost
+section for document masks."""
+from attnlang.bench import markdown_table
+
+
+def _rec(pattern, mode, impl, ms, tflops, run="r1", n=8192, d=128):
+    return dict(pattern=pattern, n=n, d=d, mode=mode, impl=impl, ms=ms, tflops=tflops,
+                device="GPU", torch="t", triton="x", run=run)
+
+
+def test_ratios_compare_one_run_and_layout_cost_is_a_share_of_the_forward():
+    records = [
+        _rec("causal", "fwd", "attnlang", 1.0, 500.0), _rec("causal", "fwd", "flex", 1.25, 400.0),
+        _rec("causal", "fwd", "sdpa-causal", 0.8, 625.0),
+        _rec("causal", "fwd", "attnlang", 1.0, 100.0, run="r2"),
+        _rec("causal & segment", "fwd", "attnlang", 0.2, 80.0),
+        _rec("causal & segment", "layout", "attnlang-layout", 0.006, 0.0),
+        _rec("causal & segment", "layout", "attnlang-layout-host", 0.010, 0.0),
+    ]
+    table = markdown_table(records)
+    lines = table.splitlines()
+    assert "| `causal` | 8k | 128 | fwd | 500 | 400 | 625 | 1.25× | 0.80× | r1 |" in lines
+    # the r2 row has no FlexAttention or SDPA of its own run: no ratio borrowed from r1
+    assert "| `causal` | 8k | 128 | fwd | 100 | — | — | — | — | r2 |" in lines
+    assert "| `causal & segment` | 8k | 128 | 6 | 10 | 200 | 3.0% | 5.0% |" in lines
+    assert not any("layout |" in line and "attnlang-layout" in line for line in lines)
