@@ -138,3 +138,17 @@ def test_lengths_that_fill_whole_tiles(text, tmp_path):
     mod = generated(expr, tmp_path)
     check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=128, Lk=128, D=16,
                             dtype=torch.float32)
+
+
+@pytest.mark.parametrize("block_m, block_n", [(16, 32), (32, 16)])
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment"])
+def test_unequal_query_and_key_tiles(text, block_m, block_n, tmp_path):
+    """Every kernel role with BLOCK_M != BLOCK_N (the GPU's tiles differ per role), on a length
+    that fills neither tile."""
+    from attnlang.cache import load_module
+
+    expr = _expr(text)
+    mod = load_module(pattern_of(expr), block_m, block_n, tmp_path)
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
+                            dtype=torch.float32, segments=segments)
