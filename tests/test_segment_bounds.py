@@ -137,3 +137,47 @@ def test_short_row_patterns_are_recognised(tmp_path, text, short):
 
     mod = load_module(pattern_of(_expr(text)), None, None, tmp_path)
     assert mod._short_rows(4096, 4096, 2, 128, 128, torch.device("cpu")) is short
+
+
+def _per_batch_reference(expr, q, k, v, seg_q, seg_k, do, key_padding_mask=None):
+    Lq, Lk = q.shape[2], k.shape[2]
+    mask = torch.stack([reference.mask(expr, Lq, Lk, num_heads=q.shape[1],
+                                       segments=(seg_q[b], seg_k[b])) for b in range(q.shape[0])])
+    if key_padding_mask is not None:
+        mask = mask & key_padding_mask[:, None, None, :]
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    out, lse = reference.attention(qd, kd, vd, mask)
+    out.backward(do.double())
+    return out, lse, qd.grad, kd.grad, vd.grad
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), lq=st.integers(1, 50),
+       lk=st.integers(1, 50), padded=st.booleans())
+def test_document_patterns_with_per_batch_ids_match_reference(tmp_path_factory, data, text, lq,
+                                                              lk, padded):
+    """Two batch rows, each with its own query and key ids (sorted or not), any lengths, with and
+    without a key padding mask: output, log-sum-exp and gradients against float64."""
+    expr = _expr(text)
+    mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
+    seg_q = torch.stack([data.draw(segment_ids(lq)) for _ in range(2)])
+    seg_k = torch.stack([data.draw(segment_ids(lk)) for _ in range(2)])
+    kpm = (torch.rand(2, lk, generator=torch.Generator().manual_seed(lk)) > 0.3) if padded else None
+    q, k, v = random_inputs(2, 2, 1, lq, lk, 16, torch.float32, seed=lq * 100 + lk)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    out, lse = mod.attention(q, k, v, segments=(seg_q, seg_k), key_padding_mask=kpm,
+                             return_lse=True)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(do)
+    ref_out, ref_lse, dq, dk, dv = _per_batch_reference(expr, q, k, v, seg_q, seg_k, do, kpm)
+    assert rel_err(out, ref_out) < 2e-5
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty)
+    assert torch.allclose(lse[~empty].double(), ref_lse[~empty], atol=2e-4)
+    assert (out.detach()[empty] == 0).all()
+    for got, want in ((q.grad, dq), (k.grad, dk), (v.grad, dv)):
+        if want.norm() > 1e-3:
+            assert rel_err(got, want) < 5e-5
+        else:
+            assert got.abs().max() < 1e-3
