@@ -85,16 +85,21 @@ def _make_op(pattern, expr, key, backend, block_m, block_n, cache_dir):
 
 def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None,
         attn_bias=None, scale=None, dropout_p=0.0, generator=None, return_lse=False,
-        backend="auto", block_m=None, block_n=None, cache_dir=None, ops=None):
+        backend="auto", block_m=None, block_n=None, cache_dir=None, ops=None,
+        needs_segments=None):
     """Attention of ``pattern`` (an ``attnlang.Pattern``): validate, pick the backend, run.
 
     ``ops``: optional ``{backend name: op}`` made beforehand (``PatternAttention`` passes its
-    own, so that ``torch.compile`` finds the op without tracing the lookup).
+    own, so that ``torch.compile`` finds the op without tracing the lookup);
+    ``needs_segments``: whether the pattern uses ``segment``, if already known (walking the
+    pattern on every call costs tens of microseconds of host time).
     """
     check_backend(backend)
+    if needs_segments is None:
+        needs_segments = uses_segments(pattern.ir)
     args = validate(q, k, v, segments=segments, key_padding_mask=key_padding_mask,
                     attn_mask=attn_mask, attn_bias=attn_bias, scale=scale, dropout_p=dropout_p,
-                    needs_segments=uses_segments(pattern.ir))
+                    needs_segments=needs_segments)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator: got {type(generator).__name__}; expected a torch.Generator "
                          "or None")
@@ -136,6 +141,7 @@ class PatternAttention(torch.nn.Module):
         # Resolve now: a missing parameter is reported at construction, and the ops exist
         # before any torch.compile trace reaches ``forward``.
         self._ops = {"torch": _op(self.pattern, "torch", self.block_m, self.block_n, cache_dir)}
+        self._needs_segments = uses_segments(self.pattern.ir)
         if backend == "triton" or (backend == "auto" and torch.cuda.is_available()):
             self._ops["triton"] = _op(self.pattern, "triton", self.block_m, self.block_n,
                                       cache_dir)
@@ -149,7 +155,8 @@ class PatternAttention(torch.nn.Module):
                    attn_mask=attn_mask, attn_bias=attn_bias, scale=scale,
                    dropout_p=self.dropout if self.training else 0.0, generator=generator,
                    return_lse=return_lse, backend=self.backend, block_m=self.block_m,
-                   block_n=self.block_n, cache_dir=self.cache_dir, ops=self._ops)
+                   block_n=self.block_n, cache_dir=self.cache_dir, ops=self._ops,
+                   needs_segments=self._needs_segments)
 
 
 def make_module(pattern, backend="auto", **options) -> PatternAttention:

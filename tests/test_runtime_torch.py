@@ -279,3 +279,28 @@ def test_triton_path_compiles_fullgraph_in_the_interpreter(tmp_path):
     result = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, cwd=str(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_eager_path_equals_the_custom_op():
+    """Eager calls bypass the dispatcher (custom_ops._Eager); the custom op (what torch.compile
+    sees) gives the same output, lse and gradients, the broadcast bias's gradient included."""
+    from attnlang.custom_ops import compact
+    from attnlang.runtime import _op
+
+    pattern = attnlang.parse("pattern x = causal & (window(5, 0) | stride(4)) & segment")["x"]
+    op = _op(pattern, "torch", None, None, None)
+    g = torch.Generator().manual_seed(0)
+    seg = torch.tensor([[0] * 20 + [1] * 17])
+    results = []
+    for call in (op, op.op):
+        q, k, v = (torch.randn(2, 4, 37, 8, generator=torch.Generator().manual_seed(i))
+                   .requires_grad_(True) for i in range(3))
+        bias = torch.randn(1, 4, 37, 37, generator=g.manual_seed(5)).requires_grad_(True)
+        mask = torch.rand(37, 37, generator=g.manual_seed(6)) > 0.2
+        out, lse = call(q, k, v, 0.3, seg, seg, None, compact(mask.expand(2, 4, 37, 37)),
+                        bias, 0.0, 0)
+        (out * torch.arange(8.0)).sum().backward()
+        results.append([out, lse, q.grad, k.grad, v.grad, bias.grad])
+    for eager, custom in zip(*results):
+        assert eager.shape == custom.shape and eager.dtype == custom.dtype
+        assert torch.equal(eager, custom)
