@@ -8,8 +8,9 @@ Backends:
   and a check on the kernels).
 * ``"auto"``: ``"triton"`` for CUDA tensors, ``"torch"`` otherwise.
 
-Both run as ``torch.library`` custom ops (``custom_ops.attention_op``), so a module compiles with
-``torch.compile(fullgraph=True)`` (dropout excepted: drawing its seed reads the generator).
+Both run as ``torch.library`` custom ops under ``torch.compile`` (``custom_ops.attention_op``), so
+a module compiles with ``torch.compile(fullgraph=True)`` (dropout excepted: drawing its seed reads
+the generator); eager calls run the same functions without the dispatcher.
 Inputs are checked by ``validate.validate``; every complaint is a ``ValueError`` naming the
 argument.
 """
