@@ -68,6 +68,14 @@ def main():
             "attention_forward": lambda: gen.attention_forward(q, k, v, scale, seg2, seg2, None,
                                                                None, None, 0.0, 0),
         }
+        qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+        do = torch.randn_like(q)
+
+        def module_step():
+            for t in (qg, kg, vg):
+                t.grad = None
+            module(qg, kg, vg, **kw).backward(do)
+        paths["module fwd+bwd"] = module_step
         for name, fn in paths.items():
             ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
             print(f"{text:44s} {name:18s} {ms * 1000:12.1f} {host_us(fn):9.1f} "

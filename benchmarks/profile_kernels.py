@@ -34,6 +34,8 @@ def main():
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
         def step():
+            for t in (qg, kg, vg):
+                t.grad = None
             mod(qg, kg, vg, **kw).backward(do)
         for _ in range(3):
             step()
