@@ -269,6 +269,14 @@ TRITON_SCRIPT = textwrap.dedent("""
     torch.testing.assert_close(out.double(), want, atol=1e-4, rtol=1e-4)
     out.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    eager = module(q, k, v)  # outside torch.compile: the op's functions without the dispatcher
+    torch.testing.assert_close(eager, out)
+    eager.sum().backward()
+    for t, g in zip((q, k, v), grads):
+        torch.testing.assert_close(t.grad, g)
     print("OK")
 """)
 
