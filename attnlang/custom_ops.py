@@ -79,10 +79,8 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
                 dropout_p, seed):
-        out, lse = impl.attention_forward(q, k, v, scale, seg_q, seg_k, key_padding_mask,
-                                          _full(attn_mask, q, k), _full(attn_bias, q, k),
-                                          dropout_p, seed)
-        out, lse = out.contiguous(), lse.to(torch.float32).contiguous()
+        out, lse = _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask,
+                            attn_bias, dropout_p, seed)
         ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k, key_padding_mask, attn_mask,
                               attn_bias)
         ctx.impl, ctx.scale, ctx.dropout_p, ctx.seed = impl, scale, dropout_p, seed
@@ -93,15 +91,36 @@ class _Eager(torch.autograd.Function):
     def backward(ctx, dout, dlse):
         q, k, v, out, lse, seg_q, seg_k, kpm, attn_mask, attn_bias = ctx.saved_tensors
         need_dbias = attn_bias is not None and ctx.needs_input_grad[9]
-        dq, dk, dv, dbias = ctx.impl.attention_backward(
-            dout.contiguous(), q, k, v, out, lse, ctx.scale, seg_q, seg_k, kpm,
-            _full(attn_mask, q, k), _full(attn_bias, q, k), ctx.dropout_p, ctx.seed, need_dbias)
-        if need_dbias and dbias is not None:
-            dbias = _reduce_to(dbias, attn_bias.shape).to(attn_bias.dtype)
-        else:
-            dbias = None
-        return (None, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None,
-                None, dbias, None, None)
+        dq, dk, dv, dbias = _backward(ctx.impl, dout, q, k, v, out, lse, ctx.scale, seg_q, seg_k,
+                                      kpm, attn_mask, attn_bias, ctx.dropout_p, ctx.seed,
+                                      need_dbias)
+        return None, dq, dk, dv, None, None, None, None, None, dbias, None, None
+
+
+def _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
+             dropout_p, seed):
+    """One forward of ``impl`` (masks and biases compact 4-D or None): contiguous ``out`` and
+    float32 ``lse`` -- shared by the custom op and the eager path."""
+    out, lse = impl.attention_forward(q, k, v, scale, seg_q, seg_k, key_padding_mask,
+                                      _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p,
+                                      seed)
+    return out.contiguous(), lse.to(torch.float32).contiguous()
+
+
+def _backward(impl, do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask, attn_mask,
+              attn_bias, dropout_p, seed, need_dbias):
+    """One backward of ``impl``: dq, dk, dv contiguous in the inputs' dtypes, and the bias
+    gradient in the bias's own (compact) shape and dtype, or None -- shared by the custom op and
+    the eager path."""
+    dq, dk, dv, dbias = impl.attention_backward(
+        do.contiguous(), q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask,
+        _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p, seed, need_dbias)
+    if need_dbias and attn_bias is not None and dbias is not None:
+        dbias = _reduce_to(dbias, attn_bias.shape).to(attn_bias.dtype).contiguous()
+    else:
+        dbias = None
+    return (dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(),
+            dv.to(v.dtype).contiguous(), dbias)
 
 
 def _register(name, impl):
@@ -113,10 +132,8 @@ def _register(name, impl):
                 key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
                 attn_bias: Optional[torch.Tensor], dropout_p: float,
                 seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        out, lse = impl.attention_forward(q, k, v, scale, seg_q, seg_k, key_padding_mask,
-                                          _full(attn_mask, q, k), _full(attn_bias, q, k),
-                                          dropout_p, seed)
-        return out.contiguous(), lse.to(torch.float32).contiguous()
+        return _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask,
+                        attn_bias, dropout_p, seed)
 
     @forward.register_fake
     def _(q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias, dropout_p, seed):
@@ -131,15 +148,10 @@ def _register(name, impl):
                  attn_bias: Optional[torch.Tensor], dropout_p: float, seed: int,
                  need_dbias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                             torch.Tensor]:
-        dq, dk, dv, dbias = impl.attention_backward(
-            do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask,
-            _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p, seed, need_dbias)
-        if need_dbias and attn_bias is not None and dbias is not None:
-            dbias = _reduce_to(dbias, attn_bias.shape).to(attn_bias.dtype).contiguous()
-        else:
-            dbias = q.new_empty(_EMPTY_SHAPE)
-        return (dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(),
-                dv.to(v.dtype).contiguous(), dbias)
+        dq, dk, dv, dbias = _backward(impl, do, q, k, v, out, lse, scale, seg_q, seg_k,
+                                      key_padding_mask, attn_mask, attn_bias, dropout_p, seed,
+                                      need_dbias)
+        return dq, dk, dv, (q.new_empty(_EMPTY_SHAPE) if dbias is None else dbias)
 
     @backward.register_fake
     def _(do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
