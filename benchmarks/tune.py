@@ -40,8 +40,12 @@ def main():
                            for _ in range(4))
             scale = 1 / math.sqrt(d)
             none = (None,) * 5
-            base = {role: "{}x{}:{}:{}".format(*mod.TILES[role][128 if d > 64 else 64])
-                    for role in ("fwd", "dkdv", "dq")}
+            os.environ.pop("ATTNLANG_TILES", None)  # start from the module's own choice
+
+            def spec(role):
+                bm, bn, opts = mod._tiles(q, d, role, n)
+                return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}"
+            base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             seg = None
             if mod.USES_SEGMENT:  # packed documents, as in the benchmark
                 seg = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
