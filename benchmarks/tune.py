@@ -3,7 +3,10 @@
     python benchmarks/tune.py [--dims 128,64] [--pattern "causal"] [--n 8192]
 
 Prints the median time of the forward kernel(s) and of the backward kernels for each candidate,
-per head dimension, so the defaults in templates/attention.py.jinja (TILES) can be chosen.
+per head dimension, so the defaults in templates/attention.py.jinja (TILES) can be chosen.  Each
+candidate's output (forward) or dQ, dK, dV (backward) is compared with the module's own tiles'
+result first; a candidate that differs by more than bf16 rounding explains is marked WRONG and
+never chosen.  A dK/dV tile ending in ":t" computes its scores as [keys, queries].
 """
 import argparse
 import math
@@ -18,9 +21,10 @@ from attnlang.cache import load_module
 
 FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "128x128:4:3",
        "64x64:4:2", "64x64:4:3", "64x64:4:1", "128x64:8:2", "64x32:4:2"]
-DKDV = ["64x64:4:2", "64x64:8:2", "64x128:8:2", "32x128:4:2", "32x128:8:2", "64x128:8:1",
-        "32x64:4:3", "128x64:8:2", "128x64:4:2", "64x64:4:3", "64x64:4:1", "32x64:4:2",
-        "64x32:4:2"]
+DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "32x64:4:3", "128x64:8:2", "64x64:4:3",
+        "64x64:4:1", "32x64:4:2", "64x64:4:2:t", "64x64:4:1:t", "64x64:4:3:t", "32x128:4:2:t",
+        "32x128:4:3:t", "32x128:8:2:t", "64x128:8:2:t", "64x128:8:1:t", "64x128:4:2:t",
+        "64x128:8:3:t", "32x64:4:2:t", "128x128:8:2:t", "16x128:4:3:t"]
 DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
       "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2"]
 
@@ -30,7 +34,9 @@ def main():
     parser.add_argument("--dims", default="128,64")
     parser.add_argument("--pattern", action="append")
     parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--roles", default="fwd,dkdv,dq")
     args = parser.parse_args()
+    roles = args.roles.split(",")
     patterns = args.pattern or ["causal"]
     n, heads, batch = args.n, 16, max(1, 16384 // args.n)
     for text in patterns:
@@ -39,12 +45,12 @@ def main():
             q, k, v, do = (torch.randn(batch, heads, n, d, device="cuda", dtype=torch.bfloat16)
                            for _ in range(4))
             scale = 1 / math.sqrt(d)
-            none = (None,) * 5
             os.environ.pop("ATTNLANG_TILES", None)  # start from the module's own choice
 
             def spec(role):
                 bm, bn, opts = mod._tiles(q, d, role, n)
-                return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}"
+                flag = ":t" if opts.get("KEYS_AS_ROWS") else ""
+                return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flag}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             seg = None
             if mod.USES_SEGMENT:  # packed documents, as in the benchmark
@@ -57,6 +63,22 @@ def main():
             def fwd():
                 return mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)
 
+            def bwd(out, lse):
+                return mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None,
+                                              None, 0.0, 0, False)[:3]
+
+            setenv(base)
+            want_out, want_lse = fwd()
+            want_grads = bwd(want_out, want_lse)
+
+            def differs(got, want):
+                worst = max(float((g.float() - w.float()).norm() / w.float().norm())
+                            for g, w in zip(got, want))
+                # two correct tilings differ by rounding only: 0 when they accumulate in the same
+                # order, ~1e-4 otherwise (tune_round7_*.log); the broken 32-row dK/dV tile of
+                # round 6 differed by 1e-3 to 3e-2
+                return worst, worst > 5e-4
+
             def run(role, cands):
                 best = None
                 for cand in cands:
@@ -65,25 +87,27 @@ def main():
                     try:
                         out, lse = fwd()
                         if role == "fwd":
+                            err, wrong = differs((out,), (want_out,))
                             ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
                         else:
-                            def bwd():
-                                mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg,
-                                                       None, None, None, 0.0, 0, False)
-                            ms = do_bench(bwd, warmup=25, rep=100, return_mode="median")
+                            err, wrong = differs(bwd(out, lse), want_grads)
+                            ms = do_bench(lambda: bwd(out, lse), warmup=25, rep=100,
+                                          return_mode="median")
                     except Exception as exc:  # out of resources etc.
                         print(f"{text} d={d} {role} {cand}: {type(exc).__name__}", flush=True)
                         continue
-                    print(f"{text} d={d} {role:5s} {cand:12s} {ms:8.3f} ms", flush=True)
-                    if best is None or ms < best[0]:
+                    mark = "WRONG" if wrong else ""
+                    print(f"{text} d={d} {role:5s} {cand:14s} {ms:8.3f} ms  diff {err:.1e} {mark}",
+                          flush=True)
+                    if not wrong and (best is None or ms < best[0]):
                         best = (ms, cand)
                 print(f"BEST {text} d={d} {role} {best}", flush=True)
                 if best:
                     base[role] = best[1]
 
-            run("fwd", FWD)
-            run("dkdv", DKDV)
-            run("dq", DQ)
+            for role, cands in (("fwd", FWD), ("dkdv", DKDV), ("dq", DQ)):
+                if role in roles:
+                    run(role, cands)
             print(f"CHOSEN {text} d={d} {base}", flush=True)
 
 

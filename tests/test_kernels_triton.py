@@ -152,3 +152,40 @@ def test_unequal_query_and_key_tiles(text, block_m, block_n, tmp_path):
     segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
     check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
                             dtype=torch.float32, segments=segments)
+
+
+@pytest.mark.parametrize("tiles", ["dkdv=16x32:4:1:t", "dkdv=32x16:4:1:t", "dkdv=16x16:4:1"])
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
+                                  "random(0.3, block = 8, seed = 5) | prefix(3)"])
+def test_dkdv_with_scores_as_keys_by_queries(text, tiles, tmp_path, monkeypatch):
+    """The dK/dV kernel computing its scores as [keys, queries] (":t" tiles, K·Qᵀ) equals the
+    reference, with grouped heads, key padding and lengths that fill no tile."""
+    monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}")
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
+    kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(1)) > 0.2
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
+                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+
+
+@pytest.mark.parametrize("keys_as_rows", [False, True])
+def test_dkdv_bias_and_dropout_gradients_in_both_score_orders(keys_as_rows, tmp_path, monkeypatch):
+    """dK and dV under a bias and dropout are the same whichever way dK/dV lays out its scores."""
+    text = "causal & (window(5, 0) | stride(4))"
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
+    bias = torch.randn(1, 2, 37, 37, generator=g)
+    grads = []
+    for tiles in ("dkdv=16x16:4:1", "dkdv=16x16:4:1:t" if keys_as_rows else "dkdv=16x32:4:1"):
+        monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}")
+        for t in (q, k, v):
+            t.grad = None
+        out = mod.attention(q, k, v, attn_bias=bias, dropout_p=0.3,
+                            generator=torch.Generator().manual_seed(11))
+        out.backward(torch.ones_like(out))
+        grads.append([t.grad.clone() for t in (q, k, v)])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
