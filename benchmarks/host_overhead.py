@@ -3,9 +3,16 @@ each layer of the call path (nn.Module + custom op, the generated module's `atte
 `attention_forward`, the kernel launches alone).
 
     python benchmarks/host_overhead.py [--n 8192] [--d 128] [--pattern TEXT ...]
+    python benchmarks/host_overhead.py --profile [--n 1024] [--pattern TEXT ...]
+
+--profile runs the module's forward+backward step under cProfile instead (best at a small --n,
+where the kernels take microseconds and every microsecond measured is host time) and prints
+the functions that take the most host time.
 """
 import argparse
+import cProfile
 import math
+import pstats
 import time
 
 import torch
@@ -47,9 +54,11 @@ def main():
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--pattern", action="append")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--batch", type=int, help="default: 16k tokens per batch")
     args = parser.parse_args()
     n, d = args.n, args.d
-    batch = max(1, TOKENS_PER_BATCH // n)
+    batch = args.batch or max(1, TOKENS_PER_BATCH // n)
     seg = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
     q, k, v = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
@@ -76,6 +85,25 @@ def main():
                 t.grad = None
             module(qg, kg, vg, **kw).backward(do)
         paths["module fwd+bwd"] = module_step
+        if args.profile:
+            for _ in range(20):
+                module_step()
+            torch.cuda.synchronize()
+            reps = 200
+            profiler = cProfile.Profile()
+            start = time.perf_counter()
+            profiler.enable()
+            for _ in range(reps):
+                module_step()
+            profiler.disable()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - start) / reps * 1e6
+            print(f"== {text}: module fwd+bwd, {wall:.0f} us per step under cProfile; "
+                  f"per step (cumulative, then own time):")
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("cumulative").print_stats(25)
+            stats.sort_stats("tottime").print_stats(25)
+            continue
         for name, fn in paths.items():
             ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
             print(f"{text:44s} {name:18s} {ms * 1000:12.1f} {host_us(fn):9.1f} "

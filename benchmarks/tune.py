@@ -71,13 +71,16 @@ def main():
             want_out, want_lse = fwd()
             want_grads = bwd(want_out, want_lse)
 
-            def differs(got, want):
+            def differs(got, want, limit):
                 worst = max(float((g.float() - w.float()).norm() / w.float().norm())
                             for g, w in zip(got, want))
-                # two correct tilings differ by rounding only: 0 when they accumulate in the same
-                # order, ~1e-4 otherwise (tune_round7_*.log); the broken 32-row dK/dV tile of
-                # round 6 differed by 1e-3 to 3e-2
-                return worst, worst > 5e-4
+                return worst, worst > limit
+
+            # Two correct tilings differ by rounding only (results/tune_round7_*.log): forward
+            # outputs by ~1e-3 (another key-block width changes the softmax's rescaling steps);
+            # gradients by 0 (same accumulation order) or ~1e-4.  The broken 32-row dK/dV tile
+            # of round 6 gave gradients 1e-3 to 3e-2 away.
+            limits = {"fwd": 5e-3, "dkdv": 5e-4, "dq": 5e-4}
 
             def run(role, cands):
                 best = None
@@ -87,10 +90,10 @@ def main():
                     try:
                         out, lse = fwd()
                         if role == "fwd":
-                            err, wrong = differs((out,), (want_out,))
+                            err, wrong = differs((out,), (want_out,), limits[role])
                             ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
                         else:
-                            err, wrong = differs(bwd(out, lse), want_grads)
+                            err, wrong = differs(bwd(out, lse), want_grads, limits[role])
                             ms = do_bench(lambda: bwd(out, lse), warmup=25, rep=100,
                                           return_mode="median")
                     except Exception as exc:  # out of resources etc.
