@@ -1,13 +1,14 @@
 """Where the host time of one Triton launch goes, for the generated forward kernel of a pattern:
 the whole `kernel[grid](...)` call against its parts (argument binding and specialisation, the
 cache-key computation, the compiled launcher alone).  Host microseconds per call, GPU never
-waited for inside the loop.
+waited for inside the loop -- which measures the host only while the GPU keeps up: at large sizes
+the launch queue fills and the numbers become the GPU's time (results/launch_probe_round7.log),
+so use a small call:
 
-    python benchmarks/launch_probe.py [--n 8192] [--d 128] [--pattern TEXT]
+    python benchmarks/launch_probe.py --n 1024 --batch 1 [--d 128] [--pattern TEXT]
 """
 import argparse
 import math
-import time
 
 import torch
 from triton import knobs
@@ -17,17 +18,7 @@ from triton.runtime.jit import compute_cache_key
 import attnlang
 from attnlang.bench import HEADS, TOKENS_PER_BATCH
 from attnlang.cache import load_module
-
-
-def host_us(fn, reps=500):
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    elapsed = (time.perf_counter() - start) / reps
-    torch.cuda.synchronize()
-    return elapsed * 1e6
+from host_overhead import host_us
 
 
 class Recorder:
@@ -92,7 +83,7 @@ def main():
         print(f"  (parts not measured: {type(exc).__name__}: {exc})")
     for name, fn in rows:
         try:
-            print(f"  {name:34s} {host_us(fn):8.1f} us", flush=True)
+            print(f"  {name:34s} {host_us(fn, reps=500):8.1f} us", flush=True)
         except Exception as exc:
             print(f"  {name:34s} failed: {type(exc).__name__}: {exc}", flush=True)
 
