@@ -259,7 +259,7 @@ def long_context(lengths=(131072, 1048576), heads=8, d=128, log=print):
         peak = torch.cuda.max_memory_allocated()
         essential = 8 * q.numel() * q.element_size()  # q k v dout, out, dq dk dv
         ms = do_bench(step, warmup=10, rep=50, grad_to_none=[q, k, v], return_mode="median")
-        return dict(n=n, heads=heads, d=d, ms=ms, ms_per_token=ms / n * 1e6, peak_bytes=peak,
+        return dict(n=n, heads=heads, d=d, ms=ms, ns_per_token=ms / n * 1e6, peak_bytes=peak,
                     essential_bytes=essential, ratio=peak / essential)
 
     rows = []
@@ -267,7 +267,7 @@ def long_context(lengths=(131072, 1048576), heads=8, d=128, log=print):
         row = measure(n)
         rows.append(row)
         log(f"long context causal & window(1023, 0) n={n:8d}: fwd+bwd {row['ms']:9.3f} ms "
-            f"({row['ms_per_token']:.3f} ns/token), peak {row['peak_bytes'] / 2**30:.2f} GiB, "
+            f"({row['ns_per_token']:.3f} ns/token), peak {row['peak_bytes'] / 2**30:.2f} GiB, "
             f"peak / (inputs+outputs+grads) = {row['ratio']:.3f}")
     return rows
 
