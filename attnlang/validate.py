@@ -115,14 +115,18 @@ def _as_ids(name, t, batch, length, device):
             raise _fail(name, _describe(t), "an integer tensor of segment ids") from None
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise _fail(name, f"dtype {t.dtype}", "an integer dtype (segment ids)")
+    if t.dtype == getattr(torch, "uint64", None):  # no range check exists for it: ids may wrap
+        raise _fail(name, f"dtype {t.dtype}", "int64 or a narrower integer dtype (segment ids)")
     if t.device != device:
         raise _fail(name, f"a tensor on {t.device}", f"the device of q ({device})")
     if t.dim() == 1:
         t = t.unsqueeze(0)
     if t.dim() != 2 or t.shape[0] not in (1, batch) or t.shape[1] != length:
         raise _fail(name, f"shape {list(t.shape)}", f"[{length}] or [{batch}, {length}]")
-    if t.dtype == torch.int64 and t.device.type == "cpu" and t.numel() and not _compiling():
-        lo, hi = int(t.min()), int(t.max())
+    if t.dtype == torch.int64 and t.numel() and not _compiling():
+        # int32 is what the kernels compare; a wrapped id could join two documents.  On a GPU
+        # this reads two numbers back (one host sync per call): int32 ids skip the check.
+        lo, hi = (int(x) for x in torch.aminmax(t))
         if lo < -2 ** 31 or hi >= 2 ** 31:
             raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
     return t.to(torch.int32)

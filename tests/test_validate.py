@@ -47,6 +47,19 @@ def test_segments():
     rejects("segments", "a pair (seg_q, seg_k)", qkv=qkv(lq=9, lk=8),
             segments=torch.zeros(8, dtype=torch.long))
     rejects("segments", "fit in int32", segments=torch.full((8,), 2 ** 40))
+    rejects("segments", "fit in int32", segments=torch.full((8,), -2 ** 31 - 1))
+    rejects("segments", "int64 or a narrower", segments=torch.zeros(8, dtype=torch.uint64))
+
+
+def test_segment_ids_of_every_accepted_integer_dtype_become_int32():
+    from attnlang.validate import validate
+
+    for dtype in (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64):
+        ids = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2], dtype=dtype)
+        args = validate(*qkv(), segments=ids)
+        assert args.seg_k.dtype == torch.int32 and args.seg_k.tolist() == [ids.tolist()]
+    edge = torch.tensor([-2 ** 31] * 4 + [2 ** 31 - 1] * 4)  # the int32 range's ends pass
+    assert validate(*qkv(), segments=edge).seg_k.tolist() == [edge.tolist()]
 
 
 def test_masks_bias_scale_dropout():
