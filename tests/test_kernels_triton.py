@@ -189,3 +189,27 @@ def test_dkdv_bias_and_dropout_gradients_in_both_score_orders(keys_as_rows, tmp_
         grads.append([t.grad.clone() for t in (q, k, v)])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monkeypatch):
+    """On a GPU, head dims 64 and 128 get their own tuned tiles; the others keep their size
+    class's default tiles (those gpu_check.py verifies at 80, 96 and 256)."""
+    from attnlang.cache import load_module
+
+    monkeypatch.delenv("ATTNLANG_TILES", raising=False)
+    mod = load_module(pattern_of(_expr("causal")))
+
+    class OnGpu:  # what _tiles reads of q, without a GPU
+        device = torch.device("cuda")
+        shape = (1, 2, 256, 128)
+
+    def tile(d, role):
+        bm, bn, opts = mod._tiles(OnGpu(), d, role)
+        return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS")
+
+    assert tile(128, "dkdv") == (32, 64, 4, 2, True)
+    assert tile(96, "dkdv") == (64, 64, 4, 2, False)
+    assert tile(80, "dq") == (128, 64, 8, 2, None)
+    assert tile(64, "dq") == (64, 64, 4, 3, None)
+    assert tile(48, "dq") == (64, 64, 4, 2, None)
+    assert tile(256, "fwd") == (64, 64, 4, 2, None)
