@@ -213,3 +213,14 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert tile(64, "dq") == (64, 64, 4, 3, None)
     assert tile(48, "dq") == (64, 64, 4, 2, None)
     assert tile(256, "fwd") == (64, 64, 4, 2, None)
+
+
+@pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
+                                   "dkdv=64x64:4:2:x"])
+def test_a_malformed_tile_override_names_the_variable(value, monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNLANG_TILES", value)
+    expr = _expr("causal")
+    mod = generated(expr, tmp_path)
+    q = torch.randn(1, 1, 20, 16, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^ATTNLANG_TILES: got .*expected"):
+        mod.attention(q, q, q).sum().backward()
