@@ -6,7 +6,8 @@ Prints the median time of the forward kernel(s) and of the backward kernels for 
 per head dimension, so the defaults in templates/attention.py.jinja (TILES) can be chosen.  Each
 candidate's output (forward) or dQ, dK, dV (backward) is compared with the module's own tiles'
 result first; a candidate that differs by more than bf16 rounding explains is marked WRONG and
-never chosen.  A dK/dV tile ending in ":t" computes its scores as [keys, queries].
+never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":d" reads the
+tiles through tensor descriptors (TMA).
 """
 import argparse
 import math
@@ -20,13 +21,16 @@ from attnlang.bench import random_documents
 from attnlang.cache import load_module
 
 FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "128x128:4:3",
-       "64x64:4:2", "64x64:4:3", "64x64:4:1", "128x64:8:2", "64x32:4:2"]
+       "64x64:4:2", "64x64:4:3", "64x64:4:1", "128x64:8:2", "64x32:4:2", "128x128:8:3:d",
+       "128x128:8:2:d", "128x64:4:3:d", "64x64:4:3:d", "64x64:4:2:d"]
 DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "32x64:4:3", "128x64:8:2", "64x64:4:3",
         "64x64:4:1", "32x64:4:2", "64x64:4:2:t", "64x64:4:1:t", "64x64:4:3:t", "32x128:4:2:t",
         "32x128:4:3:t", "32x128:8:2:t", "64x128:8:2:t", "64x128:8:1:t", "64x128:4:2:t",
-        "64x128:8:3:t", "32x64:4:2:t", "128x128:8:2:t", "16x128:4:3:t"]
+        "64x128:8:3:t", "32x64:4:2:t", "128x128:8:2:t", "16x128:4:3:t", "32x64:4:2:t:d",
+        "32x64:4:3:t:d", "64x64:4:3:d", "64x64:4:2:d"]
 DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
-      "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2"]
+      "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2", "128x64:8:2:d",
+      "64x64:4:2:d", "64x64:4:3:d", "64x32:4:3:d"]
 
 
 def main():
@@ -49,8 +53,9 @@ def main():
 
             def spec(role):
                 bm, bn, opts = mod._tiles(q, d, role, n)
-                flag = ":t" if opts.get("KEYS_AS_ROWS") else ""
-                return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flag}"
+                flags = ":t" if opts.get("KEYS_AS_ROWS") else ""
+                flags += ":d" if opts.get("DESC") else ""
+                return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             seg = None
             if mod.USES_SEGMENT:  # packed documents, as in the benchmark

@@ -169,6 +169,37 @@ def test_dkdv_with_scores_as_keys_by_queries(text, tiles, tmp_path, monkeypatch)
                             dtype=torch.float32, segments=segments, key_padding_mask=kpm)
 
 
+@pytest.mark.parametrize("tiles", ["fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d",
+                                   "fwd=32x16:4:1:d,dkdv=16x32:4:1:d,dq=16x16:4:1"])
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
+                                  "random(0.3, block = 8, seed = 5) | global(0..3)"])
+@pytest.mark.parametrize("d", [16, 24])
+def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeypatch):
+    """The ':d' tiles (K, V, and in dK/dV Q, dO read through tensor descriptors, which clip the
+    tiles at each class's length and at the head dim) equal the reference: residue classes,
+    documents, a gather component (which keeps its index loads), grouped heads, padding."""
+    monkeypatch.setenv("ATTNLANG_TILES", tiles)
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
+    kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(2)) > 0.2
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=d,
+                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+
+
+def test_descriptors_only_where_the_tensors_allow_them(tmp_path):
+    """A head dim that is not contiguous, or rows not 16-byte aligned, turn ':d' off."""
+    mod = generated(_expr("causal"), tmp_path)
+    q = torch.randn(1, 2, 40, 16)
+    assert mod._descriptors_ok(q)
+    assert not mod._descriptors_ok(q.transpose(2, 3).contiguous().transpose(2, 3))
+    assert not mod._descriptors_ok(torch.randn(1, 2, 40, 18)[..., :16])  # 72-byte rows
+    assert not mod._descriptors_ok(torch.randn(1, 2, 40, 17)[..., 1:])   # base off by 4 bytes
+    on = dict(DESC=True, num_warps=4)
+    assert mod._with_descriptors(on, dict(kind="gather"), q)["DESC"] is False
+    assert mod._with_descriptors(on, dict(kind="residue"), q)["DESC"] is True
+
+
 @pytest.mark.parametrize("keys_as_rows", [False, True])
 def test_dkdv_bias_and_dropout_gradients_in_both_score_orders(keys_as_rows, tmp_path, monkeypatch):
     """dK and dV under a bias and dropout are the same whichever way dK/dV lays out its scores."""
@@ -208,6 +239,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
         return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS")
 
     assert tile(128, "dkdv") == (32, 64, 4, 2, True)
+    assert mod._tiles(OnGpu(), 128, "fwd")[2]["DESC"] is False
     assert tile(96, "dkdv") == (64, 64, 4, 2, False)
     assert tile(80, "dq") == (128, 64, 8, 2, None)
     assert tile(64, "dq") == (64, 64, 4, 3, None)
