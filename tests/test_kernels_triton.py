@@ -57,6 +57,29 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
                             D=d, dtype=dtype)
 
 
+@settings(max_examples=6, deadline=None)
+@given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
+       heads=st.sampled_from([(1, 1), (2, 1)]), d=st.sampled_from([16, 24]),
+       tiles=st.sampled_from(["fwd=16x16:4:1,dkdv=16x32:4:1:t,dq=16x16:4:1",
+                              "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d"]))
+def test_random_patterns_with_the_gpu_tile_flags(tmp_path_factory, expr, shape, heads, d,
+                                                 tiles):
+    """Random patterns with dK/dV's scores as [keys, queries] (the GPU default at d = 128) and
+    with tensor-descriptor reads, against the reference."""
+    mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
+    Lq, Lk = shape
+    saved = os.environ.get("ATTNLANG_TILES")
+    os.environ["ATTNLANG_TILES"] = tiles
+    try:
+        check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq,
+                                Lk=Lk, D=d, dtype=torch.float32)
+    finally:
+        if saved is None:
+            del os.environ["ATTNLANG_TILES"]
+        else:
+            os.environ["ATTNLANG_TILES"] = saved
+
+
 @settings(max_examples=6)
 @given(data=st.data(), shape=lengths(max_len=40))
 def test_segments_and_padding(tmp_path_factory, data, shape):
