@@ -126,7 +126,7 @@ def _as_ids(name, t, batch, length, device):
     if t.dtype == torch.int64 and t.numel() and not _compiling():
         # int32 is what the kernels compare; a wrapped id could join two documents.  On a GPU
         # this reads two numbers back (one host sync per call): int32 ids skip the check.
-        lo, hi = (int(x) for x in torch.aminmax(t))
+        lo, hi = torch.stack(torch.aminmax(t)).tolist()
         if lo < -2 ** 31 or hi >= 2 ** 31:
             raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
     return t.to(torch.int32)
