@@ -68,16 +68,10 @@ def test_random_patterns_with_the_gpu_tile_flags(tmp_path_factory, expr, shape, 
     with tensor-descriptor reads, against the reference."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
-    saved = os.environ.get("ATTNLANG_TILES")
-    os.environ["ATTNLANG_TILES"] = tiles
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # (a function-scoped fixture would be shared)
+        patch.setenv("ATTNLANG_TILES", tiles)
         check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq,
                                 Lk=Lk, D=d, dtype=torch.float32)
-    finally:
-        if saved is None:
-            del os.environ["ATTNLANG_TILES"]
-        else:
-            os.environ["ATTNLANG_TILES"] = saved
 
 
 @settings(max_examples=6)
