@@ -253,15 +253,18 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
 
     def tile(d, role):
         bm, bn, opts = mod._tiles(OnGpu(), d, role)
-        return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS")
+        return (bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS"),
+                opts["DESC"])
 
-    assert tile(128, "dkdv") == (32, 64, 4, 2, True)
-    assert mod._tiles(OnGpu(), 128, "fwd")[2]["DESC"] is False
-    assert tile(96, "dkdv") == (64, 64, 4, 2, False)
-    assert tile(80, "dq") == (128, 64, 8, 2, None)
-    assert tile(64, "dq") == (64, 64, 4, 3, None)
-    assert tile(48, "dq") == (64, 64, 4, 2, None)
-    assert tile(256, "fwd") == (64, 64, 4, 2, None)
+    assert tile(128, "dkdv") == (64, 64, 4, 2, False, True)
+    assert tile(128, "fwd") == (128, 128, 8, 3, None, True)
+    assert tile(96, "dkdv") == (64, 64, 4, 2, False, False)
+    assert tile(96, "fwd") == (128, 128, 8, 3, None, False)
+    assert tile(80, "dq") == (128, 64, 8, 2, None, False)
+    assert tile(64, "dq") == (64, 64, 4, 3, None, False)
+    assert tile(64, "fwd") == (64, 64, 4, 3, None, True)
+    assert tile(48, "dq") == (64, 64, 4, 2, None, False)
+    assert tile(256, "fwd") == (64, 64, 4, 2, None, False)
 
 
 @pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
