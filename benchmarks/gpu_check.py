@@ -2,8 +2,10 @@
 
 For each case: attnlang (bf16 / fp16) and PyTorch SDPA with the same dense boolean mask run on the
 same inputs; both are compared with a float64 reference (output, log-sum-exp, dq, dk, dv). The
-kernels issue asks that attnlang's bf16 error be at most twice SDPA's.  Prints one line per case
-and writes benchmarks/results/gpu_check.json.
+kernels issue asks that attnlang's bf16 error be at most twice SDPA's.  attnlang runs each case
+twice, and its second results must equal the first bit for bit (the second call's launches skip
+Triton's binder: `_launch`).  Prints one line per case and writes
+benchmarks/results/gpu_check.json.
 
     python benchmarks/gpu_check.py [--quick]
 """
@@ -70,10 +72,15 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
     keep = dense_mask(pattern.ir, Lq, Lk, num_heads=Hq, segments=segments)[None].to(dev)
     ref = reference(q, k, v, keep, do)
     results = {}
-    qa, ka, va = (t.clone().requires_grad_(True) for t in (q, k, v))
-    out, lse = pattern.module(backend="triton")(qa, ka, va, return_lse=True, **kw)
-    out.backward(do)
+    module = pattern.module(backend="triton")
+    runs = []
+    for _ in range(2):  # the second call launches the compiled kernels directly (`_launch`)
+        qa, ka, va = (t.clone().requires_grad_(True) for t in (q, k, v))
+        out, lse = module(qa, ka, va, return_lse=True, **kw)
+        out.backward(do)
+        runs.append((out, lse, qa.grad, ka.grad, va.grad))
     torch.cuda.synchronize()
+    repeat_same = all(torch.equal(a, b) for a, b in zip(*runs))
     results["attnlang"] = [rel(out, ref[0]), rel(lse.masked_fill(torch.isinf(ref[1]), 0),
                                                   ref[1].masked_fill(torch.isinf(ref[1]), 0)),
                            rel(qa.grad, ref[2]), rel(ka.grad, ref[3]), rel(va.grad, ref[4])]
@@ -86,7 +93,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
     o2.backward(do)
     results["sdpa"] = [rel(o2, ref[0]), float("nan"), rel(qs.grad, ref[2]), rel(ks.grad, ref[3]),
                        rel(vs.grad, ref[4])]
-    return results, finite
+    return results, finite and repeat_same
 
 
 def main():
@@ -96,16 +103,17 @@ def main():
     for dtype in (torch.bfloat16, torch.float16):
         for case in CASES[: 7 if quick else None]:
             t = time.time()
-            res, finite = run_case(*case, dtype, gen)
+            res, ok = run_case(*case, dtype, gen)
             a, s = res["attnlang"], res["sdpa"]
             ratio = max(a[i] / s[i] for i in (0, 2, 3, 4) if s[i] > 0)
             worst_ratio = max(worst_ratio, ratio) if dtype == torch.bfloat16 else worst_ratio
             rows.append(dict(pattern=case[0], shape=case[1:], dtype=str(dtype), attnlang=a,
-                             sdpa=s, ratio=ratio, finite=finite))
+                             sdpa=s, ratio=ratio, finite_and_repeatable=ok))
             print(f"{str(dtype)[6:]:8s} {case[0][:48]:48s} Lq={case[1]:5d} Lk={case[2]:5d} "
                   f"D={case[6]:3d} out {a[0]:.2e} (sdpa {s[0]:.2e}) lse {a[1]:.1e} dq {a[2]:.2e} "
                   f"({s[2]:.2e}) dk {a[3]:.2e} ({s[3]:.2e}) dv {a[4]:.2e} ({s[4]:.2e}) "
-                  f"ratio {ratio:.2f} {'ok' if finite else 'NONFINITE'} {time.time() - t:.1f}s",
+                  f"ratio {ratio:.2f} {'ok' if ok else 'NONFINITE OR REPEAT DIFFERS'} "
+                  f"{time.time() - t:.1f}s",
                   flush=True)
             torch.cuda.empty_cache()
     print(f"worst bf16 error ratio attnlang/SDPA: {worst_ratio:.2f}")

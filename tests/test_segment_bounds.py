@@ -181,3 +181,38 @@ def test_document_patterns_with_per_batch_ids_match_reference(tmp_path_factory, 
             assert rel_err(got, want) < 5e-5
         else:
             assert got.abs().max() < 1e-3
+
+
+def test_bounds_are_kept_for_the_same_ids_and_rebuilt_when_they_change(tmp_path, monkeypatch):
+    """The bounds of one id tensor serve the calls after it (the next layer's forward, the
+    backward's dQ, one order flag for dK/dV) and are built again after any in-place change of the
+    ids -- to new documents, or out of order -- with the results of the float64 reference."""
+    expr = _expr("causal & segment")
+    mod = generated(expr, tmp_path)
+    launched = []
+    real_launch = mod._launch
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
+        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    L = 45
+    ids = torch.tensor([[0] * 12 + [1] * 20 + [2] * 13], dtype=torch.int32)
+    q, k, v = random_inputs(1, 2, 2, L, L, 16, torch.float32, seed=3)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
+
+    def call():
+        launched.clear()
+        out, lse = mod.attention_forward(q, k, v, 0.25, ids, ids, None, None, None, 0.0, 0)
+        grads = mod.attention_backward(do, q, k, v, out, lse, 0.25, ids, ids, None, None, None,
+                                       0.0, 0, False)[:3]
+        ref = _per_batch_reference(expr, q, k, v, ids, ids, do)  # its scale: 1/sqrt(16)
+        assert rel_err(out, ref[0]) < 2e-5
+        for got, want in zip(grads, ref[2:]):
+            assert rel_err(got, want) < 5e-5
+        return launched.count("_segment_bounds")
+
+    assert call() == 2  # the queries' bounds (forward, then dQ) and the keys' (dK/dV)
+    assert call() == 0  # the same tensor, unchanged
+    ids[0, 20:] += 1  # in place: a fourth document
+    assert call() == 2
+    ids[0, :3] = 7  # in place: out of order, so every block is visited with the mask
+    assert call() == 2
+    assert int(mod._segment_tables(q, k, "fwd", ids, ids, 16, 16, (ids, ids))["seg_flag"][0]) == 1

@@ -1,0 +1,105 @@
+"""The generated module's direct launches (`_launch`): after a first launch through Triton, a
+launch whose arguments specialise the same way calls the compiled kernel itself.  The GPU is what
+runs it for real (benchmarks/gpu_check.py); these tests pin the bookkeeping with a stand-in
+kernel, on any machine."""
+import pytest
+import torch
+
+from kernel_utils import pattern_of
+from test_kernels_triton import _expr
+
+
+@pytest.fixture
+def mod(monkeypatch):
+    from attnlang.cache import load_module
+
+    module = load_module(pattern_of(_expr("causal")))
+    monkeypatch.setattr(module, "_direct_ok", lambda args: True)
+    monkeypatch.setattr(module, "_current_stream", lambda: (0, 1234))
+    monkeypatch.setattr(module, "_DIRECT", {})
+    return module
+
+
+class Compiled:
+    function, packed_metadata = "function", "metadata"
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, *args):
+        self.calls.append(args)
+
+
+class Kernel:
+    """What `_launch` uses of a JITFunction: `arg_names` and `kernel[grid](...)`, which returns
+    the compiled kernel."""
+    arg_names = ["x", "n", "scale", "BLOCK", "FLAG"]
+
+    def __init__(self, compiled):
+        self.compiled, self.through_triton = compiled, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **options):
+            self.through_triton.append((grid, args, options))
+            return self.compiled
+        return launch
+
+
+def test_a_repeated_specialisation_calls_the_compiled_kernel(mod):
+    compiled = Compiled()
+    kernel = Kernel(compiled)
+    x = torch.zeros(64)
+    options = dict(BLOCK=32, FLAG=True, num_warps=4)
+    mod._launch(kernel, (3, 2), (x, 48, 0.5), options)
+    assert len(kernel.through_triton) == 1 and not compiled.calls
+    y = torch.ones(64)  # another tensor, same dtype and alignment; 32 is divisible by 16 too
+    mod._launch(kernel, (5, 7), (y, 32, 0.25), options)
+    assert len(kernel.through_triton) == 1
+    assert compiled.calls == [(5, 7, 1, 1234, "function", "metadata", None, None, None,
+                               y, 32, 0.25, 32, True)]
+
+
+@pytest.mark.parametrize("change", ["alignment", "dtype", "one", "not16", "wide", "option"])
+def test_another_specialisation_goes_through_triton(mod, change):
+    compiled = Compiled()
+    kernel = Kernel(compiled)
+    x = torch.zeros(64)
+    options = dict(BLOCK=32, FLAG=True, num_warps=4)
+    mod._launch(kernel, (1, 1), (x, 48, 0.5), options)
+    args, opts = [x, 48, 0.5], dict(options)
+    if change == "alignment":
+        args[0] = x[1:]  # 4 bytes past a 16-byte boundary
+    elif change == "dtype":
+        args[0] = x.to(torch.float64)
+    elif change == "one":
+        args[1] = 1
+    elif change == "not16":
+        args[1] = 40
+    elif change == "wide":
+        args[1] = 2 ** 31 + 16
+    else:
+        opts["num_warps"] = 8
+    mod._launch(kernel, (1, 1), tuple(args), opts)
+    assert len(kernel.through_triton) == 2 and not compiled.calls
+
+
+def test_a_compiled_kernel_without_a_launcher_is_always_launched_through_triton(mod):
+    kernel = Kernel(object())
+    for _ in range(3):
+        mod._launch(kernel, (1, 1), (torch.zeros(4), 48, 0.5), dict(BLOCK=32, FLAG=False))
+    assert len(kernel.through_triton) == 3
+
+
+def test_parameters_missing_from_the_options_keep_the_triton_path(mod):
+    compiled = Compiled()
+    kernel = Kernel(compiled)
+    for _ in range(2):  # FLAG left to its default: the launcher's values would be incomplete
+        mod._launch(kernel, (1, 1), (torch.zeros(4), 48, 0.5), dict(BLOCK=32))
+    assert len(kernel.through_triton) == 2 and not compiled.calls
+
+
+def test_the_real_kernels_can_key_the_cache(mod):
+    """The generated kernels are hashable, and name their parameters for the launcher."""
+    for kernel in (mod._bwd_delta, mod._segment_bounds, *mod.KERNELS[0]):
+        hash(kernel)
+        assert "BLOCK_M" in kernel.arg_names or "BLOCK_A" in kernel.arg_names
