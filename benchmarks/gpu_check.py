@@ -7,7 +7,7 @@ twice, and its second results must equal the first bit for bit (the second call'
 Triton's binder: `_launch`).  Prints one line per case and writes
 benchmarks/results/gpu_check.json.
 
-    python benchmarks/gpu_check.py [--quick]
+    python benchmarks/gpu_check.py [--quick] [--only "stride,segment"]
 """
 import json
 import math
@@ -98,10 +98,13 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
 
 def main():
     quick = "--quick" in sys.argv
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     gen = torch.Generator().manual_seed(0)
     rows, worst_ratio = [], 0.0
     for dtype in (torch.bfloat16, torch.float16):
         for case in CASES[: 7 if quick else None]:
+            if only and not any(word in case[0] for word in only):
+                continue
             t = time.time()
             res, ok = run_case(*case, dtype, gen)
             a, s = res["attnlang"], res["sdpa"]

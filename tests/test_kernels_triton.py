@@ -266,6 +266,28 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert tile(48, "dq") == (64, 64, 4, 2, None, False)
     assert tile(256, "fwd") == (64, 64, 4, 2, None, False)
 
+    # descriptor tiles only where every component can read through descriptors, and only for
+    # tensors they can read; otherwise the plain tiles of round 7
+    gather = load_module(pattern_of(_expr("causal & (chunk(128) | cols(every(128, 112..128)))")))
+    assert gather.HAS_GATHER and not mod.HAS_GATHER
+    bm, bn, opts = gather._tiles(OnGpu(), 128, "dkdv")
+    assert (bm, bn, opts["KEYS_AS_ROWS"], opts["DESC"]) == (32, 64, True, False)
+    assert gather._tiles(OnGpu(), 128, "fwd")[2]["DESC"] is False
+    k = torch.zeros(1, 2, 256, 128)
+
+    class Aligned(OnGpu):
+        def stride(self, dim=None):
+            return (2 * 256 * 128, 256 * 128, 128, 1) if dim is None else self.stride()[dim]
+
+        def element_size(self):
+            return 2
+
+        def data_ptr(self):
+            return 1 << 20
+
+    assert mod._tiles(Aligned(), 128, "dkdv", None, k)[2]["DESC"] is True
+    assert mod._tiles(Aligned(), 128, "dkdv", None, k[..., 1:])[:2] == (32, 64)
+
 
 @pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
                                    "dkdv=64x64:4:2:x"])
