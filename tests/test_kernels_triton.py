@@ -288,6 +288,19 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert mod._tiles(Aligned(), 128, "dkdv", None, k)[2]["DESC"] is True
     assert mod._tiles(Aligned(), 128, "dkdv", None, k[..., 1:])[:2] == (32, 64)
 
+    # short rows (mean visited key blocks at most SHORT_ROWS): the short tiles, with descriptor
+    # reads only from DESC_MIN_ROWS blocks on (documents and residue classes read the plain way)
+    def short(blocks, role):
+        monkeypatch.setattr(mod, "_row_blocks", lambda *args: blocks)
+        bm, bn, opts = mod._tiles(Aligned(), 128, role, 256, k)
+        return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS"), opts["DESC"]
+
+    assert short(40.0, "dkdv") == (64, 64, 4, 2, False, True)  # not short: TILES_TUNED
+    assert short(8.7, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_SHORT
+    assert short(8.7, "fwd") == (64, 64, 4, 3, None, False)
+    assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)  # TILES_SHORT_PLAIN
+    assert short(1.3, "dq") == (64, 64, 4, 2, None, False)
+
 
 @pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
                                    "dkdv=64x64:4:2:x"])
