@@ -4,6 +4,7 @@ runs it for real (benchmarks/gpu_check.py); these tests pin the bookkeeping with
 kernel, on any machine."""
 import pytest
 import torch
+import triton
 
 from kernel_utils import pattern_of
 from test_kernels_triton import _expr
@@ -103,3 +104,56 @@ def test_the_real_kernels_can_key_the_cache(mod):
     for kernel in (mod._bwd_delta, mod._segment_bounds, *mod.KERNELS[0]):
         hash(kernel)
         assert "BLOCK_M" in kernel.arg_names or "BLOCK_A" in kernel.arg_names
+
+
+class TooBig(Kernel):
+    """A kernel whose pipelined tiles do not fit in shared memory (triton.OutOfResources at its
+    first launch) unless unpipelined; with ``never`` not even then."""
+
+    def __init__(self, compiled, never=False):
+        super().__init__(compiled)
+        self.never = never
+
+    def __getitem__(self, grid):
+        def launch(*args, **options):
+            self.through_triton.append((grid, args, options))
+            if self.never or options.get("num_stages", 1) > 1:
+                raise triton.OutOfResources(300000, 232448, "shared memory")
+            return self.compiled
+        return launch
+
+
+def test_a_tile_too_big_for_shared_memory_runs_unpipelined(mod):
+    compiled = Compiled()
+    kernel = TooBig(compiled)
+    x = torch.zeros(64)
+    options = dict(BLOCK=32, FLAG=True, num_warps=4, num_stages=3)
+    mod._launch(kernel, (1, 1), (x, 48, 0.5), options)
+    assert [o["num_stages"] for _, _, o in kernel.through_triton] == [3, 1]
+    mod._launch(kernel, (1, 1), (x, 48, 0.5), options)  # then straight to the unpipelined kernel
+    assert len(kernel.through_triton) == 2 and len(compiled.calls) == 1
+
+
+def test_a_tile_too_big_even_unpipelined_says_what_to_change(mod):
+    kernel = TooBig(Compiled(), never=True)
+    with pytest.raises(RuntimeError, match=r"^attnlang: .*shared memory.*ATTNLANG_TILES"):
+        mod._launch(kernel, (1, 1), (torch.zeros(4), 48, 0.5),
+                    dict(BLOCK=32, FLAG=True, num_stages=2))
+
+
+def test_float32_inputs_take_small_tiles_above_head_dim_64(mod):
+    """float32 tiles take twice the shared memory: above d = 64 every role is unpipelined and
+    small enough for a Hopper multiprocessor; 16-bit inputs keep the tuned tiles."""
+    class OnGpu:
+        device = torch.device("cuda")
+        shape = (1, 2, 256, 128)
+
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+    for role in ("fwd", "dkdv", "dq"):
+        assert mod._tiles(OnGpu(torch.float32), 128, role)[:2] == (64, 64)
+        assert mod._tiles(OnGpu(torch.float32), 128, role)[2]["num_stages"] == 1
+        assert mod._tiles(OnGpu(torch.float32), 256, role)[:2] == (32, 32)
+    assert mod._tiles(OnGpu(torch.bfloat16), 128, "fwd")[:2] == (128, 128)
+    assert mod._tiles(OnGpu(torch.float32), 64, "dq")[:2] == (64, 64)
