@@ -4,7 +4,8 @@ For each case: attnlang (bf16 / fp16) and PyTorch SDPA with the same dense boole
 same inputs; both are compared with a float64 reference (output, log-sum-exp, dq, dk, dv). The
 kernels issue asks that attnlang's bf16 error be at most twice SDPA's.  attnlang runs each case
 twice, and its second results must equal the first bit for bit (the second call's launches skip
-Triton's binder: `_launch`).  Prints one line per case and writes
+Triton's binder: `_launch`; each line's `direct` counts the module's specialisations launched
+that way, which must not be 0).  Prints one line per case and writes
 benchmarks/results/gpu_check.json.  Two float32 cases at head dimensions 128 and 256 follow the
 16-bit ones (float32 takes its own tiles there); their error ratio to SDPA is printed, not
 counted in the bf16 worst ratio.
@@ -20,6 +21,7 @@ import time
 import torch
 
 import attnlang
+from attnlang.cache import load_module
 from attnlang.reference import mask as dense_mask
 
 CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
@@ -89,6 +91,10 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
         runs.append((out, lse, qa.grad, ka.grad, va.grad))
     torch.cuda.synchronize()
     repeat_same = all(torch.equal(a, b) for a, b in zip(*runs))
+    # the specialisations launched directly on the second call (a launch hook or a Triton whose
+    # compiled kernels lack the launcher interface would leave none: the check would be void)
+    direct = load_module(pattern)._DIRECT
+    results["direct"] = sum(1 for hit in direct.values() if hit)
     results["attnlang"] = [rel(out, ref[0]), rel(lse.masked_fill(torch.isinf(ref[1]), 0),
                                                   ref[1].masked_fill(torch.isinf(ref[1]), 0)),
                            rel(qa.grad, ref[2]), rel(ka.grad, ref[3]), rel(va.grad, ref[4])]
@@ -117,15 +123,18 @@ def main():
             continue
         t = time.time()
         res, ok = run_case(*case, dtype, gen)
+        ok = ok and res["direct"] > 0
         a, s = res["attnlang"], res["sdpa"]
         ratio = max(a[i] / s[i] for i in (0, 2, 3, 4) if s[i] > 0)
         worst_ratio = max(worst_ratio, ratio) if dtype == torch.bfloat16 else worst_ratio
         rows.append(dict(pattern=case[0], shape=case[1:], dtype=str(dtype), attnlang=a,
-                         sdpa=s, ratio=ratio, finite_and_repeatable=ok))
+                         sdpa=s, ratio=ratio, finite_and_repeatable=ok,
+                         direct_launch_specialisations=res["direct"]))
         print(f"{str(dtype)[6:]:8s} {case[0][:48]:48s} Lq={case[1]:5d} Lk={case[2]:5d} "
               f"D={case[6]:3d} out {a[0]:.2e} (sdpa {s[0]:.2e}) lse {a[1]:.1e} dq {a[2]:.2e} "
               f"({s[2]:.2e}) dk {a[3]:.2e} ({s[3]:.2e}) dv {a[4]:.2e} ({s[4]:.2e}) "
-              f"ratio {ratio:.2f} {'ok' if ok else 'NONFINITE OR REPEAT DIFFERS'} "
+              f"ratio {ratio:.2f} direct {res['direct']} "
+              f"{'ok' if ok else 'NONFINITE, REPEAT DIFFERS OR NOT DIRECT'} "
               f"{time.time() - t:.1f}s",
               flush=True)
         torch.cuda.empty_cache()

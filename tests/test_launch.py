@@ -157,3 +157,30 @@ def test_float32_inputs_take_small_tiles_above_head_dim_64(mod):
         assert mod._tiles(OnGpu(torch.float32), 256, role)[:2] == (32, 32)
     assert mod._tiles(OnGpu(torch.bfloat16), 128, "fwd")[:2] == (128, 128)
     assert mod._tiles(OnGpu(torch.float32), 64, "dq")[:2] == (64, 64)
+
+
+def test_direct_launches_are_on_by_default_and_off_under_a_launch_hook(monkeypatch):
+    """Newer Triton keeps its launch hooks in an always-present, empty-by-default ``HookChain``
+    (older Triton: None).  No hook set means direct launches; any hook (a profiler) means every
+    launch goes through Triton, which calls the hooks."""
+    from triton import knobs
+
+    from attnlang.cache import load_module
+
+    module = load_module(pattern_of(_expr("causal")))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+    class OnGpu:
+        is_cuda = True
+
+    assert module._direct_ok((OnGpu(),))
+    assert not module._direct_ok((torch.zeros(1),))  # a CPU tensor: not a compiled-kernel launch
+
+    def hook(*_):
+        pass
+    chain = knobs.runtime.launch_enter_hook
+    if hasattr(chain, "calls"):
+        monkeypatch.setattr(chain, "calls", [hook])  # the chain's own list comes back after
+    else:
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", hook)
+    assert not module._direct_ok((OnGpu(),))
