@@ -298,8 +298,10 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(40.0, "dkdv") == (64, 64, 4, 2, False, True)  # not short: TILES_TUNED
     assert short(8.7, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_SHORT
     assert short(8.7, "fwd") == (64, 64, 4, 3, None, False)
-    assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)  # TILES_SHORT_PLAIN
+    assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)  # TILES_FEW
     assert short(1.3, "dq") == (64, 64, 4, 2, None, False)
+    assert short(1.3, "fwd") == (64, 64, 4, 1, None, False)  # unpipelined: 1-3 blocks
+    assert short(0.0, "fwd") == (64, 64, 4, 1, None, False)  # document masks
 
 
 @pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
@@ -311,3 +313,26 @@ def test_a_malformed_tile_override_names_the_variable(value, monkeypatch, tmp_pa
     q = torch.randn(1, 1, 20, 16, requires_grad=True)
     with pytest.raises(ValueError, match=r"^ATTNLANG_TILES: got .*expected"):
         mod.attention(q, q, q).sum().backward()
+
+
+def test_a_dkdv_override_known_to_be_wrong_on_a_gpu_is_refused(monkeypatch):
+    """dK/dV steps of fewer than 64 queries with scores as [queries, keys] gave wrong dK on the
+    GPU (rounds 6 and 7; 4e-3 to 3e-2 from other tilings): an override asking for one is an
+    error there, and the same tile with ':t' is accepted."""
+    from attnlang.cache import load_module
+
+    mod = load_module(pattern_of(_expr("causal")))
+
+    class OnGpu:
+        device = torch.device("cuda")
+        dtype = torch.bfloat16
+        shape = (1, 2, 256, 128)
+
+    monkeypatch.setenv("ATTNLANG_TILES", "dkdv=32x64:4:2")
+    with pytest.raises(ValueError, match=r"^ATTNLANG_TILES: got 'dkdv=32x64:4:2'; expected the "
+                                         r"':t' flag .* e\.g\. dkdv=32x64:4:2:t$"):
+        mod._tiles(OnGpu(), 128, "dkdv")
+    monkeypatch.setenv("ATTNLANG_TILES", "dkdv=32x64:4:2:t")
+    assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (32, 64)
+    monkeypatch.setenv("ATTNLANG_TILES", "dkdv=64x64:4:2")
+    assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (64, 64)
