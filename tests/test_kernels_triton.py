@@ -300,8 +300,8 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(8.7, "fwd") == (64, 64, 4, 3, None, False)
     assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)  # TILES_FEW
     assert short(1.3, "dq") == (64, 64, 4, 2, None, False)
-    assert short(1.3, "fwd") == (64, 64, 4, 1, None, False)  # unpipelined: 1-3 blocks
-    assert short(0.0, "fwd") == (64, 64, 4, 1, None, False)  # document masks
+    assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
+    assert short(0.0, "dkdv") == (32, 64, 4, 2, True, False)  # document masks
 
 
 @pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
