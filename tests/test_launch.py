@@ -56,11 +56,39 @@ def test_a_repeated_specialisation_calls_the_compiled_kernel(mod):
     options = dict(BLOCK=32, FLAG=True, num_warps=4)
     mod._launch(kernel, (3, 2), (x, 48, 0.5), options)
     assert len(kernel.through_triton) == 1 and not compiled.calls
-    y = torch.ones(64)  # another tensor, same dtype and alignment; 32 is divisible by 16 too
-    mod._launch(kernel, (5, 7), (y, 32, 0.25), options)
+    y = torch.ones(64)  # another tensor, same dtype and alignment; floats count by type
+    mod._launch(kernel, (5, 7), (y, 48, 0.25), options)
     assert len(kernel.through_triton) == 1
     assert compiled.calls == [(5, 7, 1, 1234, "function", "metadata", None, None, None,
-                               y, 32, 0.25, 32, True)]
+                               y, 48, 0.25, 32, True)]
+
+
+def test_integers_key_exactly_but_a_last_integer_by_its_specialisation(mod):
+    """Shapes and strides key exactly (another value: once more through Triton); the last
+    integer -- the attention kernels' dropout seed, new on every call -- only by what Triton
+    specialises it on, so that seeds neither miss nor grow the cache."""
+    class Seeded(Kernel):
+        arg_names = ["x", "n", "scale", "seed", "BLOCK", "FLAG"]
+
+    compiled = Compiled()
+    kernel = Seeded(compiled)
+    x = torch.zeros(64)
+    options = dict(BLOCK=32, FLAG=True)
+    for seed in (12345, 67890, 1 << 30 | 3):  # none is 1 or divisible by 16
+        mod._launch(kernel, (1, 1), (x, 48, 0.5, seed), options)
+    assert len(kernel.through_triton) == 1 and len(compiled.calls) == 2
+    mod._launch(kernel, (1, 1), (x, 48, 0.5, 32), options)  # divisible by 16: Triton's own key
+    mod._launch(kernel, (1, 1), (x, 32, 0.5, 7), options)  # another length
+    assert len(kernel.through_triton) == 3
+    assert len(mod._DIRECT) == 3
+
+
+def test_the_cache_starts_again_when_shapes_keep_changing(mod, monkeypatch):
+    monkeypatch.setattr(mod, "_DIRECT_MAX", 4)
+    kernel = Kernel(Compiled())
+    for n in range(10):
+        mod._launch(kernel, (1, 1), (torch.zeros(4), 48 + n, 0.5), dict(BLOCK=32, FLAG=False))
+    assert 1 <= len(mod._DIRECT) <= 4
 
 
 @pytest.mark.parametrize("change", ["alignment", "dtype", "one", "not16", "wide", "option"])
