@@ -8,7 +8,8 @@ per head dimension, so the defaults in templates/attention.py.jinja (TILES) can 
 candidate's output (forward) or dQ, dK, dV (backward) is compared with the module's own tiles'
 result first; a candidate that differs by more than bf16 rounding explains is marked WRONG and
 never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":d" reads the
-tiles through tensor descriptors (TMA).
+tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
+and runs no dQ kernel (every backward time printed is the whole backward's).
 """
 import argparse
 import math
@@ -30,7 +31,11 @@ DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "128x64:8:2", "64x64:4:3",
         "32x128:4:3:t", "32x128:8:2:t", "64x128:8:2:t", "64x128:8:1:t", "64x128:4:2:t",
         "64x128:8:3:t", "32x64:4:2:t", "128x128:8:2:t", "16x128:4:3:t", "32x64:4:2:t:d",
         "32x64:4:3:t:d", "64x64:4:3:d", "64x64:4:2:d", "64x128:8:2:d", "128x64:8:2:d",
-        "64x64:4:1:d", "64x128:8:3:d", "128x128:8:2:d", "32x128:4:2:t:d", "64x128:8:2:t:d"]
+        "64x64:4:1:d", "64x128:8:3:d", "128x128:8:2:d", "32x128:4:2:t:d", "64x128:8:2:t:d",
+        # ':a' adds dQ up in the dK/dV pass (no dQ kernel): the whole backward is what to compare;
+        # 128-key steps make half the atomics of 64-key ones
+        "64x64:4:2:d:a", "64x64:4:3:a", "32x64:4:2:t:a", "64x128:8:2:d:a", "128x128:8:2:d:a",
+        "64x128:8:2:t:d:a"]
 DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
       "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2", "128x64:8:2:d",
       "64x64:4:2:d", "64x64:4:3:d", "64x32:4:3:d", "128x64:8:3:d", "64x64:8:2:d"]

@@ -61,11 +61,12 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1)]), d=st.sampled_from([16, 24]),
        tiles=st.sampled_from(["fwd=16x16:4:1,dkdv=16x32:4:1:t,dq=16x16:4:1",
-                              "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d"]))
+                              "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d",
+                              "fwd=16x16:4:1,dkdv=16x32:4:1:t:a,dq=16x16:4:1"]))
 def test_random_patterns_with_the_gpu_tile_flags(tmp_path_factory, expr, shape, heads, d,
                                                  tiles):
-    """Random patterns with dK/dV's scores as [keys, queries] (the GPU default at d = 128) and
-    with tensor-descriptor reads, against the reference."""
+    """Random patterns with dK/dV's scores as [keys, queries] (the GPU default at d = 128), with
+    tensor-descriptor reads, and with dQ added up in the dK/dV pass, against the reference."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:  # (a function-scoped fixture would be shared)
@@ -336,3 +337,48 @@ def test_a_dkdv_override_known_to_be_wrong_on_a_gpu_is_refused(monkeypatch):
     assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (32, 64)
     monkeypatch.setenv("ATTNLANG_TILES", "dkdv=64x64:4:2")
     assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (64, 64)
+
+
+@pytest.mark.parametrize("tiles", ["dkdv=16x32:4:1:a", "dkdv=32x16:4:1:t:a",
+                                   "dkdv=16x16:4:1:t:a:d"])
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
+                                  "random(0.3, block = 8, seed = 5) | prefix(3)"])
+def test_dq_added_up_in_the_dkdv_pass(text, tiles, tmp_path, monkeypatch):
+    """':a' dK/dV tiles add each block's dS·K to a float32 dQ with atomics, and no dQ kernel
+    runs: dQ (and dK, dV) equal the reference for residue classes with a band, documents and a
+    gather component, with grouped heads, key padding and lengths that fill no tile."""
+    monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}")
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    launched = []
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *a, real=mod._launch: (
+        launched.append(kernel), real(kernel, *a))[1])
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
+    kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(4)) > 0.2
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
+                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+    assert not any(kernel in launched for _, _, kernel in mod.KERNELS)  # no dQ kernel ran
+    assert any(kernel in launched for _, kernel, _ in mod.KERNELS)
+
+
+def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypatch):
+    """With dropout the atomic dQ equals the dQ kernel's; a bias that needs its gradient takes the
+    dQ kernel (only it writes dBias), and every gradient is the same either way."""
+    expr = _expr("causal & (window(5, 0) | stride(4))")
+    mod = generated(expr, tmp_path)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
+    bias = torch.randn(1, 2, 37, 37, generator=g)
+    for bias_grad in (False, True):
+        grads = []
+        for tiles in ("dkdv=16x16:4:1:t", "dkdv=16x16:4:1:t:a"):
+            monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}")
+            b = bias.clone().requires_grad_(bias_grad)
+            for t in (q, k, v):
+                t.grad = None
+            out = mod.attention(q, k, v, attn_bias=b, dropout_p=0.3,
+                                generator=torch.Generator().manual_seed(11))
+            out.backward(torch.ones_like(out))
+            grads.append([t.grad.clone() for t in (q, k, v)] + ([b.grad] if bias_grad else []))
+        for x, y in zip(*grads):
+            assert torch.allclose(x, y, atol=1e-5)
