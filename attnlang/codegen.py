@@ -214,6 +214,9 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
         expr_repr=repr(expr),
         name=getattr(pattern, "name", "pattern"),
         components=components,
+        # every component reads the queries in order (one class): one pass over all of them
+        fused=len(components) > 1 and all(c["kind"] in ("identity", "gather")
+                                            for c in components),
         uses_segment=uses_segment,
         layout_picture=layout_picture,
         template_version=TEMPLATE_VERSION,

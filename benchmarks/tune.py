@@ -1,7 +1,7 @@
 """Tile sweep for the generated kernels on the GPU (ATTNLANG_TILES overrides one role at a time).
 
     python benchmarks/tune.py [--dims 128,64] [--pattern "causal"] [--n 8192] [--roles fwd]
-                              [--match :d]
+                              [--match :d] [--cands "dkdv=32x64:4:2:t;64x64:4:2:d"]
 
 Prints the median time of the forward kernel(s) and of the backward kernels for each candidate,
 per head dimension, so the defaults in templates/attention.py.jinja (TILES) can be chosen.  Each
@@ -9,7 +9,8 @@ candidate's output (forward) or dQ, dK, dV (backward) is compared with the modul
 result first; a candidate that differs by more than bf16 rounding explains is marked WRONG and
 never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":d" reads the
 tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
-and runs no dQ kernel (every backward time printed is the whole backward's).
+(with ":d", the descriptor's reduce) and runs no dQ kernel (every backward time printed is the
+whole backward's).
 """
 import argparse
 import math
@@ -35,7 +36,7 @@ DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "128x64:8:2", "64x64:4:3",
         # ':a' adds dQ up in the dK/dV pass (no dQ kernel): the whole backward is what to compare;
         # 128-key steps make half the atomics of 64-key ones
         "64x64:4:2:d:a", "64x64:4:3:a", "32x64:4:2:t:a", "64x128:8:2:d:a", "128x128:8:2:d:a",
-        "64x128:8:2:t:d:a"]
+        "64x128:8:2:t:d:a", "64x64:4:3:d:a", "128x64:8:2:d:a", "64x64:4:1:d:a"]
 DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
       "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2", "128x64:8:2:d",
       "64x64:4:2:d", "64x64:4:3:d", "64x32:4:3:d", "128x64:8:3:d", "64x64:8:2:d"]
@@ -49,6 +50,8 @@ def main():
     parser.add_argument("--roles", default="fwd,dkdv,dq")
     parser.add_argument("--match", default="", help="only candidates whose spec contains this "
                         "(the module's own tile is always timed first)")
+    parser.add_argument("--cands", help="ROLE=SPEC;SPEC,...: these candidates instead of the "
+                        "built-in lists, for the roles named (e.g. 'dkdv=32x64:4:2:t;64x64:4:2:d')")
     args = parser.parse_args()
     roles = args.roles.split(",")
     patterns = args.pattern or ["causal"]
@@ -65,6 +68,7 @@ def main():
                 bm, bn, opts = mod._tiles(q, d, role, n)
                 flags = ":t" if opts.get("KEYS_AS_ROWS") else ""
                 flags += ":d" if opts.get("DESC") else ""
+                flags += ":a" if opts.get("ATOMIC_DQ") else ""
                 return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             seg = None
@@ -126,7 +130,11 @@ def main():
                 if best:
                     base[role] = best[1]
 
+            given = dict(item.split("=", 1) for item in args.cands.split(",")) \
+                if args.cands else {}
             for role, cands in (("fwd", FWD), ("dkdv", DKDV), ("dq", DQ)):
+                if role in given:
+                    cands = given[role].split(";")
                 if role in roles:
                     run(role, cands)
             print(f"CHOSEN {text} d={d} {base}", flush=True)
