@@ -2,7 +2,9 @@
 
 Every implementation runs in the same process on the same inputs; every output is checked on a
 sample of query rows against a float64 reference before it is timed; times are CUDA-event medians
-(``triton.testing.do_bench``) after warm-up.  Useful TFLOP/s = 4 * D * kept pairs * B * H / time,
+(``triton.testing.do_bench``) after warm-up, taken in interleaved rounds (every implementation of a
+pattern once per round; the best round's median kept, all rounds recorded), so that a slow stretch
+of the host or the GPU does not fall on one implementation alone.  Useful TFLOP/s = 4 * D * kept pairs * B * H / time,
 forward+backward counted as 3.5x the forward FLOPs.  Results: one JSON record per (pattern, n, d,
 mode, impl) with ``pattern, n, d, mode, impl, ms, tflops, device, torch, triton``.
 """
@@ -48,6 +50,27 @@ class Record:
     torch: str
     triton: str
     max_err: float = float("nan")
+    ms_rounds: tuple = ()  # each round's median; ms is the least of them
+
+
+def time_in_rounds(benches, rounds, warmup, rep, do_bench, log=print):
+    """{key: [median ms of each round]} for ``benches`` ({key: (fn, grad_to_none)}): ``rounds``
+    rounds, each timing every entry once in order for ``rep / rounds`` ms.  A slow stretch of the
+    host (or of the GPU) then falls on every entry alike, not on whichever was being timed.  An
+    entry that raises is logged and dropped from later rounds."""
+    times = {key: [] for key in benches}
+    failed = set()
+    for _ in range(rounds):
+        for key, (fn, grads) in benches.items():
+            if key in failed:
+                continue
+            try:
+                times[key].append(do_bench(fn, warmup=warmup, rep=max(1, rep // rounds),
+                                           grad_to_none=grads, return_mode="median"))
+            except Exception as exc:  # a competitor failing is a result, not a crash
+                failed.add(key)
+                log(f"!! {key}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return {key: ms for key, ms in times.items() if key not in failed and ms}
 
 
 def random_documents(n: int, count: int, device, generator) -> torch.Tensor:
@@ -74,7 +97,8 @@ def _rel(x, ref):
 
 
 def run(patterns=None, lengths=(8192, 32768), dims=(128, 64), modes=("fwd", "fwd+bwd"),
-        impls=("attnlang", "flex", "sdpa"), out_path=None, warmup=25, rep=100, log=print):
+        impls=("attnlang", "flex", "sdpa"), out_path=None, warmup=25, rep=150, rounds=3,
+        log=print):
     import triton
     from triton.testing import do_bench
 
@@ -132,62 +156,61 @@ def run(patterns=None, lengths=(8192, 32768), dims=(128, 64), modes=("fwd", "fwd
                         torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, attn_mask=m)
                 if uses_seg and "attnlang" in impls:
                     records += _layout_cost(text, pattern, n, d, q, k, segments, dev_name, log)
-                for impl, fn in candidates.items():
+                benches, meta = {}, {}
+
+                def add(impl, fn, name, ref, flops):  # checked first, timed in the rounds below
                     try:
                         out = fn(q, k, v)
                         err = _rel(out[0, :, rows], ref)
-                        if not err < 3e-2:
-                            log(f"!! {impl} {text} n={n} d={d}: error {err:.3g} -- not timed")
-                            continue
-                        for mode in modes:
-                            if mode == "fwd":
-                                ms = do_bench(lambda: fn(q, k, v), warmup=warmup, rep=rep,
-                                              return_mode="median")
-                                flops = flops_fwd
-                            else:
-                                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-
-                                def step():
-                                    o = fn(qg, kg, vg)
-                                    o.backward(do)
-                                ms = do_bench(step, warmup=warmup, rep=rep, grad_to_none=[qg, kg, vg],
-                                              return_mode="median")
-                                flops = 3.5 * flops_fwd
-                            rec = Record(text, n, d, mode, impl, ms, flops / ms / 1e9, dev_name,
-                                         torch.__version__, triton.__version__, err)
-                            records.append(rec)
-                            log(f"{text:52s} n={n:6d} d={d:3d} {mode:8s} {impl:12s} "
-                                f"{ms:8.3f} ms {rec.tflops:7.1f} TFLOP/s err {err:.2e}")
                     except Exception as exc:  # a competitor failing is a result, not a crash
-                        log(f"!! {impl} {text} n={n} d={d}: {type(exc).__name__}: "
+                        log(f"!! {impl} {name} n={n} d={d}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}")
-                    torch.cuda.empty_cache()
-                if "sdpa" in impls and text == "causal":  # full attention, for the `all` target
-                    fn = lambda qq, kk, vv: torch.nn.functional.scaled_dot_product_attention(qq, kk, vv)
-                    full_mod = attnlang.parse("pattern x = all")["x"].module(backend="triton")
-                    for impl, f in (("sdpa", fn), ("attnlang", lambda a, b, c: full_mod(a, b, c))):
-                        for mode in modes:
-                            if mode == "fwd":
-                                ms = do_bench(lambda: f(q, k, v), warmup=warmup, rep=rep,
-                                              return_mode="median")
-                                flops = 4.0 * d * n * n * batch * HEADS
-                            else:
-                                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+                        return
+                    if not err < 3e-2:
+                        log(f"!! {impl} {name} n={n} d={d}: error {err:.3g} -- not timed")
+                        return
+                    for mode in modes:
+                        benches[impl, mode] = _step(fn, q, k, v, do, mode)
+                        meta[impl, mode] = (name, flops * (1.0 if mode == "fwd" else 3.5), err)
 
-                                def step2():
-                                    f(qg, kg, vg).backward(do)
-                                ms = do_bench(step2, warmup=warmup, rep=rep,
-                                              grad_to_none=[qg, kg, vg], return_mode="median")
-                                flops = 3.5 * 4.0 * d * n * n * batch * HEADS
-                            rec = Record("all", n, d, mode, impl, ms, flops / ms / 1e9, dev_name,
-                                         torch.__version__, triton.__version__)
-                            records.append(rec)
-                            log(f"{'all':52s} n={n:6d} d={d:3d} {mode:8s} {impl:12s} "
-                                f"{ms:8.3f} ms {rec.tflops:7.1f} TFLOP/s")
+                for impl, fn in candidates.items():
+                    add(impl, fn, text, ref, flops_fwd)
+                if "sdpa" in impls and text == "causal":  # full attention, for the `all` target
+                    full_mod = attnlang.parse("pattern x = all")["x"].module(backend="triton")
+                    full_ref = _reference_rows(q, k, v, torch.ones_like(keep_rows), rows)
+                    full_flops = 4.0 * d * n * n * batch * HEADS
+                    add("all sdpa", torch.nn.functional.scaled_dot_product_attention, "all",
+                        full_ref, full_flops)
+                    add("all attnlang", lambda a, b, c: full_mod(a, b, c), "all", full_ref,
+                        full_flops)
+                times = time_in_rounds(benches, rounds, warmup, rep, do_bench, log)
+                for (impl, mode), ms_all in times.items():
+                    name, flops, err = meta[impl, mode]
+                    ms = min(ms_all)
+                    rec = Record(name, n, d, mode, impl.removeprefix("all "), ms, flops / ms / 1e9,
+                                 dev_name, torch.__version__, triton.__version__, err,
+                                 tuple(ms_all))
+                    records.append(rec)
+                    log(f"{name:52s} n={n:6d} d={d:3d} {mode:8s} {rec.impl:12s} "
+                        f"{ms:8.3f} ms {rec.tflops:7.1f} TFLOP/s err {err:.2e} "
+                        f"(rounds {', '.join(f'{t:.3f}' for t in ms_all)})")
+                benches.clear()  # frees the gradient tensors of every step
+                torch.cuda.empty_cache()
         if out_path:
             with open(out_path, "w") as handle:
                 json.dump([asdict(r) for r in records], handle, indent=1)
     return records
+
+
+def _step(fn, q, k, v, do, mode):
+    """(what to time, tensors whose gradients to reset) for one mode of one implementation."""
+    if mode == "fwd":
+        return (lambda: fn(q, k, v)), None
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+    def step():
+        fn(qg, kg, vg).backward(do)
+    return step, [qg, kg, vg]
 
 
 def _gpu_ms(fn, reps=100):
@@ -334,6 +357,8 @@ def main(argv=None):
     parser.add_argument("--pattern", action="append")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("-o", "--out", default="benchmarks/results/latest.json")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds per pattern (best round kept)")
     parser.add_argument("--long", action="store_true",
                         help="only the long-context run (128k and 1M tokens); writes --out")
     args = parser.parse_args(argv)
@@ -345,7 +370,7 @@ def main(argv=None):
         return
     records = run(patterns=args.pattern, lengths=[int(x) for x in args.lengths.split(",")],
                   dims=[int(x) for x in args.dims.split(",")], modes=args.modes.split(","),
-                  out_path=args.out)
+                  out_path=args.out, rounds=args.rounds)
     print(markdown_table([asdict(r) for r in records]))
     print(f"total {time.time() - start:.0f} s")
 

@@ -24,3 +24,28 @@ def test_ratios_compare_one_run_and_layout_cost_is_a_share_of_the_forward():
     assert "| `causal` | 8k | 128 | fwd | 100 | — | — | — | — | r2 |" in lines
     assert "| `causal & segment` | 8k | 128 | 6 | 10 | 200 | 3.0% | 5.0% |" in lines
     assert not any("layout |" in line and "attnlang-layout" in line for line in lines)
+
+
+def test_timing_rounds_interleave_implementations_and_drop_failures():
+    """Each round times every entry once, in order; an entry that raises is logged and not timed
+    again; the rounds' medians are all returned (the benchmark keeps the least)."""
+    from attnlang.bench import time_in_rounds
+
+    calls = []
+    slow = {1}  # the host was slow during the second call of the run, whoever was timed then
+
+    def fake_do_bench(fn, warmup, rep, grad_to_none, return_mode):
+        assert return_mode == "median" and rep == 50
+        calls.append(fn())
+        if fn() == "broken":
+            raise RuntimeError("out of resources\nmore")
+        return 10.0 if len(calls) - 1 in slow else {"a": 1.0, "b": 2.0}[fn()]
+
+    logged = []
+    benches = {("a", "fwd"): (lambda: "a", None), ("b", "fwd"): (lambda: "b", None),
+               ("c", "fwd"): (lambda: "broken", None)}
+    times = time_in_rounds(benches, 3, 25, 150, fake_do_bench, logged.append)
+    assert calls == ["a", "b", "broken", "a", "b", "a", "b"]
+    assert times == {("a", "fwd"): [1.0, 1.0, 1.0], ("b", "fwd"): [10.0, 2.0, 2.0]}
+    assert logged == ["!! ('c', 'fwd'): RuntimeError: out of resources"]
+    assert min(times[("b", "fwd")]) == 2.0
