@@ -2,7 +2,9 @@
 
 The module (rendered from ``templates/attention.py.jinja``) holds, per plan component, a Triton
 forward kernel and two backward kernels (dK/dV and dQ), the launchers that run the components and
-merge their results by log-sum-exp, a ``torch.autograd.Function``, a ``torch.nn.Module``, and a copy
+merge their results by log-sum-exp (when every component reads the queries in order -- identity
+and gather components -- one forward and one dQ kernel run all of them in one pass instead), a
+``torch.autograd.Function``, a ``torch.nn.Module``, and a copy
 of the few attnlang modules the launchers need at run time to build block tables for new lengths
 (``ir``, ``layout``, ``plan``, ``validate``: standard library and torch only).  It imports nothing
 from attnlang, so it runs where attnlang is not installed.

@@ -22,7 +22,7 @@ from host_overhead import host_us
 
 
 class Recorder:
-    """Stands in for a JIT kernel in the module's KERNELS list and records one launch."""
+    """Stands in for the forward kernel (KERNELS[0] or FUSED) and records one launch."""
 
     def __init__(self, jit):
         self.jit, self.calls = jit, []
@@ -47,16 +47,23 @@ def main():
     q, k, v = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
     mod = load_module(attnlang.parse(f"pattern x = {args.pattern}")["x"])
-    jit = mod.KERNELS[0][0]
+    fused = mod.FUSED is not None  # the forward is FUSED's, not the components'
+
+    def swap(kernel):
+        if fused:
+            mod.FUSED = (kernel, *mod.FUSED[1:])
+        else:
+            mod.KERNELS[0] = (kernel, *mod.KERNELS[0][1:])
+    jit = mod.FUSED[0] if fused else mod.KERNELS[0][0]
     recorder = Recorder(jit)
-    mod.KERNELS[0] = (recorder, *mod.KERNELS[0][1:])
+    swap(recorder)
     scale = 1 / math.sqrt(d)
 
     def forward():
         return mod.attention_forward(q, k, v, scale, None, None, None, None, None, 0.0, 0)
     forward()
     grid, pos, kw = recorder.calls[-1]
-    mod.KERNELS[0] = (jit, *mod.KERNELS[0][1:])
+    swap(jit)
     print(f"{args.pattern}: {len(pos)} positional arguments, {len(kw)} keyword arguments")
     device = driver.active.get_current_device()
     stream = driver.active.get_current_stream(device)
