@@ -126,13 +126,14 @@ def test_bias_gradient_matches_reference(text, tmp_path):
 
 @pytest.mark.parametrize("text", ["causal & (chunk(8) | cols(every(8, 6..8)))",
                                   "window(3) | cols(every(7, 2..4))",
-                                  "causal & (chunk(8) | cols(every(8, 6..8))) | cols(every(5, 1..2))"])
+                                  "causal & (chunk(8) | cols(every(8, 6..8))) | cols(every(5, 1..2))",
+                                  "segment & (window(3) | cols(every(7, 2..4)))"])
 @pytest.mark.parametrize("tiles", [None, "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d"])
 def test_components_reading_queries_in_order_run_in_one_pass(text, tiles, tmp_path, monkeypatch):
     """Identity and gather components (every one reads the queries in order) share one forward
     and one dQ kernel, whose key loops run one after the other: equal to the reference with key
-    padding, grouped heads, empty rows and lengths that fill no tile; no dQ kernel per component
-    and no float32 partial output."""
+    padding, documents, grouped heads, empty rows and lengths that fill no tile; no dQ kernel per
+    component and no float32 partial output."""
     if tiles:
         monkeypatch.setenv("ATTNLANG_TILES", tiles)
     expr = _expr(text)
@@ -144,8 +145,9 @@ def test_components_reading_queries_in_order_run_in_one_pass(text, tiles, tmp_pa
                                                             real(kernel, *a)))
     kpm = torch.rand(2, 53, generator=torch.Generator().manual_seed(4)) > 0.3
     kpm[1, :20] = False  # rows whose window holds only padded keys: empty
+    segments = torch.tensor([0] * 17 + [1] * 30 + [2] * 6) if "segment" in text else None
     check_against_reference(mod.attention, expr, B=2, Hq=2, Hkv=1, Lq=53, Lk=53, D=16,
-                            dtype=torch.float32, key_padding_mask=kpm)
+                            dtype=torch.float32, key_padding_mask=kpm, segments=segments)
     dkdv = [f"_bwd_dkdv_{i}" for i in range(mod.NUM_COMPONENTS)]
     assert launched == ["_fwd_fused", "_bwd_delta", *dkdv, "_bwd_dq_fused"]
     assert not hasattr(mod, "_fwd_0") and not hasattr(mod, "_bwd_dq_0")  # none generated
