@@ -193,7 +193,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     """The standalone module for a (bound) ``attnlang.Pattern``: deterministic text."""
     import jinja2
 
-    from .plan import decompose
+    from .plan import decompose, one_pass
 
     expr = pattern.ir
     specs = decompose(expr)
@@ -216,9 +216,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
         expr_repr=repr(expr),
         name=getattr(pattern, "name", "pattern"),
         components=components,
-        # every component reads the queries in order (one class): one pass over all of them
-        fused=len(components) > 1 and all(c["kind"] in ("identity", "gather")
-                                            for c in components),
+        fused=one_pass(spec.kind for spec in specs),
         uses_segment=uses_segment,
         layout_picture=layout_picture,
         template_version=TEMPLATE_VERSION,

@@ -121,6 +121,15 @@ def decompose(expr) -> Tuple[ComponentSpec, ...]:
     return tuple(specs)
 
 
+def one_pass(kinds) -> bool:
+    """Whether components of these kinds run their forward (and dQ) in one pass, one program per
+    query block walking every component's keys with one softmax: several components, each
+    reading the queries in order (identity, gather).  A residue component reads its queries
+    class by class, so patterns with one merge per-component results by log-sum-exp instead."""
+    kinds = list(kinds)
+    return len(kinds) > 1 and all(kind in (IDENTITY, GATHER) for kind in kinds)
+
+
 # ---------------------------------------------------------------- lowering to concrete lengths
 
 
@@ -221,6 +230,10 @@ class Plan:
                  f"blocks {self.block_m}x{self.block_n}:"]
         for i, c in enumerate(self.components):
             lines.append(f"  [{i}] {c.describe()}")
+        if one_pass(c.kind for c in self.components):
+            lines.append("  forward and dQ in one pass over the components (queries in order)")
+        elif len(self.components) > 1:
+            lines.append("  components merged per query row by log-sum-exp")
         lines.append(f"  kept pairs {self.kept_pairs}, computed pairs {self.computed_pairs} "
                      f"({100 * self.efficiency:.1f}% useful)")
         return "\n".join(lines)

@@ -208,3 +208,23 @@ def test_document_plan_at_32k_is_fast_and_exact(monkeypatch):
     slow = build_plan(expr, 32768, segments=ids)
     assert_same_layout(plan.components[0].layouts[0], slow.components[0].layouts[0])
     assert took < 1.0, f"document plan took {took:.3f} s (a few ms expected)"
+
+
+def test_plans_say_whether_their_components_run_in_one_pass():
+    """Identity and gather components read the queries in order: one pass (the generated module
+    has the fused kernels exactly then); a residue component means a merge."""
+    from attnlang import codegen, plan
+
+    def parse(text):
+        import attnlang
+        return attnlang.parse(f"pattern x = {text}")["x"]
+
+    fixed = parse("causal & (chunk(128) | cols(every(128, 112..128)))")
+    strided = parse("causal & (window(127, 0) | stride(128))")
+    assert "in one pass" in fixed.plan(1024).describe()
+    assert "merged per query row" in strided.plan(1024).describe()
+    assert "one pass" not in parse("causal").plan(1024).describe()
+    assert plan.one_pass(["identity", "gather"]) and not plan.one_pass(["identity"])
+    assert not plan.one_pass(["identity", "residue"])
+    assert "FUSED = (_fwd_fused, _bwd_dq_fused)" in codegen.render_module(fixed)
+    assert "FUSED = None" in codegen.render_module(strided)
