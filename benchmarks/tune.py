@@ -10,7 +10,7 @@ result first; a candidate that differs by more than bf16 rounding explains is ma
 never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":d" reads the
 tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
 (with ":d", the descriptor's reduce) and runs no dQ kernel (every backward time printed is the
-whole backward's).
+whole backward's); a forward or dQ tile with ":r" starts the last query blocks first.
 """
 import argparse
 import math
@@ -26,7 +26,9 @@ from attnlang.cache import load_module
 FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "128x128:4:3",
        "64x64:4:2", "64x64:4:3", "64x64:4:1", "128x64:8:2", "64x32:4:2", "128x128:8:3:d",
        "128x128:8:2:d", "128x64:4:3:d", "64x64:4:3:d", "64x64:4:2:d", "128x64:8:3:d",
-       "128x64:4:4:d"]
+       "128x64:4:4:d",
+       # ':r' starts the last query blocks first (causal-like patterns: the longest rows)
+       "128x128:8:3:d:r", "64x64:4:3:r", "64x64:4:3:d:r", "64x64:4:2:d:r", "128x64:4:3:r"]
 DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "128x64:8:2", "64x64:4:3",
         "64x64:4:1", "64x64:4:2:t", "64x64:4:1:t", "64x64:4:3:t", "32x128:4:2:t",
         "32x128:4:3:t", "32x128:8:2:t", "64x128:8:2:t", "64x128:8:1:t", "64x128:4:2:t",
@@ -39,7 +41,8 @@ DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "128x64:8:2", "64x64:4:3",
         "64x128:8:2:t:d:a", "64x64:4:3:d:a", "128x64:8:2:d:a", "64x64:4:1:d:a"]
 DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
       "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2", "128x64:8:2:d",
-      "64x64:4:2:d", "64x64:4:3:d", "64x32:4:3:d", "128x64:8:3:d", "64x64:8:2:d"]
+      "64x64:4:2:d", "64x64:4:3:d", "64x32:4:3:d", "128x64:8:3:d", "64x64:8:2:d",
+      "64x64:4:2:d:r", "64x64:4:3:r", "64x64:4:2:r", "64x32:4:3:r"]
 
 
 def main():
@@ -69,6 +72,7 @@ def main():
                 flags = ":t" if opts.get("KEYS_AS_ROWS") else ""
                 flags += ":d" if opts.get("DESC") else ""
                 flags += ":a" if opts.get("ATOMIC_DQ") else ""
+                flags += ":r" if opts.get("REVERSED") else ""
                 return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             seg = None

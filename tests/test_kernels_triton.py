@@ -62,11 +62,13 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
        heads=st.sampled_from([(1, 1), (2, 1)]), d=st.sampled_from([16, 24]),
        tiles=st.sampled_from(["fwd=16x16:4:1,dkdv=16x32:4:1:t,dq=16x16:4:1",
                               "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d",
-                              "fwd=16x16:4:1,dkdv=16x32:4:1:t:a,dq=16x16:4:1"]))
+                              "fwd=16x16:4:1,dkdv=16x32:4:1:t:a,dq=16x16:4:1",
+                              "fwd=16x32:4:1:r,dkdv=16x16:4:1,dq=32x16:4:1:d:r"]))
 def test_random_patterns_with_the_gpu_tile_flags(tmp_path_factory, expr, shape, heads, d,
                                                  tiles):
     """Random patterns with dK/dV's scores as [keys, queries] (the GPU default at d = 128), with
-    tensor-descriptor reads, and with dQ added up in the dK/dV pass, against the reference."""
+    tensor-descriptor reads, with dQ added up in the dK/dV pass, and with the query blocks in
+    reverse order, against the reference."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:  # (a function-scoped fixture would be shared)
@@ -128,7 +130,8 @@ def test_bias_gradient_matches_reference(text, tmp_path):
                                   "window(3) | cols(every(7, 2..4))",
                                   "causal & (chunk(8) | cols(every(8, 6..8))) | cols(every(5, 1..2))",
                                   "segment & (window(3) | cols(every(7, 2..4)))"])
-@pytest.mark.parametrize("tiles", [None, "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d"])
+@pytest.mark.parametrize("tiles", [None, "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d",
+                                   "fwd=16x16:4:1:r,dkdv=16x16:4:1,dq=16x32:4:1:r"])
 def test_components_reading_queries_in_order_run_in_one_pass(text, tiles, tmp_path, monkeypatch):
     """Identity and gather components (every one reads the queries in order) share one forward
     and one dQ kernel, whose key loops run one after the other: equal to the reference with key
@@ -232,6 +235,22 @@ def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeyp
     segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
     kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(2)) > 0.2
     check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=d,
+                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+
+
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "causal & segment",
+                                  "prefix(9) | causal"])
+def test_query_blocks_in_reverse_order(text, tmp_path, monkeypatch):
+    """':r' forward and dQ tiles start the last query blocks first (an experiment: in causal-like
+    patterns those visit the most key blocks); every program still owns one query block, so the
+    results equal the reference: residue classes with a band, documents, a prefix."""
+    monkeypatch.setenv("ATTNLANG_TILES", "fwd=16x16:4:1:r,dkdv=16x16:4:1,dq=16x32:4:1:r")
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    assert mod._tiles(torch.zeros(1, 1, 8, 16), 16, "dq")[2]["REVERSED"] is True
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
+    kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(6)) > 0.2
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
                             dtype=torch.float32, segments=segments, key_padding_mask=kpm)
 
 

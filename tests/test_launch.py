@@ -212,3 +212,29 @@ def test_direct_launches_are_on_by_default_and_off_under_a_launch_hook(monkeypat
     else:
         monkeypatch.setattr(knobs.runtime, "launch_enter_hook", hook)
     assert not module._direct_ok((OnGpu(),))
+
+
+@pytest.mark.parametrize("text", ["causal & (chunk(16) | cols(every(16, 14..16)))",
+                                  "causal & (window(7, 0) | stride(16))", "causal & segment"])
+@pytest.mark.parametrize("tiles", [None, "fwd=16x16:4:1:d:r,dkdv=16x16:4:1:t:d:a,dq=16x16:4:1:r"])
+def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
+    """Every kernel a forward and backward launch names all its later parameters in the launch
+    options, so each can be called directly after its first launch: a constexpr missing from the
+    options would silently send every launch through Triton's binder (round 9)."""
+    from attnlang.cache import load_module
+
+    if tiles:
+        monkeypatch.setenv("ATTNLANG_TILES", tiles)
+    module = load_module(pattern_of(_expr(text)))
+    monkeypatch.setattr(module, "_direct_ok", lambda args: True)
+    monkeypatch.setattr(module, "_current_stream", lambda: (0, 1234))
+    monkeypatch.setattr(module, "_DIRECT", {})
+    monkeypatch.setattr(module, "_compile_and_launch", lambda *args: Compiled())
+    q, k, v, do = (torch.randn(1, 2, 40, 16) for _ in range(4))
+    seg = torch.tensor([[0] * 15 + [1] * 25], dtype=torch.int32) if "segment" in text else None
+    out, lse = module.attention_forward(q, k, v, 0.25, seg, seg, None, None, None, 0.0, 0)
+    module.attention_backward(do, q, k, v, out, lse, 0.25, seg, seg, None, None, None, 0.0, 0,
+                              False)
+    launched = {key[0].__name__: bool(hit) for key, hit in module._DIRECT.items()}
+    assert "_bwd_delta" in launched and any(name.startswith("_bwd_dkdv") for name in launched)
+    assert all(launched.values()), launched
