@@ -32,6 +32,14 @@ STRUCTURED = [
 ]
 
 
+def _record_launches(mod, monkeypatch):
+    """The kernels ``mod`` launches from now on, in order (each still runs)."""
+    launched = []
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *a, real=mod._launch: (
+        launched.append(kernel), real(kernel, *a))[1])
+    return launched
+
+
 def _expr(text):
     import attnlang
 
@@ -142,17 +150,15 @@ def test_components_reading_queries_in_order_run_in_one_pass(text, tiles, tmp_pa
     expr = _expr(text)
     mod = generated(expr, tmp_path)
     assert mod.FUSED is not None and mod.NUM_COMPONENTS > 1
-    launched = []
-    real = mod._launch
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *a: (launched.append(kernel.__name__),
-                                                            real(kernel, *a)))
+    launched = _record_launches(mod, monkeypatch)
     kpm = torch.rand(2, 53, generator=torch.Generator().manual_seed(4)) > 0.3
     kpm[1, :20] = False  # rows whose window holds only padded keys: empty
     segments = torch.tensor([0] * 17 + [1] * 30 + [2] * 6) if "segment" in text else None
     check_against_reference(mod.attention, expr, B=2, Hq=2, Hkv=1, Lq=53, Lk=53, D=16,
                             dtype=torch.float32, key_padding_mask=kpm, segments=segments)
     dkdv = [f"_bwd_dkdv_{i}" for i in range(mod.NUM_COMPONENTS)]
-    assert launched == ["_fwd_fused", "_bwd_delta", *dkdv, "_bwd_dq_fused"]
+    assert [kernel.__name__ for kernel in launched] == ["_fwd_fused", "_bwd_delta", *dkdv,
+                                                        "_bwd_dq_fused"]
     assert not hasattr(mod, "_fwd_0") and not hasattr(mod, "_bwd_dq_0")  # none generated
 
 
@@ -403,9 +409,7 @@ def test_dq_added_up_in_the_dkdv_pass(text, tiles, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}")
     expr = _expr(text)
     mod = generated(expr, tmp_path)
-    launched = []
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *a, real=mod._launch: (
-        launched.append(kernel), real(kernel, *a))[1])
+    launched = _record_launches(mod, monkeypatch)
     segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
     kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(4)) > 0.2
     check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,

@@ -10,15 +10,21 @@ from kernel_utils import pattern_of
 from test_kernels_triton import _expr
 
 
-@pytest.fixture
-def mod(monkeypatch):
+def _launching_directly(text, monkeypatch):
+    """The generated module of ``text``, its launches taken for direct-launch candidates (as on a
+    GPU without hooks), its cache of direct launches empty."""
     from attnlang.cache import load_module
 
-    module = load_module(pattern_of(_expr("causal")))
+    module = load_module(pattern_of(_expr(text)))
     monkeypatch.setattr(module, "_direct_ok", lambda args: True)
     monkeypatch.setattr(module, "_current_stream", lambda: (0, 1234))
     monkeypatch.setattr(module, "_DIRECT", {})
     return module
+
+
+@pytest.fixture
+def mod(monkeypatch):
+    return _launching_directly("causal", monkeypatch)
 
 
 class Compiled:
@@ -221,14 +227,9 @@ def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     """Every kernel a forward and backward launch names all its later parameters in the launch
     options, so each can be called directly after its first launch: a constexpr missing from the
     options would silently send every launch through Triton's binder (round 9)."""
-    from attnlang.cache import load_module
-
     if tiles:
         monkeypatch.setenv("ATTNLANG_TILES", tiles)
-    module = load_module(pattern_of(_expr(text)))
-    monkeypatch.setattr(module, "_direct_ok", lambda args: True)
-    monkeypatch.setattr(module, "_current_stream", lambda: (0, 1234))
-    monkeypatch.setattr(module, "_DIRECT", {})
+    module = _launching_directly(text, monkeypatch)
     monkeypatch.setattr(module, "_compile_and_launch", lambda *args: Compiled())
     q, k, v, do = (torch.randn(1, 2, 40, 16) for _ in range(4))
     seg = torch.tensor([[0] * 15 + [1] * 25], dtype=torch.int32) if "segment" in text else None
