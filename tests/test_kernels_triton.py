@@ -398,6 +398,28 @@ def test_a_dkdv_override_known_to_be_wrong_on_a_gpu_is_refused(monkeypatch):
     assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (64, 64)
 
 
+@pytest.mark.parametrize("text, reversed_", [
+    ("causal", True), ("prefix(9) | causal", True),
+    ("causal & (chunk(8) | cols(every(8, 6..8)))", True),  # one pass: both components counted
+    ("window(5)", False), ("window(4) | global(0..8)", False), ("causal & segment", False)])
+def test_default_query_order_follows_the_rows(text, reversed_, tmp_path, monkeypatch):
+    """Without ATTNLANG_TILES the forward and dQ kernels start the last query blocks first where
+    the later rows visit more key blocks (causal-like), and keep ascending order for bands, for
+    a global component (its long rows come first) and for documents (no order known on the
+    host); the results equal the reference either way."""
+    monkeypatch.delenv("ATTNLANG_TILES", raising=False)
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    orders = []
+    monkeypatch.setattr(mod, "_launch", lambda kernel, grid, args, options, real=mod._launch: (
+        orders.append(options.get("REVERSED")), real(kernel, grid, args, options))[1])
+    segments = torch.tensor([0] * 50 + [1] * 40 + [2] * 38) if "segment" in text else None
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=128, Lk=128, D=16,
+                            dtype=torch.float32, segments=segments)
+    decided = [order for order in orders if order is not None]  # forward and dQ launches
+    assert decided and set(decided) == {reversed_}
+
+
 @pytest.mark.parametrize("tiles", ["dkdv=16x32:4:1:a", "dkdv=32x16:4:1:t:a",
                                    "dkdv=16x16:4:1:t:a:d"])
 @pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
