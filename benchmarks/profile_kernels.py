@@ -1,7 +1,7 @@
 """Per-kernel GPU time of attnlang's forward and backward for a few patterns (torch.profiler), to
 see where a pattern's time goes (which component, which role, the layout kernels, merges).
 
-    python benchmarks/profile_kernels.py [--n 8192] [--d 128] [--pattern TEXT ...]
+    python benchmarks/profile_kernels.py [--n 8192[,32768]] [--d 128] [--pattern TEXT ...]
 """
 import argparse
 
@@ -18,17 +18,22 @@ DEFAULT = ["causal & (window(127, 0) | stride(128))",
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--n", default="8192", help="lengths, comma-separated")
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--pattern", action="append")
     args = parser.parse_args()
-    n, d = args.n, args.d
+    for n in (int(x) for x in args.n.split(",")):
+        profile_length(n, args.d, args.pattern or DEFAULT)
+
+
+def profile_length(n, d, patterns):
+    """Print the kernels of one forward+backward step of each pattern at length n."""
     batch = max(1, TOKENS_PER_BATCH // n)
     gen = torch.Generator().manual_seed(0)
     segments = random_documents(n, 64, "cuda", gen)
     q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
                    for _ in range(4))
-    for text in args.pattern or DEFAULT:
+    for text in patterns:
         mod = attnlang.parse(f"pattern x = {text}")["x"].module(backend="triton")
         kw = dict(segments=segments) if "segment" in text else {}
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))

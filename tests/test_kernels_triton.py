@@ -398,26 +398,38 @@ def test_a_dkdv_override_known_to_be_wrong_on_a_gpu_is_refused(monkeypatch):
     assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (64, 64)
 
 
-@pytest.mark.parametrize("text, reversed_", [
-    ("causal", True), ("prefix(9) | causal", True),
-    ("causal & (chunk(8) | cols(every(8, 6..8)))", True),  # one pass: both components counted
-    ("window(5)", False), ("window(4) | global(0..8)", False), ("causal & segment", False)])
-def test_default_query_order_follows_the_rows(text, reversed_, tmp_path, monkeypatch):
-    """Without ATTNLANG_TILES the forward and dQ kernels start the last query blocks first where
-    the later rows visit more key blocks (causal-like), and keep ascending order for bands, for
-    a global component (its long rows come first) and for documents (no order known on the
-    host); the results equal the reference either way."""
+@pytest.mark.parametrize("text, reversed_, heavy", [
+    ("causal", True, False), ("prefix(9) | causal", True, False),
+    ("causal & (chunk(8) | cols(every(8, 6..8)))", True, False),  # one pass: components summed
+    ("window(5)", False, False), ("causal & segment", False, False),
+    ("window(4) | global(0..8)", False, True), ("window(16) & stride(4) | global(0..3)", False, True),
+    ("window(3) | rows(0..8) | cols(40..60)", False, True)])
+def test_default_program_order_follows_the_rows(text, reversed_, heavy, tmp_path, monkeypatch):
+    """Without ATTNLANG_TILES, forward and dQ kernels start the last query blocks first where the
+    later rows visit more key blocks (causal-like); where a few blocks visit (or, for dK/dV, are
+    visited by) far more blocks than the rest -- global rows and columns -- every head's heavy
+    blocks run first; bands and documents keep launch order.  The results equal the reference
+    either way, with grouped heads and a length that fills no tile."""
     monkeypatch.delenv("ATTNLANG_TILES", raising=False)
     expr = _expr(text)
     mod = generated(expr, tmp_path)
-    orders = []
+    launches = []
     monkeypatch.setattr(mod, "_launch", lambda kernel, grid, args, options, real=mod._launch: (
-        orders.append(options.get("REVERSED")), real(kernel, grid, args, options))[1])
-    segments = torch.tensor([0] * 50 + [1] * 40 + [2] * 38) if "segment" in text else None
-    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=128, Lk=128, D=16,
+        launches.append((kernel, args, options)), real(kernel, grid, args, options))[1])
+    segments = torch.tensor([0] * 100 + [1] * 80 + [2] * 75) if "segment" in text else None
+    check_against_reference(mod.attention, expr, B=2, Hq=2, Hkv=1, Lq=255, Lk=255, D=16,
                             dtype=torch.float32, segments=segments)
-    decided = [order for order in orders if order is not None]  # forward and dQ launches
-    assert decided and set(decided) == {reversed_}
+    ordered = [(kernel, args, options) for kernel, args, options in launches
+               if "HEAVY" in options]
+    reversals = {options["REVERSED"] for _, _, options in ordered if "REVERSED" in options}
+    assert reversals == {reversed_}
+    assert any(options["HEAVY"] for _, _, options in ordered) == heavy
+    for kernel, args, options in ordered:
+        if options["HEAVY"]:  # ORDER lists every program's block once, the heavy ones first
+            names = list(kernel.arg_names)
+            order = args[names.index("ORDER")].tolist()
+            n_heavy = args[names.index("N_HEAVY")]
+            assert sorted(order) == list(range(len(order))) and 0 < n_heavy <= len(order) // 4
 
 
 @pytest.mark.parametrize("tiles", ["dkdv=16x32:4:1:a", "dkdv=32x16:4:1:t:a",
