@@ -5,7 +5,9 @@ each layer of the call path (nn.Module + custom op, the generated module's `atte
     python benchmarks/host_overhead.py [--n 8192] [--d 128] [--pattern TEXT ...]
     python benchmarks/host_overhead.py --profile [--n 1024] [--pattern TEXT ...]
 
---profile runs the module's forward+backward step under cProfile instead (best at a small --n,
+"fwd+bwd, 1 thread" runs autograd's backward on the calling thread instead of its per-device
+thread; the probe also counts the step's host-device synchronisations (sync debug mode).
+--profile runs the module's forward+backward step (on one thread) under cProfile instead (best at a small --n,
 where the kernels take microseconds and every microsecond measured is host time) and prints
 the functions that take the most host time.
 """
@@ -14,6 +16,7 @@ import cProfile
 import math
 import pstats
 import time
+import warnings
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -55,6 +58,8 @@ def main():
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--pattern", action="append")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", action="store_true",
+                        help="where the backward's host time goes on autograd's device thread")
     parser.add_argument("--batch", type=int, help="default: 16k tokens per batch")
     args = parser.parse_args()
     n, d = args.n, args.d
@@ -85,16 +90,36 @@ def main():
                 t.grad = None
             module(qg, kg, vg, **kw).backward(do)
         paths["module fwd+bwd"] = module_step
+
+        def one_thread_step():  # the backward on this thread, not autograd's device thread
+            with torch.autograd.set_multithreading_enabled(False):
+                module_step()
+        paths["fwd+bwd, 1 thread"] = one_thread_step
+        out, lse = paths["attention_forward"]()
+        paths["attention_backward"] = lambda: gen.attention_backward(
+            do, q, k, v, out, lse, scale, seg2, seg2, None, None, None, 0.0, 0, False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            module_step()
+            one_thread_step()
+            torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        print(f"{text}: {len(syncs)} synchronizing calls in a fwd+bwd step (both ways)"
+              + "".join(f"\n    {m[:150]}" for m in syncs[:4]))
+        if args.threads:
+            backward_thread(gen, module_step, one_thread_step, q)
+            continue
         if args.profile:
             for _ in range(20):
-                module_step()
+                one_thread_step()
             torch.cuda.synchronize()
             reps = 200
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile()  # sees one thread: the backward runs on this one
             start = time.perf_counter()
             profiler.enable()
             for _ in range(reps):
-                module_step()
+                one_thread_step()
             profiler.disable()
             torch.cuda.synchronize()
             wall = (time.perf_counter() - start) / reps * 1e6
@@ -108,6 +133,93 @@ def main():
             ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
             print(f"{text:44s} {name:18s} {ms * 1000:12.1f} {host_us(fn):9.1f} "
                   f"{gpu_us(fn):11.1f}", flush=True)
+
+
+class _Identity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def backward_thread(gen, module_step, one_thread_step, q):
+    """The host time of a fwd+bwd step on autograd's device thread against the calling thread,
+    the time spent inside the generated attention_backward on each, what the device thread's
+    calls spend it on (cProfile inside that thread), and the same step for a trivial
+    autograd.Function (the engine's own cost)."""
+    inner, profiler = [], cProfile.Profile()
+    real = gen.attention_backward
+
+    def timed(*a, **kw):
+        start = time.perf_counter()
+        profiler.enable()
+        try:
+            return real(*a, **kw)
+        finally:
+            profiler.disable()
+            inner.append(time.perf_counter() - start)
+    gen.attention_backward = timed
+    try:
+        for name, fn in (("device thread", module_step), ("calling thread", one_thread_step)):
+            fn()
+            inner.clear()
+            print(f"  {name:15s} step host {host_us(fn):7.1f} us, inside attention_backward "
+                  f"{sum(inner) / len(inner) * 1e6:7.1f} us", flush=True)
+            if name == "device thread":
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+    finally:
+        gen.attention_backward = real
+    x = q.detach().requires_grad_(True)
+    g = torch.ones_like(x)
+
+    def trivial():
+        _Identity.apply(x).backward(g)
+
+    def trivial_one():
+        with torch.autograd.set_multithreading_enabled(False):
+            trivial()
+    print(f"  trivial autograd.Function: device thread {host_us(trivial):.1f} us, "
+          f"calling thread {host_us(trivial_one):.1f} us per fwd+bwd")
+    # the same host work on each thread: pure Python, CUDA allocations, Triton's stream query
+    probes = []
+
+    def work():
+        times = [time.perf_counter()]
+        total = 0
+        for i in range(20000):
+            total += i
+        times.append(time.perf_counter())
+        for _ in range(50):
+            torch.empty(1024, device=q.device)
+        times.append(time.perf_counter())
+        for _ in range(50):
+            gen._current_stream()
+        times.append(time.perf_counter())
+        probes.append([(b - a) * 1e6 for a, b in zip(times, times[1:])])
+
+    class _Work(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            work()
+            return grad
+    for name in ("device thread", "calling thread"):
+        probes.clear()
+        for _ in range(20):
+            if name == "device thread":
+                _Work.apply(x).backward(g)
+            else:
+                with torch.autograd.set_multithreading_enabled(False):
+                    _Work.apply(x).backward(g)
+        python, alloc, stream = (sorted(col)[len(col) // 2] for col in zip(*probes))
+        print(f"  {name:15s} median us: 20000-step Python loop {python:.0f}, 50 CUDA allocations "
+              f"{alloc:.0f}, 50 stream queries {stream:.0f}")
 
 
 if __name__ == "__main__":
