@@ -10,7 +10,9 @@ result first; a candidate that differs by more than bf16 rounding explains is ma
 never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":d" reads the
 tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
 (with ":d", the descriptor's reduce) and runs no dQ kernel (every backward time printed is the
-whole backward's); a forward or dQ tile with ":r" starts the last query blocks first.
+whole backward's); a forward or dQ tile with ":r" starts the last query blocks first.  The
+module's own tile (timed first, printed without ":r") runs with no override, so in the module's
+own program order (docs/runtime.md, Tiles); a candidate without ":r" keeps launch order.
 """
 import argparse
 import math
@@ -75,13 +77,17 @@ def main():
                 flags += ":r" if opts.get("REVERSED") else ""
                 return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
+            own = dict(base)  # the module's own tiles: run without an override (below)
             seg = None
             if mod.USES_SEGMENT:  # packed documents, as in the benchmark
                 seg = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
                 seg = seg.to(torch.int32)[None]
 
             def setenv(cfg):
-                os.environ["ATTNLANG_TILES"] = ",".join(f"{r}={c}" for r, c in cfg.items())
+                # roles at the module's own tile stay unset: the module then also picks their
+                # program order per launch (an override's tile without ':r' keeps launch order)
+                os.environ["ATTNLANG_TILES"] = ",".join(
+                    f"{r}={c}" for r, c in cfg.items() if c != own[r])
 
             def fwd():
                 return mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)

@@ -363,6 +363,29 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
     assert short(0.0, "dkdv") == (32, 64, 4, 2, True, False)  # document masks
 
+    # long rows at d = 64 (causal, full attention): 128 keys per forward step; bands keep 64,
+    # and so do patterns whose rows the host cannot count (segments with a plan: infinite)
+    class Aligned64(Aligned):
+        shape = (1, 2, 256, 64)
+
+        def stride(self, dim=None):
+            return (2 * 256 * 64, 256 * 64, 64, 1) if dim is None else self.stride()[dim]
+    k64 = torch.zeros(1, 2, 256, 64)
+
+    def fwd64(blocks, module=mod, role="fwd"):
+        monkeypatch.setattr(module, "_row_blocks", lambda *args: blocks)
+        bm, bn, opts = module._tiles(Aligned64(), 64, role, 256, k64)
+        return bm, bn, opts["num_stages"], opts["DESC"]
+    assert fwd64(64.0) == (64, 128, 3, True)  # TILES_LONG
+    assert fwd64(20.0) == (64, 64, 3, True)  # TILES_TUNED
+    assert fwd64(float("inf")) == (64, 64, 3, True)
+    # document masks: 32 keys per step in the d = 64 forward and in dQ (TILES_SEGMENT)
+    docs = load_module(pattern_of(_expr("causal & segment")))
+    assert docs.SEG_BOUNDS
+    assert fwd64(0.0, docs) == (64, 32, 3, False) and fwd64(0.0, docs, "dq")[:2] == (64, 32)
+    assert docs._tiles(Aligned(), 128, "dq", 256, k)[:2] == (64, 64)  # as its forward's
+    assert docs._tiles(Aligned(), 128, "fwd", 256, k)[:2] == (64, 64)
+
 
 @pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
                                    "dkdv=64x64:4:2:x"])
