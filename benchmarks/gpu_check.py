@@ -11,7 +11,7 @@ benchmarks/results/gpu_check.json.  Two float32 cases at head dimensions 128 and
 16-bit ones (float32 takes its own tiles there); their error ratio to SDPA is printed, not
 counted in the bf16 worst ratio.
 
-    python benchmarks/gpu_check.py [--quick] [--only "stride,segment"]
+    python benchmarks/gpu_check.py [--quick] [--only "stride,segment"] [--d 64,128]
 """
 import json
 import math
@@ -39,6 +39,9 @@ CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
     ("random(0.1, block = 128, seed = 3) | causal & window(255, 0)", 4096, 4096, 1, 2, 2, 96),
     ("prefix(300) | causal", 2000, 2000, 2, 2, 2, 256),
     ("heads(0..1) & window(64) | heads(1..) & causal & stride(16)", 4096, 4096, 1, 2, 2, 64),
+    # d = 64's own tiles for long rows (TILES_LONG) and for document masks (TILES_SEGMENT)
+    ("causal", 4096, 4096, 2, 2, 2, 64),
+    ("causal & segment", 8192, 8192, 1, 2, 2, 64),
 ]
 
 # float32 above head dimension 64 takes its own small tiles (TILES_FP32): checked once each
@@ -116,13 +119,15 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
 def main():
     quick = "--quick" in sys.argv
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    dims = [int(x) for x in sys.argv[sys.argv.index("--d") + 1].split(",")] \
+        if "--d" in sys.argv else None
     gen = torch.Generator().manual_seed(0)
     rows, worst_ratio = [], 0.0
     plan = [(dtype, case) for dtype in (torch.bfloat16, torch.float16)
             for case in CASES[: 7 if quick else None]]
     plan += [(torch.float32, case) for case in FP32_CASES]
     for dtype, case in plan:
-        if only and not any(word in case[0] for word in only):
+        if (only and not any(word in case[0] for word in only)) or (dims and case[-1] not in dims):
             continue
         t = time.time()
         res, ok = run_case(*case, dtype, gen)
