@@ -40,6 +40,21 @@ def _record_launches(mod, monkeypatch):
     return launched
 
 
+def _checked_with_tiles(text, tiles, seed, tmp_path, monkeypatch):
+    """(module, kernels it launched) after checking ``text`` under ATTNLANG_TILES=``tiles``
+    against the reference: grouped heads, key padding (from ``seed``), 70 queries and keys
+    (no tile fills them), three documents where the pattern has segments."""
+    monkeypatch.setenv("ATTNLANG_TILES", tiles)
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    launched = _record_launches(mod, monkeypatch)
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
+    kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(seed)) > 0.2
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
+                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+    return mod, launched
+
+
 def _expr(text):
     import attnlang
 
@@ -247,17 +262,12 @@ def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeyp
 @pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "causal & segment",
                                   "prefix(9) | causal"])
 def test_query_blocks_in_reverse_order(text, tmp_path, monkeypatch):
-    """':r' forward and dQ tiles start the last query blocks first (an experiment: in causal-like
-    patterns those visit the most key blocks); every program still owns one query block, so the
-    results equal the reference: residue classes with a band, documents, a prefix."""
-    monkeypatch.setenv("ATTNLANG_TILES", "fwd=16x16:4:1:r,dkdv=16x16:4:1,dq=16x32:4:1:r")
-    expr = _expr(text)
-    mod = generated(expr, tmp_path)
+    """':r' forward and dQ tiles start the last query blocks first, whatever the pattern's rows
+    (by default only where they grow); every program still owns one query block, so the results
+    equal the reference: residue classes with a band, documents, a prefix."""
+    mod, _ = _checked_with_tiles(text, "fwd=16x16:4:1:r,dkdv=16x16:4:1,dq=16x32:4:1:r", 6,
+                                 tmp_path, monkeypatch)
     assert mod._tiles(torch.zeros(1, 1, 8, 16), 16, "dq")[2]["REVERSED"] is True
-    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
-    kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(6)) > 0.2
-    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
-                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
 
 
 def test_descriptors_only_where_the_tensors_allow_them(tmp_path):
@@ -463,22 +473,33 @@ def test_dq_added_up_in_the_dkdv_pass(text, tiles, tmp_path, monkeypatch):
     """':a' dK/dV tiles add each block's dS·K to a float32 dQ with atomics, and no dQ kernel
     runs: dQ (and dK, dV) equal the reference for residue classes with a band, documents and a
     gather component, with grouped heads, key padding and lengths that fill no tile."""
-    monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}")
-    expr = _expr(text)
-    mod = generated(expr, tmp_path)
-    launched = _record_launches(mod, monkeypatch)
-    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
-    kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(4)) > 0.2
-    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
-                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+    mod, launched = _checked_with_tiles(text, f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}", 4,
+                                        tmp_path, monkeypatch)
     dq_kernels = [kernel for _, _, kernel in mod.KERNELS if kernel] + list(mod.FUSED or ())[1:]
     assert dq_kernels and not any(kernel in launched for kernel in dq_kernels)  # no dQ kernel
     assert any(kernel in launched for _, kernel, _ in mod.KERNELS)
 
 
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
+                                  "causal & (chunk(8) | cols(every(8, 6..8)))",
+                                  "random(0.3, block = 8, seed = 5) | prefix(3)"])
+def test_dq_kernel_computes_delta_itself(text, tmp_path, monkeypatch):
+    """':e' dQ tiles compute delta = rowsum(dO * O) in the first dQ launch, which then runs
+    before every dK/dV launch, and no delta kernel runs: the gradients equal the reference for
+    residue classes with a band, documents, one pass over a gather component, and a random
+    pattern with a prefix, with grouped heads, key padding and lengths that fill no tile."""
+    mod, launched = _checked_with_tiles(text, "fwd=16x16:4:1,dkdv=16x16:4:1:t,dq=16x32:4:1:e",
+                                        7, tmp_path, monkeypatch)
+    assert mod._bwd_delta not in launched
+    first_dq = (mod.FUSED or [None, mod.KERNELS[0][2]])[1]
+    dkdv = [kernel for _, kernel, _ in mod.KERNELS]
+    assert launched.index(first_dq) < min(launched.index(kernel) for kernel in dkdv)
+
+
 def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypatch):
     """With dropout the atomic dQ equals the dQ kernel's; a bias that needs its gradient takes the
-    dQ kernel (only it writes dBias), and every gradient is the same either way."""
+    dQ kernel (only it writes dBias), and every gradient is the same either way; so are they
+    when the dQ kernel computes delta itself (':e')."""
     expr = _expr("causal & (window(5, 0) | stride(4))")
     mod = generated(expr, tmp_path)
     g = torch.Generator().manual_seed(5)
@@ -486,8 +507,9 @@ def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypat
     bias = torch.randn(1, 2, 37, 37, generator=g)
     for bias_grad in (False, True):
         grads = []
-        for tiles in ("dkdv=16x16:4:1:t", "dkdv=16x16:4:1:t:a"):
-            monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,dq=16x16:4:1,{tiles}")
+        for tiles in ("dq=16x16:4:1,dkdv=16x16:4:1:t", "dq=16x16:4:1,dkdv=16x16:4:1:t:a",
+                      "dq=16x16:4:1:e,dkdv=16x16:4:1:t"):
+            monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,{tiles}")
             b = bias.clone().requires_grad_(bias_grad)
             for t in (q, k, v):
                 t.grad = None
@@ -495,5 +517,6 @@ def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypat
                                 generator=torch.Generator().manual_seed(11))
             out.backward(torch.ones_like(out))
             grads.append([t.grad.clone() for t in (q, k, v)] + ([b.grad] if bias_grad else []))
-        for x, y in zip(*grads):
-            assert torch.allclose(x, y, atol=1e-5)
+        for other in grads[1:]:
+            for x, y in zip(grads[0], other):
+                assert torch.allclose(x, y, atol=1e-5)
