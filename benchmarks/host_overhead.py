@@ -7,9 +7,10 @@ each layer of the call path (nn.Module + custom op, the generated module's `atte
 
 "fwd+bwd, 1 thread" runs autograd's backward on the calling thread instead of its per-device
 thread; the probe also counts the step's host-device synchronisations (sync debug mode).
---profile runs the module's forward+backward step (on one thread) under cProfile instead (best at a small --n,
-where the kernels take microseconds and every microsecond measured is host time) and prints
-the functions that take the most host time.
+--profile runs the module's forward+backward step (on one thread) under cProfile instead (best
+at a small --n, where the kernels take microseconds and every microsecond measured is host time)
+and prints the functions that take the most host time; --threads measures where the backward's
+host time goes on autograd's device thread against the calling thread.
 """
 import argparse
 import cProfile

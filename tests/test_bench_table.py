@@ -1,5 +1,5 @@
 """The benchmark table (README) from result records: ratios within one run, the layout-cost
-section for document masks."""
+section for document masks, the targets' summary."""
 from attnlang.bench import markdown_table
 
 
@@ -13,6 +13,7 @@ def test_ratios_compare_one_run_and_layout_cost_is_a_share_of_the_forward():
         _rec("causal", "fwd", "attnlang", 1.0, 500.0), _rec("causal", "fwd", "flex", 1.25, 400.0),
         _rec("causal", "fwd", "sdpa-causal", 0.8, 625.0),
         _rec("causal", "fwd", "attnlang", 1.0, 100.0, run="r2"),
+        _rec("all", "fwd", "attnlang", 1.0, 550.0), _rec("all", "fwd", "sdpa", 0.9, 625.0),
         _rec("causal & segment", "fwd", "attnlang", 0.2, 80.0),
         _rec("causal & segment", "layout", "attnlang-layout", 0.006, 0.0),
         _rec("causal & segment", "layout", "attnlang-layout-host", 0.010, 0.0),
@@ -22,6 +23,7 @@ def test_ratios_compare_one_run_and_layout_cost_is_a_share_of_the_forward():
     assert "| `causal` | 8k | 128 | fwd | 500 | 400 | 625 | 1.25× | 0.80× | r1 |" in lines
     # the r2 row has no FlexAttention or SDPA of its own run: no ratio borrowed from r1
     assert "| `causal` | 8k | 128 | fwd | 100 | — | — | — | — | r2 |" in lines
+    assert "| `all` | 8k | 128 | fwd | 550 | — | 625 | — | 0.88× | r1 |" in lines  # full SDPA
     assert "| `causal & segment` | 8k | 128 | 6 | 10 | 200 | 3.0% | 5.0% |" in lines
     assert not any("layout |" in line and "attnlang-layout" in line for line in lines)
 
@@ -49,3 +51,35 @@ def test_timing_rounds_interleave_implementations_and_drop_failures():
     assert times == {("a", "fwd"): [1.0, 1.0, 1.0], ("b", "fwd"): [10.0, 2.0, 2.0]}
     assert logged == ["!! ('c', 'fwd'): RuntimeError: out of resources"]
     assert min(times[("b", "fwd")]) == 2.0
+
+
+def test_target_summary_counts_rows_per_target_within_one_run():
+    """Each target counts the rows it applies to and names the one furthest from it: FlexAttention
+    ratios split between the 10x patterns and the rest, `all` against SDPA's full attention and
+    causal against SDPA-causal, the others' share of SDPA-causal's useful TFLOP/s, and the
+    layout's share of the forward at 32k only."""
+    from attnlang.bench import target_summary
+
+    strided = "causal & (window(127, 0) | stride(128))"
+    records = [
+        _rec("causal", "fwd", "attnlang", 1.0, 500.0), _rec("causal", "fwd", "flex", 1.3, 380.0),
+        _rec("causal", "fwd", "sdpa-causal", 0.9, 520.0),
+        _rec("all", "fwd", "attnlang", 1.0, 550.0), _rec("all", "fwd", "sdpa", 0.9, 625.0),
+        _rec(strided, "fwd", "attnlang", 1.0, 60.0), _rec(strided, "fwd", "flex", 5.0, 12.0),
+        _rec("window(512)", "fwd", "attnlang", 1.0, 370.0),
+        _rec("window(512)", "fwd", "flex", 1.2, 300.0),
+        _rec("window(512)", "fwd", "attnlang", 1.0, 999.0, run="r2"),  # no run-r2 competitor
+        _rec("causal & segment", "fwd", "attnlang", 0.5, 200.0, n=32768),
+        _rec("causal & segment", "layout", "attnlang-layout", 0.01, 0.0, n=32768),
+        _rec("causal & segment", "layout", "attnlang-layout-host", 0.04, 0.0, n=32768),
+    ]
+    lines = target_summary(records).splitlines()
+    assert lines[2] == ("| ≥ 1.25× FlexAttention, every pattern | 1 of 2 | `window(512)` 8k "
+                        "d=128 fwd: 1.23× |")
+    assert lines[3] == ("| ≥ 10× FlexAttention: strided, fixed, dilated | 0 of 1 | `causal & "
+                        "(window(127, 0) \\| stride(128))` 8k d=128 fwd: 5.00× |")
+    assert lines[4] == ("| ≥ 0.95× SDPA on `all` and `causal` | 1 of 2 | `all` 8k d=128 fwd: "
+                        "0.88× |")
+    assert lines[5].startswith("| ≥ 70% of SDPA-causal's useful TFLOP/s, every pattern | 2 of 3 |")
+    assert lines[6] == ("| per-call layout ≤ 5% of the forward at 32k (GPU, host) | 1 of 2 | "
+                        "`causal & segment` 32k d=128 layout host: 8.0% |")
