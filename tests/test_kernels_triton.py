@@ -437,7 +437,8 @@ def test_a_dkdv_override_known_to_be_wrong_on_a_gpu_is_refused(monkeypatch):
     ("window(5)", False, False), ("causal & segment", False, False),
     ("window(4) | global(0..8)", False, True),
     ("window(16) & stride(4) | global(0..3)", False, True),
-    ("window(3) | rows(0..8) | cols(40..60)", False, True)])
+    ("window(3) | rows(0..8) | cols(40..60)", False, True),
+    ("causal & (chunk(8) | cols(every(8, 6..8))) | rows(0..8)", False, True)])  # fused, heavy
 def test_default_program_order_follows_the_rows(text, reversed_, heavy, tmp_path, monkeypatch):
     """Without ATTNLANG_TILES, forward and dQ kernels start the last query blocks first where the
     later rows visit more key blocks (causal-like); where a few blocks visit (or, for dK/dV, are
