@@ -234,9 +234,11 @@ def _gpu_ms(fn, reps=100):
 
 
 def _layout_cost(text, pattern, n, d, q, k, segments, dev_name, log):
-    """Records of the per-call layout of a document mask (new ids every call): the forward's
-    block tables built from the ids, timed alone -- ``attnlang-layout`` (GPU time, the cost inside
-    a training step) and ``attnlang-layout-host`` (one call at a time, launch-bound)."""
+    """Records of the per-call layout of a document mask (new ids every call): the block tables
+    a training step's forward builds from the ids (its query blocks' and, in the same launch, the
+    backward's key blocks'; before round 12 the query blocks' only), timed alone --
+    ``attnlang-layout`` (GPU time, the cost inside a training step) and
+    ``attnlang-layout-host`` (one call at a time, launch-bound)."""
     import triton
     from triton.testing import do_bench
 
@@ -244,7 +246,8 @@ def _layout_cost(text, pattern, n, d, q, k, segments, dev_name, log):
 
     gen = load_module(pattern)
     seg = segments.to(torch.int32)[None]
-    build = lambda: gen._prepare(q, k, "fwd", seg, seg, None)
+    keys_tile = gen._tiles(q, d, "dkdv", n, k)[:2]
+    build = lambda: gen._prepare(q, k, "fwd", seg, seg, None, None, keys_tile)
     records = []
     for impl, ms in (("attnlang-layout", _gpu_ms(build)),
                      ("attnlang-layout-host", do_bench(build, warmup=25, rep=100,
@@ -329,9 +332,9 @@ def markdown_table(records) -> str:
                 f"{fmt(sdpa)} | {ratio(ours, flex)} | {ratio(ours, ref)} |")
         lines.append(line + (f" {run} |" if extra else ""))
     if layout:
-        lines += ["", "Per-call layout of document masks (new segment ids every call): the forward's "
-                  "block tables, GPU time and launch-bound host time, against attnlang's forward "
-                  "(which includes them).", "",
+        lines += ["", "Per-call layout of document masks (new segment ids every call): the block "
+                  "tables built from the ids, GPU time and launch-bound host time, against "
+                  "attnlang's forward (which includes them).", "",
                   "| pattern | n | d | layout GPU µs | layout host µs | attnlang fwd µs | "
                   "GPU share | host share |", "|---" * 8 + "|"]
         fwd = {(r["pattern"], r["n"], r["d"], r.get("run")): r["ms"] for r in records

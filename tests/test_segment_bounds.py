@@ -217,3 +217,36 @@ def test_bounds_are_kept_for_the_same_ids_and_rebuilt_when_they_change(tmp_path,
     ids[0, :3] = 7  # in place: out of order, so every block is visited with the mask
     assert call() == 2
     assert int(mod._segment_tables(q, k, "fwd", ids, ids, 16, 16, (ids, ids))["seg_flag"][0]) == 1
+
+
+@pytest.mark.parametrize("text", ["causal & segment", "window(5, 2) & segment"])
+def test_a_forward_that_needs_gradients_builds_the_backwards_bounds_too(text, tmp_path,
+                                                                        monkeypatch):
+    """Through autograd, a forward whose inputs need gradients builds the query blocks' and the
+    key blocks' bounds in one launch, so its backward (which runs on autograd's own thread on a
+    GPU) launches none; with lengths that differ (the keys' bounds have their own band offsets)
+    and a tile that fills no block, the gradients equal the float64 reference.  A forward without
+    gradients builds only its own."""
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    launched = []
+    real_launch = mod._launch
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
+        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    Lq, Lk = 37, 45
+    seg_q = torch.tensor([[0] * 10 + [1] * 20 + [2] * 7, [0] * 37], dtype=torch.int32)
+    seg_k = torch.tensor([[0] * 12 + [1] * 20 + [2] * 13, [0] * 30 + [1] * 15], dtype=torch.int32)
+    q, k, v = random_inputs(2, 2, 1, Lq, Lk, 16, torch.float32, seed=9)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        mod.attention(q, k, v, segments=(seg_q, seg_k))
+    assert launched.count("_segment_bounds") == 1
+    launched.clear()
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    mod.attention(q, k, v, segments=(seg_q, seg_k)).backward(do)
+    assert launched.count("_segment_bounds") == 1
+    assert launched.index("_segment_bounds") < len(launched) // 2  # in the forward
+    ref = _per_batch_reference(expr, q, k, v, seg_q, seg_k, do)
+    for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
+        assert rel_err(got, want) < 5e-5
