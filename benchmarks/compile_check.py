@@ -1,0 +1,152 @@
+"""Compile the generated kernels for a Hopper GPU (sm_90) on a machine without one: every kernel a
+forward and backward launches, with the tiles and launch options a GPU call would pick, through
+the locally installed Triton's full pipeline (to PTX and cubin).  What the interpreter cannot
+show -- a kernel Triton cannot compile for the GPU, a tile whose shared memory does not fit --
+shows here before any GPU time is spent.  It checks compilation only: the numbers come from
+`benchmarks/gpu_check.py` on the GPU.  The local Triton may be newer than a GPU image's.
+
+    python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:e"] [--pattern TEXT ...]
+
+How: the module's launches are recorded instead of run (CPU tensors), with `_tiles` answering as
+on a GPU; each distinct (kernel, argument types, constexprs, warps, stages) is then compiled
+with `triton.compile` for `GPUTarget("cuda", 90, 32)`.  Exits 1 if any fails.
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+CASES = [  # (pattern, L, D, dtype): the benchmark's patterns at both head dimensions, and more
+    ("causal", 8192, 128, torch.bfloat16), ("causal", 8192, 64, torch.bfloat16),
+    ("window(512)", 8192, 128, torch.bfloat16), ("window(512)", 8192, 64, torch.bfloat16),
+    ("causal & (window(127, 0) | stride(128))", 8192, 128, torch.bfloat16),
+    ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 64, torch.bfloat16),
+    ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 128, torch.bfloat16),
+    ("window(512) | global(0..128)", 8192, 128, torch.bfloat16),
+    ("window(2048) & stride(4)", 8192, 64, torch.bfloat16),
+    ("causal & segment", 8192, 128, torch.bfloat16), ("causal & segment", 8192, 64, torch.bfloat16),
+    ("causal", 2048, 128, torch.float32), ("prefix(300) | causal", 2000, 256, torch.float16),
+]
+SHARED = 232448  # bytes of shared memory one program may use on an H100 or H200 (227 KiB)
+DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
+          torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.bool: "i1",
+          torch.uint8: "u8"}
+
+
+class _OnGpu:
+    """A CPU tensor that `_tiles` takes for a GPU tensor."""
+
+    def __init__(self, t):
+        self._t = t
+        self.device = torch.device("cuda")
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
+def _type(value):
+    if isinstance(value, torch.Tensor):
+        return "*" + DTYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"an argument of type {type(value).__name__}")
+
+
+def record_launches(text, length, d, dtype):
+    """The launches of one forward+backward of ``text`` as a GPU call would make them."""
+    import attnlang
+    from attnlang.bench import random_documents
+    from attnlang.cache import load_module
+
+    mod = load_module(attnlang.parse(f"pattern x = {text}")["x"])
+    launches = []
+    real_tiles, real_rows = mod._tiles, mod._row_blocks
+    saved = (mod._launch, mod._tiles, mod._row_blocks)
+    mod._launch = lambda kernel, grid, args, options: launches.append((kernel, args, options))
+    mod._tiles = lambda q, *rest: real_tiles(_OnGpu(q), *rest)
+    mod._row_blocks = lambda *shape_and_device: real_rows(*shape_and_device[:-1], "cpu")
+    try:
+        batch, heads = 1, 2
+        q, k, v, do = (torch.randn(batch, heads, length, d, dtype=dtype) for _ in range(4))
+        seg = None
+        if mod.USES_SEGMENT:
+            seg = random_documents(length, 16, "cpu", torch.Generator().manual_seed(0))
+            seg = seg.to(torch.int32)[None]
+        for t in (q, k, v):
+            t.requires_grad_(True)
+        scale = 1 / math.sqrt(d)
+        out, lse = mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)
+        mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None, None, 0.0, 0,
+                               False)
+    finally:
+        mod._launch, mod._tiles, mod._row_blocks = saved
+    return launches
+
+
+def compile_one(kernel, args, options):
+    """Compile one launch for sm_90; None if it compiled, else the error's first line."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    names = list(kernel.arg_names)
+    signature, constexprs = {}, {}
+    for name, value in zip(names, args):
+        signature[name] = "constexpr" if value is None else _type(value)
+        if value is None:
+            constexprs[name] = None
+    for name in names[len(args):]:
+        signature[name] = "constexpr"
+        constexprs[name] = options[name]
+    launch = {key: options[key] for key in ("num_warps", "num_stages") if key in options}
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=launch)
+        if compiled.metadata.shared > SHARED and launch.get("num_stages", 1) > 1:
+            # `_compile_and_launch` then runs it unpipelined: that must fit
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                      options=dict(launch, num_stages=1))
+    except Exception as exc:  # what Triton raises varies: its first line is the report
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+    if compiled.metadata.shared > SHARED:
+        return f"needs {compiled.metadata.shared} bytes of shared memory, over sm_90's {SHARED}"
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiles", help="ATTNLANG_TILES for the run (e.g. an experiment's flag)")
+    parser.add_argument("--pattern", action="append", help="instead of the built-in cases "
+                        "(at 8k tokens, d = 128 and 64, bf16)")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("compile_check: unset TRITON_INTERPRET (interpreted kernels do not compile)")
+    if args.tiles:
+        os.environ["ATTNLANG_TILES"] = args.tiles
+    cases = [(text, 8192, d, torch.bfloat16) for text in args.pattern for d in (128, 64)] \
+        if args.pattern else CASES
+    seen, failed = set(), 0
+    for text, length, d, dtype in cases:
+        for kernel, kargs, options in record_launches(text, length, d, dtype):
+            key = (kernel, tuple(_type(a) if a is not None else None for a in kargs),
+                   tuple(sorted(options.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            error = compile_one(kernel, kargs, options)
+            failed += error is not None
+            tile = f"{options.get('BLOCK_M', '')}x{options.get('BLOCK_N', '')}"
+            print(f"{'FAIL' if error else 'ok  '} {text:52s} L={length} d={d} {str(dtype)[6:]:8s} "
+                  f"{kernel.__name__:18s} {tile:8s}" + (f"\n     {error}" if error else ""),
+                  flush=True)
+    print(f"{len(seen)} kernels compiled for sm_90, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
