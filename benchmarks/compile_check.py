@@ -89,28 +89,34 @@ def record_launches(text, length, d, dtype):
     return launches
 
 
-def compile_one(kernel, args, options):
-    """Compile one launch for sm_90; None if it compiled, else the error's first line."""
+def compile_launch(kernel, args, options, stages=None):
+    """The kernel compiled for sm_90 as a GPU launch with these arguments would compile it:
+    Triton's own binder specialises the arguments (16-byte alignment of pointers, divisibility
+    of integers), which decides how loads vectorise and pipeline."""
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
 
-    names = list(kernel.arg_names)
-    signature, constexprs = {}, {}
-    for name, value in zip(names, args):
-        signature[name] = "constexpr" if value is None else _type(value)
-        if value is None:
-            constexprs[name] = None
-    for name in names[len(args):]:
-        signature[name] = "constexpr"
-        constexprs[name] = options[name]
-    launch = {key: options[key] for key in ("num_warps", "num_stages") if key in options}
-    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, kwargs = binder(*args, **options)
+    launch, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
+                                                             specialization, kwargs)
+    source = triton.compiler.ASTSource(kernel, signature, constexprs, attrs)
+    if stages is not None:
+        launch.__dict__["num_stages"] = stages
+    return triton.compile(source, target=target, options=launch.__dict__)
+
+
+def compile_one(kernel, args, options):
+    """Compile one launch for sm_90; None if it compiled and fits, else what went wrong."""
     try:
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=launch)
-        if compiled.metadata.shared > SHARED and launch.get("num_stages", 1) > 1:
+        compiled = compile_launch(kernel, args, options)
+        if compiled.metadata.shared > SHARED and options.get("num_stages", 1) > 1:
             # `_compile_and_launch` then runs it unpipelined: that must fit
-            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                                      options=dict(launch, num_stages=1))
+            compiled = compile_launch(kernel, args, options, stages=1)
     except Exception as exc:  # what Triton raises varies: its first line is the report
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
     if compiled.metadata.shared > SHARED:

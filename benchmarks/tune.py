@@ -11,7 +11,8 @@ never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":
 tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
 (with ":d", the descriptor's reduce) and runs no dQ kernel (every backward time printed is the
 whole backward's); a forward or dQ tile with ":r" starts the last query blocks first; a dQ tile
-with ":e" computes the backward's delta itself, before the dK/dV kernels.  The
+with ":e" computes the backward's delta itself, before the dK/dV kernels; any tile with ":j"
+visits a row's partial blocks on both sides of its full ones in one loop.  The
 module's own tile (timed first, printed without ":r") runs with no override, so in the module's
 own program order (docs/runtime.md, Tiles); a candidate without ":r" keeps launch order.
 """
@@ -30,6 +31,8 @@ FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "
        "64x64:4:2", "64x64:4:3", "64x64:4:1", "128x64:8:2", "64x32:4:2", "128x128:8:3:d",
        "128x128:8:2:d", "128x64:4:3:d", "64x64:4:3:d", "64x64:4:2:d", "128x64:8:3:d",
        "128x64:4:4:d",
+       # ':j' visits a band's partial blocks of both sides in one loop (one pipeline fill)
+       "64x64:4:3:j", "64x64:4:3:d:j", "64x64:4:2:j", "64x32:4:3:j",
        # ':r' starts the last query blocks first (causal-like patterns: the longest rows)
        "128x128:8:3:d:r", "64x64:4:3:r", "64x64:4:3:d:r", "64x64:4:2:d:r", "128x64:4:3:r"]
 DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "128x64:8:2", "64x64:4:3",
@@ -41,13 +44,15 @@ DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "128x64:8:2", "64x64:4:3",
         # ':a' adds dQ up in the dK/dV pass (no dQ kernel): the whole backward is what to compare;
         # 128-key steps make half the atomics of 64-key ones
         "64x64:4:2:d:a", "64x64:4:3:a", "32x64:4:2:t:a", "64x128:8:2:d:a", "128x128:8:2:d:a",
-        "64x128:8:2:t:d:a", "64x64:4:3:d:a", "128x64:8:2:d:a", "64x64:4:1:d:a"]
+        "64x128:8:2:t:d:a", "64x64:4:3:d:a", "128x64:8:2:d:a", "64x64:4:1:d:a",
+        "64x64:4:2:d:j", "64x64:4:3:j", "32x64:4:2:t:j"]
 DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x64:8:1",
       "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2", "128x64:8:2:d",
       "64x64:4:2:d", "64x64:4:3:d", "64x32:4:3:d", "128x64:8:3:d", "64x64:8:2:d",
       "64x64:4:2:d:r", "64x64:4:3:r", "64x64:4:2:r", "64x32:4:3:r",
       # ':e' computes delta = rowsum(dO * O) in the dQ kernel (no delta kernel): whole backward
-      "64x64:4:2:d:e", "64x64:4:3:e", "64x32:4:3:e", "64x64:4:2:e"]
+      "64x64:4:2:d:e", "64x64:4:3:e", "64x32:4:3:e", "64x64:4:2:e",
+      "64x64:4:2:d:j", "64x64:4:3:j", "64x64:4:2:j", "64x32:4:3:j"]
 
 
 def main():
@@ -79,6 +84,7 @@ def main():
                 flags += ":a" if opts.get("ATOMIC_DQ") else ""
                 flags += ":r" if opts.get("REVERSED") else ""
                 flags += ":e" if opts.get("OWN_DELTA") else ""
+                flags += ":j" if opts.get("JOIN_PARTIAL") else ""
                 return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             own = dict(base)  # the module's own tiles: run without an override (below)
