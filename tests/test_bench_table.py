@@ -83,3 +83,20 @@ def test_target_summary_counts_rows_per_target_within_one_run():
     assert lines[5].startswith("| ≥ 70% of SDPA-causal's useful TFLOP/s, every pattern | 2 of 3 |")
     assert lines[6] == ("| per-call layout ≤ 5% of the forward at 32k (GPU, host) | 1 of 2 | "
                         "`causal & segment` 32k d=128 layout host: 8.0% |")
+
+
+def test_the_readme_table_is_generated_from_the_committed_results():
+    """The README's benchmark section is exactly what `benchmarks/make_table.py` makes of
+    `benchmarks/results/latest.json` (run it after committing new results)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_table", root / "benchmarks/make_table.py")
+    make_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_table)
+    records = json.loads((root / "benchmarks/results/latest.json").read_text())
+    readme = (root / "README.md").read_text()
+    start = readme.index("<!-- bench:start -->\n") + len("<!-- bench:start -->\n")
+    assert readme[start:readme.index("<!-- bench:end -->")] == make_table.section(records)
