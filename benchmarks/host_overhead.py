@@ -92,9 +92,7 @@ def main():
             module(qg, kg, vg, **kw).backward(do)
         paths["module fwd+bwd"] = module_step
 
-        def one_thread_step():  # the backward on this thread, not autograd's device thread
-            with torch.autograd.set_multithreading_enabled(False):
-                module_step()
+        one_thread_step = _on_calling_thread(module_step)
         paths["fwd+bwd, 1 thread"] = one_thread_step
         out, lse = paths["attention_forward"]()
         paths["attention_backward"] = lambda: gen.attention_backward(
@@ -136,14 +134,27 @@ def main():
                   f"{gpu_us(fn):11.1f}", flush=True)
 
 
-class _Identity(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
+def _on_calling_thread(step):
+    """``step`` with autograd's backward on the calling thread, not its per-device thread."""
+    def run():
+        with torch.autograd.set_multithreading_enabled(False):
+            step()
+    return run
 
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
+
+def _passthrough(on_backward=lambda: None):
+    """An autograd.Function that copies its input and hands the gradient back, calling
+    ``on_backward`` first: a fwd+bwd step of it costs the engine's own time and that call's."""
+    class Passthrough(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            on_backward()
+            return grad
+    return Passthrough
 
 
 def backward_thread(gen, module_step, one_thread_step, q):
@@ -176,14 +187,12 @@ def backward_thread(gen, module_step, one_thread_step, q):
     x = q.detach().requires_grad_(True)
     g = torch.ones_like(x)
 
-    def trivial():
-        _Identity.apply(x).backward(g)
+    passthrough = _passthrough()
 
-    def trivial_one():
-        with torch.autograd.set_multithreading_enabled(False):
-            trivial()
+    def trivial():
+        passthrough.apply(x).backward(g)
     print(f"  trivial autograd.Function: device thread {host_us(trivial):.1f} us, "
-          f"calling thread {host_us(trivial_one):.1f} us per fwd+bwd")
+          f"calling thread {host_us(_on_calling_thread(trivial)):.1f} us per fwd+bwd")
     # the same host work on each thread: pure Python, CUDA allocations, Triton's stream query
     probes = []
 
@@ -201,23 +210,14 @@ def backward_thread(gen, module_step, one_thread_step, q):
         times.append(time.perf_counter())
         probes.append([(b - a) * 1e6 for a, b in zip(times, times[1:])])
 
-    class _Work(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
+    probed = _passthrough(work)
 
-        @staticmethod
-        def backward(ctx, grad):
-            work()
-            return grad
-    for name in ("device thread", "calling thread"):
+    def step():
+        probed.apply(x).backward(g)
+    for name, fn in (("device thread", step), ("calling thread", _on_calling_thread(step))):
         probes.clear()
         for _ in range(20):
-            if name == "device thread":
-                _Work.apply(x).backward(g)
-            else:
-                with torch.autograd.set_multithreading_enabled(False):
-                    _Work.apply(x).backward(g)
+            fn()
         python, alloc, stream = (sorted(col)[len(col) // 2] for col in zip(*probes))
         print(f"  {name:15s} median us: 20000-step Python loop {python:.0f}, 50 CUDA allocations "
               f"{alloc:.0f}, 50 stream queries {stream:.0f}")
