@@ -5,7 +5,7 @@ show -- a kernel Triton cannot compile for the GPU, a tile whose shared memory d
 shows here before any GPU time is spent.  It checks compilation only: the numbers come from
 `benchmarks/gpu_check.py` on the GPU.  The local Triton may be newer than a GPU image's.
 
-    python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:e"] [--pattern TEXT ...]
+    python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:j"] [--pattern TEXT ...]
 
 How: the module's launches are recorded instead of run (CPU tensors), with `_tiles` answering as
 on a GPU; each distinct (kernel, argument types, constexprs, warps, stages) is then compiled

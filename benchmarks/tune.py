@@ -10,11 +10,10 @@ result first; a candidate that differs by more than bf16 rounding explains is ma
 never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":d" reads the
 tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
 (with ":d", the descriptor's reduce) and runs no dQ kernel (every backward time printed is the
-whole backward's); a forward or dQ tile with ":r" starts the last query blocks first; a dQ tile
-with ":e" computes the backward's delta itself, before the dK/dV kernels; any tile with ":j"
-visits a row's partial blocks on both sides of its full ones in one loop.  The
-module's own tile (timed first, printed without ":r") runs with no override, so in the module's
-own program order (docs/runtime.md, Tiles); a candidate without ":r" keeps launch order.
+whole backward's); a forward or dQ tile with ":r" starts the last query blocks first; any tile
+with ":j" visits a row's partial blocks on both sides of its full ones in one loop.  The module's
+own tile (timed first, printed without ":r") runs with no override, so in the module's own
+program order (docs/runtime.md, Tiles); a candidate without ":r" keeps launch order.
 """
 import argparse
 import math
@@ -50,8 +49,6 @@ DQ = ["128x64:8:2", "64x64:8:2", "64x64:4:2", "128x32:4:2", "128x32:8:2", "128x6
       "64x32:4:3", "64x64:4:1", "64x64:4:3", "32x64:4:2", "64x32:4:2", "128x64:8:2:d",
       "64x64:4:2:d", "64x64:4:3:d", "64x32:4:3:d", "128x64:8:3:d", "64x64:8:2:d",
       "64x64:4:2:d:r", "64x64:4:3:r", "64x64:4:2:r", "64x32:4:3:r",
-      # ':e' computes delta = rowsum(dO * O) in the dQ kernel (no delta kernel): whole backward
-      "64x64:4:2:d:e", "64x64:4:3:e", "64x32:4:3:e", "64x64:4:2:e",
       "64x64:4:2:d:j", "64x64:4:3:j", "64x64:4:2:j", "64x32:4:3:j"]
 
 
@@ -83,8 +80,8 @@ def main():
                 flags += ":d" if opts.get("DESC") else ""
                 flags += ":a" if opts.get("ATOMIC_DQ") else ""
                 flags += ":r" if opts.get("REVERSED") else ""
-                flags += ":e" if opts.get("OWN_DELTA") else ""
-                flags += ":j" if opts.get("JOIN_PARTIAL") else ""
+                # None: a default ':j', which residue-class components do without
+                flags += ":j" if opts.get("JOIN_PARTIAL") is not False else ""
                 return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             own = dict(base)  # the module's own tiles: run without an override (below)

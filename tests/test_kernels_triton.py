@@ -172,8 +172,8 @@ def test_components_reading_queries_in_order_run_in_one_pass(text, tiles, tmp_pa
     check_against_reference(mod.attention, expr, B=2, Hq=2, Hkv=1, Lq=53, Lk=53, D=16,
                             dtype=torch.float32, key_padding_mask=kpm, segments=segments)
     dkdv = [f"_bwd_dkdv_{i}" for i in range(mod.NUM_COMPONENTS)]
-    assert [kernel.__name__ for kernel in launched] == ["_fwd_fused", "_bwd_delta", *dkdv,
-                                                        "_bwd_dq_fused"]
+    # the dQ pass computes delta for the dK/dV kernels, so it runs first
+    assert [kernel.__name__ for kernel in launched] == ["_fwd_fused", "_bwd_dq_fused", *dkdv]
     assert not hasattr(mod, "_fwd_0") and not hasattr(mod, "_bwd_dq_0")  # none generated
 
 
@@ -367,7 +367,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
 
     assert short(40.0, "dkdv") == (64, 64, 4, 2, False, True)  # not short: TILES_TUNED
     assert short(8.7, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_SHORT
-    assert short(8.7, "fwd") == (64, 64, 4, 3, None, False)
+    assert short(8.7, "fwd") == (64, 64, 4, 3, None, True)
     assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)  # TILES_SHORT_PLAIN
     assert short(1.3, "dq") == (64, 64, 4, 2, None, False)
     assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
@@ -395,6 +395,31 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert fwd64(0.0, docs) == (64, 32, 3, False) and fwd64(0.0, docs, "dq")[:2] == (64, 32)
     assert docs._tiles(Aligned(), 128, "dq", 256, k)[:2] == (64, 64)  # as its forward's
     assert docs._tiles(Aligned(), 128, "fwd", 256, k)[:2] == (64, 64)
+    # a row's partial blocks in one loop (':j') where round 12 measured it faster
+    # (None: each launch decides, `test_default_partial_join_skips_residue_classes`)
+    assert all(docs._tiles(Aligned(), 128, role, 256, k)[2]["JOIN_PARTIAL"] is None
+               for role in ("dkdv", "dq"))
+    assert mod._tiles(Aligned64(), 64, "dkdv", 256, k64)[2]["JOIN_PARTIAL"] is None
+    assert mod._tiles(Aligned64(), 64, "dq", 256, k64)[2]["JOIN_PARTIAL"] is False
+
+
+@pytest.mark.parametrize("text, joined", [("window(8)", True), ("window(16) & stride(4)", False),
+                                           ("causal & segment", True)])
+def test_default_partial_join_skips_residue_classes(text, joined, monkeypatch):
+    """A default ':j' tile (JOIN_PARTIAL None) joins a row's partial blocks in one loop except on
+    residue-class components (round 12: the dilated pattern's dK/dV lost 14-16% with it); a ':j'
+    from ATTNLANG_TILES joins them everywhere, residue classes included."""
+    from attnlang.cache import load_module
+
+    monkeypatch.delenv("ATTNLANG_TILES", raising=False)
+    module = load_module(pattern_of(_expr(text)))
+    q = torch.zeros(1, 2, 64, 16)
+    seg = torch.tensor([[0] * 30 + [1] * 34], dtype=torch.int32) if "segment" in text else None
+    _, _, options, tables = module._prepare(q, q, "dkdv", seg, seg, None)
+    for given, want in ((None, joined), (True, True), (False, False)):
+        decided = module._program_order(dict(options, JOIN_PARTIAL=given), tables[:1],
+                                        keys=True)[1]
+        assert decided["JOIN_PARTIAL"] is want
 
 
 @pytest.mark.parametrize("value", ["dkdv=64x64:4", "dq=64x64:4:2:t", "fwd=64by64:4:2",
@@ -500,11 +525,11 @@ def test_dq_added_up_in_the_dkdv_pass(text, tiles, tmp_path, monkeypatch):
                                   "causal & (chunk(8) | cols(every(8, 6..8)))",
                                   "random(0.3, block = 8, seed = 5) | prefix(3)"])
 def test_dq_kernel_computes_delta_itself(text, tmp_path, monkeypatch):
-    """':e' dQ tiles compute delta = rowsum(dO * O) in the first dQ launch, which then runs
-    before every dK/dV launch, and no delta kernel runs: the gradients equal the reference for
-    residue classes with a band, documents, one pass over a gather component, and a random
-    pattern with a prefix, with grouped heads, key padding and lengths that fill no tile."""
-    mod, launched = _checked_with_tiles(text, "fwd=16x16:4:1,dkdv=16x16:4:1:t,dq=16x32:4:1:e",
+    """The first dQ launch computes delta = rowsum(dO * O) itself and runs before every dK/dV
+    launch, and no delta kernel runs: the gradients equal the reference for residue classes with
+    a band, documents, one pass over a gather component, and a random pattern with a prefix,
+    with grouped heads, key padding and lengths that fill no tile."""
+    mod, launched = _checked_with_tiles(text, "fwd=16x16:4:1,dkdv=16x16:4:1:t,dq=16x32:4:1",
                                         7, tmp_path, monkeypatch)
     assert mod._bwd_delta not in launched
     first_dq = (mod.FUSED or [None, mod.KERNELS[0][2]])[1]
@@ -514,8 +539,7 @@ def test_dq_kernel_computes_delta_itself(text, tmp_path, monkeypatch):
 
 def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypatch):
     """With dropout the atomic dQ equals the dQ kernel's; a bias that needs its gradient takes the
-    dQ kernel (only it writes dBias), and every gradient is the same either way; so are they
-    when the dQ kernel computes delta itself (':e')."""
+    dQ kernel (only it writes dBias), and every gradient is the same either way."""
     expr = _expr("causal & (window(5, 0) | stride(4))")
     mod = generated(expr, tmp_path)
     g = torch.Generator().manual_seed(5)
@@ -523,8 +547,7 @@ def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypat
     bias = torch.randn(1, 2, 37, 37, generator=g)
     for bias_grad in (False, True):
         grads = []
-        for tiles in ("dq=16x16:4:1,dkdv=16x16:4:1:t", "dq=16x16:4:1,dkdv=16x16:4:1:t:a",
-                      "dq=16x16:4:1:e,dkdv=16x16:4:1:t"):
+        for tiles in ("dq=16x16:4:1,dkdv=16x16:4:1:t", "dq=16x16:4:1,dkdv=16x16:4:1:t:a"):
             monkeypatch.setenv("ATTNLANG_TILES", f"fwd=16x16:4:1,{tiles}")
             b = bias.clone().requires_grad_(bias_grad)
             for t in (q, k, v):
