@@ -233,14 +233,31 @@ def _gpu_ms(fn, reps=100):
     return sorted(times)[len(times) // 2]
 
 
+def _host_ms(fn, reps=200, rounds=5):
+    """Time per call of ``fn()`` called back to back and synchronised once per round (median of
+    rounds): the host's time per call where it exceeds the GPU's, the GPU's otherwise.  (Before
+    round 12 this was `do_bench`, which flushes L2 with a memset before every call and times the
+    call by events; a call's host time hid behind the memset or showed whole, from run to run.)"""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000 / reps)
+    return sorted(times)[len(times) // 2]
+
+
 def _layout_cost(text, pattern, n, d, q, k, segments, dev_name, log):
     """Records of the per-call layout of a document mask (new ids every call): the block tables
     a training step's forward builds from the ids (its query blocks' and, in the same launch, the
     backward's key blocks'; before round 12 the query blocks' only), timed alone --
     ``attnlang-layout`` (GPU time, the cost inside a training step) and
-    ``attnlang-layout-host`` (one call at a time, launch-bound)."""
+    ``attnlang-layout-host`` (calls back to back, launch-bound: `_host_ms`)."""
     import triton
-    from triton.testing import do_bench
 
     from .cache import load_module
 
@@ -250,8 +267,7 @@ def _layout_cost(text, pattern, n, d, q, k, segments, dev_name, log):
     build = lambda: gen._prepare(q, k, "fwd", seg, seg, None, None, keys_tile)
     records = []
     for impl, ms in (("attnlang-layout", _gpu_ms(build)),
-                     ("attnlang-layout-host", do_bench(build, warmup=25, rep=100,
-                                                       return_mode="median"))):
+                     ("attnlang-layout-host", _host_ms(build))):
         records.append(Record(text, n, d, "layout", impl, ms, 0.0, dev_name, torch.__version__,
                               triton.__version__))
         log(f"{text:52s} n={n:6d} d={d:3d} layout   {impl:20s} {ms * 1000:8.1f} us")
