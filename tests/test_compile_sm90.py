@@ -23,3 +23,16 @@ def test_a_document_mask_and_a_one_pass_pattern_compile_for_sm90():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "kernels compiled for sm_90, 0 failed" in result.stdout
     assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") >= 10
+
+
+def test_persistent_forward_compiles_for_sm90():
+    """':p' forward tiles (an experiment): a band's and a two-component pattern's persistent
+    forwards (one merges into the other's output) compile for sm_90 and fit."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/compile_check.py"), "--tiles", "fwd=64x64:4:3:p",
+         "--pattern", "causal & (window(127, 0) | stride(128))"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("_fwd_persist_") >= 4  # both components, both head dimensions
