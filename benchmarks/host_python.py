@@ -1,0 +1,59 @@
+"""The host's Python time of a call, without a GPU: the generated module's forward and backward
+run on CPU tensors with every kernel launch replaced by a no-op and the tiles chosen as on a GPU
+(compile_check's `_OnGpu`), so what is timed is attnlang's own Python -- tiles, tables, document
+bounds' bookkeeping, argument lists -- not the launches, the allocator of a GPU or autograd's
+device thread (`benchmarks/host_overhead.py` measures those on the GPU).
+
+    python benchmarks/host_python.py [--pattern "causal & segment"] [--n 8192] [--d 64]
+"""
+import argparse
+import math
+import sys
+import timeit
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compile_check  # noqa: E402  (its _OnGpu)
+
+import attnlang  # noqa: E402
+from attnlang.bench import random_documents  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pattern", default="causal & segment")
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--d", type=int, default=64)
+    args = parser.parse_args()
+    mod = load_module(attnlang.parse(f"pattern x = {args.pattern}")["x"])
+    real_tiles, real_rows = mod._tiles, mod._row_blocks
+    mod._launch = lambda kernel, grid, call_args, options: None
+    mod._tiles = lambda q, *rest: real_tiles(compile_check._OnGpu(q), *rest)
+    mod._row_blocks = lambda *shape_and_device: real_rows(*shape_and_device[:-1], "cpu")
+    q, k, v, do = (torch.randn(1, 2, args.n, args.d, dtype=torch.bfloat16) for _ in range(4))
+    seg = None
+    if mod.USES_SEGMENT:
+        seg = random_documents(args.n, 64, "cpu", torch.Generator().manual_seed(0))
+        seg = seg.to(torch.int32)[None]
+    scale = 1 / math.sqrt(args.d)
+    keys_tile = mod._tiles(q, args.d, "dkdv", args.n, k)[:2] if mod.SEG_BOUNDS else None
+    out, lse = mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)
+    calls = {
+        "layout (_prepare, a training forward's)":
+            lambda: mod._prepare(q, k, "fwd", seg, seg, None, None, keys_tile),
+        "attention_forward": lambda: mod.attention_forward(q, k, v, scale, seg, seg, None, None,
+                                                           None, 0.0, 0),
+        "attention_backward": lambda: mod.attention_backward(do, q, k, v, out, lse, scale, seg,
+                                                             seg, None, None, None, 0.0, 0, False),
+    }
+    print(f"{args.pattern}, n={args.n}, d={args.d}: Python per call, launches not run")
+    for name, call in calls.items():
+        times = timeit.repeat(call, number=200, repeat=5)
+        print(f"  {name:42s} {sorted(times)[2] / 200 * 1e6:7.1f} us")
+
+
+if __name__ == "__main__":
+    main()
