@@ -12,6 +12,7 @@ on a GPU; each distinct (kernel, argument types, constexprs, warps, stages) is t
 with `triton.compile` for `GPUTarget("cuda", 90, 32)`.  Exits 1 if any fails.
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -58,6 +59,21 @@ def _type(value):
     raise TypeError(f"an argument of type {type(value).__name__}")
 
 
+@contextlib.contextmanager
+def as_on_gpu(mod, launch):
+    """The generated module ``mod`` choosing its tiles as on a GPU for CPU tensors, and calling
+    ``launch(kernel, grid, args, options)`` instead of launching; restored on exit."""
+    real_tiles, real_rows = mod._tiles, mod._row_blocks
+    saved = (mod._launch, mod._tiles, mod._row_blocks)
+    mod._launch = launch
+    mod._tiles = lambda q, *rest: real_tiles(_OnGpu(q), *rest)
+    mod._row_blocks = lambda *shape_and_device: real_rows(*shape_and_device[:-1], "cpu")
+    try:
+        yield mod
+    finally:
+        mod._launch, mod._tiles, mod._row_blocks = saved
+
+
 def record_launches(text, length, d, dtype):
     """The launches of one forward+backward of ``text`` as a GPU call would make them."""
     import attnlang
@@ -66,12 +82,8 @@ def record_launches(text, length, d, dtype):
 
     mod = load_module(attnlang.parse(f"pattern x = {text}")["x"])
     launches = []
-    real_tiles, real_rows = mod._tiles, mod._row_blocks
-    saved = (mod._launch, mod._tiles, mod._row_blocks)
-    mod._launch = lambda kernel, grid, args, options: launches.append((kernel, args, options))
-    mod._tiles = lambda q, *rest: real_tiles(_OnGpu(q), *rest)
-    mod._row_blocks = lambda *shape_and_device: real_rows(*shape_and_device[:-1], "cpu")
-    try:
+    with as_on_gpu(mod, lambda kernel, grid, args, options: launches.append((kernel, args,
+                                                                            options))):
         batch, heads = 1, 2
         q, k, v, do = (torch.randn(batch, heads, length, d, dtype=dtype) for _ in range(4))
         seg = None
@@ -84,8 +96,6 @@ def record_launches(text, length, d, dtype):
         out, lse = mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)
         mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None, None, 0.0, 0,
                                False)
-    finally:
-        mod._launch, mod._tiles, mod._row_blocks = saved
     return launches
 
 

@@ -1,6 +1,6 @@
 """The host's Python time of a call, without a GPU: the generated module's forward and backward
 run on CPU tensors with every kernel launch replaced by a no-op and the tiles chosen as on a GPU
-(compile_check's `_OnGpu`), so what is timed is attnlang's own Python -- tiles, tables, document
+(compile_check's `as_on_gpu`), so what is timed is attnlang's own Python -- tiles, tables, document
 bounds' bookkeeping, argument lists -- not the launches, the allocator of a GPU or autograd's
 device thread (`benchmarks/host_overhead.py` measures those on the GPU).
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compile_check  # noqa: E402  (its _OnGpu)
+import compile_check  # noqa: E402  (its as_on_gpu)
 
 import attnlang  # noqa: E402
 from attnlang.bench import random_documents  # noqa: E402
@@ -29,10 +29,12 @@ def main():
     parser.add_argument("--d", type=int, default=64)
     args = parser.parse_args()
     mod = load_module(attnlang.parse(f"pattern x = {args.pattern}")["x"])
-    real_tiles, real_rows = mod._tiles, mod._row_blocks
-    mod._launch = lambda kernel, grid, call_args, options: None
-    mod._tiles = lambda q, *rest: real_tiles(compile_check._OnGpu(q), *rest)
-    mod._row_blocks = lambda *shape_and_device: real_rows(*shape_and_device[:-1], "cpu")
+    with compile_check.as_on_gpu(mod, lambda kernel, grid, call_args, options: None):
+        time_calls(mod, args)
+
+
+def time_calls(mod, args):
+    """Print the Python time per call of a training forward's layout, a forward, a backward."""
     q, k, v, do = (torch.randn(1, 2, args.n, args.d, dtype=torch.bfloat16) for _ in range(4))
     seg = None
     if mod.USES_SEGMENT:
