@@ -79,13 +79,11 @@ def main():
 
             def spec(role):
                 bm, bn, opts = mod._tiles(q, d, role, n)
-                flags = ":t" if opts.get("KEYS_AS_ROWS") else ""
-                flags += ":d" if opts.get("DESC") else ""
-                flags += ":a" if opts.get("ATOMIC_DQ") else ""
-                flags += ":r" if opts.get("REVERSED") else ""
-                flags += ":p" if opts.get("PERSIST") else ""
-                # None: a default ':j', which residue-class components do without
-                flags += ":j" if opts.get("JOIN_PARTIAL") is not False else ""
+                # None: left to each launch; a default ':j' joins (except on residue classes),
+                # a default order is the module's own (printed without ':r')
+                flags = "".join(f":{flag}" for flag, name in mod._FLAG_OPTIONS.items()
+                                if name in opts and (opts[name] or (opts[name] is None
+                                                                    and flag == "j")))
                 return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             own = dict(base)  # the module's own tiles: run without an override (below)
