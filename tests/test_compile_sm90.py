@@ -9,30 +9,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _compile_check(*args):
+    """`benchmarks/compile_check.py` with these arguments, outside the interpreter; its output."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/compile_check.py"), *args],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
 def test_a_document_mask_and_a_one_pass_pattern_compile_for_sm90():
     """A forward and backward of a document mask (both bounds in one launch, 32-key tiles at
     d = 64) and of the fixed pattern (one pass over a gather component), at both head
     dimensions, with the tiles a GPU call picks: every kernel compiles to a cubin and fits in
     shared memory."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/compile_check.py"), "--pattern",
-         "causal & segment", "--pattern", "causal & (chunk(128) | cols(every(128, 112..128)))"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "kernels compiled for sm_90, 0 failed" in result.stdout
-    assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") >= 10
+    out = _compile_check("--pattern", "causal & segment",
+                         "--pattern", "causal & (chunk(128) | cols(every(128, 112..128)))")
+    assert "kernels compiled for sm_90, 0 failed" in out
+    assert out.count("\nok ") + out.startswith("ok ") >= 10
 
 
 def test_persistent_forward_compiles_for_sm90():
     """':p' forward tiles (an experiment): a band's and a two-component pattern's persistent
     forwards (one merges into the other's output) compile for sm_90 and fit."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/compile_check.py"), "--tiles", "fwd=64x64:4:3:p",
-         "--pattern", "causal & (window(127, 0) | stride(128))"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("_fwd_persist_") >= 4  # both components, both head dimensions
+    out = _compile_check("--tiles", "fwd=64x64:4:3:p",
+                         "--pattern", "causal & (window(127, 0) | stride(128))")
+    assert out.count("_fwd_persist_") >= 4  # both components, both head dimensions
