@@ -18,6 +18,7 @@ passes comes back as an ``Inputs`` tuple in the normal form the kernels expect:
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple, Optional
 
 import torch
@@ -123,13 +124,36 @@ def _as_ids(name, t, batch, length, device):
         t = t.unsqueeze(0)
     if t.dim() != 2 or t.shape[0] not in (1, batch) or t.shape[1] != length:
         raise _fail(name, f"shape {list(t.shape)}", f"[{length}] or [{batch}, {length}]")
-    if t.dtype == torch.int64 and t.numel() and not _compiling():
+    if t.dtype == torch.int32 or _compiling():
+        return t.to(torch.int32)
+    hit = _INT32_IDS.get(id(t._base if t._base is not None else t))
+    if hit is not None and hit[0]() is (t._base if t._base is not None else t) \
+            and hit[1] == _place(t):
+        return hit[2]
+    if t.dtype == torch.int64 and t.numel():
         # int32 is what the kernels compare; a wrapped id could join two documents.  On a GPU
         # this reads two numbers back (one host sync per call): int32 ids skip the check.
         lo, hi = torch.stack(torch.aminmax(t)).tolist()
         if lo < -2 ** 31 or hi >= 2 ** 31:
             raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
-    return t.to(torch.int32)
+    ids = t.to(torch.int32)
+    if len(_INT32_IDS) >= 64:  # the id tensors of a few steps: never grows without bound
+        _INT32_IDS.clear()
+    owner = t if t._base is None else t._base
+    _INT32_IDS[id(owner)] = (weakref.ref(owner), _place(t), ids)
+    return ids
+
+
+# Wider ids converted to int32, kept while the caller's tensor lives unchanged: the next layer's
+# call with the same ids gets the same int32 tensor (so the generated modules' document bounds,
+# kept per id tensor, are built once per step) and skips the range check's host sync.  Keyed by
+# the tensor owning the ids' memory; an entry holds a weak reference to it, the ids' place in it
+# and its version counter (any in-place change converts again).
+_INT32_IDS: dict = {}
+
+
+def _place(t):
+    return t._version, t.dtype, t.storage_offset(), tuple(t.shape), t.stride()
 
 
 def _check_segments(segments, batch, lq, lk, device, needs):

@@ -219,6 +219,42 @@ def test_bounds_are_kept_for_the_same_ids_and_rebuilt_when_they_change(tmp_path,
     assert int(mod._segment_tables(q, k, "fwd", ids, ids, 16, 16, (ids, ids))["seg_flag"][0]) == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_bounds_are_kept_across_validated_calls_with_the_same_ids(dtype, tmp_path, monkeypatch):
+    """Through the validating entry (``attention``, as the nn.Modules call it), which passes the
+    kernels fresh views -- or, for int64 ids, an int32 copy -- of the caller's tensor: a second
+    call with the same 1-D ids (the next layer) builds no bounds and does not check int64 ids'
+    range again; a different slice of the same tensor, or an in-place change, builds them again;
+    every call equals the float64 reference."""
+    expr = _expr("causal & segment")
+    mod = generated(expr, tmp_path)
+    launched, checked = [], []
+    real_launch, real_aminmax = mod._launch, torch.aminmax
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
+        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    monkeypatch.setattr(torch, "aminmax", lambda t: (checked.append(1), real_aminmax(t))[1])
+    L = 40
+    ids = torch.tensor([0] * 9 + [1] * 17 + [2] * 14 + [3] * 6, dtype=dtype)
+    q, k, v = random_inputs(1, 2, 2, L, L, 16, torch.float32, seed=4)
+
+    def call(seg):
+        launched.clear()
+        checked.clear()
+        out = mod.attention(q, k, v, segments=seg)
+        ref = _per_batch_reference(expr, q, k, v, seg[None].to(torch.int32),
+                                   seg[None].to(torch.int32), torch.zeros_like(q))
+        assert rel_err(out, ref[0]) < 2e-5
+        return launched.count("_segment_bounds"), len(checked)
+
+    int64 = dtype == torch.int64
+    assert call(ids[:L]) == (1, int64)
+    assert call(ids[:L]) == (0, 0)  # the same ids: a new view of the same tensor
+    assert call(ids[6:]) == (1, int64)  # another slice: other ids
+    assert call(ids[6:]) == (0, 0)
+    ids[10:12] = 5  # in place: a new document inside the second one
+    assert call(ids[6:]) == (1, int64)
+
+
 @pytest.mark.parametrize("text", ["causal & segment", "window(5, 2) & segment"])
 def test_a_forward_that_needs_gradients_builds_the_backwards_bounds_too(text, tmp_path,
                                                                         monkeypatch):
