@@ -11,8 +11,7 @@ never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":
 tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
 (with ":d", the descriptor's reduce) and runs no dQ kernel (every backward time printed is the
 whole backward's); a forward or dQ tile with ":r" starts the last query blocks first; any tile
-with ":j" visits a row's partial blocks on both sides of its full ones in one loop; a forward
-tile with ":p" runs persistent programs that walk several rows' blocks in one loop.  The module's
+with ":j" visits a row's partial blocks on both sides of its full ones in one loop.  The module's
 own tile (timed first, printed without ":r") runs with no override, so in the module's own
 program order (docs/runtime.md, Tiles); a candidate without ":r" keeps launch order.
 """
@@ -33,8 +32,6 @@ FWD = ["128x128:8:3", "128x128:8:2", "128x64:4:3", "128x64:8:3", "64x128:4:3", "
        "128x64:4:4:d",
        # ':j' visits a band's partial blocks of both sides in one loop (one pipeline fill)
        "64x64:4:3:j", "64x64:4:3:d:j", "64x64:4:2:j", "64x32:4:3:j",
-       # ':p' persistent programs, several rows each, one loop (components with analytic bounds)
-       "64x64:4:3:p", "64x64:4:2:p", "64x32:4:3:p", "128x64:8:2:p",
        # ':r' starts the last query blocks first (causal-like patterns: the longest rows)
        "128x128:8:3:d:r", "64x64:4:3:r", "64x64:4:3:d:r", "64x64:4:2:d:r", "128x64:4:3:r"]
 DKDV = ["64x64:4:2", "64x128:8:2", "64x128:8:1", "128x64:8:2", "64x64:4:3",

@@ -29,10 +29,3 @@ def test_a_document_mask_and_a_one_pass_pattern_compile_for_sm90():
     assert "kernels compiled for sm_90, 0 failed" in out
     assert out.count("\nok ") + out.startswith("ok ") >= 10
 
-
-def test_persistent_forward_compiles_for_sm90():
-    """':p' forward tiles (an experiment): a band's and a two-component pattern's persistent
-    forwards (one merges into the other's output) compile for sm_90 and fit."""
-    out = _compile_check("--tiles", "fwd=64x64:4:3:p",
-                         "--pattern", "causal & (window(127, 0) | stride(128))")
-    assert out.count("_fwd_persist_") >= 4  # both components, both head dimensions

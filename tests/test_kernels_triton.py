@@ -470,32 +470,6 @@ def test_partial_blocks_in_one_loop(text, tmp_path, monkeypatch):
                for role in ("fwd", "dkdv", "dq"))
 
 
-@pytest.mark.parametrize("text", ["window(9)", "causal & window(12, 0)", "causal & segment",
-                                  "window(16) & stride(4)", "causal & (window(5, 0) | stride(8))",
-                                  "prefix(3) | causal", "window(9) & cols(0..20)",
-                                  "causal & (chunk(8) | cols(every(8, 6..8)))"])
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the inf below
-def test_persistent_forward(text, tmp_path, monkeypatch):
-    """':p' forward tiles (an experiment): programs that own several rows and walk all their key
-    blocks in one loop give the reference's outputs, log-sum-exp and gradients -- bands,
-    documents, residue classes, components merged by log-sum-exp, rows of no key block, key
-    padding, grouped heads, lengths that fill no tile; components without analytic bounds (a gather
-    component's one pass) keep the kernel of one program per query block."""
-    mod, launched = _checked_with_tiles(text, "fwd=16x16:4:1:p,dkdv=16x16:4:1:t,dq=16x16:4:1", 9,
-                                        tmp_path, monkeypatch)
-    persistent = [kernel for kernel in mod.PERSIST_KERNELS if kernel is not None]
-    assert any(kernel in launched for kernel in persistent) == (mod.FUSED is None)
-    q = torch.randn(2, 2, 37, 16, generator=torch.Generator().manual_seed(3))
-    bias = torch.randn(1, 2, 37, 37, generator=torch.Generator().manual_seed(4))
-    seg = torch.tensor([0] * 12 + [1] * 25) if "segment" in text else None
-    v = q * 0.5
-    v[0, 0, 3] = float("inf")  # rows that see this key give inf or NaN; no other row may
-    out = mod.attention(q, q.flip(2), v, attn_bias=bias, segments=seg)
-    monkeypatch.setenv("ATTNLANG_TILES", "fwd=16x16:4:1,dkdv=16x16:4:1:t,dq=16x16:4:1")
-    torch.testing.assert_close(out, mod.attention(q, q.flip(2), v, attn_bias=bias, segments=seg),
-                               atol=1e-5, rtol=1e-5, equal_nan=True)
-
-
 @pytest.mark.parametrize("text, reversed_, heavy", [
     ("causal", True, False), ("prefix(9) | causal", True, False),
     ("causal & (chunk(8) | cols(every(8, 6..8)))", True, False),  # one pass: components summed

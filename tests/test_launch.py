@@ -222,13 +222,11 @@ def test_direct_launches_are_on_by_default_and_off_under_a_launch_hook(monkeypat
 
 @pytest.mark.parametrize("text", ["causal & (chunk(16) | cols(every(16, 14..16)))",
                                   "causal & (window(7, 0) | stride(16))", "causal & segment"])
-@pytest.mark.parametrize("tiles", [None, "fwd=16x16:4:1:d:r,dkdv=16x16:4:1:t:d:a,dq=16x16:4:1:r",
-                                   "fwd=16x16:4:1:p,dkdv=16x16:4:1:t,dq=16x16:4:1"])
+@pytest.mark.parametrize("tiles", [None, "fwd=16x16:4:1:d:r,dkdv=16x16:4:1:t:d:a,dq=16x16:4:1:r"])
 def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     """Every kernel a forward and backward launch names all its later parameters in the launch
     options, so each can be called directly after its first launch: a constexpr missing from the
-    options would silently send every launch through Triton's binder (round 9); the persistent
-    forward's (':p') too."""
+    options would silently send every launch through Triton's binder (round 9)."""
     if tiles:
         monkeypatch.setenv("ATTNLANG_TILES", tiles)
     module = _launching_directly(text, monkeypatch)
@@ -242,7 +240,4 @@ def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     # a delta kernel of its own only where dK/dV adds dQ up (':a'); else the first dQ launch
     assert ("_bwd_delta" in launched) == (":a" in (tiles or "")) and any(
         name.startswith("_bwd_dkdv") for name in launched)
-    # ':p': the persistent forward, where the components have analytic bounds (not one pass)
-    assert any(name.startswith("_fwd_persist") for name in launched) == (
-        ":p" in (tiles or "") and module.FUSED is None)
     assert all(launched.values()), launched
