@@ -350,7 +350,10 @@ def markdown_table(records) -> str:
     if layout:
         lines += ["", "Per-call layout of document masks (new segment ids every call): the block "
                   "tables built from the ids, GPU time and launch-bound host time, against "
-                  "attnlang's forward (which includes them).", "",
+                  "attnlang's forward. The table above times every call with the same ids, so "
+                  "attnlang builds their tables once and reuses them, as a model's later layers "
+                  "and its backward do (FlexAttention's block mask is built outside its timing); "
+                  "a step with new ids adds this layout once.", "",
                   "| pattern | n | d | layout GPU µs | layout host µs | attnlang fwd µs | "
                   "GPU share | host share |", "|---" * 8 + "|"]
         fwd = {(r["pattern"], r["n"], r["d"], r.get("run")): r["ms"] for r in records
