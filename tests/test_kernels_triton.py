@@ -389,6 +389,9 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert fwd64(64.0) == (64, 128, 3, True)  # TILES_LONG
     assert fwd64(20.0) == (64, 64, 3, True)  # TILES_TUNED
     assert fwd64(float("inf")) == (64, 64, 3, True)
+    # short rows: three stages (round 13), but two for a pattern with a gather component
+    assert fwd64(8.0) == (64, 64, 3, False) and fwd64(1.5) == (64, 64, 3, False)
+    assert fwd64(1.5, gather) == (64, 64, 2, False)
     # document masks: 32 keys per step in the d = 64 forward and in dQ (TILES_SEGMENT)
     docs = load_module(pattern_of(_expr("causal & segment")))
     assert docs.SEG_BOUNDS
