@@ -126,9 +126,9 @@ def _as_ids(name, t, batch, length, device):
         raise _fail(name, f"shape {list(t.shape)}", f"[{length}] or [{batch}, {length}]")
     if t.dtype == torch.int32 or _compiling():
         return t.to(torch.int32)
-    hit = _INT32_IDS.get(id(t._base if t._base is not None else t))
-    if hit is not None and hit[0]() is (t._base if t._base is not None else t) \
-            and hit[1] == _place(t):
+    owner = t if t._base is None else t._base
+    hit = _INT32_IDS.get(id(owner))
+    if hit is not None and hit[0]() is owner and hit[1] == _place(t):
         return hit[2]
     if t.dtype == torch.int64 and t.numel():
         # int32 is what the kernels compare; a wrapped id could join two documents.  On a GPU
@@ -139,7 +139,6 @@ def _as_ids(name, t, batch, length, device):
     ids = t.to(torch.int32)
     if len(_INT32_IDS) >= 64:  # the id tensors of a few steps: never grows without bound
         _INT32_IDS.clear()
-    owner = t if t._base is None else t._base
     _INT32_IDS[id(owner)] = (weakref.ref(owner), _place(t), ids)
     return ids
 
