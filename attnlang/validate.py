@@ -127,7 +127,8 @@ def _as_ids(name, t, batch, length, device):
     if t.dtype == torch.int32 or _compiling():
         return t.to(torch.int32)
     owner = t if t._base is None else t._base
-    hit = _INT32_IDS.get(id(owner))
+    kept = not t.is_inference()  # an inference tensor has no version counter: converted anew
+    hit = _INT32_IDS.get(id(owner)) if kept else None
     if hit is not None and hit[0]() is owner and hit[1] == _place(t):
         return hit[2]
     if t.dtype == torch.int64 and t.numel():
@@ -137,6 +138,8 @@ def _as_ids(name, t, batch, length, device):
         if lo < -2 ** 31 or hi >= 2 ** 31:
             raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
     ids = t.to(torch.int32)
+    if not kept:
+        return ids
     if len(_INT32_IDS) >= 64:  # the id tensors of a few steps: never grows without bound
         _INT32_IDS.clear()
     _INT32_IDS[id(owner)] = (weakref.ref(owner), _place(t), ids)

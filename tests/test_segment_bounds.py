@@ -255,6 +255,30 @@ def test_bounds_are_kept_across_validated_calls_with_the_same_ids(dtype, tmp_pat
     assert call(ids[6:]) == (1, int64)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_ids_made_in_inference_mode_work_and_are_not_kept(dtype, tmp_path, monkeypatch):
+    """Ids created under torch.inference_mode have no version counter, so nothing is kept for
+    them: every call, inside inference mode or outside it, builds its bounds and equals the
+    float64 reference (they used to fail on reading the version counter)."""
+    expr = _expr("causal & segment")
+    mod = generated(expr, tmp_path)
+    launched = []
+    real_launch = mod._launch
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
+        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    q, k, v = random_inputs(1, 2, 2, 30, 30, 16, torch.float32, seed=6)
+    with torch.inference_mode():
+        ids = torch.tensor([0] * 11 + [1] * 19, dtype=dtype)
+    ref = _per_batch_reference(expr, q, k, v, ids[None].to(torch.int32),
+                               ids[None].to(torch.int32), torch.zeros_like(q))[0]
+    for inference in (True, True, False):
+        launched.clear()
+        with torch.inference_mode(inference):
+            out = mod.attention(q, k, v, segments=ids)
+        assert rel_err(out, ref) < 2e-5
+        assert launched.count("_segment_bounds") == 1
+
+
 @pytest.mark.parametrize("text", ["causal & segment", "window(5, 2) & segment"])
 def test_a_forward_that_needs_gradients_builds_the_backwards_bounds_too(text, tmp_path,
                                                                         monkeypatch):
