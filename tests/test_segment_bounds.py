@@ -9,8 +9,9 @@ from hypothesis import given, settings, strategies as st
 
 import attnlang
 from attnlang import reference
+from attnlang.cache import load_module
 
-from kernel_utils import generated, random_inputs, rel_err
+from kernel_utils import generated, pattern_of, random_inputs, rel_err
 from strategies import segment_ids
 
 pytestmark = pytest.mark.skipif(
@@ -253,6 +254,35 @@ def test_bounds_are_kept_across_validated_calls_with_the_same_ids(dtype, tmp_pat
     assert call(ids[6:]) == (0, 0)
     ids[10:12] = 5  # in place: a new document inside the second one
     assert call(ids[6:]) == (1, int64)
+
+
+def test_the_nn_module_builds_bounds_once_for_the_same_ids(tmp_path, monkeypatch):
+    """Through `Pattern.module` (PatternAttention: validation, then the eager autograd path of
+    the custom op), as a model's layers and the benchmark call it: a second training step with the
+    same ids builds no bounds; its outputs and gradients equal the float64 reference."""
+    expr = _expr("causal & segment")
+    layer = pattern_of(expr).module(backend="triton", block_m=16, block_n=16, cache_dir=tmp_path)
+    mod = load_module(pattern_of(expr), 16, 16, tmp_path)
+    launched = []
+    real_launch = mod._launch
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
+        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    ids = torch.tensor([0] * 13 + [1] * 8 + [2] * 14)
+    q, k, v = random_inputs(1, 2, 2, 35, 35, 16, torch.float32, seed=8)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(9))
+    ref = _per_batch_reference(expr, q, k, v, ids[None].to(torch.int32), ids[None].to(torch.int32),
+                               do)
+    for built in (1, 0):
+        launched.clear()
+        for t in (q, k, v):
+            t.grad = None
+            t.requires_grad_(True)
+        out = layer(q, k, v, segments=ids)
+        out.backward(do)
+        assert launched.count("_segment_bounds") == built
+        assert rel_err(out, ref[0]) < 2e-5
+        for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
+            assert rel_err(got, want) < 5e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
