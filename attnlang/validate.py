@@ -126,10 +126,9 @@ def _as_ids(name, t, batch, length, device):
         raise _fail(name, f"shape {list(t.shape)}", f"[{length}] or [{batch}, {length}]")
     if t.dtype == torch.int32 or _compiling():
         return t.to(torch.int32)
-    owner = t if t._base is None else t._base
-    kept = not t.is_inference()  # an inference tensor has no version counter: converted anew
-    hit = _INT32_IDS.get(id(owner)) if kept else None
-    if hit is not None and hit[0]() is owner and hit[1] == _place(t):
+    known = ids_identity(t)
+    hit = _INT32_IDS.get(id(known[0])) if known else None
+    if hit is not None and hit[0]() is known[0] and hit[1] == known[1]:
         return hit[2]
     if t.dtype == torch.int64 and t.numel():
         # int32 is what the kernels compare; a wrapped id could join two documents.  On a GPU
@@ -138,24 +137,31 @@ def _as_ids(name, t, batch, length, device):
         if lo < -2 ** 31 or hi >= 2 ** 31:
             raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
     ids = t.to(torch.int32)
-    if not kept:
+    if known is None:
         return ids
     if len(_INT32_IDS) >= 64:  # the id tensors of a few steps: never grows without bound
         _INT32_IDS.clear()
-    _INT32_IDS[id(owner)] = (weakref.ref(owner), _place(t), ids)
+    _INT32_IDS[id(known[0])] = (weakref.ref(known[0]), known[1], ids)
     return ids
 
 
-# Wider ids converted to int32, kept while the caller's tensor lives unchanged: the next layer's
-# call with the same ids gets the same int32 tensor (so the generated modules' document bounds,
-# kept per id tensor, are built once per step) and skips the range check's host sync.  Keyed by
-# the tensor owning the ids' memory; an entry holds a weak reference to it, the ids' place in it
-# and its version counter (any in-place change converts again).
+# Wider ids converted to int32, kept while the caller's ids stay the same (`ids_identity`): the
+# next layer's call with them gets the same int32 tensor (so the generated modules' document
+# bounds, kept per ids, are built once per step) and skips the range check's host sync.  Keyed
+# by the tensor owning the ids' memory; an entry holds a weak reference to it and the ids' place.
 _INT32_IDS: dict = {}
 
 
-def _place(t):
-    return t._version, t.dtype, t.storage_offset(), tuple(t.shape), t.stride()
+def ids_identity(t):
+    """How segment ids are recognised across calls (here, and by the generated modules' kept
+    document bounds): (the tensor that owns their memory, their place in it with its version
+    counter), or None for an inference tensor, which has no version counter.  Fresh views of one
+    tensor at one place are the same ids; any in-place change (the version counter is shared by
+    a tensor and its views) makes them new ones."""
+    if t.is_inference():
+        return None
+    owner = t if t._base is None else t._base
+    return owner, (t._version, t.dtype, t.storage_offset(), tuple(t.shape), t.stride())
 
 
 def _check_segments(segments, batch, lq, lk, device, needs):
