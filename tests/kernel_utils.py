@@ -18,6 +18,15 @@ def generated(expr, tmp_dir, block=16):
     return load_module(pattern_of(expr), block, block, tmp_dir)
 
 
+def record_launches(mod, monkeypatch):
+    """The kernels the generated module ``mod`` launches from now on, in order (each still
+    runs)."""
+    launched = []
+    monkeypatch.setattr(mod, "_launch", lambda kernel, *a, real=mod._launch: (
+        launched.append(kernel), real(kernel, *a))[1])
+    return launched
+
+
 def random_inputs(B, Hq, Hkv, Lq, Lk, D, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, Hq, Lq, D, generator=g).to(dtype)

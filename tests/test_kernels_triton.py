@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from attnlang import ir
 
-from kernel_utils import check_against_reference, generated, pattern_of
+from kernel_utils import check_against_reference, generated, pattern_of, record_launches
 from strategies import bound_patterns, lengths, segments_for
 
 pytestmark = pytest.mark.skipif(
@@ -32,14 +32,6 @@ STRUCTURED = [
 ]
 
 
-def _record_launches(mod, monkeypatch):
-    """The kernels ``mod`` launches from now on, in order (each still runs)."""
-    launched = []
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *a, real=mod._launch: (
-        launched.append(kernel), real(kernel, *a))[1])
-    return launched
-
-
 def _checked_with_tiles(text, tiles, seed, tmp_path, monkeypatch):
     """(module, kernels it launched) after checking ``text`` under ATTNLANG_TILES=``tiles``
     against the reference: grouped heads, key padding (from ``seed``), 70 queries and keys
@@ -47,7 +39,7 @@ def _checked_with_tiles(text, tiles, seed, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNLANG_TILES", tiles)
     expr = _expr(text)
     mod = generated(expr, tmp_path)
-    launched = _record_launches(mod, monkeypatch)
+    launched = record_launches(mod, monkeypatch)
     segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
     kpm = torch.rand(1, 70, generator=torch.Generator().manual_seed(seed)) > 0.2
     check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
@@ -165,7 +157,7 @@ def test_components_reading_queries_in_order_run_in_one_pass(text, tiles, tmp_pa
     expr = _expr(text)
     mod = generated(expr, tmp_path)
     assert mod.FUSED is not None and mod.NUM_COMPONENTS > 1
-    launched = _record_launches(mod, monkeypatch)
+    launched = record_launches(mod, monkeypatch)
     kpm = torch.rand(2, 53, generator=torch.Generator().manual_seed(4)) > 0.3
     kpm[1, :20] = False  # rows whose window holds only padded keys: empty
     segments = torch.tensor([0] * 17 + [1] * 30 + [2] * 6) if "segment" in text else None

@@ -11,7 +11,7 @@ import attnlang
 from attnlang import reference
 from attnlang.cache import load_module
 
-from kernel_utils import generated, pattern_of, random_inputs, rel_err
+from kernel_utils import generated, pattern_of, random_inputs, record_launches, rel_err
 from strategies import segment_ids
 
 pytestmark = pytest.mark.skipif(
@@ -191,10 +191,7 @@ def test_bounds_are_kept_for_the_same_ids_and_rebuilt_when_they_change(tmp_path,
     ids -- to new documents, or out of order -- with the results of the float64 reference."""
     expr = _expr("causal & segment")
     mod = generated(expr, tmp_path)
-    launched = []
-    real_launch = mod._launch
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
-        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    launched = record_launches(mod, monkeypatch)
     L = 45
     ids = torch.tensor([[0] * 12 + [1] * 20 + [2] * 13], dtype=torch.int32)
     q, k, v = random_inputs(1, 2, 2, L, L, 16, torch.float32, seed=3)
@@ -209,7 +206,7 @@ def test_bounds_are_kept_for_the_same_ids_and_rebuilt_when_they_change(tmp_path,
         assert rel_err(out, ref[0]) < 2e-5
         for got, want in zip(grads, ref[2:]):
             assert rel_err(got, want) < 5e-5
-        return launched.count("_segment_bounds")
+        return launched.count(mod._segment_bounds)
 
     assert call() == 2  # the queries' bounds (forward, then dQ) and the keys' (dK/dV)
     assert call() == 0  # the same tensor, unchanged
@@ -230,10 +227,8 @@ def test_bounds_are_kept_across_validated_calls_with_the_same_ids(dtype, tmp_pat
     every call equals the float64 reference."""
     expr = _expr("causal & segment")
     mod = generated(expr, tmp_path)
-    launched, checked = [], []
-    real_launch, real_aminmax = mod._launch, torch.aminmax
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
-        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    launched, checked = record_launches(mod, monkeypatch), []
+    real_aminmax = torch.aminmax
     monkeypatch.setattr(torch, "aminmax", lambda t: (checked.append(1), real_aminmax(t))[1])
     L = 40
     ids = torch.tensor([0] * 9 + [1] * 17 + [2] * 14 + [3] * 6, dtype=dtype)
@@ -246,7 +241,7 @@ def test_bounds_are_kept_across_validated_calls_with_the_same_ids(dtype, tmp_pat
         ref = _per_batch_reference(expr, q, k, v, seg[None].to(torch.int32),
                                    seg[None].to(torch.int32), torch.zeros_like(q))
         assert rel_err(out, ref[0]) < 2e-5
-        return launched.count("_segment_bounds"), len(checked)
+        return launched.count(mod._segment_bounds), len(checked)
 
     int64 = dtype == torch.int64
     assert call(ids[:L]) == (1, int64)
@@ -264,10 +259,7 @@ def test_the_nn_module_builds_bounds_once_for_the_same_ids(tmp_path, monkeypatch
     expr = _expr("causal & segment")
     layer = pattern_of(expr).module(backend="triton", block_m=16, block_n=16, cache_dir=tmp_path)
     mod = load_module(pattern_of(expr), 16, 16, tmp_path)
-    launched = []
-    real_launch = mod._launch
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
-        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    launched = record_launches(mod, monkeypatch)
     ids = torch.tensor([0] * 13 + [1] * 8 + [2] * 14)
     q, k, v = random_inputs(1, 2, 2, 35, 35, 16, torch.float32, seed=8)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(9))
@@ -280,7 +272,7 @@ def test_the_nn_module_builds_bounds_once_for_the_same_ids(tmp_path, monkeypatch
             t.requires_grad_(True)
         out = layer(q, k, v, segments=ids)
         out.backward(do)
-        assert launched.count("_segment_bounds") == built
+        assert launched.count(mod._segment_bounds) == built
         assert rel_err(out, ref[0]) < 2e-5
         for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
             assert rel_err(got, want) < 5e-5
@@ -293,10 +285,7 @@ def test_ids_made_in_inference_mode_work_and_are_not_kept(dtype, tmp_path, monke
     float64 reference (they used to fail on reading the version counter)."""
     expr = _expr("causal & segment")
     mod = generated(expr, tmp_path)
-    launched = []
-    real_launch = mod._launch
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
-        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    launched = record_launches(mod, monkeypatch)
     q, k, v = random_inputs(1, 2, 2, 30, 30, 16, torch.float32, seed=6)
     with torch.inference_mode():
         ids = torch.tensor([0] * 11 + [1] * 19, dtype=dtype)
@@ -307,7 +296,7 @@ def test_ids_made_in_inference_mode_work_and_are_not_kept(dtype, tmp_path, monke
         with torch.inference_mode(inference):
             out = mod.attention(q, k, v, segments=ids)
         assert rel_err(out, ref) < 2e-5
-        assert launched.count("_segment_bounds") == 1
+        assert launched.count(mod._segment_bounds) == 1
 
 
 @pytest.mark.parametrize("text", ["causal & segment", "window(5, 2) & segment"])
@@ -320,10 +309,7 @@ def test_a_forward_that_needs_gradients_builds_the_backwards_bounds_too(text, tm
     gradients builds only its own."""
     expr = _expr(text)
     mod = generated(expr, tmp_path)
-    launched = []
-    real_launch = mod._launch
-    monkeypatch.setattr(mod, "_launch", lambda kernel, *rest: (
-        launched.append(getattr(kernel, "fn", kernel).__name__), real_launch(kernel, *rest)))
+    launched = record_launches(mod, monkeypatch)
     Lq, Lk = 37, 45
     seg_q = torch.tensor([[0] * 10 + [1] * 20 + [2] * 7, [0] * 37], dtype=torch.int32)
     seg_k = torch.tensor([[0] * 12 + [1] * 20 + [2] * 13, [0] * 30 + [1] * 15], dtype=torch.int32)
@@ -331,13 +317,13 @@ def test_a_forward_that_needs_gradients_builds_the_backwards_bounds_too(text, tm
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         mod.attention(q, k, v, segments=(seg_q, seg_k))
-    assert launched.count("_segment_bounds") == 1
+    assert launched.count(mod._segment_bounds) == 1
     launched.clear()
     for t in (q, k, v):
         t.requires_grad_(True)
     mod.attention(q, k, v, segments=(seg_q, seg_k)).backward(do)
-    assert launched.count("_segment_bounds") == 1
-    assert launched.index("_segment_bounds") < len(launched) // 2  # in the forward
+    assert launched.count(mod._segment_bounds) == 1
+    assert launched.index(mod._segment_bounds) < len(launched) // 2  # in the forward
     ref = _per_batch_reference(expr, q, k, v, seg_q, seg_k, do)
     for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
         assert rel_err(got, want) < 5e-5
