@@ -314,6 +314,20 @@ def long_context(lengths=(131072, 1048576), heads=8, d=128, log=print):
     return rows
 
 
+def _rows(records):
+    """``records`` grouped by row, (pattern, n, d, mode, run) -> {impl: record} in order, and
+    SDPA-causal's useful TFLOP/s per (n, d, mode, run): what a row's ratios compare (numbers of
+    one run only, when results of several runs are merged)."""
+    from collections import OrderedDict
+
+    rows = OrderedDict()
+    for r in records:
+        rows.setdefault((r["pattern"], r["n"], r["d"], r["mode"], r.get("run")), {})[r["impl"]] = r
+    causal = {(n, d, mode, run): impls["sdpa-causal"]["tflops"]
+              for (_, n, d, mode, run), impls in rows.items() if "sdpa-causal" in impls}
+    return rows, causal
+
+
 def markdown_table(records) -> str:
     """attnlang vs FlexAttention vs SDPA, useful TFLOP/s, one row per (pattern, n, d, mode).
 
@@ -322,21 +336,17 @@ def markdown_table(records) -> str:
     from collections import OrderedDict
 
     runs = {r.get("run") for r in records}
-    rows = OrderedDict()
     layout = [r for r in records if r["mode"] == "layout"]
     records = [r for r in records if r["mode"] != "layout"]
-    for r in records:
-        key = (r["pattern"], r["n"], r["d"], r["mode"], r.get("run"))
-        rows.setdefault(key, {})[r["impl"]] = r["tflops"]
-    causal = {(r["n"], r["d"], r["mode"], r.get("run")): r["tflops"] for r in records
-              if r["impl"] == "sdpa-causal"}
+    rows, causal = _rows(records)
     extra = len(runs) > 1
     head = ("| pattern | n | d | mode | attnlang | FlexAttention | SDPA (causal / mask / full) | "
             "vs Flex | vs SDPA causal (`all`: full) |" + (" run |" if extra else ""))
     lines = [head, "|---" * (9 + extra) + "|"]
     fmt = lambda x: "—" if x is None else f"{x:.0f}"
     ratio = lambda a, b: "—" if a is None or not b else f"{a / b:.2f}×"
-    for (pattern, n, d, mode, run), impls in rows.items():
+    for (pattern, n, d, mode, run), records_of in rows.items():
+        impls = {impl: r["tflops"] for impl, r in records_of.items()}
         ours = impls.get("attnlang")
         flex = impls.get("flex")
         sdpa = impls.get("sdpa-causal") or impls.get("sdpa-mask") or impls.get("sdpa")
@@ -381,12 +391,7 @@ TEN_X = ("causal & (window(127, 0) | stride(128))",
 def target_summary(records) -> str:
     """How many rows of ``records`` meet each target, and the row furthest from it (a markdown
     table; ratios within one run only, as in `markdown_table`)."""
-    by_row = {}
-    for r in records:
-        by_row.setdefault((r["pattern"], r["n"], r["d"], r["mode"], r.get("run")),
-                          {})[r["impl"]] = r
-    causal = {(n, d, mode, run): impls["sdpa-causal"]["tflops"]
-              for (_, n, d, mode, run), impls in by_row.items() if "sdpa-causal" in impls}
+    by_row, causal = _rows(records)
     checks = {name: [] for name in ("flex", "ten", "sdpa", "share", "layout")}
     for (pattern, n, d, mode, run), impls in by_row.items():
         name = f"`{pattern}` {n // 1024}k d={d} {mode}".replace("|", "\\|")
