@@ -34,7 +34,9 @@ def main():
 
 
 def time_calls(mod, args):
-    """Print the Python time per call of a training forward's layout, a forward, a backward."""
+    """Print the Python time per call of a training forward's layout, a forward, a backward, and
+    of the autograd function's forward and backward (the forward prepares the backward's
+    launches: `_BackwardPlan`)."""
     q, k, v, do = (torch.randn(1, 2, args.n, args.d, dtype=torch.bfloat16) for _ in range(4))
     seg = None
     if mod.USES_SEGMENT:
@@ -42,7 +44,7 @@ def time_calls(mod, args):
         seg = seg.to(torch.int32)[None]
     scale = 1 / math.sqrt(args.d)
     keys_tile = mod._tiles(q, args.d, "dkdv", args.n, k)[:2] if mod.SEG_BOUNDS else None
-    out, lse = mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)
+    out, lse, plan = mod._forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0, False)
     calls = {
         "layout (_prepare, a training forward's)":
             lambda: mod._prepare(q, k, "fwd", seg, seg, None, None, keys_tile),
@@ -50,6 +52,11 @@ def time_calls(mod, args):
                                                            None, 0.0, 0),
         "attention_backward": lambda: mod.attention_backward(do, q, k, v, out, lse, scale, seg,
                                                              seg, None, None, None, 0.0, 0, False),
+        "a training forward (plans its backward)":
+            lambda: mod._forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0, False),
+        "its backward (with that plan)":
+            lambda: mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None,
+                                           None, 0.0, 0, False, plan),
     }
     print(f"{args.pattern}, n={args.n}, d={args.d}: Python per call, launches not run")
     for name, call in calls.items():

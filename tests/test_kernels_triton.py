@@ -554,3 +554,73 @@ def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypat
         for other in grads[1:]:
             for x, y in zip(grads[0], other):
                 assert torch.allclose(x, y, atol=1e-5)
+
+
+def _launch_signature(call):
+    """A recorded launch with its tensors replaced by their dtype, shape and strides."""
+    kernel, grid, args, options = call
+    shown = [(a.dtype, tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
+             for a in args]
+    return kernel.__name__, tuple(grid), shown, options
+
+
+@pytest.mark.parametrize("text, tiles", [
+    ("causal & (window(5, 0) | stride(8))", None),
+    ("window(9) & segment", None),
+    ("causal & (chunk(8) | cols(every(8, 6..8)))", None),
+    ("random(0.3, block = 8, seed = 5) | prefix(3)", "fwd=16x16:4:1,dq=16x16:4:1,"
+                                                     "dkdv=16x32:4:1:a"),
+])
+@pytest.mark.parametrize("bias_grad", [False, True])
+def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, bias_grad,
+                                                                  tmp_path, monkeypatch):
+    """Through autograd the forward prepares its backward's launches (`_BackwardPlan`), so the
+    backward, on autograd's device thread on a GPU, chooses no tiles and builds no tables or
+    shared arguments: it launches what `attention_backward` called without a plan launches, in
+    the same order, with the same grids, arguments and options, and the gradients are the
+    same (residue classes with a band, documents, one pass over a gather component, ':a' dQ;
+    with dropout, and a bias with and without its gradient, which decides ':a')."""
+    if tiles:
+        monkeypatch.setenv("ATTNLANG_TILES", tiles)
+    mod = generated(_expr(text), tmp_path)
+    calls, phase = [], []
+    monkeypatch.setattr(mod, "_launch", lambda *call, real=mod._launch: (
+        calls.append((phase[-1] if phase else "fwd", call)), real(*call))[1])
+    for name in ("_prepare", "_call_args", "_tiles"):
+        monkeypatch.setattr(mod, name, lambda *a, real=getattr(mod, name), name=name: (
+            calls.append((phase[-1] if phase else "fwd", name)), real(*a))[1])
+    real_backward = mod.attention_backward
+
+    def backward(*args):
+        phase.append("bwd")
+        try:
+            return real_backward(*args)
+        finally:
+            phase.pop()
+    monkeypatch.setattr(mod, "attention_backward", backward)
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
+    bias = torch.randn(1, 2, 37, 37, generator=g).requires_grad_(bias_grad)
+    seg = torch.tensor([0] * 11 + [1] * 20 + [2] * 6) if "segment" in text else None
+    out, lse = mod.attention(q, k, v, segments=seg, attn_bias=bias, dropout_p=0.2,
+                             generator=torch.Generator().manual_seed(3), return_lse=True)
+    do = torch.randn(out.shape, generator=g)
+    out.backward(do)
+    planned = [call for where, call in calls if where == "bwd"]
+    assert planned and all(not isinstance(call, str) for call in planned)  # launches only
+    assert any(call == "_prepare" for where, call in calls if where == "fwd")
+    # the same backward without a plan, from the tensors autograd saved
+    seed = next(call[2][-1] for _, call in calls
+                if not isinstance(call, str) and call[0].__name__.startswith("_fwd"))
+    calls.clear()
+    v_ = mod._validate.validate(q, k, v, segments=seg, attn_bias=bias, dropout_p=0.2,
+                                needs_segments=mod.USES_SEGMENT)
+    grads = real_backward(do, v_.q.detach(), v_.k.detach(), v_.v.detach(), out.detach(), lse,
+                          v_.scale, v_.seg_q, v_.seg_k, None, None, v_.attn_bias.detach(), 0.2,
+                          seed, bias_grad)
+    unplanned = [call for _, call in calls if not isinstance(call, str)]
+    assert [_launch_signature(c) for c in unplanned] == [_launch_signature(c) for c in planned]
+    for got, want in zip((q.grad, k.grad, v.grad), grads[:3]):
+        assert torch.equal(got, want)
+    if bias_grad:
+        assert torch.equal(bias.grad, grads[3].sum(0, keepdim=True))
