@@ -2,8 +2,8 @@
 node per call (no graph break, no tracing into Python loops or Triton launchers).
 
 ``attention_op(name, impl)`` registers two ops for an implementation object ``impl`` that has
-``attention_forward`` / ``attention_backward`` with the signatures of a generated module (the
-Triton module, or ``torch_backend.TorchBackend``):
+``attention_forward_with_plan`` / ``attention_backward`` with the signatures of a generated module
+(the Triton module, or ``torch_backend.TorchBackend``):
 
 * ``attnlang::<name>_fwd(q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
   dropout_p, seed) -> (out, lse)``
@@ -79,8 +79,11 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
                 dropout_p, seed):
-        out, lse = _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask,
-                            attn_bias, dropout_p, seed)
+        need_dbias = None  # no backward follows: no plan for it
+        if any(ctx.needs_input_grad[1:4]) or ctx.needs_input_grad[9]:
+            need_dbias = attn_bias is not None and ctx.needs_input_grad[9]
+        out, lse, ctx.plan = _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask,
+                                      attn_mask, attn_bias, dropout_p, seed, need_dbias)
         ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k, key_padding_mask, attn_mask,
                               attn_bias)
         ctx.impl, ctx.scale, ctx.dropout_p, ctx.seed = impl, scale, dropout_p, seed
@@ -93,28 +96,31 @@ class _Eager(torch.autograd.Function):
         need_dbias = attn_bias is not None and ctx.needs_input_grad[9]
         dq, dk, dv, dbias = _backward(ctx.impl, dout, q, k, v, out, lse, ctx.scale, seg_q, seg_k,
                                       kpm, attn_mask, attn_bias, ctx.dropout_p, ctx.seed,
-                                      need_dbias)
+                                      need_dbias, ctx.plan)
         return None, dq, dk, dv, None, None, None, None, None, dbias, None, None
 
 
 def _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
-             dropout_p, seed):
-    """One forward of ``impl`` (masks and biases compact 4-D or None): contiguous ``out`` and
-    float32 ``lse`` -- shared by the custom op and the eager path."""
-    out, lse = impl.attention_forward(q, k, v, scale, seg_q, seg_k, key_padding_mask,
-                                      _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p,
-                                      seed)
-    return out.contiguous(), lse.to(torch.float32).contiguous()
+             dropout_p, seed, need_dbias=None):
+    """One forward of ``impl`` (masks and biases compact 4-D or None): contiguous ``out``,
+    float32 ``lse`` and, where a backward follows (``need_dbias`` not None: the eager path), the
+    plan ``impl`` prepares for it (the generated module's launches; None for the torch backend
+    and for the custom op, whose outputs are tensors only) -- shared by the custom op and the
+    eager path."""
+    out, lse, plan = impl.attention_forward_with_plan(
+        q, k, v, scale, seg_q, seg_k, key_padding_mask, _full(attn_mask, q, k),
+        _full(attn_bias, q, k), dropout_p, seed, need_dbias)
+    return out.contiguous(), lse.to(torch.float32).contiguous(), plan
 
 
 def _backward(impl, do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask, attn_mask,
-              attn_bias, dropout_p, seed, need_dbias):
-    """One backward of ``impl``: dq, dk, dv contiguous in the inputs' dtypes, and the bias
-    gradient in the bias's own (compact) shape and dtype, or None -- shared by the custom op and
-    the eager path."""
+              attn_bias, dropout_p, seed, need_dbias, plan=None):
+    """One backward of ``impl`` (``plan``: its forward's, or None): dq, dk, dv contiguous in the
+    inputs' dtypes, and the bias gradient in the bias's own (compact) shape and dtype, or None --
+    shared by the custom op and the eager path."""
     dq, dk, dv, dbias = impl.attention_backward(
         do.contiguous(), q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask,
-        _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p, seed, need_dbias)
+        _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p, seed, need_dbias, plan)
     if need_dbias and attn_bias is not None and dbias is not None:
         dbias = _reduce_to(dbias, attn_bias.shape).to(attn_bias.dtype).contiguous()
     else:
@@ -133,7 +139,7 @@ def _register(name, impl):
                 attn_bias: Optional[torch.Tensor], dropout_p: float,
                 seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
         return _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask,
-                        attn_bias, dropout_p, seed)
+                        attn_bias, dropout_p, seed)[:2]
 
     @forward.register_fake
     def _(q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias, dropout_p, seed):

@@ -11,8 +11,9 @@ The backward pass is written by hand, FlashAttention style: it recomputes each b
 uses the final ``lse`` and ``delta = rowsum(dO * O)`` and accumulates ``dq``/``dk``/``dv`` (and
 ``dbias``) with ``index_put_(accumulate=True)``.  Everything is computed in float32.
 
-``TorchBackend(expr, block_m, block_n)`` has ``attention_forward`` / ``attention_backward`` with
-the same signatures as a generated Triton module (inputs already validated by ``validate.py``),
+``TorchBackend(expr, block_m, block_n)`` has ``attention_forward``,
+``attention_forward_with_plan`` and ``attention_backward`` with the same signatures as a generated
+Triton module (inputs already validated by ``validate.py``),
 so the runtime wraps both the same way.
 
 Dropout (training only) drops pair ``(b, h, q, k)`` when a counter-based hash of
@@ -203,6 +204,13 @@ class TorchBackend:
                     self._forward_block(c, w, bsel, sq, sk, out, lse)
         return out.to(q.dtype), lse
 
+    def attention_forward_with_plan(self, q, k, v, scale, seg_q, seg_k, key_padding_mask,
+                                    attn_mask, attn_bias, dropout_p, seed, need_dbias):
+        """``attention_forward``'s ``(out, lse)`` and its backward's plan: None (a generated
+        module's plan holds its launches; here the backward has nothing to prepare)."""
+        return (*self.attention_forward(q, k, v, scale, seg_q, seg_k, key_padding_mask,
+                                        attn_mask, attn_bias, dropout_p, seed), None)
+
     def _forward_block(self, c, w, bsel, sq, sk, out, lse):
         _, _, vb, s, drop = self._scores(c, w, bsel, sq, sk)
         mx = s.amax(-1)
@@ -228,9 +236,10 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ backward
     def attention_backward(self, do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask,
-                           attn_mask, attn_bias, dropout_p, seed, need_dbias):
+                           attn_mask, attn_bias, dropout_p, seed, need_dbias, plan=None):
         """``(dq, dk, dv, dbias)``; ``dbias`` (float32) has ``attn_bias``'s shape with its
-        broadcast (stride-0) dimensions reduced to 1, or is ``None``."""
+        broadcast (stride-0) dimensions reduced to 1, or is ``None``.  ``plan``: the forward's
+        (None; accepted as a generated module's backward takes it)."""
         c = _Ctx(q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
                  dropout_p, seed)
         f32 = dict(dtype=torch.float32, device=q.device)

@@ -44,7 +44,7 @@ def time_calls(mod, args):
         seg = seg.to(torch.int32)[None]
     scale = 1 / math.sqrt(args.d)
     keys_tile = mod._tiles(q, args.d, "dkdv", args.n, k)[:2] if mod.SEG_BOUNDS else None
-    out, lse, plan = mod._forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0, False)
+    out, lse, plan = mod.attention_forward_with_plan(q, k, v, scale, seg, seg, None, None, None, 0.0, 0, False)
     calls = {
         "layout (_prepare, a training forward's)":
             lambda: mod._prepare(q, k, "fwd", seg, seg, None, None, keys_tile),
@@ -53,7 +53,7 @@ def time_calls(mod, args):
         "attention_backward": lambda: mod.attention_backward(do, q, k, v, out, lse, scale, seg,
                                                              seg, None, None, None, 0.0, 0, False),
         "a training forward (plans its backward)":
-            lambda: mod._forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0, False),
+            lambda: mod.attention_forward_with_plan(q, k, v, scale, seg, seg, None, None, None, 0.0, 0, False),
         "its backward (with that plan)":
             lambda: mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None,
                                            None, 0.0, 0, False, plan),

@@ -564,22 +564,27 @@ def _launch_signature(call):
     return kernel.__name__, tuple(grid), shown, options
 
 
-@pytest.mark.parametrize("text, tiles", [
-    ("causal & (window(5, 0) | stride(8))", None),
-    ("window(9) & segment", None),
-    ("causal & (chunk(8) | cols(every(8, 6..8)))", None),
-    ("random(0.3, block = 8, seed = 5) | prefix(3)", "fwd=16x16:4:1,dq=16x16:4:1,"
-                                                     "dkdv=16x32:4:1:a"),
+_ATOMIC = "fwd=16x16:4:1,dq=16x16:4:1,dkdv=16x32:4:1:a"
+
+
+@pytest.mark.parametrize("text, tiles, bias_grad, entry", [
+    ("causal & (window(5, 0) | stride(8))", None, False, "module"),
+    ("window(9) & segment", None, True, "module"),
+    ("window(9) & segment", None, False, "generated"),
+    ("causal & (chunk(8) | cols(every(8, 6..8)))", None, True, "generated"),
+    ("random(0.3, block = 8, seed = 5) | prefix(3)", _ATOMIC, False, "module"),
+    ("random(0.3, block = 8, seed = 5) | prefix(3)", _ATOMIC, True, "generated"),
 ])
-@pytest.mark.parametrize("bias_grad", [False, True])
-def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, bias_grad,
+def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, bias_grad, entry,
                                                                   tmp_path, monkeypatch):
     """Through autograd the forward prepares its backward's launches (`_BackwardPlan`), so the
     backward, on autograd's device thread on a GPU, chooses no tiles and builds no tables or
     shared arguments: it launches what `attention_backward` called without a plan launches, in
     the same order, with the same grids, arguments and options, and the gradients are the
     same (residue classes with a band, documents, one pass over a gather component, ':a' dQ;
-    with dropout, and a bias with and without its gradient, which decides ':a')."""
+    with dropout, and a bias with and without its gradient, which decides ':a').  Both autograd
+    entries: the generated module's own `attention` and `Pattern.module` (the custom op's eager
+    path)."""
     if tiles:
         monkeypatch.setenv("ATTNLANG_TILES", tiles)
     mod = generated(_expr(text), tmp_path)
@@ -602,8 +607,11 @@ def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, b
     q, k, v = (torch.randn(2, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
     bias = torch.randn(1, 2, 37, 37, generator=g).requires_grad_(bias_grad)
     seg = torch.tensor([0] * 11 + [1] * 20 + [2] * 6) if "segment" in text else None
-    out, lse = mod.attention(q, k, v, segments=seg, attn_bias=bias, dropout_p=0.2,
-                             generator=torch.Generator().manual_seed(3), return_lse=True)
+    call = mod.attention if entry == "generated" else pattern_of(_expr(text)).module(
+        backend="triton", block_m=16, block_n=16, cache_dir=tmp_path, dropout=0.2)
+    kwargs = dict(dropout_p=0.2) if entry == "generated" else {}
+    out, lse = call(q, k, v, segments=seg, attn_bias=bias, return_lse=True,
+                    generator=torch.Generator().manual_seed(3), **kwargs)
     do = torch.randn(out.shape, generator=g)
     out.backward(do)
     planned = [call for where, call in calls if where == "bwd"]
@@ -613,8 +621,10 @@ def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, b
     seed = next(call[2][-1] for _, call in calls
                 if not isinstance(call, str) and call[0].__name__.startswith("_fwd"))
     calls.clear()
-    v_ = mod._validate.validate(q, k, v, segments=seg, attn_bias=bias, dropout_p=0.2,
-                                needs_segments=mod.USES_SEGMENT)
+    from attnlang import validate  # the module's own copy keeps its own int32 ids
+    validator = mod._validate if entry == "generated" else validate
+    v_ = validator.validate(q, k, v, segments=seg, attn_bias=bias, dropout_p=0.2,
+                            needs_segments=mod.USES_SEGMENT)
     grads = real_backward(do, v_.q.detach(), v_.k.detach(), v_.v.detach(), out.detach(), lse,
                           v_.scale, v_.seg_q, v_.seg_k, None, None, v_.attn_bias.detach(), 0.2,
                           seed, bias_grad)
