@@ -97,6 +97,11 @@ def main():
         out, lse = paths["attention_forward"]()
         paths["attention_backward"] = lambda: gen.attention_backward(
             do, q, k, v, out, lse, scale, seg2, seg2, None, None, None, 0.0, 0, False)
+        if hasattr(gen, "attention_forward_with_plan"):  # since round 14
+            plan = gen.attention_forward_with_plan(q, k, v, scale, seg2, seg2, None, None, None,
+                                                   0.0, 0, False)[2]
+            paths["backward, planned"] = lambda: gen.attention_backward(
+                do, q, k, v, out, lse, scale, seg2, seg2, None, None, None, 0.0, 0, False, plan)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
