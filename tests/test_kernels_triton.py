@@ -634,3 +634,56 @@ def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, b
         assert torch.equal(got, want)
     if bias_grad:
         assert torch.equal(bias.grad, grads[3].sum(0, keepdim=True))
+
+
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
+                                  "causal & (chunk(8) | cols(every(8, 6..8)))"])
+def test_a_call_reuses_the_launches_prepared_for_its_geometry(text, tmp_path, monkeypatch):
+    """A call whose geometry (shapes, dtype, device, scale, seed, gradients, tiles) and ids are
+    those of an earlier call launches what that call prepared: no tiles, tables or argument
+    lists, the same launches, the same results.  A new scale, an in-place change of the ids, a
+    key padding mask or dropout prepare the call again (residue classes with a band, documents,
+    one pass over a gather component)."""
+    mod = generated(_expr(text), tmp_path)
+    calls = []
+    monkeypatch.setattr(mod, "_launch", lambda *call, real=mod._launch: (
+        calls.append(call), real(*call))[1])
+    for name in ("_prepare", "_call_args", "_tiles"):
+        monkeypatch.setattr(mod, name, lambda *a, real=getattr(mod, name), name=name: (
+            calls.append(name), real(*a))[1])
+    g = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(2, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
+    do = torch.randn(q.shape, generator=g)
+    seg = torch.tensor([0] * 11 + [1] * 20 + [2] * 6) if "segment" in text else None
+
+    def step(**kwargs):
+        calls.clear()
+        for t in (q, k, v):
+            t.grad = None
+        out = mod.attention(q, k, v, segments=seg, **kwargs)
+        out.backward(do)
+        prepared = [c for c in calls if isinstance(c, str)]
+        return out, [t.grad for t in (q, k, v)], prepared, [
+            _launch_signature(c) for c in calls if not isinstance(c, str)]
+
+    first = step()
+    again = step()
+    assert first[2] and not again[2]  # prepared once
+    # the same launches, but for the documents' bounds, built once and kept
+    assert again[3] == [c for c in first[3] if c[0] != "_segment_bounds"]
+    for x, y in zip([first[0], *first[1]], [again[0], *again[1]]):
+        assert torch.equal(x, y)
+    assert step(scale=0.3)[2]
+    if seg is not None:
+        seg[-3:] = 3  # in place: a new document at the end
+        changed = step()
+        assert changed[2]
+        from attnlang import reference
+        keep = reference.mask(_expr(text), 37, 37, num_heads=2, segments=seg)
+        ref, _ = reference.attention(q.detach().double(), k.detach().double(),
+                                     v.detach().double(), keep[None])
+        assert torch.allclose(changed[0].double(), ref, atol=1e-4)
+    pad = torch.ones(2, 37, dtype=torch.bool)
+    pad[1, 30:] = False
+    assert step(key_padding_mask=pad)[2] and step(key_padding_mask=pad)[2]
+    assert step(dropout_p=0.1)[2] and step(dropout_p=0.1)[2]
