@@ -4,7 +4,12 @@ run on CPU tensors with every kernel launch replaced by a no-op and the tiles ch
 bounds' bookkeeping, argument lists -- not the launches, the allocator of a GPU or autograd's
 device thread (`benchmarks/host_overhead.py` measures those on the GPU).
 
-    python benchmarks/host_python.py [--pattern "causal & segment"] [--n 8192] [--d 64]
+    python benchmarks/host_python.py [--pattern "causal & segment"] [--n 8192] [--d 64] [--direct]
+
+--direct times the launches' own bookkeeping too: every launch takes the direct path
+(`_launch`, `_launch_prepared`) to a stand-in compiled kernel whose launcher does nothing, so the
+keys, the argument lists and the call up to Triton's launcher are counted (what is left out is
+the launcher itself, about 30 µs per launch on the GPU host: NOTES round 14).
 """
 import argparse
 import math
@@ -27,10 +32,30 @@ def main():
     parser.add_argument("--pattern", default="causal & segment")
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--direct", action="store_true")
     args = parser.parse_args()
     mod = load_module(attnlang.parse(f"pattern x = {args.pattern}")["x"])
-    with compile_check.as_on_gpu(mod, lambda kernel, grid, call_args, options: None):
-        time_calls(mod, args)
+    if not args.direct:
+        with compile_check.as_on_gpu(mod, lambda kernel, grid, call_args, options: None):
+            time_calls(mod, args)
+        return
+    saved = (mod._direct_ok, mod._current_stream, mod._compile_and_launch)
+    mod._direct_ok = lambda call_args: True
+    mod._current_stream = lambda: (0, 0)
+    mod._compile_and_launch = lambda *launch: _StandIn()
+    try:
+        with compile_check.as_on_gpu(mod, mod._launch):
+            time_calls(mod, args)
+    finally:
+        mod._direct_ok, mod._current_stream, mod._compile_and_launch = saved
+
+
+class _StandIn:
+    """A compiled kernel whose launcher does nothing."""
+    function, packed_metadata = None, None
+
+    def run(self, *launch):
+        pass
 
 
 def time_calls(mod, args):
@@ -58,7 +83,8 @@ def time_calls(mod, args):
             lambda: mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None,
                                            None, 0.0, 0, False, plan),
     }
-    print(f"{args.pattern}, n={args.n}, d={args.d}: Python per call, launches not run")
+    launches = "direct to a stand-in kernel" if args.direct else "not run"
+    print(f"{args.pattern}, n={args.n}, d={args.d}: Python per call, launches {launches}")
     for name, call in calls.items():
         times = timeit.repeat(call, number=200, repeat=5)
         print(f"  {name:42s} {sorted(times)[2] / 200 * 1e6:7.1f} us")

@@ -241,3 +241,50 @@ def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     assert ("_bwd_delta" in launched) == (":a" in (tiles or "")) and any(
         name.startswith("_bwd_dkdv") for name in launched)
     assert all(launched.values()), launched
+
+
+def _shown(run_args):
+    return [(a.dtype, tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
+            for a in run_args]
+
+
+@pytest.mark.parametrize("text", ["causal & (window(7, 0) | stride(16))", "causal & segment",
+                                  "causal & (chunk(16) | cols(every(16, 14..16)))"])
+def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
+    """A call whose launches are kept (`_call_key`) calls every compiled kernel straight away
+    from its third step on (`_launch_prepared`; the second goes through `_launch`'s own direct
+    path), nothing through Triton, passing what `_launch` itself passes: grid, stream, the
+    compiled function, the arguments in order and the constexprs' values.  Only the call's
+    tensors and strides are keyed each time."""
+    module = _launching_directly(text, monkeypatch)
+    compiled, through = Compiled(), []
+    monkeypatch.setattr(module, "_compile_and_launch", lambda *launch: (
+        through.append(launch), compiled)[1])
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g).requires_grad_(True) for _ in range(3))
+    do = torch.randn(q.shape, generator=g)
+    seg = torch.tensor([0] * 15 + [1] * 25) if "segment" in text else None
+
+    def step():
+        for t in (q, k, v):
+            t.grad = None
+        module.attention(q, k, v, segments=seg).backward(do)
+    step()  # first: through Triton (here a stand-in), filling `_launch`'s cache
+    first = [launch for launch in through if launch[0] is not module._segment_bounds]
+    through.clear()
+    step()  # second: `_launch`'s direct path, filling each kept launch's own cache
+    assert not through
+    compiled.calls.clear()
+    keyed = []  # the argument lists a step's launches are keyed by
+    monkeypatch.setattr(module, "_specialisation", lambda args, real=module._specialisation: (
+        keyed.append(len(args)), real(args))[1])
+    step()
+    assert not through
+    # only the call's own tensors and strides: the kept arguments' part of the key is kept too
+    assert keyed and max(keyed) < min(len(args) for _, _, args, _ in first)
+    expected = []
+    for kernel, grid, args, options in first:
+        names = list(kernel.arg_names)[len(args):]
+        expected.append((grid[0], grid[1], 1, 1234, "function", "metadata", None, None, None,
+                         *args, *(options[name] for name in names)))
+    assert [_shown(run) for run in compiled.calls] == [_shown(run) for run in expected]
