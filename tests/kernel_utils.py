@@ -27,6 +27,25 @@ def record_launches(mod, monkeypatch):
     return launched
 
 
+def record_host_work(mod, monkeypatch, tag=lambda: None):
+    """The generated module ``mod``'s launches and preparing calls from now on, in order (each
+    still runs): ``(tag(), (kernel, grid, args, options))`` per launch, ``(tag(), name)`` per call
+    of `_prepare`, `_call_args` or `_tiles` (the tiles, tables and argument lists of a call)."""
+    work = []
+    monkeypatch.setattr(mod, "_launch", lambda *launch, real=mod._launch: (
+        work.append((tag(), launch)), real(*launch))[1])
+    for name in ("_prepare", "_call_args", "_tiles"):
+        monkeypatch.setattr(mod, name, lambda *a, real=getattr(mod, name), name=name: (
+            work.append((tag(), name)), real(*a))[1])
+    return work
+
+
+def shapes_of(values):
+    """``values`` with each tensor replaced by its dtype, shape and strides."""
+    return [(v.dtype, tuple(v.shape), v.stride()) if isinstance(v, torch.Tensor) else v
+            for v in values]
+
+
 def random_inputs(B, Hq, Hkv, Lq, Lk, D, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, Hq, Lq, D, generator=g).to(dtype)

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from attnlang import ir
 
-from kernel_utils import check_against_reference, generated, pattern_of, record_launches
+from kernel_utils import (check_against_reference, generated, pattern_of, record_host_work,
+                          record_launches, shapes_of)
 from strategies import bound_patterns, lengths, segments_for
 
 pytestmark = pytest.mark.skipif(
@@ -559,9 +560,7 @@ def test_dq_added_up_in_the_dkdv_pass_under_bias_and_dropout(tmp_path, monkeypat
 def _launch_signature(call):
     """A recorded launch with its tensors replaced by their dtype, shape and strides."""
     kernel, grid, args, options = call
-    shown = [(a.dtype, tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
-             for a in args]
-    return kernel.__name__, tuple(grid), shown, options
+    return kernel.__name__, tuple(grid), shapes_of(args), options
 
 
 _ATOMIC = "fwd=16x16:4:1,dq=16x16:4:1,dkdv=16x32:4:1:a"
@@ -588,12 +587,8 @@ def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, b
     if tiles:
         monkeypatch.setenv("ATTNLANG_TILES", tiles)
     mod = generated(_expr(text), tmp_path)
-    calls, phase = [], []
-    monkeypatch.setattr(mod, "_launch", lambda *call, real=mod._launch: (
-        calls.append((phase[-1] if phase else "fwd", call)), real(*call))[1])
-    for name in ("_prepare", "_call_args", "_tiles"):
-        monkeypatch.setattr(mod, name, lambda *a, real=getattr(mod, name), name=name: (
-            calls.append((phase[-1] if phase else "fwd", name)), real(*a))[1])
+    phase = []
+    calls = record_host_work(mod, monkeypatch, lambda: phase[-1] if phase else "fwd")
     real_backward = mod.attention_backward
 
     def backward(*args):
@@ -645,23 +640,19 @@ def test_a_call_reuses_the_launches_prepared_for_its_geometry(text, tmp_path, mo
     key padding mask or dropout prepare the call again (residue classes with a band, documents,
     one pass over a gather component)."""
     mod = generated(_expr(text), tmp_path)
-    calls = []
-    monkeypatch.setattr(mod, "_launch", lambda *call, real=mod._launch: (
-        calls.append(call), real(*call))[1])
-    for name in ("_prepare", "_call_args", "_tiles"):
-        monkeypatch.setattr(mod, name, lambda *a, real=getattr(mod, name), name=name: (
-            calls.append(name), real(*a))[1])
+    work = record_host_work(mod, monkeypatch)
     g = torch.Generator().manual_seed(13)
     q, k, v = (torch.randn(2, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
     do = torch.randn(q.shape, generator=g)
     seg = torch.tensor([0] * 11 + [1] * 20 + [2] * 6) if "segment" in text else None
 
     def step(**kwargs):
-        calls.clear()
+        work.clear()
         for t in (q, k, v):
             t.grad = None
         out = mod.attention(q, k, v, segments=seg, **kwargs)
         out.backward(do)
+        calls = [c for _, c in work]
         prepared = [c for c in calls if isinstance(c, str)]
         return out, [t.grad for t in (q, k, v)], prepared, [
             _launch_signature(c) for c in calls if not isinstance(c, str)]

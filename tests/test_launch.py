@@ -6,7 +6,7 @@ import pytest
 import torch
 import triton
 
-from kernel_utils import pattern_of
+from kernel_utils import pattern_of, shapes_of
 from test_kernels_triton import _expr
 
 
@@ -243,11 +243,6 @@ def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     assert all(launched.values()), launched
 
 
-def _shown(run_args):
-    return [(a.dtype, tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
-            for a in run_args]
-
-
 @pytest.mark.parametrize("text", ["causal & (window(7, 0) | stride(16))", "causal & segment",
                                   "causal & (chunk(16) | cols(every(16, 14..16)))"])
 def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
@@ -287,4 +282,4 @@ def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
         names = list(kernel.arg_names)[len(args):]
         expected.append((grid[0], grid[1], 1, 1234, "function", "metadata", None, None, None,
                          *args, *(options[name] for name in names)))
-    assert [_shown(run) for run in compiled.calls] == [_shown(run) for run in expected]
+    assert [shapes_of(run) for run in compiled.calls] == [shapes_of(run) for run in expected]
