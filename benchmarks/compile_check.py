@@ -48,6 +48,9 @@ class _OnGpu:
 
 
 def _type(value):
+    if type(value).__name__ == "TensorDescriptor":  # made on the host (HOST_DESC)
+        base = value.base._t if isinstance(value.base, _OnGpu) else value.base
+        return f"tensordesc<{DTYPES[base.dtype]}[{', '.join(map(str, value.block_shape))}]>"
     if isinstance(value, torch.Tensor):
         return "*" + DTYPES[value.dtype]
     if isinstance(value, bool):

@@ -253,6 +253,55 @@ def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "causal & segment",
+                                  "random(0.3, block = 8, seed = 5) | global(0..3)"])
+def test_host_descriptors_over_every_heads_rows(text, tmp_path, monkeypatch):
+    """Where every tile ends at its rows' end (lengths that fill whole tiles) and the tensors' heads
+    follow each other in memory, ':d' tiles read K, V (and in dK/dV Q, dO) through one descriptor
+    per tensor made on the host over every batch's and head's rows (HOST_DESC), each program
+    starting at its own head's rows: equal to the reference with two batches, grouped heads and
+    key padding.  A residue-class component keeps the descriptors its kernel makes (its tiles
+    step through rows), and so do tensors in a [B, L, H, D] layout, with the same results."""
+    monkeypatch.setenv("ATTNLANG_TILES", "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d")
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    seen = []
+
+    def launch(kernel, grid, args, options, real=mod._launch):
+        descs = [a for a in args if isinstance(a, mod._TensorDescriptor)]
+        seen.append((kernel.__name__, options.get("DESC"), options.get("HOST_DESC"), len(descs)))
+        return real(kernel, grid, args, options)
+    monkeypatch.setattr(mod, "_launch", launch)
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 13) if "segment" in text else None
+    kpm = torch.rand(2, 64, generator=torch.Generator().manual_seed(3)) > 0.2
+    check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=64, Lk=64, D=16,
+                            dtype=torch.float32, segments=segments, key_padding_mask=kpm)
+    for role in ("_fwd", "_bwd_dq", "_bwd_dkdv"):  # every role read through the host's
+        assert any(name.startswith(role) and host for name, _, host, _ in seen), (role, seen)
+    assert all(count == (2 if host else 0) for _, _, host, count in seen)
+    residue = "stride" in text  # its component's kernels make their own
+    assert any(desc and not host for _, desc, host, _ in seen) == residue
+
+    # the same values in a [B, L, H, D] layout: no one descriptor covers a head's rows
+    q, k, v = (torch.randn(2, h, 64, 16, generator=torch.Generator().manual_seed(h))
+               for h in (4, 2, 2))
+    results = []
+    for layout in ("rows", "heads inside"):
+        if layout == "heads inside":
+            q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        if layout == "heads inside":
+            leaves = [t.transpose(1, 2).contiguous().transpose(1, 2).detach().requires_grad_(True)
+                      for t in leaves]
+        seen.clear()
+        out = mod.attention(*leaves, segments=segments, key_padding_mask=kpm)
+        out.backward(torch.ones_like(out))
+        assert any(host for _, _, host, _ in seen) == (layout == "rows")
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "causal & segment",
                                   "prefix(9) | causal"])
 def test_query_blocks_in_reverse_order(text, tmp_path, monkeypatch):
     """':r' forward and dQ tiles start the last query blocks first, whatever the pattern's rows
