@@ -252,15 +252,22 @@ def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeyp
                             dtype=torch.float32, segments=segments, key_padding_mask=kpm)
 
 
-@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "causal & segment",
-                                  "random(0.3, block = 8, seed = 5) | global(0..3)"])
-def test_host_descriptors_over_every_heads_rows(text, tmp_path, monkeypatch):
-    """Where every tile ends at its rows' end (lengths that fill whole tiles) and the tensors' heads
-    follow each other in memory, ':d' tiles read K, V (and in dK/dV Q, dO) through one descriptor
-    per tensor made on the host over every batch's and head's rows (HOST_DESC), each program
-    starting at its own head's rows: equal to the reference with two batches, grouped heads and
-    key padding.  A residue-class component keeps the descriptors its kernel makes (its tiles
-    step through rows), and so do tensors in a [B, L, H, D] layout, with the same results."""
+@pytest.mark.parametrize("text, length, d, kernel_made", [
+    ("causal & (window(5, 0) | stride(8))", 64, 16, True),  # classes of 8 rows: uneven
+    ("causal & (window(5, 0) | stride(8))", 256, 16, False),  # classes of 32 rows
+    ("causal & (window(5, 0) | stride(4))", 128, 24, True),  # residue tiles wider than the head
+    ("causal & segment", 64, 16, False),
+    ("random(0.3, block = 8, seed = 5) | global(0..3)", 64, 16, False)])
+def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tmp_path,
+                                                monkeypatch):
+    """Where every tile ends at its rows' end (lengths that fill whole tiles; residue classes of
+    equal lengths, tiles as wide as the head) and the tensors' heads follow each other in memory,
+    ':d' tiles read K, V (and in dK/dV Q, dO) through one descriptor per tensor made on the host
+    over every batch's and head's rows (HOST_DESC; a residue class's rows as one column block of
+    a [rows / step, step * D] view), each program starting at its own head's and class's rows:
+    equal to the reference with two batches, grouped heads and key padding.  Elsewhere the
+    kernels make their own, and so do they for tensors in a [B, L, H, D] layout, with the same
+    results."""
     monkeypatch.setenv("ATTNLANG_TILES", "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d")
     expr = _expr(text)
     mod = generated(expr, tmp_path)
@@ -272,26 +279,21 @@ def test_host_descriptors_over_every_heads_rows(text, tmp_path, monkeypatch):
         return real(kernel, grid, args, options)
     monkeypatch.setattr(mod, "_launch", launch)
     segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 13) if "segment" in text else None
-    kpm = torch.rand(2, 64, generator=torch.Generator().manual_seed(3)) > 0.2
-    check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=64, Lk=64, D=16,
+    kpm = torch.rand(2, length, generator=torch.Generator().manual_seed(3)) > 0.2
+    check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=length, Lk=length, D=d,
                             dtype=torch.float32, segments=segments, key_padding_mask=kpm)
     for role in ("_fwd", "_bwd_dq", "_bwd_dkdv"):  # every role read through the host's
         assert any(name.startswith(role) and host for name, _, host, _ in seen), (role, seen)
     assert all(count == (2 if host else 0) for _, _, host, count in seen)
-    residue = "stride" in text  # its component's kernels make their own
-    assert any(desc and not host for _, desc, host, _ in seen) == residue
+    assert any(desc and not host for _, desc, host, _ in seen) == kernel_made
 
     # the same values in a [B, L, H, D] layout: no one descriptor covers a head's rows
-    q, k, v = (torch.randn(2, h, 64, 16, generator=torch.Generator().manual_seed(h))
+    q, k, v = (torch.randn(2, h, length, d, generator=torch.Generator().manual_seed(h))
                for h in (4, 2, 2))
     results = []
     for layout in ("rows", "heads inside"):
-        if layout == "heads inside":
-            q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-        if layout == "heads inside":
-            leaves = [t.transpose(1, 2).contiguous().transpose(1, 2).detach().requires_grad_(True)
-                      for t in leaves]
+        leaves = [(t.clone() if layout == "rows" else t.transpose(1, 2).contiguous().transpose(1, 2))
+                  .requires_grad_(True) for t in (q, k, v)]
         seen.clear()
         out = mod.attention(*leaves, segments=segments, key_padding_mask=kpm)
         out.backward(torch.ones_like(out))
@@ -370,7 +372,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert tile(96, "dkdv") == (64, 64, 4, 2, False, False)
     assert tile(96, "fwd") == (128, 128, 8, 3, None, False)
     assert tile(80, "dq") == (128, 64, 8, 2, None, False)
-    assert tile(64, "dq") == (64, 64, 4, 3, None, False)
+    assert tile(64, "dq") == (64, 64, 4, 3, None, True)
     assert tile(64, "fwd") == (64, 64, 4, 3, None, True)
     assert tile(48, "dq") == (64, 64, 4, 2, None, False)
     assert tile(256, "fwd") == (64, 64, 4, 2, None, False)
@@ -430,20 +432,31 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
         return bm, bn, opts["num_stages"], opts["DESC"]
     assert fwd64(64.0) == (64, 128, 3, True)  # TILES_LONG
     assert fwd64(20.0) == (64, 64, 3, True)  # TILES_TUNED
+    # round 15: the d = 64 dQ reads through descriptors, and dK/dV on long rows (TILES_LONG)
+    assert fwd64(20.0, role="dq") == (64, 64, 3, True)
+    assert fwd64(64.0, role="dkdv") == (64, 64, 3, True)
+    assert fwd64(20.0, role="dkdv") == (64, 64, 3, False)
+    # ... but short rows' dQ stays plain, and a gather pattern's keeps 32 keys per step
+    assert fwd64(8.0, role="dq") == (64, 64, 3, False)
+    assert fwd64(8.0, gather, "dq") == (64, 32, 3, False)
     assert fwd64(float("inf")) == (64, 64, 3, True)
     # short rows: three stages (round 13), but two for a pattern with a gather component
     assert fwd64(8.0) == (64, 64, 3, False) and fwd64(1.5) == (64, 64, 3, False)
     assert fwd64(1.5, gather) == (64, 64, 2, False)
-    # document masks: 32 keys per step in the d = 64 forward and in dQ (TILES_SEGMENT)
+    # document masks: 32 keys per step in the forward and in dQ (TILES_SEGMENT), the forward
+    # through descriptors (round 15), and without them the same tiles read the plain way
     docs = load_module(pattern_of(_expr("causal & segment")))
     assert docs.SEG_BOUNDS
-    assert fwd64(0.0, docs) == (64, 32, 3, False) and fwd64(0.0, docs, "dq")[:2] == (64, 32)
-    assert docs._tiles(Aligned(), 128, "dq", 256, k)[:2] == (64, 64)  # as its forward's
-    assert docs._tiles(Aligned(), 128, "fwd", 256, k)[:2] == (64, 64)
+    assert fwd64(0.0, docs) == (64, 32, 3, True) and fwd64(0.0, docs, "dq") == (64, 32, 3, False)
+    assert fwd64(0.0, docs, "dkdv") == (64, 64, 3, False)
+    assert docs._tiles(Aligned(), 128, "dq", 256, k)[:2] == (64, 32)  # as its forward's
+    assert docs._tiles(Aligned(), 128, "fwd", 256, k)[:2] == (64, 32)
+    for role in ("fwd", "dq"):
+        bm, bn, opts = docs._tiles(Aligned(), 128, role, 256, k[..., 1:])
+        assert (bm, bn, opts["num_stages"], opts["DESC"]) == (64, 32, 3, False)
     # a row's partial blocks in one loop (':j') where round 12 measured it faster
     # (None: each launch decides, `test_default_partial_join_skips_residue_classes`)
-    assert all(docs._tiles(Aligned(), 128, role, 256, k)[2]["JOIN_PARTIAL"] is None
-               for role in ("dkdv", "dq"))
+    assert docs._tiles(Aligned(), 128, "dkdv", 256, k)[2]["JOIN_PARTIAL"] is None
     assert mod._tiles(Aligned64(), 64, "dkdv", 256, k64)[2]["JOIN_PARTIAL"] is None
     assert mod._tiles(Aligned64(), 64, "dq", 256, k64)[2]["JOIN_PARTIAL"] is False
 
