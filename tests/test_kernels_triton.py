@@ -287,6 +287,15 @@ def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tm
     assert all(count == (2 if host else 0) for _, _, host, count in seen)
     assert any(desc and not host for _, desc, host, _ in seen) == kernel_made
 
+    # the launches' descriptors are what Triton's own constructor makes (without its checks)
+    import dataclasses
+    t = torch.zeros(2, 4, length, d)
+    fast = mod._descriptor(t, [2 * 4 * length, d], [d, 1], [16, 32])
+    slow = mod._TensorDescriptor(t, [2 * 4 * length, d], [d, 1], [16, 32])
+    assert all(getattr(fast, f.name) is getattr(slow, f.name) or
+               getattr(fast, f.name) == getattr(slow, f.name)
+               for f in dataclasses.fields(mod._TensorDescriptor))
+
     # the same values in a [B, L, H, D] layout: no one descriptor covers a head's rows
     q, k, v = (torch.randn(2, h, length, d, generator=torch.Generator().manual_seed(h))
                for h in (4, 2, 2))
