@@ -271,6 +271,7 @@ def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tm
     monkeypatch.setenv("ATTNLANG_TILES", "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d")
     expr = _expr(text)
     mod = generated(expr, tmp_path)
+    monkeypatch.setattr(mod, "HOST_DESC_MIN_PROGRAMS", 0)  # GPU calls: from 2048 programs on
     seen = []
 
     def launch(kernel, grid, args, options, real=mod._launch):
@@ -310,6 +311,14 @@ def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tm
         results.append([out.detach()] + [t.grad for t in leaves])
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-5)
+
+    # launches of fewer programs than HOST_DESC_MIN_PROGRAMS keep the kernel's own descriptors
+    # (their host cost would outweigh what they save)
+    monkeypatch.setattr(mod, "HOST_DESC_MIN_PROGRAMS", 10 ** 6)
+    seen.clear()
+    mod.attention(*[t.clone().requires_grad_(True) for t in (q, k, v)], segments=segments,
+                  key_padding_mask=kpm).sum().backward()
+    assert any(desc for _, desc, _, _ in seen) and not any(host for _, _, host, _ in seen)
 
 
 @pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "causal & segment",
