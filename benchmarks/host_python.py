@@ -5,6 +5,10 @@ bounds' bookkeeping, argument lists -- not the launches, the allocator of a GPU 
 device thread (`benchmarks/host_overhead.py` measures those on the GPU).
 
     python benchmarks/host_python.py [--pattern "causal & segment"] [--n 8192] [--d 64] [--direct]
+                                     [--batch 1] [--heads 2]
+
+--batch 2 --heads 16 gives the benchmark's launches at 8k (their grids decide some options, e.g.
+HOST_DESC's programs).
 
 --direct times the launches' own bookkeeping too: every launch takes the direct path
 (`_launch`, `_launch_prepared`) to a stand-in compiled kernel whose launcher does nothing, so the
@@ -33,6 +37,8 @@ def main():
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--direct", action="store_true")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=2)
     args = parser.parse_args()
     mod = load_module(attnlang.parse(f"pattern x = {args.pattern}")["x"])
     if not args.direct:
@@ -62,11 +68,12 @@ def time_calls(mod, args):
     """Print the Python time per call of a training forward's layout, a forward, a backward, and
     of the autograd function's forward and backward (the forward prepares the backward's
     launches: `_BackwardPlan`)."""
-    q, k, v, do = (torch.randn(1, 2, args.n, args.d, dtype=torch.bfloat16) for _ in range(4))
+    q, k, v, do = (torch.randn(args.batch, args.heads, args.n, args.d, dtype=torch.bfloat16)
+                   for _ in range(4))
     seg = None
     if mod.USES_SEGMENT:
         seg = random_documents(args.n, 64, "cpu", torch.Generator().manual_seed(0))
-        seg = seg.to(torch.int32)[None]
+        seg = seg.to(torch.int32)[None].expand(args.batch, -1).contiguous()
     scale = 1 / math.sqrt(args.d)
     keys_tile = mod._tiles(q, args.d, "dkdv", args.n, k)[:2] if mod.SEG_BOUNDS else None
     out, lse, plan = mod.attention_forward_with_plan(q, k, v, scale, seg, seg, None, None, None, 0.0, 0, False)
@@ -84,7 +91,8 @@ def time_calls(mod, args):
                                            None, 0.0, 0, False, plan),
     }
     launches = "direct to a stand-in kernel" if args.direct else "not run"
-    print(f"{args.pattern}, n={args.n}, d={args.d}: Python per call, launches {launches}")
+    print(f"{args.pattern}, B={args.batch}, H={args.heads}, n={args.n}, d={args.d}: Python per "
+          f"call, launches {launches}")
     for name, call in calls.items():
         times = timeit.repeat(call, number=200, repeat=5)
         print(f"  {name:42s} {sorted(times)[2] / 200 * 1e6:7.1f} us")

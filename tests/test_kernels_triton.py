@@ -758,3 +758,30 @@ def test_a_call_reuses_the_launches_prepared_for_its_geometry(text, tmp_path, mo
     pad[1, 30:] = False
     assert step(key_padding_mask=pad)[2] and step(key_padding_mask=pad)[2]
     assert step(dropout_p=0.1)[2] and step(dropout_p=0.1)[2]
+
+
+@pytest.mark.parametrize("tiles", ["fwd=16x16:4:1,dkdv=16x16:4:1:t,dq=16x32:4:1",
+                                   "fwd=16x16:4:1:d,dkdv=16x16:4:1:t:d,dq=16x32:4:1:d"])
+@pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "causal & segment"])
+def test_kept_launches_take_their_prepared_options(text, tiles, tmp_path, monkeypatch):
+    """What a call's tensors decide (descriptors, dQ's atomics) is what its launches were
+    prepared with, so every launch of a kept call passes its prepared options themselves (the
+    direct launches' fast path, `_launch_prepared`), with tiles that read through descriptors
+    and without them, in launches of any size -- and the gradients are the reference's."""
+    monkeypatch.setenv("ATTNLANG_TILES", tiles)
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    monkeypatch.setattr(mod, "HOST_DESC_MIN_PROGRAMS", 0)
+    seen = []
+
+    def launch(p, head, options, real=mod._launch_prepared):
+        seen.append((p.kernel.__name__, options is p.options))
+        return real(p, head, options)
+    monkeypatch.setattr(mod, "_launch_prepared", launch)
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 13) if "segment" in text else None
+    for _ in range(2):
+        seen.clear()
+        check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=64, Lk=64, D=16,
+                                dtype=torch.float32, segments=segments)
+    assert {name for name, _ in seen} >= {"_bwd_dkdv_0", "_fwd_0"}
+    assert all(same for _, same in seen), seen
