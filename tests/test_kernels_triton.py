@@ -424,6 +424,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     # reads only from DESC_MIN_ROWS blocks on (documents and residue classes read the plain way)
     def short(blocks, role):
         monkeypatch.setattr(mod, "_row_blocks", lambda *args: blocks)
+        monkeypatch.setattr(mod, "_GPU_TILES", {})  # kept per shape: forget them
         bm, bn, opts = mod._tiles(Aligned(), 128, role, 256, k)
         return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS"), opts["DESC"]
 
@@ -446,6 +447,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
 
     def fwd64(blocks, module=mod, role="fwd"):
         monkeypatch.setattr(module, "_row_blocks", lambda *args: blocks)
+        monkeypatch.setattr(module, "_GPU_TILES", {})
         bm, bn, opts = module._tiles(Aligned64(), 64, role, 256, k64)
         return bm, bn, opts["num_stages"], opts["DESC"]
     assert fwd64(64.0) == (64, 128, 3, True)  # TILES_LONG

@@ -19,6 +19,10 @@ def _launching_directly(text, monkeypatch):
     monkeypatch.setattr(module, "_direct_ok", lambda args: True)
     monkeypatch.setattr(module, "_current_stream", lambda: (0, 1234))
     monkeypatch.setattr(module, "_DIRECT", {})
+    # kept launches made by earlier tests hold those tests' direct launches
+    monkeypatch.setattr(module, "_BOUNDS", {})
+    monkeypatch.setattr(module, "_SHAPES", {})
+    monkeypatch.setattr(module, "_SEG_MEMO", {})
     return module
 
 
@@ -282,4 +286,54 @@ def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
         names = list(kernel.arg_names)[len(args):]
         expected.append((grid[0], grid[1], 1, 1234, "function", "metadata", None, None, None,
                          *args, *(options[name] for name in names)))
-    assert [shapes_of(run) for run in compiled.calls] == [shapes_of(run) for run in expected]
+    assert len(compiled.calls) == len(expected)
+    addresses = 0
+    for run, want in zip(compiled.calls, expected):
+        # a kept launch's own tensors (its tables, alive since the first step) go as addresses
+        run = list(run)
+        for i, (got, was) in enumerate(zip(run, want)):
+            if isinstance(was, torch.Tensor) and type(got) is int:
+                assert got == was.data_ptr()
+                run[i], addresses = was, addresses + 1
+        assert shapes_of(run) == shapes_of(want)
+    assert addresses >= len(expected)  # every kept launch has tables; the call's tensors stay
+
+
+def test_new_ids_launch_the_kept_kernels_with_their_own_bounds(monkeypatch):
+    """A document call with new ids (a new tensor) takes the kept launches of the earlier calls
+    (`_rebound`): every kernel is called straight away, nothing goes through Triton, and the
+    attention kernels get the addresses of the bounds and flag this call's `_segment_bounds`
+    launch filled -- not the earlier call's."""
+    module = _launching_directly("causal & segment", monkeypatch)
+    compiled, through = Compiled(), []
+    monkeypatch.setattr(module, "_compile_and_launch", lambda *launch: (
+        through.append(launch), compiled)[1])
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g).requires_grad_(True) for _ in range(3))
+    do = torch.randn(q.shape, generator=g)
+
+    def step(seg):
+        for t in (q, k, v):
+            t.grad = None
+        compiled.calls.clear()
+        module.attention(q, k, v, segments=seg).backward(do)
+        bounds = [c for c in compiled.calls if len(c) > 16 and type(c[16]) is int
+                  and c[16] > 2 ** 30]  # `_segment_bounds`: its token after seven tensors
+        return bounds, [c for c in compiled.calls if c not in bounds]
+    step(torch.tensor([0] * 15 + [1] * 25))
+    step(torch.tensor([0] * 15 + [1] * 25))  # more new tensors: `_launch`'s direct path
+    through.clear()
+    bounds, kernels = step(torch.tensor([0] * 30 + [1] * 10))
+    assert not through and len(bounds) == 1 and len(kernels) == 3  # forward, dK/dV, dQ
+    flag, first, second = bounds[0][9], bounds[0][12], bounds[0][15]
+    old = set()
+    for _ in range(2):  # and again with other ids: the same kernels, this call's tensors
+        for run in kernels:
+            addresses = {a for a in run if type(a) is int and a > 2 ** 32}
+            assert flag.data_ptr() in addresses
+            assert {first.data_ptr(), second.data_ptr()} & addresses
+            assert not addresses & old
+        old = {t.data_ptr() for t in (flag, first, second)}
+        bounds, kernels = step(torch.tensor([0] * 5 + [1] * 35))
+        assert not through and len(bounds) == 1 and len(kernels) == 3
+        flag, first, second = bounds[0][9], bounds[0][12], bounds[0][15]

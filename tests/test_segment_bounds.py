@@ -47,7 +47,14 @@ def _bounds(mod, text, role, seg_q, seg_k, lq, lk, bm, bn):
     q = torch.zeros(1, 1, lq, 16)
     k = torch.zeros(1, 1, lk, 16)
     tables = mod._segment_tables(q, k, role, seg_q[None], seg_k[None], bm, bn)
-    return tables["ranges"].view(-1, 4).tolist(), int(tables["seg_flag"][0])
+    return tables["ranges"].view(-1, 4).tolist(), _unsorted(tables["seg_flag"])[0]
+
+
+def _unsorted(flag):
+    """Per batch, whether `_segment_bounds` found its ids out of order: the pair's mark equals
+    the launch's token."""
+    pairs = flag.view(-1, 2).tolist()
+    return [int(mark == token) for token, mark in pairs]
 
 
 @settings(max_examples=12, deadline=None)
@@ -215,7 +222,7 @@ def test_bounds_are_kept_for_the_same_ids_and_rebuilt_when_they_change(tmp_path,
     ids[0, :3] = 7  # in place: out of order, so every block is visited with the mask
     assert call() == 2
     kept = mod._segment_tables(q, k, "fwd", ids, ids, 16, 16, mod._memo_origin(ids, ids))
-    assert int(kept["seg_flag"][0]) == 1
+    assert _unsorted(kept["seg_flag"]) == [1]
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
@@ -327,3 +334,113 @@ def test_a_forward_that_needs_gradients_builds_the_backwards_bounds_too(text, tm
     ref = _per_batch_reference(expr, q, k, v, seg_q, seg_k, do)
     for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
         assert rel_err(got, want) < 5e-5
+
+
+@pytest.mark.parametrize("fill", ["token", "other"])
+def test_the_order_flag_needs_no_zeroed_memory(fill, tmp_path, monkeypatch):
+    """`_segment_bounds` writes its flag pairs into memory it does not zero: whatever that memory
+    held before, out-of-order ids are flagged; sorted ids are flagged only where the old memory
+    happened to hold this launch's token (then every block is visited with the mask, slower but
+    equal to the float64 reference); any other old value reads as sorted."""
+    expr = _expr("causal & segment")
+    mod = generated(expr, tmp_path)
+    token = 0x40000003 + 16 * 77
+    old = token if fill == "token" else token - 16  # the previous launch's token, say
+    monkeypatch.setattr(mod, "_token", lambda: token)
+    real_empty = torch.empty
+
+    def stale_empty(*size, dtype=None, **kw):
+        t = real_empty(*size, dtype=dtype, **kw)
+        return t.fill_(old) if dtype == torch.int32 else t
+    L = 40
+    q, k, v = random_inputs(2, 2, 2, L, L, 16, torch.float32, seed=12)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(13))
+    seg = torch.tensor([[0] * 9 + [1] * 17 + [2] * 14, [4] * 20 + [1] * 20], dtype=torch.int32)
+    monkeypatch.setattr(torch, "empty", stale_empty)
+    tables = mod._segment_tables(q, k, "fwd", seg, seg, 16, 16)
+    monkeypatch.setattr(torch, "empty", real_empty)
+    assert _unsorted(tables["seg_flag"]) == [int(fill == "token"), 1]
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    monkeypatch.setattr(torch, "empty", stale_empty)
+    out = mod.attention(q, k, v, segments=seg)
+    out.backward(do)
+    monkeypatch.setattr(torch, "empty", real_empty)
+    ref = _per_batch_reference(expr, q, k, v, seg, seg, do)
+    assert rel_err(out, ref[0]) < 2e-5
+    for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
+        assert rel_err(got, want) < 5e-5
+
+
+@settings(max_examples=6, deadline=None)
+@given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), length=st.integers(17, 48))
+def test_new_ids_take_the_launches_of_an_earlier_call_of_their_shape(tmp_path_factory, data, text,
+                                                                     length):
+    """Training steps whose ids are a new tensor every step (new documents: sorted, unsorted,
+    one row for the batch or one per batch row): after the first step of each ids shape, a step
+    prepares no launches (`_rebound` swaps the ids, bounds and flag into the first step's) but
+    still builds its bounds; every step's output and gradients equal the float64 reference, so
+    no step reads another's ids or bounds."""
+    expr = _expr(text)
+    tmp = tmp_path_factory.getbasetemp() / "gen"
+    layer = pattern_of(expr).module(backend="triton", block_m=16, block_n=16, cache_dir=tmp)
+    mod = load_module(pattern_of(expr), 16, 16, tmp)
+    monkeypatch = pytest.MonkeyPatch()
+    launched = record_launches(mod, monkeypatch)
+    prepared = []
+    monkeypatch.setattr(mod, "_forward_launches", lambda *a, real=mod._forward_launches: (
+        prepared.append(1), real(*a))[1])
+    monkeypatch.setattr(mod, "_SHAPES", {})
+    q, k, v = random_inputs(2, 2, 2, length, length, 16, torch.float32, seed=length)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(length))
+    seen = set()
+    try:
+        for step in range(4):
+            rows = data.draw(st.sampled_from([1, 2]), label="rows")
+            seg = torch.stack([data.draw(segment_ids(length, sorted_runs=data.draw(
+                st.booleans(), label="sorted"))) for _ in range(rows)])
+            launched.clear()
+            prepared.clear()
+            for t in (q, k, v):
+                t.grad = None
+                t.requires_grad_(True)
+            out = layer(q, k, v, segments=seg if rows == 2 else seg[0])
+            out.backward(do)
+            assert len(prepared) == (rows not in seen)
+            assert launched.count(mod._segment_bounds) >= 1
+            seen.add(rows)
+            full = seg.expand(2, length).to(torch.int32)
+            ref = _per_batch_reference(expr, q, k, v, full, full, do)
+            assert rel_err(out, ref[0]) < 2e-5
+            for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
+                assert rel_err(got, want) < 5e-5
+    finally:
+        monkeypatch.undo()
+
+
+def test_ids_that_specialise_otherwise_prepare_their_own_launches(tmp_path, monkeypatch):
+    """Ids whose address is not 16-byte aligned where the first call's was: the compiled kernels
+    assumed alignment, so the call prepares its own launches instead of taking the first's."""
+    expr = _expr("causal & segment")
+    mod = generated(expr, tmp_path)
+    prepared = []
+    monkeypatch.setattr(mod, "_forward_launches", lambda *a, real=mod._forward_launches: (
+        prepared.append(1), real(*a))[1])
+    monkeypatch.setattr(mod, "_SHAPES", {})
+    L = 40
+    q, k, v = random_inputs(1, 2, 2, L, L, 16, torch.float32, seed=21)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(22))
+    base = torch.tensor([0] * 3 + [0] * 10 + [1] * 20 + [2] * 10, dtype=torch.int32)
+    for ids, prepares in ((base[:L].clone(), 1), (base[3:].clone(), 0), (base[1:L + 1], 1)):
+        assert (ids.data_ptr() % 16 == 0) == (ids._base is None)  # the view: 4 bytes in
+        prepared.clear()
+        for t in (q, k, v):
+            t.grad = None
+            t.requires_grad_(True)
+        out = mod.attention(q, k, v, segments=ids)
+        out.backward(do)
+        assert len(prepared) == prepares
+        ref = _per_batch_reference(expr, q, k, v, ids[None], ids[None], do)
+        assert rel_err(out, ref[0]) < 2e-5
+        for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
+            assert rel_err(got, want) < 5e-5
