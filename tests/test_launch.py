@@ -247,6 +247,19 @@ def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     assert all(launched.values()), launched
 
 
+def _kept_call_setup(text, monkeypatch, seed):
+    """(module, stand-in compiled kernel, launches through Triton, (q, k, v, dO)) for a test of
+    kept calls' direct launches: `_launching_directly`'s module whose first launches of each
+    specialisation record themselves and return the stand-in."""
+    module = _launching_directly(text, monkeypatch)
+    compiled, through = Compiled(), []
+    monkeypatch.setattr(module, "_compile_and_launch", lambda *launch: (
+        through.append(launch), compiled)[1])
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g).requires_grad_(True) for _ in range(3))
+    return module, compiled, through, (q, k, v, torch.randn(q.shape, generator=g))
+
+
 @pytest.mark.parametrize("text", ["causal & (window(7, 0) | stride(16))", "causal & segment",
                                   "causal & (chunk(16) | cols(every(16, 14..16)))"])
 def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
@@ -255,13 +268,7 @@ def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
     path), nothing through Triton, passing what `_launch` itself passes: grid, stream, the
     compiled function, the arguments in order and the constexprs' values.  Only the call's
     tensors and strides are keyed each time."""
-    module = _launching_directly(text, monkeypatch)
-    compiled, through = Compiled(), []
-    monkeypatch.setattr(module, "_compile_and_launch", lambda *launch: (
-        through.append(launch), compiled)[1])
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 2, 40, 16, generator=g).requires_grad_(True) for _ in range(3))
-    do = torch.randn(q.shape, generator=g)
+    module, compiled, through, (q, k, v, do) = _kept_call_setup(text, monkeypatch, 3)
     seg = torch.tensor([0] * 15 + [1] * 25) if "segment" in text else None
 
     def step():
@@ -304,13 +311,8 @@ def test_new_ids_launch_the_kept_kernels_with_their_own_bounds(monkeypatch):
     (`_rebound`): every kernel is called straight away, nothing goes through Triton, and the
     attention kernels get the addresses of the bounds and flag this call's `_segment_bounds`
     launch filled -- not the earlier call's."""
-    module = _launching_directly("causal & segment", monkeypatch)
-    compiled, through = Compiled(), []
-    monkeypatch.setattr(module, "_compile_and_launch", lambda *launch: (
-        through.append(launch), compiled)[1])
-    g = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(1, 2, 40, 16, generator=g).requires_grad_(True) for _ in range(3))
-    do = torch.randn(q.shape, generator=g)
+    module, compiled, through, (q, k, v, do) = _kept_call_setup("causal & segment", monkeypatch,
+                                                                  4)
 
     def step(seg):
         for t in (q, k, v):
