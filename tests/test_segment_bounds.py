@@ -444,3 +444,36 @@ def test_ids_that_specialise_otherwise_prepare_their_own_launches(tmp_path, monk
         assert rel_err(out, ref[0]) < 2e-5
         for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
             assert rel_err(got, want) < 5e-5
+
+
+def test_new_query_and_key_ids_of_other_lengths_take_the_earlier_launches(tmp_path, monkeypatch):
+    """Cross-attention with per-side ids (queries and keys of other lengths, one row per batch
+    row): a second step with new ids of the same shapes prepares no launches and both steps equal
+    the float64 reference -- each side's ids and bounds (the keys' own band offsets) swapped."""
+    expr = _expr("window(5, 2) & segment")
+    mod = generated(expr, tmp_path)
+    prepared = []
+    monkeypatch.setattr(mod, "_forward_launches", lambda *a, real=mod._forward_launches: (
+        prepared.append(1), real(*a))[1])
+    monkeypatch.setattr(mod, "_SHAPES", {})
+    Lq, Lk = 37, 45
+    q, k, v = random_inputs(2, 2, 1, Lq, Lk, 16, torch.float32, seed=31)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(32))
+    steps = [
+        (torch.tensor([[0] * 10 + [1] * 20 + [2] * 7, [0] * 37], dtype=torch.int32),
+         torch.tensor([[0] * 12 + [1] * 20 + [2] * 13, [0] * 30 + [1] * 15], dtype=torch.int32)),
+        (torch.tensor([[0] * 30 + [1] * 7, [3] * 20 + [1] * 17], dtype=torch.int32),
+         torch.tensor([[0] * 40 + [1] * 5, [1] * 25 + [3] * 20], dtype=torch.int32)),
+    ]
+    for index, (seg_q, seg_k) in enumerate(steps):
+        prepared.clear()
+        for t in (q, k, v):
+            t.grad = None
+            t.requires_grad_(True)
+        out = mod.attention(q, k, v, segments=(seg_q, seg_k))
+        out.backward(do)
+        assert len(prepared) == (index == 0)
+        ref = _per_batch_reference(expr, q, k, v, seg_q, seg_k, do)
+        assert rel_err(out, ref[0]) < 2e-5
+        for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
+            assert rel_err(got, want) < 5e-5
