@@ -160,6 +160,30 @@ def _per_batch_reference(expr, q, k, v, seg_q, seg_k, do, key_padding_mask=None)
     return out, lse, qd.grad, kd.grad, vd.grad
 
 
+
+def _step_matches_reference(expr, attend, q, k, v, do, seg_q, seg_k):
+    """One training step -- gradients reset, ``attend(q, k, v)``, its backward with ``do`` --
+    whose output and gradients equal the float64 reference of the per-batch ids."""
+    for t in (q, k, v):
+        t.grad = None
+        t.requires_grad_(True)
+    out = attend(q, k, v)
+    out.backward(do)
+    ref = _per_batch_reference(expr, q, k, v, seg_q, seg_k, do)
+    assert rel_err(out, ref[0]) < 2e-5
+    for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
+        assert rel_err(got, want) < 5e-5
+
+
+def _count_preparations(mod, monkeypatch):
+    """The calls of ``mod`` that prepare their forward's launches from now on (one entry each),
+    with no launches kept as templates of their shape yet."""
+    prepared = []
+    monkeypatch.setattr(mod, "_forward_launches", lambda *a, real=mod._forward_launches: (
+        prepared.append(1), real(*a))[1])
+    monkeypatch.setattr(mod, "_SHAPES", {})
+    return prepared
+
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), lq=st.integers(1, 50),
        lk=st.integers(1, 50), padded=st.booleans())
@@ -387,10 +411,7 @@ def test_new_ids_take_the_launches_of_an_earlier_call_of_their_shape(tmp_path_fa
     mod = load_module(pattern_of(expr), 16, 16, tmp)
     monkeypatch = pytest.MonkeyPatch()
     launched = record_launches(mod, monkeypatch)
-    prepared = []
-    monkeypatch.setattr(mod, "_forward_launches", lambda *a, real=mod._forward_launches: (
-        prepared.append(1), real(*a))[1])
-    monkeypatch.setattr(mod, "_SHAPES", {})
+    prepared = _count_preparations(mod, monkeypatch)
     q, k, v = random_inputs(2, 2, 2, length, length, 16, torch.float32, seed=length)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(length))
     seen = set()
@@ -401,19 +422,12 @@ def test_new_ids_take_the_launches_of_an_earlier_call_of_their_shape(tmp_path_fa
                 st.booleans(), label="sorted"))) for _ in range(rows)])
             launched.clear()
             prepared.clear()
-            for t in (q, k, v):
-                t.grad = None
-                t.requires_grad_(True)
-            out = layer(q, k, v, segments=seg if rows == 2 else seg[0])
-            out.backward(do)
+            full = seg.expand(2, length).to(torch.int32)
+            _step_matches_reference(expr, lambda q, k, v: layer(
+                q, k, v, segments=seg if rows == 2 else seg[0]), q, k, v, do, full, full)
             assert len(prepared) == (rows not in seen)
             assert launched.count(mod._segment_bounds) >= 1
             seen.add(rows)
-            full = seg.expand(2, length).to(torch.int32)
-            ref = _per_batch_reference(expr, q, k, v, full, full, do)
-            assert rel_err(out, ref[0]) < 2e-5
-            for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
-                assert rel_err(got, want) < 5e-5
     finally:
         monkeypatch.undo()
 
@@ -423,10 +437,7 @@ def test_ids_that_specialise_otherwise_prepare_their_own_launches(tmp_path, monk
     assumed alignment, so the call prepares its own launches instead of taking the first's."""
     expr = _expr("causal & segment")
     mod = generated(expr, tmp_path)
-    prepared = []
-    monkeypatch.setattr(mod, "_forward_launches", lambda *a, real=mod._forward_launches: (
-        prepared.append(1), real(*a))[1])
-    monkeypatch.setattr(mod, "_SHAPES", {})
+    prepared = _count_preparations(mod, monkeypatch)
     L = 40
     q, k, v = random_inputs(1, 2, 2, L, L, 16, torch.float32, seed=21)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(22))
@@ -434,16 +445,9 @@ def test_ids_that_specialise_otherwise_prepare_their_own_launches(tmp_path, monk
     for ids, prepares in ((base[:L].clone(), 1), (base[3:].clone(), 0), (base[1:L + 1], 1)):
         assert (ids.data_ptr() % 16 == 0) == (ids._base is None)  # the view: 4 bytes in
         prepared.clear()
-        for t in (q, k, v):
-            t.grad = None
-            t.requires_grad_(True)
-        out = mod.attention(q, k, v, segments=ids)
-        out.backward(do)
+        _step_matches_reference(expr, lambda q, k, v: mod.attention(q, k, v, segments=ids),
+                                q, k, v, do, ids[None], ids[None])
         assert len(prepared) == prepares
-        ref = _per_batch_reference(expr, q, k, v, ids[None], ids[None], do)
-        assert rel_err(out, ref[0]) < 2e-5
-        for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
-            assert rel_err(got, want) < 5e-5
 
 
 def test_new_query_and_key_ids_of_other_lengths_take_the_earlier_launches(tmp_path, monkeypatch):
@@ -452,10 +456,7 @@ def test_new_query_and_key_ids_of_other_lengths_take_the_earlier_launches(tmp_pa
     the float64 reference -- each side's ids and bounds (the keys' own band offsets) swapped."""
     expr = _expr("window(5, 2) & segment")
     mod = generated(expr, tmp_path)
-    prepared = []
-    monkeypatch.setattr(mod, "_forward_launches", lambda *a, real=mod._forward_launches: (
-        prepared.append(1), real(*a))[1])
-    monkeypatch.setattr(mod, "_SHAPES", {})
+    prepared = _count_preparations(mod, monkeypatch)
     Lq, Lk = 37, 45
     q, k, v = random_inputs(2, 2, 1, Lq, Lk, 16, torch.float32, seed=31)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(32))
@@ -467,13 +468,7 @@ def test_new_query_and_key_ids_of_other_lengths_take_the_earlier_launches(tmp_pa
     ]
     for index, (seg_q, seg_k) in enumerate(steps):
         prepared.clear()
-        for t in (q, k, v):
-            t.grad = None
-            t.requires_grad_(True)
-        out = mod.attention(q, k, v, segments=(seg_q, seg_k))
-        out.backward(do)
+        _step_matches_reference(expr, lambda q, k, v: mod.attention(q, k, v,
+                                                                    segments=(seg_q, seg_k)),
+                                q, k, v, do, seg_q, seg_k)
         assert len(prepared) == (index == 0)
-        ref = _per_batch_reference(expr, q, k, v, seg_q, seg_k, do)
-        assert rel_err(out, ref[0]) < 2e-5
-        for got, want in zip((q.grad, k.grad, v.grad), ref[2:]):
-            assert rel_err(got, want) < 5e-5
