@@ -1,5 +1,6 @@
 """What new document ids cost per call on the GPU: the per-call layout of `causal & segment` (the
-benchmark's `_layout_cost`: GPU time and launch-bound host time at 8k and 32k, d = 64 and 128),
+benchmark's `_layout_cost`: GPU time, launch-bound host time and what a training forward takes
+longer with new ids, at 8k and 32k, d = 64 and 128),
 and the module's fwd+bwd step at 8k, d = 64 with the same ids every step against a new ids
 tensor every step (two tensors alternating), `do_bench` median and host time per step.
 
@@ -15,9 +16,9 @@ pattern = attnlang.parse("pattern x = causal & segment")["x"]
 for n in (32768, 8192):
     for d in (64, 128):
         B = max(1, 16384 // n)
-        q, k = (torch.randn(B, 16, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        q, k, v = (torch.randn(B, 16, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         seg = bench.random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
-        bench._layout_cost("causal & segment", pattern, n, d, q, k, seg, dev, print)
+        bench._layout_cost("causal & segment", pattern, n, d, q, k, v, seg, dev, print)
 n, d = 8192, 64
 module = pattern.module(backend="triton")
 q, k, v, do = (torch.randn(2, 16, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
