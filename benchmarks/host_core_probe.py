@@ -1,3 +1,10 @@
+"""Host-bound speed per CPU core of the GPU host: the 8k, d = 64 document forward (`causal &
+segment`, the same ids every call, bound by host time) in this process, by `_host_ms` (calls back
+to back) and `do_bench`; run it once per core with `taskset -c CORE` and unpinned.
+
+    for c in 0 3 7 8 11 15; do taskset -c $c python benchmarks/host_core_probe.py core$c; done
+
+Results: benchmarks/results/pin_r18.log."""
 import os, sys, time, torch
 import attnlang
 from attnlang import bench
