@@ -1,25 +1,23 @@
 """Host time of the pieces of a document mask's layout build (`_prepare` of a training forward:
 the bounds of its query blocks and its backward's key blocks in one launch) on the GPU host, at
-32k tokens, d = 64 and 128: each piece called alone, back to back, median of five rounds.
+32k tokens, d = 64 and 128: each piece called alone, back to back, median of five rounds
+(the logs were made with the same loop written out here, which stopped each round's clock before
+its final synchronisation instead of after it: a difference of one wait in 2000 calls).
 
     python benchmarks/host_parts.py
 
 Results: benchmarks/results/host_parts_r18a.log (at d46514a), host_parts_r18b.log (at ed03e5a)."""
-import time, torch, triton, os
+import os
+import torch
 import attnlang
-from attnlang.bench import random_documents
+from attnlang.bench import _host_ms, random_documents
 from attnlang.cache import load_module
 
-def host(fn, reps=2000):
-    for _ in range(50): fn()
-    torch.cuda.synchronize()
-    best = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps): fn()
-        best.append((time.perf_counter() - t) / reps * 1e6)
-        torch.cuda.synchronize()
-    return sorted(best)[2]
+
+def host(fn):
+    """µs per call of ``fn`` called back to back (median of five rounds of 2000)."""
+    return _host_ms(fn, reps=2000) * 1000
+
 
 gen = load_module(attnlang.parse("pattern x = causal & segment")["x"])
 for n, d in ((32768, 64), (32768, 128)):
