@@ -230,7 +230,7 @@ def _gpu_ms(fn, reps=100):
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / reps)
-    return sorted(times)[len(times) // 2]
+    return _median(times)
 
 
 def _host_ms(fn, reps=200, rounds=5):
@@ -248,7 +248,7 @@ def _host_ms(fn, reps=200, rounds=5):
             fn()
         torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1000 / reps)
-    return sorted(times)[len(times) // 2]
+    return _median(times)
 
 
 def _layout_cost(text, pattern, n, d, q, k, v, segments, dev_name, log):
@@ -300,8 +300,12 @@ def _step_cost(module, q, k, v, segments, pairs=5, tensors=4):
         sames.append(_host_ms(lambda: forward(False), reps=100, rounds=3))
         news.append(_host_ms(lambda: forward(True), reps=100, rounds=3))
         diffs.append(news[-1] - sames[-1])
-    median = lambda xs: sorted(xs)[len(xs) // 2]
-    return median(diffs), median(sames), median(news)
+    return _median(diffs), _median(sames), _median(news)
+
+
+def _median(values):
+    """The middle of an odd number of values (of an even number, the upper middle one)."""
+    return sorted(values)[len(values) // 2]
 
 
 def long_context(lengths=(131072, 1048576), heads=8, d=128, log=print):
