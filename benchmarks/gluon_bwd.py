@@ -17,7 +17,9 @@ autograd reference, and against attnlang's own gradients at the timed sizes).
 
 Results: results/gluon_bwd_r19a.log (first version, causal and `all`, d = 128),
 gluon_bwd_r19b.log (bands, both head dims, FlexAttention in the same run; `atomic_add`),
-gluon_bwd_r19c.log (the writer on `red`)."""
+gluon_bwd_r19c.log (the writer on `red`), gluon_bwd_r19d.log (this script as committed: its
+"v1" column; the "gluon" column there is a variant with one partition per warpgroup, slower and
+not kept; NOTES round 19)."""
 import math
 import sys
 
