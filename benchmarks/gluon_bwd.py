@@ -35,11 +35,19 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 LOG2E = 1.4426950408889634
 
 
+@gluon.constexpr_function
+def _wgmma_layout(warps_m, warps_n, n):
+    """The register layout of a wgmma result: warps over [rows, columns], n columns per
+    instruction."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps_m, warps_n],
+                                     instr_shape=[16, n, 16])
+
+
 @gluon.jit
-def _loader(descs, bufs, bars, dq_ptr, row0, key0, lo, hi, BM: gl.constexpr, D: gl.constexpr):
+def _loader(descs, bufs, bars, row0, key0, lo, hi, BM: gl.constexpr):
     q_desc, k_desc, v_desc, do_desc = descs
-    k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
-    kv_bar, ready, empty, dq_ready, dq_empty = bars
+    k_smem, v_smem, q_bufs, do_bufs = bufs
+    kv_bar, ready, empty = bars
     STAGES: gl.constexpr = q_bufs.type.shape[0]
     mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [row0 + key0, 0], kv_bar, k_smem)
@@ -61,14 +69,13 @@ def _red_add(ptrs, values):
     gl.inline_asm_elementwise(
         "red.global.gpu.relaxed.add.v4.f32 [$4], {$8, $9, $10, $11};\n\t"
         "mov.u32 $0, 0;\n\tmov.u32 $1, 0;\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;",
-        "=r,=r,=r,=r,l,l,l,l,r,r,r,r", [ptrs.to(gl.int64), values.to(gl.int32, bitcast=True)], dtype=gl.int32, is_pure=False, pack=4)
+        "=r,=r,=r,=r,l,l,l,l,r,r,r,r", [ptrs.to(gl.int64), values.to(gl.int32, bitcast=True)],
+        dtype=gl.int32, is_pure=False, pack=4)
 
 
 @gluon.jit
-def _dq_writer(descs, bufs, bars, dq_ptr, row0, key0, lo, hi, BM: gl.constexpr,
+def _dq_writer(dq_bufs, dq_ready, dq_empty, dq_ptr, row0, lo, hi, BM: gl.constexpr,
                D: gl.constexpr):
-    k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
-    kv_bar, ready, empty, dq_ready, dq_empty = bars
     COLS: gl.constexpr = D // 4  # threads along a row, four floats each
     ROWS: gl.constexpr = 32 // COLS  # rows per instruction of the warp: each element once
     layout: gl.constexpr = gl.BlockedLayout([1, 4], [ROWS, COLS], [1, 1], [1, 0])
@@ -94,12 +101,9 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, row0, key0, left, right
     k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
     kv_bar, ready, empty, dq_ready, dq_empty = bars
     STAGES: gl.constexpr = q_bufs.type.shape[0]
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
-                                                       instr_shape=[16, BM, 16])
-    kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
-                                                        instr_shape=[16, D, 16])
-    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                        instr_shape=[16, D // 2, 16])
+    s_layout: gl.constexpr = _wgmma_layout(8, 1, BM)
+    kv_layout: gl.constexpr = _wgmma_layout(8, 1, D)
+    dq_layout: gl.constexpr = _wgmma_layout(4, 2, D // 2)
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
     s = i % STAGES
     m0 = (lo + i) * BM
@@ -146,8 +150,7 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, row0, key0, lo, h
              qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
     k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
     kv_bar, ready, empty, dq_ready, dq_empty = bars
-    kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
-                                                        instr_shape=[16, D, 16])
+    kv_layout: gl.constexpr = _wgmma_layout(8, 1, D)
     dk = gl.zeros([BN, D], gl.float32, kv_layout)
     dv = gl.zeros([BN, D], gl.float32, kv_layout)
     mbarrier.wait(kv_bar, 0)
@@ -197,14 +200,14 @@ def attention_bwd_ws(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr,
         mbarrier.init(dq_ready.index(j), count=1)
         mbarrier.init(dq_empty.index(j), count=1)
 
-    descs = (q_desc, k_desc, v_desc, do_desc)
     bufs = (k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs)
     bars = (kv_bar, ready, empty, dq_ready, dq_empty)
     gl.warp_specialize([
         (_compute, (bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, row0, key0, lo, hi,
                     left, right, qk_scale, sm_scale, BM, BN, D)),
-        (_loader, (descs, bufs, bars, dq_ptr, row0, key0, lo, hi, BM, D)),
-        (_dq_writer, (descs, bufs, bars, dq_ptr, row0, key0, lo, hi, BM, D)),
+        (_loader, ((q_desc, k_desc, v_desc, do_desc), (k_smem, v_smem, q_bufs, do_bufs),
+                   (kv_bar, ready, empty), row0, key0, lo, hi, BM)),
+        (_dq_writer, (dq_bufs, dq_ready, dq_empty, dq_ptr, row0, lo, hi, BM, D)),
     ], [1, 1], [24, 24])
 
 
@@ -270,6 +273,11 @@ def reference(q, k, v, left, right, sm_scale, chunk=2048):
     return o, lse
 
 
+def max_rel(x, ref):
+    """Largest absolute difference, relative to the reference's largest magnitude."""
+    return ((x.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+
+
 def check(L, left, right, B=1, H=2, D=128):
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
@@ -280,8 +288,7 @@ def check(L, left, right, B=1, H=2, D=128):
     sc = (qf @ kf.transpose(-1, -2) * scale).masked_fill(~band(L, left, right, "cuda"),
                                                           float("-inf"))
     (torch.softmax(sc, -1) @ vf).backward(do.float())
-    errs = [((a.float() - b.grad).abs().max() / b.grad.abs().max()).item()
-            for a, b in ((dq, qf), (dk, kf), (dv, vf))]
+    errs = [max_rel(a, b.grad) for a, b in ((dq, qf), (dk, kf), (dv, vf))]
     print(f"check L={L} B={B} H={H} D={D} band=({left}, {right}): rel max err dq {errs[0]:.2e} "
           f"dk {errs[1]:.2e} dv {errs[2]:.2e}", flush=True)
     return max(errs) < 2e-2
@@ -298,6 +305,7 @@ PATTERNS = {  # attnlang text: (back, ahead) as a function of L
 def main():
     from triton.testing import do_bench
     import attnlang
+    from attnlang.bench import SUITE  # the benchmark's FlexAttention masks
     torch._dynamo.config.cache_size_limit = 1000
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     flex = torch.compile(flex_attention, dynamic=False)
@@ -318,13 +326,12 @@ def main():
             for text, lr in PATTERNS.items():
                 left, right = lr(L)
                 o, lse = reference(q, k, v, left, right, scale)
-                mod = attnlang.parse(f"pattern x = {text}")["x"].module(backend="triton")
+                pattern = attnlang.parse(f"pattern x = {text}")["x"]
+                mod = pattern.module(backend="triton")
                 qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
                 mod(qg, kg, vg).backward(do)
                 gq, gk, gv = backward(q, k, v, o, do, lse, scale, left, right)
-                diffs = [((a.float() - b.grad.float()).abs().max()
-                          / b.grad.float().abs().max()).item()
-                         for a, b in ((gq, qg), (gk, kg), (gv, vg))]
+                diffs = [max_rel(a, b.grad) for a, b in ((gq, qg), (gk, kg), (gv, vg))]
 
                 def step():
                     mod(qg, kg, vg).backward(do)
@@ -334,17 +341,13 @@ def main():
                                warmup=25, rep=200)
                 t_flex = float("nan")
                 if text != "all":
-                    bm = create_block_mask(lambda b, h, qi, ki: (qi - ki <= left) & (ki - qi <= right),
-                                           None, None, L, L, device="cuda")
+                    bm = create_block_mask(SUITE[text](None), None, None, L, L, device="cuda")
 
                     def fstep():
                         flex(qg, kg, vg, block_mask=bm).backward(do)
                     fstep()
                     t_flex = do_bench(fstep, warmup=25, rep=200, grad_to_none=[qg, kg, vg])
-                pairs = band(L, left, right, "cpu").sum().item() if L <= 8192 else (
-                    sum(band(L, left, right, "cuda", torch.arange(s, s + 4096, device="cuda"))
-                        .sum().item() for s in range(0, L, 4096)))
-                flops = 4.0 * D * pairs * B * H
+                flops = 4.0 * D * pattern.plan(L, L).kept_pairs * B * H
                 new = t_fwd + t_g
                 print(f"{text:24s} L={L:6d} D={D:3d} grads vs attnlang {max(diffs):.1e} | "
                       f"attnlang fwd {t_fwd:.3f} bwd {t_step - t_fwd:.3f} | gluon bwd {t_g:.3f} "
