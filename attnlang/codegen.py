@@ -32,13 +32,17 @@ def _template_version() -> str:
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
     for path in [templates_dir() / "attention.py.jinja", Path(__file__)] + sorted(
-            package.glob("layout*.py")) + [package / f"{n}.py" for n in SUPPORT_MODULES]:
+            package.glob("layout*.py")) + [package / f"{n}.py"
+                                           for n in SUPPORT_MODULES + LAZY_SUPPORT_MODULES]:
         digest.update(path.read_bytes())
     return "1." + digest.hexdigest()[:12]
 
 # attnlang modules copied into generated code (standard library and torch only); ``layout`` may
 # be split into ``layout_*.py`` helpers, which come along.
 SUPPORT_MODULES = ("ir", "errors", "printer", "predicate", "layout", "plan", "validate")
+# ... and, in modules of band patterns (``band.band_of``), the Gluon backward, which they load only
+# when they are about to use it (it imports Triton's Gluon, which not every Triton has).
+LAZY_SUPPORT_MODULES = ("gluon_backward",)
 
 
 def mix32(x: int) -> int:
@@ -180,9 +184,10 @@ def mask_expression(expr) -> str:
     return MaskEmitter().pattern(expr)
 
 
-def _support_sources():
+def _support_sources(lazy=()):
     package = Path(__file__).resolve().parent
-    names = list(SUPPORT_MODULES) + sorted(p.stem for p in package.glob("layout_*.py"))
+    names = list(SUPPORT_MODULES) + sorted(p.stem for p in package.glob("layout_*.py")) + \
+        list(lazy)
     return [(name, (package / f"{name}.py").read_text()) for name in names]
 
 
@@ -193,7 +198,8 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     """The standalone module for a (bound) ``attnlang.Pattern``: deterministic text."""
     import jinja2
 
-    from .plan import decompose, one_pass
+    from .band import band_of
+    from .plan import IDENTITY, decompose, one_pass
 
     expr = pattern.ir
     specs = decompose(expr)
@@ -210,6 +216,8 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
                              trim_blocks=True, lstrip_blocks=True)
     template = env.get_template("attention.py.jinja")
     layout_picture = _layout_picture(pattern)
+    band = band_of(expr) if len(specs) == 1 and specs[0].kind == IDENTITY else None
+    lazy = LAZY_SUPPORT_MODULES if band is not None else ()
     source = template.render(
         pattern_source=str(pattern.decl) if hasattr(pattern, "decl") else str(pattern),
         expr_source=str(expr),
@@ -220,7 +228,9 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
         uses_segment=uses_segment,
         layout_picture=layout_picture,
         template_version=TEMPLATE_VERSION,
-        support=_support_sources(),
+        support=_support_sources(lazy),
+        lazy_support=list(lazy),
+        band=repr(band),
         block_m=block_m or 0,
         block_n=block_n or 0,
     )

@@ -1,0 +1,325 @@
+"""The warp-specialised backward of band patterns on Hopper, written in Gluon.
+
+For a pattern that is one band of distances (``band.band_of``: causal, ``all``, windows and their
+intersections), the generated modules compute dQ, dK and dV with this kernel on an sm_90 GPU
+instead of their two-kernel ``tl`` backward (a dK/dV kernel and a dQ kernel, seven matrix
+products per tile; this kernel does five).  One program per (block of BN = 128 keys, batch and
+head):
+
+* a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
+  queries whose band meets the block through a ring of two, by TMA (rank-4 descriptors over the
+  [B, H, L, D] tensors, so that a tile past a sequence's end reads zeros, never another head's
+  rows);
+* eight compute warps do S^T = K Q^T and dP^T = V dO^T, P^T (the band, and the lengths, masked
+  only on partial tiles), dV += P^T dO, dK += dS^T Q and dQ_part = dS K (dS through shared
+  memory), and at the end write dK and dV (TMA stores clip at the sequence's end);
+* a writer warp adds each dQ_part to a float32 dQ with vector ``red`` instructions (nothing is
+  returned, so many are in flight; ``atomic_add`` compiles to ``atom``, which made the d = 64
+  backward 0.55x slower: benchmarks/NOTES.md round 19).
+
+Its inputs are the forward's output and log-sum-exp (natural log; -inf for rows that keep
+nothing); a small `tl` kernel first computes delta = rowsum(O * dO) and the log-sum-exp in base
+2, padded to whole query tiles so that the band kernel loads them without masks.  Queries sit
+at ``p = q + (Lk - Lq)`` in key coordinates (LANGUAGE.md's bottom-right alignment).
+
+Triton's interpreter cannot run Gluon, so the band kernel is checked on the GPU only
+(``benchmarks/gpu_check.py``: random bands and lengths against the float64 reference);
+``benchmarks/gluon_compile.py`` compiles it for sm_90 anywhere.  Its Gluon calls are Triton
+3.6's, with the renames of later Tritons handled below (CI's compiles it too).
+``attnlang compile`` copies this module into generated modules, which load it only when they
+are about to use it (an import error there means: no Gluon, use the ``tl`` backward).
+"""
+import torch
+import triton
+import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+LOG2E = 1.4426950408889634
+BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring
+NUM_WARPS, MAXNREG = 8, 168  # the compute warps take 240 registers, the two others 24
+HEAD_DIMS = (64, 128)
+DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+
+# names that Triton 3.7+ changed (Triton 3.6's first)
+_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+
+
+@gluon.constexpr_function
+def _wgmma_layout(warps_m, warps_n, n):
+    """The register layout of a wgmma result: warps over [rows, columns], n columns per
+    instruction."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps_m, warps_n],
+                                     instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr):
+    q_desc, k_desc, v_desc, do_desc = descs
+    k_smem, v_smem, q_bufs, do_bufs = bufs
+    kv_bar, ready, empty = bars
+    STAGES: gl.constexpr = q_bufs.type.shape[0]
+    mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
+    _tma_load(k_desc, [b, h, key0, 0], kv_bar, k_smem)
+    _tma_load(v_desc, [b, h, key0, 0], kv_bar, v_smem)
+    for i in range(hi - lo):
+        s = i % STAGES
+        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
+        bar = ready.index(s)
+        mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
+        m0 = (lo + i) * BM
+        _tma_load(q_desc, [b, h, m0, 0], bar, q_bufs.index(s))
+        _tma_load(do_desc, [b, h, m0, 0], bar, do_bufs.index(s))
+
+
+@gluon.jit
+def _red_add(ptrs, values):
+    """values added to *ptrs by `red` (no value returned, so nothing waits for the memory
+    system), four consecutive floats per instruction."""
+    gl.inline_asm_elementwise(
+        "red.global.gpu.relaxed.add.v4.f32 [$4], {$8, $9, $10, $11};\n\t"
+        "mov.u32 $0, 0;\n\tmov.u32 $1, 0;\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;",
+        "=r,=r,=r,=r,l,l,l,l,r,r,r,r", [ptrs.to(gl.int64), values.to(gl.int32, bitcast=True)],
+        dtype=gl.int32, is_pure=False, pack=4)
+
+
+@gluon.jit
+def _dq_writer(dq_bufs, dq_ready, dq_empty, dq_ptr, lo, hi, BM: gl.constexpr, D: gl.constexpr):
+    """dq_ptr: this head's rows of the float32 dQ, padded to whole query tiles."""
+    COLS: gl.constexpr = D // 4  # threads along a row, four floats each
+    ROWS: gl.constexpr = 32 // COLS  # rows per instruction of the warp: each element once
+    layout: gl.constexpr = gl.BlockedLayout([1, 4], [ROWS, COLS], [1, 1], [1, 0])
+    cols = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
+    rows = gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    for i in range(hi - lo):
+        b = i % 2
+        mbarrier.wait(dq_ready.index(b), (i // 2) & 1)
+        buf = dq_bufs.index(b)
+        base = dq_ptr + ((lo + i) * BM).to(gl.int64) * D
+        for r in gl.static_range(0, BM, ROWS):
+            part = buf.slice(r, ROWS, dim=0).load(layout)
+            _red_add(base + (r + rows)[:, None] * D + cols[None, :], part)
+        mbarrier.arrive(dq_empty.index(b), count=1)
+
+
+@gluon.jit
+def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale, sm_scale,
+          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
+    """Query tile i of this key block: its five products, dQ_part handed to the writer warp.
+    (Issuing the next tile's S^T before waiting for this tile's products, carried across
+    iterations, made ptxas serialise every wgmma: C7514, NOTES round 19.)"""
+    k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
+    kv_bar, ready, empty, dq_ready, dq_empty = bars
+    Lk, off, back, ahead = band
+    dtype: gl.constexpr = k_smem.dtype
+    STAGES: gl.constexpr = q_bufs.type.shape[0]
+    s_layout: gl.constexpr = _wgmma_layout(8, 1, BM)
+    kv_layout: gl.constexpr = _wgmma_layout(8, 1, D)
+    dq_layout: gl.constexpr = _wgmma_layout(4, 2, D // 2)
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+    s = i % STAGES
+    m0 = (lo + i) * BM
+    rows = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, s_layout))  # queries: S^T's columns
+    q_s = q_bufs.index(s).reshape([BM, D])
+    do_s = do_bufs.index(s).reshape([BM, D])
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+    st = warpgroup_mma(k_smem, q_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
+                       use_acc=False, is_async=True)
+    dpt = warpgroup_mma(v_smem, do_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
+                        use_acc=False, is_async=True)
+    lse = gl.load(lse_ptr + rows)  # padded rows (`_rows_kernel`): no masks
+    delta = gl.load(delta_ptr + rows)
+    st = warpgroup_mma_wait(1, deps=(st,))
+    pt = gl.exp2(st * qk_scale - lse[None, :])
+    # partial: some pair of the tile outside the band, or past the keys' end
+    if (m0 + off - (key0 + BN - 1) < -ahead) | (m0 + BM - 1 + off - key0 > back) | \
+            (key0 + BN > Lk):
+        keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
+        dist = (rows + off)[None, :] - keys[:, None]
+        pt = gl.where((dist >= -ahead) & (dist <= back) & (keys < Lk)[:, None], pt, 0.0)
+    pa = gl.convert_layout(pt.to(dtype), a_layout)
+    dv = warpgroup_mma(pa, do_s, dv, is_async=True)
+    dpt = warpgroup_mma_wait(1, deps=(dpt,))
+    ds = (pt * (dpt - delta[None, :])).to(dtype)
+    dsa = gl.convert_layout(ds, a_layout)
+    dk = warpgroup_mma(dsa, q_s, dk, is_async=True)
+    _barrier()  # every warpgroup's dQ product of the previous tile has read ds_smem
+    ds_smem.store(ds)
+    fence_async_shared()
+    _barrier()
+    dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
+                       gl.zeros([BM, D], gl.float32, dq_layout), use_acc=False, is_async=True)
+    dv, dk, dq, pa, dsa = warpgroup_mma_wait(0, deps=(dv, dk, dq, pa, dsa))
+    mbarrier.arrive(empty.index(s), count=1)
+    b = i % 2
+    mbarrier.wait(dq_empty.index(b), ((i // 2) & 1) ^ 1)
+    dq_bufs.index(b).store(dq * sm_scale)
+    mbarrier.arrive(dq_ready.index(b), count=1)
+    return dk, dv
+
+
+@gluon.jit
+def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi, band,
+             qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
+    k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
+    kv_bar, ready, empty, dq_ready, dq_empty = bars
+    dtype: gl.constexpr = k_smem.dtype
+    kv_layout: gl.constexpr = _wgmma_layout(8, 1, D)
+    dk = gl.zeros([BN, D], gl.float32, kv_layout)
+    dv = gl.zeros([BN, D], gl.float32, kv_layout)
+    mbarrier.wait(kv_bar, 0)
+    for i in range(hi - lo):
+        dk, dv = _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale,
+                       sm_scale, BM, BN, D)
+    dk = dk * sm_scale
+    # K and V are no longer read: their buffers stage dK and dV for the TMA stores
+    k_out = k_smem.reshape([1, 1, BN, D])
+    v_out = v_smem.reshape([1, 1, BN, D])
+    k_smem.store(dk.to(dtype))
+    v_smem.store(dv.to(dtype))
+    fence_async_shared()
+    _barrier()
+    _tma_store(dk_desc, [b, h, key0, 0], k_out)
+    _tma_store(dv_desc, [b, h, key0, 0], v_out)
+    tma.store_wait(0)
+
+
+# (not `do_not_specialize` on the lengths and bounds, which would save compiles: it made the
+# kernel 20% slower, causal at 8k d = 128 3.12 -> 3.82 ms, results/gluon_ab_r20c.log)
+@gluon.jit
+def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr, delta_ptr,
+                         dq_ptr, H, Lq, Lk, back, ahead, qk_scale, sm_scale, BM: gl.constexpr,
+                         BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    """dQ (added to dq_ptr, float32 [B * H, Lq rounded up to BM, D]), dK and dV of the pairs
+    (query q, key k) with -ahead <= q + Lk - Lq - k <= back; lse_ptr and delta_ptr are
+    `_rows_kernel`'s."""
+    block = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    key0 = block * BN
+    off = Lk - Lq
+    # queries whose band meets keys [key0, key0 + BN): p in [key0 - ahead, key0 + BN - 1 + back]
+    q_lo = gl.maximum(key0 - ahead - off, 0)
+    q_hi = gl.minimum(key0 + BN + back - off, Lq)
+    lo = q_lo // BM
+    hi = gl.maximum(gl.cdiv(q_hi, BM), lo)
+    lq_pad = gl.cdiv(Lq, BM) * BM
+    lse_ptr += bh.to(gl.int64) * lq_pad
+    delta_ptr += bh.to(gl.int64) * lq_pad
+    dq_ptr += bh.to(gl.int64) * lq_pad * D
+
+    dtype: gl.constexpr = k_desc.block_type.element_ty
+    k_smem = gl.allocate_shared_memory(dtype, [1, 1, BN, D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [1, 1, BN, D], v_desc.layout)
+    q_bufs = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BM, D], q_desc.layout)
+    do_bufs = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BM, D], do_desc.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+    ds_smem = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
+    dq_layout: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[D, 8]], [BM, D], [1, 0])
+    dq_bufs = gl.allocate_shared_memory(gl.float32, [2, BM, D], dq_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    dq_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    dq_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for j in gl.static_range(STAGES):
+        mbarrier.init(ready.index(j), count=1)
+        mbarrier.init(empty.index(j), count=1)
+    for j in gl.static_range(2):
+        mbarrier.init(dq_ready.index(j), count=1)
+        mbarrier.init(dq_empty.index(j), count=1)
+
+    k_flat = k_smem.reshape([BN, D])
+    v_flat = v_smem.reshape([BN, D])
+    bufs = (k_flat, v_flat, q_bufs, do_bufs, ds_smem, dq_bufs)
+    bars = (kv_bar, ready, empty, dq_ready, dq_empty)
+    gl.warp_specialize([
+        (_compute, (bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi,
+                    (Lk, off, back, ahead), qk_scale, sm_scale, BM, BN, D)),
+        (_loader, ((q_desc, k_desc, v_desc, do_desc), (k_smem, v_smem, q_bufs, do_bufs),
+                   (kv_bar, ready, empty), b, h, key0, lo, hi, BM)),
+        (_dq_writer, (dq_bufs, dq_ready, dq_empty, dq_ptr, lo, hi, BM, D)),
+    ], [1, 1], [24, 24])
+
+
+def _layout(rows, D, dtype):
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], DTYPES[dtype])
+
+
+def _descriptor(t, rows):
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
+                            _layout(rows, t.shape[3], t.dtype))
+
+
+def readable(*tensors):
+    """Whether TMA descriptors can read these [B, H, L, D] tensors: the head dimension contiguous,
+    the base address and every other stride multiples of 16 bytes."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(3) != 1 or t.data_ptr() % 16 or \
+                any((s * size) % 16 for s in t.stride()[:3]):
+            return False
+    return True
+
+
+@triton.jit
+def _rows_kernel(O, DO, LSE, LSE2, DELTA, sob, soh, som, sdob, sdoh, sdom, H, Lq, lq_pad,
+                 ROWS: tl.constexpr, D: tl.constexpr):
+    """Per query row, padded to lq_pad rows per head: delta = rowsum(O * dO) (0 on padding) and
+    lse2 = lse * log2(e), +inf where the row keeps nothing (lse -inf) or is padding, so that
+    the band kernel's P is 0 there without masks."""
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, D)
+    valid = rows < Lq
+    o = tl.load(O + b.to(tl.int64) * sob + h * soh + rows[:, None] * som + cols[None, :],
+                mask=valid[:, None], other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * sdob + h * sdoh + rows[:, None] * sdom + cols[None, :],
+                 mask=valid[:, None], other=0.0)
+    lse = tl.load(LSE + bh.to(tl.int64) * Lq + rows, mask=valid, other=float("-inf"))
+    out = bh.to(tl.int64) * lq_pad + rows
+    tl.store(DELTA + out, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    tl.store(LSE2 + out, lse2)
+
+
+def row_terms(out, do, lse):
+    """`_rows_kernel`'s (lse2, delta), each [B * H, Lq rounded up to BM] float32."""
+    B, H, Lq, D = out.shape
+    lq_pad = triton.cdiv(Lq, BM) * BM
+    rows = torch.empty((2, B * H, lq_pad), dtype=torch.float32, device=out.device)
+    _rows_kernel[(lq_pad // BM, B * H)](
+        out, do, lse, rows[0], rows[1], out.stride(0), out.stride(1), out.stride(2),
+        do.stride(0), do.stride(1), do.stride(2), H, Lq, lq_pad, BM, D)
+    return rows[0], rows[1]
+
+
+def backward(q, k, v, out, do, lse, scale, back, ahead):
+    """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
+    ``back``/``ahead`` None for no bound and ``lse`` [B, H, Lq] float32 (contiguous) the
+    forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one dtype in DTYPES, D in
+    HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, `readable` (out and do: D
+    contiguous)."""
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    reach = Lq + Lk  # a bound beyond every distance
+    back = reach if back is None else max(-reach, min(back, reach))
+    ahead = reach if ahead is None else max(-reach, min(ahead, reach))
+    lq_pad = triton.cdiv(Lq, BM) * BM
+    lse2, delta = row_terms(out, do, lse)
+    dq = torch.zeros((B * H, lq_pad, D), dtype=torch.float32, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    band_backward_kernel[(triton.cdiv(Lk, BN), B * H)](
+        _descriptor(q, BM), _descriptor(k, BN), _descriptor(v, BN), _descriptor(do, BM),
+        _descriptor(dk, BN), _descriptor(dv, BN), lse2, delta, dq, H, Lq, Lk, back, ahead,
+        scale * LOG2E, scale, BM, BN, D, STAGES, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+    return dq[:, :Lq].reshape(B, H, Lq, D).to(q.dtype), dk, dv

@@ -1,0 +1,217 @@
+"""The Gluon backward of band patterns, as far as a machine without a GPU can check it.
+
+Its band kernel runs on sm_90 GPUs only (Triton's interpreter cannot run Gluon): it is checked
+against the float64 reference by `benchmarks/gpu_check.py --gluon`.  Here: which patterns are
+bands (`band.band_of`, against the dense masks), the `tl` kernel that prepares its rows (in the
+interpreter), which calls a generated module sends to it, its fallback to the `tl` backward when
+it cannot run, and that it compiles for sm_90 with this machine's Triton."""
+import math
+import os
+import subprocess
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import attnlang
+from attnlang import ir
+from attnlang.band import band_of
+from attnlang.cache import load_module
+from attnlang.reference import mask as dense_mask
+
+from strategies import bound_patterns, primitives
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _band_mask(back, ahead, Lq, Lk):
+    d = torch.arange(Lq)[:, None] + (Lk - Lq) - torch.arange(Lk)[None, :]
+    return (d <= (Lq + Lk if back is None else back)) & (d >= -(Lq + Lk if ahead is None else ahead))
+
+
+def _bands():
+    """Expressions over all, causal and windows, joined by & and |."""
+    leaves = st.one_of(st.just(ir.All()), st.just(ir.Causal()), primitives("window"))
+    return st.recursive(leaves, lambda kids: st.one_of(st.builds(ir.Intersect, kids, kids),
+                                                         st.builds(ir.Union, kids, kids)),
+                        max_leaves=5)
+
+
+@settings(max_examples=150)
+@given(st.one_of(_bands(), bound_patterns(max_leaves=4)), st.integers(1, 40), st.integers(0, 30))
+def test_band_of_names_exactly_the_kept_pairs(expr, Lq, extra):
+    """Where band_of finds (back, ahead), the pattern keeps exactly that band, at any lengths
+    (bottom-right aligned queries included); intersections of bands are always found."""
+    Lk = Lq + extra
+    found = band_of(expr)
+    if found is not None:
+        assert torch.equal(dense_mask(expr, Lq, Lk)[0], _band_mask(*found, Lq, Lk))
+    only_meets = not any(isinstance(n, (ir.Union, ir.Difference, ir.Complement)) or
+                         not isinstance(n, (ir.All, ir.Causal, ir.Window, ir.Intersect))
+                         for n in _pattern_nodes(expr))
+    if only_meets and dense_mask(expr, 80, 80).any():
+        assert found is not None
+
+
+def _pattern_nodes(expr):
+    yield expr
+    if isinstance(expr, (ir.Intersect, ir.Union, ir.Difference)):
+        yield from _pattern_nodes(expr.left)
+        yield from _pattern_nodes(expr.right)
+    elif isinstance(expr, ir.Complement):
+        yield from _pattern_nodes(expr.operand)
+
+
+def test_band_of_examples():
+    def of(text):
+        return band_of(attnlang.parse(f"pattern x = {text}")["x"].ir)
+    assert of("causal") == (None, 0)
+    assert of("all") == (None, None)
+    assert of("causal & window(1023, 0)") == (1023, 0)
+    assert of("window(512)") == (512, 512)
+    assert of("window(-1, 3)") == (-1, 3)
+    assert of("window(10, 0) | window(0, 4)") == (10, 4)
+    assert of("window(4, 1) | window(7, -5)") == (7, 1)  # distances -1..4 and 5..7 touch
+    assert of("window(3, 1) | window(7, -5)") is None  # -1..3 and 5..7: distance 4 is not kept
+
+    assert of("window(3, -2) | window(-5, 9)") is None  # distances 2..3 and -9..-5: a gap
+    assert of("window(512) | global(0..128)") is None
+    assert of("causal & stride(4)") is None
+    assert of("causal & segment") is None
+
+
+@pytest.mark.parametrize("bshd", [False, True])
+def test_row_terms_pad_delta_and_base_two_lse(bshd):
+    """`row_terms` (a `tl` kernel, run here in the interpreter): delta = rowsum(O * dO) and
+    lse * log2(e) per row, padded to whole query tiles, +inf where the row keeps nothing or is
+    padding (so the band kernel's P is 0 there)."""
+    gb = pytest.importorskip("attnlang.gluon_backward")
+    torch.manual_seed(0)
+    B, H, Lq, D = 2, 3, 70, 64
+
+    def tensor():
+        if bshd:
+            return torch.randn(B, Lq, H, D, dtype=torch.bfloat16).transpose(1, 2)
+        return torch.randn(B, H, Lq, D, dtype=torch.bfloat16)
+    out, do = tensor(), tensor()
+    lse = torch.randn(B, H, Lq)
+    lse[0, 1, 5] = lse[1, 2, 69] = float("-inf")
+    lse2, delta = gb.row_terms(out, do, lse)
+    pad = math.ceil(Lq / gb.BM) * gb.BM
+    assert lse2.shape == delta.shape == (B * H, pad)
+    want_delta = (out.float() * do.float()).sum(-1).reshape(B * H, Lq)
+    torch.testing.assert_close(delta[:, :Lq], want_delta, rtol=1e-5, atol=1e-5)
+    assert torch.all(delta[:, Lq:] == 0)
+    want_lse2 = (lse * math.log2(math.e)).reshape(B * H, Lq)
+    want_lse2[torch.isinf(want_lse2)] = float("inf")
+    torch.testing.assert_close(lse2[:, :Lq], want_lse2)
+    assert torch.all(lse2[:, Lq:] == float("inf"))
+
+
+def _module(text):
+    return load_module(attnlang.parse(f"pattern x = {text}")["x"])
+
+
+def _fake(dtype=torch.bfloat16, D=128, L=8192, Hk=None):
+    q = types.SimpleNamespace(is_cuda=True, shape=(1, 4, L, D), dtype=dtype, device="cuda:0")
+    k = types.SimpleNamespace(shape=(1, 4 if Hk is None else Hk, L, D))
+    return q, k
+
+
+NO_EXTRAS = dict(HAS_KPM=False, HAS_AM=False, HAS_BIAS=False, HAS_DROPOUT=False)
+
+
+def test_which_calls_take_the_gluon_backward(monkeypatch):
+    """Band patterns on sm_90 with 16-bit inputs at d = 128, and at d = 64 on rows of at least
+    GLUON_MIN_KEYS_64 keys; not other patterns, GPUs, dtypes, head dimensions, grouped heads,
+    dropout, masks or bias, nor with ATTNLANG_GLUON=0."""
+    causal, window, other = _module("causal"), _module("window(100, 0)"), \
+        _module("window(512) | global(0..128)")
+    assert causal.BAND == (None, 0) and window.BAND == (100, 0) and other.BAND is None
+    assert "gluon_backward" in causal._LAZY_SUPPORT and other._LAZY_SUPPORT == []
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
+    if causal._gluon_module() is None:
+        pytest.skip("this Triton has no Gluon")
+    assert causal._gluon_ok(*_fake(), NO_EXTRAS, False)
+    assert causal._gluon_ok(*_fake(torch.float16, 64), NO_EXTRAS, False)  # 8192 keys per row
+    assert window._gluon_ok(*_fake(), NO_EXTRAS, False)
+    assert not window._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # rows of 101 keys at d = 64
+    assert not other._gluon_ok(*_fake(), NO_EXTRAS, False)
+    for flag in NO_EXTRAS:
+        assert not causal._gluon_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}), False)
+    assert not causal._gluon_ok(*_fake(), NO_EXTRAS, True)  # dBias
+    assert not causal._gluon_ok(*_fake(torch.float32), NO_EXTRAS, False)
+    assert not causal._gluon_ok(*_fake(D=80), NO_EXTRAS, False)
+    assert not causal._gluon_ok(*_fake(Hk=2), NO_EXTRAS, False)
+    capability[0] = (10, 0)
+    assert not causal._gluon_ok(*_fake(), NO_EXTRAS, False)
+    capability[0] = (9, 0)
+    monkeypatch.setenv("ATTNLANG_GLUON", "0")
+    assert not causal._gluon_ok(*_fake(), NO_EXTRAS, False)
+    cpu = torch.zeros(1, 4, 64, 128, dtype=torch.bfloat16)
+    monkeypatch.delenv("ATTNLANG_GLUON")
+    assert not causal._gluon_ok(cpu, cpu, NO_EXTRAS, False)
+
+
+def _grads(module, q, k, v, do):
+    qs, ks, vs = (t.clone().requires_grad_(True) for t in (q, k, v))
+    module.attention(qs, ks, vs).backward(do)
+    return qs.grad, ks.grad, vs.grad
+
+
+@pytest.mark.parametrize("failure", ["unreadable", "compile"])
+def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure):
+    """A call the Gluon backward was planned for gets the `tl` kernels' gradients when
+    descriptors cannot read its tensors (silently, that call only) or when the kernel does not
+    compile (with one warning, and for every later call)."""
+    module = _module("causal & window(20, 3)")
+    torch.manual_seed(1)
+    q, k, v, do = (torch.randn(1, 2, 45, 32) for _ in range(4))
+    want = _grads(module, q, k, v, do)
+    calls = []
+
+    class Fake:
+        HEAD_DIMS, DTYPES = (32,), (torch.float32,)
+
+        @staticmethod
+        def readable(*tensors):
+            return failure != "unreadable"
+
+        @staticmethod
+        def backward(*args):
+            calls.append(args)
+            raise RuntimeError("PassManager::run failed\nmore lines")
+    monkeypatch.setattr(module, "_GLUON", [Fake])
+    monkeypatch.setattr(module, "_gluon_ok", lambda *args: module._GLUON[0] is not None)
+    monkeypatch.setattr(module, "_CALLS", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _grads(module, q, k, v, do)
+        again = _grads(module, q, k, v, do)
+    for a, b in zip(got + again, want + want):
+        torch.testing.assert_close(a, b)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if failure == "compile":
+        assert len(calls) == 1 and module._GLUON == [None]
+        assert len(messages) == 1 and "PassManager::run failed" in messages[0] \
+            and "more lines" not in messages[0] and "tl kernels" in messages[0]
+    else:
+        assert not calls and not messages and module._GLUON == [Fake]
+
+
+def test_the_gluon_kernels_compile_for_sm90():
+    """`benchmarks/gluon_compile.py` with this machine's Triton (CI's), outside the
+    interpreter: both kernels compile to cubins at both head dimensions and dtypes."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    pytest.importorskip("triton.experimental.gluon")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/gluon_compile.py")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("cubins ") == 4, result.stdout
