@@ -1,8 +1,8 @@
-"""Compile `gluon_bwd.py`'s kernel for sm_90 without a GPU and report what ptxas says: shared
-memory, spills, and whether it serialised the wgmma instructions (C7514).  Run it with the
-GPU image's Triton (3.6; the kernel uses Gluon, whose API changes between releases):
+"""Compile attnlang's Gluon backward (`attnlang/gluon_backward.py`) for sm_90 without a GPU and
+report what ptxas says: shared memory, `setmaxnreg`, spills, and whether it serialised the wgmma
+instructions (C7514).  Run it with the GPU image's Triton (3.6) and with CI's:
 
-    python -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0
+    python -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0 numpy
     /tmp/v36/bin/python benchmarks/gluon_compile.py
 """
 import os
@@ -11,28 +11,43 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
-import gluon_bwd  # noqa: E402
+from attnlang import gluon_backward as gb  # noqa: E402
 
 
-def compile_bwd(BM=64, BN=128, D=128, STAGES=2, maxnreg=168):
-    lq, lk = gluon_bwd.layouts(BM, BN, D)
-    qd, kd = f"tensordesc<bf16[{BM}, {D}],{lq!r}>", f"tensordesc<bf16[{BN}, {D}],{lk!r}>"
+def compile_bwd(D=128, dtype=torch.bfloat16):
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    lq, lk = gb._layout(gb.BM, D, dtype), gb._layout(gb.BN, D, dtype)
+    qd = f"tensordesc<{name}[1, 1, {gb.BM}, {D}],{lq!r}>"
+    kd = f"tensordesc<{name}[1, 1, {gb.BN}, {D}],{lk!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "do_desc": qd, "dk_desc": kd,
                  "dv_desc": kd, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": "*fp32",
-                 "L": "i32", "left": "i32", "right": "i32", "qk_scale": "fp32",
-                 "sm_scale": "fp32", "BM": "constexpr", "BN": "constexpr", "D": "constexpr",
-                 "STAGES": "constexpr"}
-    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": STAGES}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (6, 7, 8, 9)}
-    source = GluonASTSource(gluon_bwd.attention_bwd_ws, signature, constexprs, attrs)
+                 "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32", "ahead": "i32",
+                 "qk_scale": "fp32", "sm_scale": "fp32", "BM": "constexpr", "BN": "constexpr",
+                 "D": "constexpr", "STAGES": "constexpr"}
+    constexprs = {"BM": gb.BM, "BN": gb.BN, "D": D, "STAGES": gb.STAGES}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (6, 7, 8)}
+    source = GluonASTSource(gb.band_backward_kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=8, maxnreg=maxnreg))
+                          options=dict(num_warps=gb.NUM_WARPS, maxnreg=gb.MAXNREG))
+
+
+def compile_rows(D=128, dtype=torch.bfloat16):
+    """The `tl` kernel that prepares the band kernel's rows (`row_terms`)."""
+    from triton.compiler import ASTSource
+    name = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
+    signature = {"O": name, "DO": name, "LSE": "*fp32", "LSE2": "*fp32", "DELTA": "*fp32",
+                 **{s: "i32" for s in ("sob", "soh", "som", "sdob", "sdoh", "sdom", "H", "Lq",
+                                       "lq_pad")},
+                 "ROWS": "constexpr", "D": "constexpr"}
+    source = ASTSource(gb._rows_kernel, signature, {"ROWS": gb.BM, "D": D})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
 
 
 def ptxas_report(ptx):
@@ -45,18 +60,23 @@ def ptxas_report(ptx):
                              capture_output=True, text=True)
     text = out.stdout + out.stderr
     spills = re.search(r"(\d+) bytes spill stores", text)
+    if out.returncode:  # a Triton whose PTX is newer than its bundled ptxas (3.9): no report
+        return "unknown (ptxas: " + text.strip().splitlines()[0][-60:] + ")", "unknown"
     return (int(spills.group(1)) if spills else None), "C7514" in text
 
 
 def main():
     print("triton", triton.__version__)
-    for D in (128, 64):
-        compiled = compile_bwd(D=D)
-        spills, serialised = ptxas_report(compiled.asm["ptx"])
-        regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
-                                     compiled.asm["ptx"])))
-        print(f"D={D}: shared {compiled.metadata.shared} bytes, setmaxnreg {regs}, "
-              f"spill stores {spills} bytes, wgmma serialised (C7514): {serialised}")
+    for dtype in (torch.bfloat16, torch.float16):
+        for D in gb.HEAD_DIMS:
+            compiled = compile_bwd(D, dtype)
+            spills, serialised = ptxas_report(compiled.asm["ptx"])
+            regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
+                                         compiled.asm["ptx"])))
+            rows = compile_rows(D, dtype)
+            print(f"{str(dtype)[6:]} D={D}: shared {compiled.metadata.shared} bytes, setmaxnreg "
+                  f"{regs}, spill stores {spills} bytes, wgmma serialised (C7514): {serialised}; "
+                  f"cubins {len(compiled.asm['cubin'])} and {len(rows.asm['cubin'])} bytes")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ benchmarks/results/gpu_check.json.  Two float32 cases at head dimensions 128 and
 counted in the bf16 worst ratio.
 
     python benchmarks/gpu_check.py [--quick] [--only "stride,segment"] [--d 64,128]
+    python benchmarks/gpu_check.py --gluon 40   # 40 random cases of the Gluon backward (bands)
+
+On an sm_90 GPU the band patterns' backward is the Gluon kernel (`attnlang/gluon_backward.py`;
+each line's "gluon" counts the case's backwards that ran it): its dQ is added up with atomics in
+no fixed order, so its repeat need only match to 1e-3, not bit for bit.
 """
 import json
 import math
@@ -68,13 +73,30 @@ def reference(q, k, v, keep, do):
     return out.detach(), lse.detach(), qd.grad, kd.grad, vd.grad
 
 
-def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
+def _gluon_counted(generated):
+    """Wrap the generated module's `_gluon_backward` to count the backwards it ran (once)."""
+    inner = generated._gluon_backward
+    if getattr(inner, "counts", None) is None:
+        def counted(*args):
+            grads = inner(*args)
+            counted.counts += grads is not None
+            return grads
+        counted.counts = 0
+        generated._gluon_backward = counted
+    return generated._gluon_backward
+
+
+def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhere=False):
+    """``bshd``: q, k, v, dO as [B, L, H, D] tensors seen as [B, H, L, D] (strided views);
+    ``gluon_everywhere``: the Gluon backward at d = 64 on narrow bands too."""
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
     dev = "cuda"
-    q = torch.randn(B, Hq, Lq, D, device=dev, dtype=dtype)
-    k = torch.randn(B, Hkv, Lk, D, device=dev, dtype=dtype)
-    v = torch.randn(B, Hkv, Lk, D, device=dev, dtype=dtype)
-    do = torch.randn(B, Hq, Lq, D, device=dev, dtype=dtype)
+
+    def tensor(H, L):
+        if bshd:
+            return torch.randn(B, L, H, D, device=dev, dtype=dtype).transpose(1, 2)
+        return torch.randn(B, H, L, D, device=dev, dtype=dtype)
+    q, k, v, do = tensor(Hq, Lq), tensor(Hkv, Lk), tensor(Hkv, Lk), tensor(Hq, Lq)
     kw = {}
     segments = None
     if "segment" in text:
@@ -87,7 +109,12 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
     ref = reference(q, k, v, keep, do)
     results = {}
     module = pattern.module(backend="triton")
-    direct = load_module(pattern)._DIRECT
+    generated = load_module(pattern)
+    direct = generated._DIRECT
+    gluon_runs = _gluon_counted(generated)
+    if gluon_everywhere:
+        generated.GLUON_MIN_KEYS_64 = 0
+    gluon_before = gluon_runs.counts
     before = {key for key, hit in direct.items() if hit}  # an earlier case of the same pattern's
     runs = []
     for _ in range(2):  # the second call launches the compiled kernels directly (`_launch`)
@@ -96,7 +123,13 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
         out.backward(do)
         runs.append((out, lse, qa.grad, ka.grad, va.grad))
     torch.cuda.synchronize()
+    # the Gluon backward adds dQ up with atomics, in no fixed order: its dQ may differ in the last
+    # bits between calls; everything else must repeat bit for bit
+    results["gluon"] = gluon_runs.counts - gluon_before
     repeat_same = all(torch.equal(a, b) for a, b in zip(*runs))
+    if results["gluon"]:
+        repeat_same = all(torch.equal(a, b) for i, (a, b) in enumerate(zip(*runs)) if i != 2) \
+            and rel(runs[1][2], runs[0][2].double()) < 1e-3
     # this case's specialisations launched directly on the second call (a launch hook or a
     # Triton whose compiled kernels lack the launcher interface would leave none: the check would
     # be void)
@@ -116,38 +149,67 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen):
     return results, finite and repeat_same
 
 
+def band_cases(n, gen):
+    """``n`` random cases for the Gluon backward of band patterns (`gluon_backward`): bands with
+    either side unbounded or negative, lengths that are not multiples of its tiles, more keys
+    than queries, strided [B, L, H, D] views, both 16-bit dtypes and both head dimensions."""
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+    cases = []
+    for i in range(n):
+        back = pick([0, 1, 5, 63, 64, 200, 1000])
+        ahead = pick([0, 3, 64, 129, 700, -1 if back > 1 else 2])
+        text = pick(["causal", "all", f"window({back}, {ahead})", f"causal & window({back}, 0)",
+                     f"window({back}, {ahead}) & window({back + 50}, {max(ahead - 10, 0)})"])
+        Lq = pick([1, 37, 64, 200, 1000, 1531, 2048])
+        Lk = Lq if i % 3 else pick([Lq, Lq + 7, Lq + 300])
+        B, H = pick([1, 2]), pick([1, 3])
+        D = pick([64, 128])
+        dtype = pick([torch.bfloat16, torch.float16])
+        cases.append(((text, Lq, Lk, B, H, H, D), dtype, i % 4 == 3))
+    return cases
+
+
 def main():
     quick = "--quick" in sys.argv
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     dims = [int(x) for x in sys.argv[sys.argv.index("--d") + 1].split(",")] \
         if "--d" in sys.argv else None
     gen = torch.Generator().manual_seed(0)
-    rows, worst_ratio = [], 0.0
-    plan = [(dtype, case) for dtype in (torch.bfloat16, torch.float16)
-            for case in CASES[: 7 if quick else None]]
-    plan += [(torch.float32, case) for case in FP32_CASES]
-    for dtype, case in plan:
+    rows, worst_ratio, failed = [], 0.0, 0
+    bands = int(sys.argv[sys.argv.index("--gluon") + 1]) if "--gluon" in sys.argv else 0
+    if bands:  # the Gluon backward alone, at d = 64 on narrow bands too
+        plan = band_cases(bands, gen)
+    else:
+        plan = [(case, dtype, False) for dtype in (torch.bfloat16, torch.float16)
+                for case in CASES[: 7 if quick else None]]
+        plan += [(case, torch.float32, False) for case in FP32_CASES]
+    for case, dtype, bshd in plan:
         if (only and not any(word in case[0] for word in only)) or (dims and case[-1] not in dims):
             continue
         t = time.time()
-        res, ok = run_case(*case, dtype, gen)
-        ok = ok and res["direct"] > 0
+        res, ok = run_case(*case, dtype, gen, bshd=bshd, gluon_everywhere=bool(bands))
+        ok = ok and res["direct"] > 0 and (not bands or res["gluon"] == 2)
         a, s = res["attnlang"], res["sdpa"]
         ratio = max(a[i] / s[i] for i in (0, 2, 3, 4) if s[i] > 0)
         worst_ratio = max(worst_ratio, ratio) if dtype == torch.bfloat16 else worst_ratio
         rows.append(dict(pattern=case[0], shape=case[1:], dtype=str(dtype), attnlang=a,
-                         sdpa=s, ratio=ratio, finite_and_repeatable=ok,
-                         direct_launch_specialisations=res["direct"]))
+                         sdpa=s, ratio=ratio, finite_and_repeatable=ok, bshd=bshd,
+                         direct_launch_specialisations=res["direct"],
+                         gluon_backwards=res["gluon"]))
+        failed += not ok
         print(f"{str(dtype)[6:]:8s} {case[0][:48]:48s} Lq={case[1]:5d} Lk={case[2]:5d} "
               f"D={case[6]:3d} out {a[0]:.2e} (sdpa {s[0]:.2e}) lse {a[1]:.1e} dq {a[2]:.2e} "
               f"({s[2]:.2e}) dk {a[3]:.2e} ({s[3]:.2e}) dv {a[4]:.2e} ({s[4]:.2e}) "
-              f"ratio {ratio:.2f} direct {res['direct']} "
-              f"{'ok' if ok else 'NONFINITE, REPEAT DIFFERS OR NOT DIRECT'} "
+              f"ratio {ratio:.2f} direct {res['direct']} gluon {res['gluon']} "
+              f"{'bshd ' if bshd else ''}"
+              f"{'ok' if ok else 'NONFINITE, REPEAT DIFFERS, NOT DIRECT OR NOT GLUON'} "
               f"{time.time() - t:.1f}s",
               flush=True)
         torch.cuda.empty_cache()
-    print(f"worst bf16 error ratio attnlang/SDPA: {worst_ratio:.2f}")
-    with open(os.path.join(os.environ.get("OUT", "benchmarks/results"), "gpu_check.json"), "w") as fh:
+    print(f"worst bf16 error ratio attnlang/SDPA: {worst_ratio:.2f}; cases not ok: {failed}")
+    name = "gpu_check_gluon.json" if bands else "gpu_check.json"
+    with open(os.path.join(os.environ.get("OUT", "benchmarks/results"), name), "w") as fh:
         json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                        rows=rows, worst_bf16_ratio=worst_ratio), fh, indent=1)
 
