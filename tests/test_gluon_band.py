@@ -128,7 +128,8 @@ NO_EXTRAS = dict(HAS_KPM=False, HAS_AM=False, HAS_BIAS=False, HAS_DROPOUT=False)
 def test_which_calls_take_the_gluon_backward(monkeypatch):
     """Band patterns on sm_90 with 16-bit inputs at d = 128, and at d = 64 on rows of at least
     GLUON_MIN_KEYS_64 keys; not other patterns, GPUs, dtypes, head dimensions, grouped heads,
-    dropout, masks or bias, nor with ATTNLANG_GLUON=0."""
+    dropout, masks or bias, sequences of more than GLUON_MAX_QUERIES queries (long context keeps
+    the `tl` backward's memory), nor with ATTNLANG_GLUON=0."""
     causal, window, other = _module("causal"), _module("window(100, 0)"), \
         _module("window(512) | global(0..128)")
     assert causal.BAND == (None, 0) and window.BAND == (100, 0) and other.BAND is None
@@ -149,6 +150,8 @@ def test_which_calls_take_the_gluon_backward(monkeypatch):
     assert not causal._gluon_ok(*_fake(torch.float32), NO_EXTRAS, False)
     assert not causal._gluon_ok(*_fake(D=80), NO_EXTRAS, False)
     assert not causal._gluon_ok(*_fake(Hk=2), NO_EXTRAS, False)
+    assert causal._gluon_ok(*_fake(L=causal.GLUON_MAX_QUERIES), NO_EXTRAS, False)
+    assert not causal._gluon_ok(*_fake(L=causal.GLUON_MAX_QUERIES + 1), NO_EXTRAS, False)
     capability[0] = (10, 0)
     assert not causal._gluon_ok(*_fake(), NO_EXTRAS, False)
     capability[0] = (9, 0)
