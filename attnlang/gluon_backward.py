@@ -29,6 +29,8 @@ Triton's interpreter cannot run Gluon, so the band kernel is checked on the GPU 
 ``attnlang compile`` copies this module into generated modules, which load it only when they
 are about to use it (an import error there means: no Gluon, use the ``tl`` backward).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -249,6 +251,7 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_
     ], [1, 1], [24, 24])
 
 
+@functools.lru_cache(maxsize=None)  # one per tile, head dimension and dtype: built once each
 def _layout(rows, D, dtype):
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], DTYPES[dtype])
 
@@ -256,17 +259,6 @@ def _layout(rows, D, dtype):
 def _descriptor(t, rows):
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
                             _layout(rows, t.shape[3], t.dtype))
-
-
-def readable(*tensors):
-    """Whether TMA descriptors can read these [B, H, L, D] tensors: the head dimension contiguous,
-    the base address and every other stride multiples of 16 bytes."""
-    for t in tensors:
-        size = t.element_size()
-        if t.stride(3) != 1 or t.data_ptr() % 16 or \
-                any((s * size) % 16 for s in t.stride()[:3]):
-            return False
-    return True
 
 
 @triton.jit
@@ -306,8 +298,9 @@ def backward(q, k, v, out, do, lse, scale, back, ahead):
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound and ``lse`` [B, H, Lq] float32 (contiguous) the
     forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one dtype in DTYPES, D in
-    HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, `readable` (out and do: D
-    contiguous)."""
+    HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, with the head dimension
+    contiguous and the base addresses and every other stride multiples of 16 bytes (what TMA
+    descriptors read; the generated modules check it with their `_descriptors_ok`)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     reach = Lq + Lk  # a bound beyond every distance

@@ -50,9 +50,8 @@ def test_band_of_names_exactly_the_kept_pairs(expr, Lq, extra):
     found = band_of(expr)
     if found is not None:
         assert torch.equal(dense_mask(expr, Lq, Lk)[0], _band_mask(*found, Lq, Lk))
-    only_meets = not any(isinstance(n, (ir.Union, ir.Difference, ir.Complement)) or
-                         not isinstance(n, (ir.All, ir.Causal, ir.Window, ir.Intersect))
-                         for n in _pattern_nodes(expr))
+    only_meets = all(isinstance(n, (ir.All, ir.Causal, ir.Window, ir.Intersect))
+                     for n in _pattern_nodes(expr))
     if only_meets and dense_mask(expr, 80, 80).any():
         assert found is not None
 
@@ -175,17 +174,13 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
     compile (with one warning, and for every later call)."""
     module = _module("causal & window(20, 3)")
     torch.manual_seed(1)
-    q, k, v, do = (torch.randn(1, 2, 45, 32) for _ in range(4))
+    # rows of 18 float32 (72 bytes): not a multiple of 16 bytes, which descriptors cannot read
+    D = 18 if failure == "unreadable" else 32
+    q, k, v, do = (torch.randn(1, 2, 45, D) for _ in range(4))
     want = _grads(module, q, k, v, do)
     calls = []
 
     class Fake:
-        HEAD_DIMS, DTYPES = (32,), (torch.float32,)
-
-        @staticmethod
-        def readable(*tensors):
-            return failure != "unreadable"
-
         @staticmethod
         def backward(*args):
             calls.append(args)
