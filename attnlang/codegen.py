@@ -40,9 +40,10 @@ def _template_version() -> str:
 # attnlang modules copied into generated code (standard library and torch only); ``layout`` may
 # be split into ``layout_*.py`` helpers, which come along.
 SUPPORT_MODULES = ("ir", "errors", "printer", "predicate", "layout", "plan", "validate")
-# ... and, in modules of band patterns (``band.band_of``), the Gluon backward, which they load only
-# when they are about to use it (it imports Triton's Gluon, which not every Triton has).
-LAZY_SUPPORT_MODULES = ("gluon_backward",)
+# ... and, in modules of band patterns (``band.band_of``), the Gluon forward and backward, which
+# they load only when they are about to use them (they import Triton's Gluon, which not every
+# Triton has).
+LAZY_SUPPORT_MODULES = ("gluon_hopper", "gluon_backward", "gluon_forward")
 
 
 def mix32(x: int) -> int:

@@ -25,12 +25,10 @@ at ``p = q + (Lk - Lq)`` in key coordinates (LANGUAGE.md's bottom-right alignmen
 Triton's interpreter cannot run Gluon, so the band kernel is checked on the GPU only
 (``benchmarks/gpu_check.py``: random bands and lengths against the float64 reference);
 ``benchmarks/gluon_compile.py`` compiles it for sm_90 anywhere.  Its Gluon calls are Triton
-3.6's, with the renames of later Tritons handled below (CI's compiles it too).
+3.6's, with the renames of later Tritons handled in ``gluon_hopper`` (CI's compiles it too).
 ``attnlang compile`` copies this module into generated modules, which load it only when they
 are about to use it (an import error there means: no Gluon, use the ``tl`` backward).
 """
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -38,26 +36,12 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-LOG2E = 1.4426950408889634
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, tma_load, tma_store, \
+    wgmma_layout
+
 BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring
 NUM_WARPS, MAXNREG = 8, 168  # the compute warps take 240 registers, the two others 24
-HEAD_DIMS = (64, 128)
-DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
-
-# names that Triton 3.7+ changed (Triton 3.6's first)
-_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
-
-
-@gluon.constexpr_function
-def _wgmma_layout(warps_m, warps_n, n):
-    """The register layout of a wgmma result: warps over [rows, columns], n columns per
-    instruction."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps_m, warps_n],
-                                     instr_shape=[16, n, 16])
 
 
 @gluon.jit
@@ -67,16 +51,16 @@ def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr):
     kv_bar, ready, empty = bars
     STAGES: gl.constexpr = q_bufs.type.shape[0]
     mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
-    _tma_load(k_desc, [b, h, key0, 0], kv_bar, k_smem)
-    _tma_load(v_desc, [b, h, key0, 0], kv_bar, v_smem)
+    tma_load(k_desc, [b, h, key0, 0], kv_bar, k_smem)
+    tma_load(v_desc, [b, h, key0, 0], kv_bar, v_smem)
     for i in range(hi - lo):
         s = i % STAGES
         mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
         bar = ready.index(s)
         mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
         m0 = (lo + i) * BM
-        _tma_load(q_desc, [b, h, m0, 0], bar, q_bufs.index(s))
-        _tma_load(do_desc, [b, h, m0, 0], bar, do_bufs.index(s))
+        tma_load(q_desc, [b, h, m0, 0], bar, q_bufs.index(s))
+        tma_load(do_desc, [b, h, m0, 0], bar, do_bufs.index(s))
 
 
 @gluon.jit
@@ -120,9 +104,9 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale, s
     Lk, off, back, ahead = band
     dtype: gl.constexpr = k_smem.dtype
     STAGES: gl.constexpr = q_bufs.type.shape[0]
-    s_layout: gl.constexpr = _wgmma_layout(8, 1, BM)
-    kv_layout: gl.constexpr = _wgmma_layout(8, 1, D)
-    dq_layout: gl.constexpr = _wgmma_layout(4, 2, D // 2)
+    s_layout: gl.constexpr = wgmma_layout(8, 1, BM)
+    kv_layout: gl.constexpr = wgmma_layout(8, 1, D)
+    dq_layout: gl.constexpr = wgmma_layout(4, 2, D // 2)
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
     s = i % STAGES
     m0 = (lo + i) * BM
@@ -150,10 +134,10 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale, s
     ds = (pt * (dpt - delta[None, :])).to(dtype)
     dsa = gl.convert_layout(ds, a_layout)
     dk = warpgroup_mma(dsa, q_s, dk, is_async=True)
-    _barrier()  # every warpgroup's dQ product of the previous tile has read ds_smem
+    barrier()  # every warpgroup's dQ product of the previous tile has read ds_smem
     ds_smem.store(ds)
     fence_async_shared()
-    _barrier()
+    barrier()
     dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
                        gl.zeros([BM, D], gl.float32, dq_layout), use_acc=False, is_async=True)
     dv, dk, dq, pa, dsa = warpgroup_mma_wait(0, deps=(dv, dk, dq, pa, dsa))
@@ -171,7 +155,7 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, h
     k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
     kv_bar, ready, empty, dq_ready, dq_empty = bars
     dtype: gl.constexpr = k_smem.dtype
-    kv_layout: gl.constexpr = _wgmma_layout(8, 1, D)
+    kv_layout: gl.constexpr = wgmma_layout(8, 1, D)
     dk = gl.zeros([BN, D], gl.float32, kv_layout)
     dv = gl.zeros([BN, D], gl.float32, kv_layout)
     mbarrier.wait(kv_bar, 0)
@@ -185,9 +169,9 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, h
     k_smem.store(dk.to(dtype))
     v_smem.store(dv.to(dtype))
     fence_async_shared()
-    _barrier()
-    _tma_store(dk_desc, [b, h, key0, 0], k_out)
-    _tma_store(dv_desc, [b, h, key0, 0], v_out)
+    barrier()
+    tma_store(dk_desc, [b, h, key0, 0], k_out)
+    tma_store(dv_desc, [b, h, key0, 0], v_out)
     tma.store_wait(0)
 
 
@@ -251,16 +235,6 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_
     ], [1, 1], [24, 24])
 
 
-@functools.lru_cache(maxsize=None)  # one per tile, head dimension and dtype: built once each
-def _layout(rows, D, dtype):
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], DTYPES[dtype])
-
-
-def _descriptor(t, rows):
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
-                            _layout(rows, t.shape[3], t.dtype))
-
-
 @triton.jit
 def _rows_kernel(O, DO, LSE, LSE2, DELTA, sob, soh, som, sdob, sdoh, sdom, H, Lq, lq_pad,
                  ROWS: tl.constexpr, D: tl.constexpr):
@@ -312,7 +286,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead):
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     band_backward_kernel[(triton.cdiv(Lk, BN), B * H)](
-        _descriptor(q, BM), _descriptor(k, BN), _descriptor(v, BN), _descriptor(do, BM),
-        _descriptor(dk, BN), _descriptor(dv, BN), lse2, delta, dq, H, Lq, Lk, back, ahead,
+        descriptor(q, BM), descriptor(k, BN), descriptor(v, BN), descriptor(do, BM),
+        descriptor(dk, BN), descriptor(dv, BN), lse2, delta, dq, H, Lq, Lk, back, ahead,
         scale * LOG2E, scale, BM, BN, D, STAGES, num_warps=NUM_WARPS, maxnreg=MAXNREG)
     return dq[:, :Lq].reshape(B, H, Lq, D).to(q.dtype), dk, dv

@@ -1,6 +1,6 @@
-"""Compile attnlang's Gluon backward (`attnlang/gluon_backward.py`) for sm_90 without a GPU and
-report what ptxas says: shared memory, `setmaxnreg`, spills, and whether it serialised the wgmma
-instructions (C7514).  Run it with the GPU image's Triton (3.6) and with CI's:
+"""Compile attnlang's Gluon kernels (`attnlang/gluon_backward.py`, `attnlang/gluon_forward.py`)
+for sm_90 without a GPU and report what ptxas says: shared memory, `setmaxnreg`, spills, and
+whether it serialised the wgmma instructions (C7514).  Run it with the GPU image's Triton (3.6) and with CI's:
 
     python -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0 numpy
     /tmp/v36/bin/python benchmarks/gluon_compile.py
@@ -19,11 +19,13 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 from attnlang import gluon_backward as gb  # noqa: E402
+from attnlang import gluon_forward as gf  # noqa: E402
+from attnlang.gluon_hopper import shared_layout  # noqa: E402
 
 
 def compile_bwd(D=128, dtype=torch.bfloat16):
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    lq, lk = gb._layout(gb.BM, D, dtype), gb._layout(gb.BN, D, dtype)
+    lq, lk = shared_layout(gb.BM, D, dtype), shared_layout(gb.BN, D, dtype)
     qd = f"tensordesc<{name}[1, 1, {gb.BM}, {D}],{lq!r}>"
     kd = f"tensordesc<{name}[1, 1, {gb.BN}, {D}],{lk!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "do_desc": qd, "dk_desc": kd,
@@ -36,6 +38,24 @@ def compile_bwd(D=128, dtype=torch.bfloat16):
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=gb.NUM_WARPS, maxnreg=gb.MAXNREG))
+
+
+def compile_fwd(D=128, dtype=torch.bfloat16):
+    """The forward's kernel with its configuration at head dimension D (`gf.CONFIGS`)."""
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    config = gf.CONFIGS[D]
+    rows, BN = gf.ROWS.value, config["BN"]
+    qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
+    kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{shared_layout(BN, D, dtype)!r}>"
+    signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "o_desc": qd, "lse_ptr": "*fp32",
+                 **{n: "i32" for n in ("BH", "H", "Lq", "Lk", "back", "ahead")},
+                 "qk_scale": "fp32", **{n: "constexpr" for n in (
+                     "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "REGS")}}
+    constexprs = {"D": D, **{n: config[n] for n in ("BN", "STAGES", "NUM_WG", "OVERLAP",
+                                                     "REGS")}}
+    source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
+                            {(4,): [["tt.divisibility", 16]]})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
 
 
 def compile_rows(D=128, dtype=torch.bfloat16):
@@ -65,19 +85,23 @@ def ptxas_report(ptx):
     return (int(spills.group(1)) if spills else None), "C7514" in text
 
 
+def _report(compiled):
+    spills, serialised = ptxas_report(compiled.asm["ptx"])
+    regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
+                                 compiled.asm["ptx"])))
+    return (f"shared {compiled.metadata.shared} bytes, setmaxnreg {regs}, spill stores {spills} "
+            f"bytes, wgmma serialised (C7514): {serialised}")
+
+
 def main():
     print("triton", triton.__version__)
     for dtype in (torch.bfloat16, torch.float16):
         for D in gb.HEAD_DIMS:
-            compiled = compile_bwd(D, dtype)
-            spills, serialised = ptxas_report(compiled.asm["ptx"])
-            regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
-                                         compiled.asm["ptx"])))
-            rows = compile_rows(D, dtype)
-            print(f"{str(dtype)[6:]} D={D}: shared {compiled.metadata.shared} bytes, setmaxnreg "
-                  f"{regs}, spill stores {spills} bytes, wgmma serialised (C7514): {serialised}; "
-                  f"cubins {len(compiled.asm['cubin'])} and {len(rows.asm['cubin'])} bytes")
-
+            backward, rows, forward = compile_bwd(D, dtype), compile_rows(D, dtype), \
+                compile_fwd(D, dtype)
+            print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; forward "
+                  f"{_report(forward)}; cubins {len(backward.asm['cubin'])}, "
+                  f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
 
 if __name__ == "__main__":
     main()

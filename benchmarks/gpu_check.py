@@ -12,11 +12,14 @@ benchmarks/results/gpu_check.json.  Two float32 cases at head dimensions 128 and
 counted in the bf16 worst ratio.
 
     python benchmarks/gpu_check.py [--quick] [--only "stride,segment"] [--d 64,128]
-    python benchmarks/gpu_check.py --gluon 40   # 40 random cases of the Gluon backward (bands)
+    python benchmarks/gpu_check.py --gluon 40   # 40 random cases of the Gluon kernels (bands)
 
 On an sm_90 GPU the band patterns' backward is the Gluon kernel (`attnlang/gluon_backward.py`;
-each line's "gluon" counts the case's backwards that ran it): its dQ is added up with atomics in
-no fixed order, so its repeat need only match to 1e-3, not bit for bit.
+each line's "gluon" counts the case's forwards and backwards that ran Gluon's kernels, as
+"forwards/backwards"): its dQ is added up with atomics in no fixed order, so its repeat need only
+match to 1e-3, not bit for bit.  Their forward is Gluon's (`attnlang/gluon_forward.py`) at
+d = 64 on long rows and at d = 128 on narrow bands; `--gluon` sends every case's forward and
+backward to Gluon, and fails a case where one did not run it.
 """
 import json
 import math
@@ -73,22 +76,24 @@ def reference(q, k, v, keep, do):
     return out.detach(), lse.detach(), qd.grad, kd.grad, vd.grad
 
 
-def _gluon_counted(generated):
-    """Wrap the generated module's `_gluon_backward` to count the backwards it ran (once)."""
-    inner = generated._gluon_backward
+def _gluon_counted(generated, name):
+    """Wrap the generated module's ``name`` (`_gluon_forward` or `_gluon_backward`) to count
+    the calls it ran (once)."""
+    inner = getattr(generated, name)
     if getattr(inner, "counts", None) is None:
         def counted(*args):
-            grads = inner(*args)
-            counted.counts += grads is not None
-            return grads
+            result = inner(*args)
+            counted.counts += result is not None
+            return result
         counted.counts = 0
-        generated._gluon_backward = counted
-    return generated._gluon_backward
+        setattr(generated, name, counted)
+    return getattr(generated, name)
 
 
 def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhere=False):
     """``bshd``: q, k, v, dO as [B, L, H, D] tensors seen as [B, H, L, D] (strided views);
-    ``gluon_everywhere``: the Gluon backward at d = 64 on narrow bands too."""
+    ``gluon_everywhere``: the Gluon forward and backward wherever they can run (d = 64 on
+    narrow bands, d = 128 on wide ones)."""
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
     dev = "cuda"
 
@@ -111,10 +116,12 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     module = pattern.module(backend="triton")
     generated = load_module(pattern)
     direct = generated._DIRECT
-    gluon_runs = _gluon_counted(generated)
+    gluon_runs = _gluon_counted(generated, "_gluon_backward")
+    gluon_fwd_runs = _gluon_counted(generated, "_gluon_forward")
     if gluon_everywhere:
         generated.GLUON_MIN_KEYS_64 = 0
-    gluon_before = gluon_runs.counts
+        generated.GLUON_MAX_KEYS_FWD_128 = float("inf")
+    gluon_before, gluon_fwd_before = gluon_runs.counts, gluon_fwd_runs.counts
     before = {key for key, hit in direct.items() if hit}  # an earlier case of the same pattern's
     runs = []
     for _ in range(2):  # the second call launches the compiled kernels directly (`_launch`)
@@ -126,6 +133,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     # the Gluon backward adds dQ up with atomics, in no fixed order: its dQ may differ in the last
     # bits between calls; everything else must repeat bit for bit
     results["gluon"] = gluon_runs.counts - gluon_before
+    results["gluon_fwd"] = gluon_fwd_runs.counts - gluon_fwd_before
     repeat_same = all(torch.equal(a, b) for a, b in zip(*runs))
     if results["gluon"]:
         repeat_same = all(torch.equal(a, b) for i, (a, b) in enumerate(zip(*runs)) if i != 2) \
@@ -150,7 +158,8 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
 
 
 def band_cases(n, gen):
-    """``n`` random cases for the Gluon backward of band patterns (`gluon_backward`): bands with
+    """``n`` random cases for the Gluon kernels of band patterns (`gluon_forward`,
+    `gluon_backward`): bands with
     either side unbounded or negative, lengths that are not multiples of its tiles, more keys
     than queries, strided [B, L, H, D] views, both 16-bit dtypes and both head dimensions."""
     def pick(options):
@@ -178,7 +187,7 @@ def main():
     gen = torch.Generator().manual_seed(0)
     rows, worst_ratio, failed = [], 0.0, 0
     bands = int(sys.argv[sys.argv.index("--gluon") + 1]) if "--gluon" in sys.argv else 0
-    if bands:  # the Gluon backward alone, at d = 64 on narrow bands too
+    if bands:  # the Gluon kernels alone, wherever they can run
         plan = band_cases(bands, gen)
     else:
         plan = [(case, dtype, False) for dtype in (torch.bfloat16, torch.float16)
@@ -189,19 +198,20 @@ def main():
             continue
         t = time.time()
         res, ok = run_case(*case, dtype, gen, bshd=bshd, gluon_everywhere=bool(bands))
-        ok = ok and res["direct"] > 0 and (not bands or res["gluon"] == 2)
+        all_gluon = res["gluon"] == 2 and res["gluon_fwd"] == 2  # no `tl` kernel: none direct
+        ok = ok and (res["direct"] > 0 or all_gluon) and (not bands or all_gluon)
         a, s = res["attnlang"], res["sdpa"]
         ratio = max(a[i] / s[i] for i in (0, 2, 3, 4) if s[i] > 0)
         worst_ratio = max(worst_ratio, ratio) if dtype == torch.bfloat16 else worst_ratio
         rows.append(dict(pattern=case[0], shape=case[1:], dtype=str(dtype), attnlang=a,
                          sdpa=s, ratio=ratio, finite_and_repeatable=ok, bshd=bshd,
                          direct_launch_specialisations=res["direct"],
-                         gluon_backwards=res["gluon"]))
+                         gluon_forwards=res["gluon_fwd"], gluon_backwards=res["gluon"]))
         failed += not ok
         print(f"{str(dtype)[6:]:8s} {case[0][:48]:48s} Lq={case[1]:5d} Lk={case[2]:5d} "
               f"D={case[6]:3d} out {a[0]:.2e} (sdpa {s[0]:.2e}) lse {a[1]:.1e} dq {a[2]:.2e} "
               f"({s[2]:.2e}) dk {a[3]:.2e} ({s[3]:.2e}) dv {a[4]:.2e} ({s[4]:.2e}) "
-              f"ratio {ratio:.2f} direct {res['direct']} gluon {res['gluon']} "
+              f"ratio {ratio:.2f} direct {res['direct']} gluon {res['gluon_fwd']}/{res['gluon']} "
               f"{'bshd ' if bshd else ''}"
               f"{'ok' if ok else 'NONFINITE, REPEAT DIFFERS, NOT DIRECT OR NOT GLUON'} "
               f"{time.time() - t:.1f}s",

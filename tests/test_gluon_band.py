@@ -1,10 +1,12 @@
-"""The Gluon backward of band patterns, as far as a machine without a GPU can check it.
+"""The Gluon forward and backward of band patterns, as far as a machine without a GPU can check
+them.
 
-Its band kernel runs on sm_90 GPUs only (Triton's interpreter cannot run Gluon): it is checked
+Their kernels run on sm_90 GPUs only (Triton's interpreter cannot run Gluon): they are checked
 against the float64 reference by `benchmarks/gpu_check.py --gluon`.  Here: which patterns are
-bands (`band.band_of`, against the dense masks), the `tl` kernel that prepares its rows (in the
-interpreter), which calls a generated module sends to it, its fallback to the `tl` backward when
-it cannot run, and that it compiles for sm_90 with this machine's Triton."""
+bands (`band.band_of`, against the dense masks), the `tl` kernel that prepares the backward's
+rows (in the interpreter), which calls a generated module sends to them, their fallback to the
+`tl` kernels when they cannot run, the backward that follows a Gluon forward, and that they
+compile for sm_90 with this machine's Triton."""
 import math
 import os
 import subprocess
@@ -136,13 +138,14 @@ def test_which_calls_take_the_gluon_backward(monkeypatch):
     capability = [(9, 0)]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
     monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
-    if causal._gluon_module() is None:
+    if causal._gluon_module("gluon_backward") is None:
         pytest.skip("this Triton has no Gluon")
     assert causal._gluon_ok(*_fake(), NO_EXTRAS, False)
     assert causal._gluon_ok(*_fake(torch.float16, 64), NO_EXTRAS, False)  # 8192 keys per row
     assert window._gluon_ok(*_fake(), NO_EXTRAS, False)
     assert not window._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # rows of 101 keys at d = 64
     assert not other._gluon_ok(*_fake(), NO_EXTRAS, False)
+    assert not other._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # before its band's width
     for flag in NO_EXTRAS:
         assert not causal._gluon_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}), False)
     assert not causal._gluon_ok(*_fake(), NO_EXTRAS, True)  # dBias
@@ -185,8 +188,9 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
         def backward(*args):
             calls.append(args)
             raise RuntimeError("PassManager::run failed\nmore lines")
-    monkeypatch.setattr(module, "_GLUON", [Fake])
-    monkeypatch.setattr(module, "_gluon_ok", lambda *args: module._GLUON[0] is not None)
+    monkeypatch.setattr(module, "_GLUON", {"gluon_backward": Fake})
+    monkeypatch.setattr(module, "_gluon_ok",
+                        lambda *args: module._GLUON["gluon_backward"] is not None)
     monkeypatch.setattr(module, "_CALLS", {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -196,16 +200,100 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
         torch.testing.assert_close(a, b)
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if failure == "compile":
-        assert len(calls) == 1 and module._GLUON == [None]
+        assert len(calls) == 1 and module._GLUON == {"gluon_backward": None}
         assert len(messages) == 1 and "PassManager::run failed" in messages[0] \
             and "more lines" not in messages[0] and "tl kernels" in messages[0]
     else:
-        assert not calls and not messages and module._GLUON == [Fake]
+        assert not calls and not messages and module._GLUON == {"gluon_backward": Fake}
+
+
+def test_which_calls_take_the_gluon_forward(monkeypatch):
+    """The forward's rule is the backward's checks less its own (dBias, long context), with the
+    widths where the Gluon forward was faster: d = 64 on rows of at least GLUON_MIN_KEYS_64 keys,
+    d = 128 on rows of fewer than GLUON_MAX_KEYS_FWD_128."""
+    causal, window, other = _module("causal"), _module("window(100, 0)"), \
+        _module("window(512) | global(0..128)")
+    assert "gluon_forward" in causal._LAZY_SUPPORT and "gluon_hopper" in causal._LAZY_SUPPORT
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
+    if causal._gluon_module("gluon_forward") is None:
+        pytest.skip("this Triton has no Gluon")
+    assert causal._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)  # 8192 keys per row
+    assert causal._gluon_forward_ok(*_fake(torch.float16, D=64, L=200_000), NO_EXTRAS)
+    assert not causal._gluon_forward_ok(*_fake(D=64, L=4095), NO_EXTRAS)
+    assert not causal._gluon_forward_ok(*_fake(), NO_EXTRAS)  # d = 128, 8192 keys
+    assert causal._gluon_forward_ok(*_fake(L=4095), NO_EXTRAS)
+    assert window._gluon_forward_ok(*_fake(), NO_EXTRAS)  # rows of 101 keys at d = 128
+    assert not window._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
+    assert not other._gluon_forward_ok(*_fake(), NO_EXTRAS)
+    assert not other._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
+    for flag in NO_EXTRAS:
+        assert not window._gluon_forward_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}))
+    assert not window._gluon_forward_ok(*_fake(torch.float32), NO_EXTRAS)
+    assert not window._gluon_forward_ok(*_fake(D=80), NO_EXTRAS)
+    assert not window._gluon_forward_ok(*_fake(Hk=2), NO_EXTRAS)
+    monkeypatch.setenv("ATTNLANG_GLUON", "0")
+    assert not window._gluon_forward_ok(*_fake(), NO_EXTRAS)
+
+
+def _dense_forward(q, k, v, scale, back, ahead):
+    """(out, lse) of the band in float64, cast as the forward returns them."""
+    keep = _band_mask(back, ahead, q.shape[2], k.shape[2])
+    s = (q.double() @ k.double().transpose(-1, -2) * scale).masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    return (p @ v.double()).to(q.dtype), lse.float()
+
+
+@pytest.mark.parametrize("failure", [None, "unreadable", "compile"])
+def test_the_gluon_forward_and_its_fallback(monkeypatch, failure):
+    """A call the Gluon forward takes returns its output and log-sum-exp, and the backward that
+    follows (here the `tl` kernels, from the plan the Gluon path keeps) gives the gradients of the
+    `tl` forward's; where descriptors cannot read the tensors (silently, that call only) or the
+    kernel does not compile (one warning, then every call), the `tl` forward runs instead."""
+    module = _module("causal & window(20, 3)")
+    torch.manual_seed(2)
+    D = 18 if failure == "unreadable" else 32  # rows of 72 bytes: descriptors cannot read them
+    q, k, v, do = (torch.randn(1, 2, 45, D) for _ in range(4))
+    want_out = module.attention(q, k, v)
+    want = _grads(module, q, k, v, do)
+    calls = []
+
+    class Fake:
+        @staticmethod
+        def forward(q, k, v, scale, back, ahead):
+            calls.append((back, ahead))
+            if failure == "compile":
+                raise RuntimeError("PassManager::run failed\nmore lines")
+            return _dense_forward(q, k, v, scale, back, ahead)
+    monkeypatch.setattr(module, "_GLUON", {"gluon_forward": Fake})
+    monkeypatch.setattr(module, "_gluon_forward_ok",
+                        lambda *args: module._GLUON["gluon_forward"] is not None)
+    monkeypatch.setattr(module, "_CALLS", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = module.attention(q, k, v)
+        got = _grads(module, q, k, v, do)
+        again = _grads(module, q, k, v, do)
+    torch.testing.assert_close(out, want_out)
+    for a, b in zip(got + again, want + want):
+        torch.testing.assert_close(a, b)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if failure == "compile":
+        assert len(calls) == 1 and module._GLUON == {"gluon_forward": None}
+        assert len(messages) == 1 and "Gluon forward" in messages[0] \
+            and "PassManager::run failed" in messages[0] and "more lines" not in messages[0]
+    elif failure == "unreadable":
+        assert not calls and not messages
+    else:
+        assert calls == [(20, 0)] * 3 and not messages  # causal caps the window
+        # the backward's plan is kept with the call (under the Gluon forward's own key)
+        assert sum(1 for key in module._CALLS if key[0] == "gluon forward") == 1
 
 
 def test_the_gluon_kernels_compile_for_sm90():
     """`benchmarks/gluon_compile.py` with this machine's Triton (CI's), outside the
-    interpreter: both kernels compile to cubins at both head dimensions and dtypes."""
+    interpreter: the three kernels compile to cubins at both head dimensions and dtypes."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     pytest.importorskip("triton.experimental.gluon")

@@ -1,0 +1,287 @@
+"""The warp-specialised forward of band patterns on Hopper, written in Gluon.
+
+For a pattern that is one band of distances (``band.band_of``), the generated modules compute
+the output and log-sum-exp with this kernel on an sm_90 GPU where it beats their ``tl`` forward
+(the template's ``_gluon_forward_ok``: d = 64 on long rows, d = 128 on narrow bands).  A program
+takes tiles of 64 * NUM_WG queries of one head (a head's tiles in turn, its longest rows first):
+
+* a loader warp reads the tile's Q once (TMA, rank-4 descriptors over [B, H, L, D], so that rows
+  past a sequence's end read zeros), then streams blocks of BN keys and values through a ring of
+  STAGES, each block released when every warpgroup is done with it;
+* NUM_WG warpgroups, one partition each, own 64 query rows apiece: S = Q K^T, the online
+  softmax (base 2; the band and the lengths masked on partial blocks only) and O += P V with P
+  from registers.  With OVERLAP, a warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1}
+  together and computes the softmax of S_j while the second product runs (FlashAttention-3's
+  intra-warpgroup overlap); at the end it writes O / l through a shared buffer of its own by a
+  TMA store (clipped at the sequence's end) and the natural log-sum-exp, -inf (and O = 0) on rows
+  that keep nothing.
+* PERSISTENT: one program per multiprocessor, taking the tiles in turn, so that the loader brings
+  the next tile's Q, K and V while the warpgroups finish the last one.
+
+Queries sit at ``p = q + (Lk - Lq)`` in key coordinates (LANGUAGE.md's bottom-right alignment).
+CONFIGS are per head dimension, the fastest of the variants measured in benchmarks/NOTES.md
+round 21.  Triton's interpreter cannot run Gluon, so the kernel is checked on the GPU
+(``benchmarks/gpu_check.py``); ``benchmarks/gluon_compile.py`` compiles it for sm_90 anywhere.
+"""
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, tma_load, tma_store, \
+    wgmma_layout
+
+ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
+# per head dimension (results/gluon_fwd_r21c.log): three warpgroups at d = 64 (192 queries per
+# K/V block read: causal 8k 0.679 -> 0.611 ms against the `tl` forward); two at d = 128, one
+# program per multiprocessor, products not overlapped (`window(512)` 8k 0.339 -> 0.327 ms)
+CONFIGS = {
+    64: dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=False, REGS=160),
+    128: dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=False, PERSISTENT=True, REGS=240),
+}
+__all__ = ["CONFIGS", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
+
+
+@gluon.jit
+def _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, BM: gl.constexpr, BN: gl.constexpr):
+    """(b, h, bh, m0, lo, hi): the tile's batch and head, first query row and key blocks
+    [lo, hi).  A head's tiles come one after another (they share its K and V in L2: ordered by
+    tile first, the heads' K and V did not fit and `all` at d = 128 ran 15% slower), its longest
+    rows (causal) first."""
+    bh = tile // n_q
+    m0 = (n_q - 1 - tile % n_q) * BM
+    off = Lk - Lq
+    rows_end = gl.minimum(m0 + BM, Lq)
+    k_lo = gl.maximum(m0 + off - back, 0)
+    k_hi = gl.minimum(rows_end - 1 + off + ahead + 1, Lk)
+    lo = k_lo // BN
+    hi = gl.maximum(gl.cdiv(k_hi, BN), lo)
+    return bh // H, bh % H, bh, m0, lo, hi
+
+
+@gluon.jit
+def _loader(descs, bufs, bars, shape, BN: gl.constexpr):
+    tiles, BH, H, n_q, Lq, Lk, back, ahead = shape
+    q_desc, k_desc, v_desc = descs
+    q_bufs, k_bufs, v_bufs = bufs
+    q_bar, q_empty, k_ready, v_ready, empty = bars
+    STAGES: gl.constexpr = k_bufs.type.shape[0]
+    NUM_WG: gl.constexpr = q_bufs.type.shape[0]
+    c = 0  # blocks loaded so far: the ring's position
+    t = 0  # tiles so far
+    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, ROWS * NUM_WG, BN)
+        mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
+        mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
+        for w in gl.static_range(NUM_WG):
+            tma_load(q_desc, [b, h, m0 + ROWS * w, 0], q_bar, q_bufs.index(w))
+        for i in range(hi - lo):
+            j = c + i
+            s = j % STAGES
+            mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
+            key0 = (lo + i) * BN
+            mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+            tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
+            mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+            tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
+        c += hi - lo
+        t += 1
+
+
+@gluon.jit
+def _masked(sc, rows, key0, band, r0, BN: gl.constexpr, s_layout: gl.constexpr):
+    """S with the pairs outside the band, and keys past Lk, at -inf (partial blocks only)."""
+    Lk, off, back, ahead = band
+    if (r0 + off - (key0 + BN - 1) < -ahead) | (r0 + ROWS - 1 + off - key0 > back) | \
+            (key0 + BN > Lk):
+        keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+        dist = (rows + off)[:, None] - keys[None, :]
+        keep = (dist >= -ahead) & (dist <= back) & (keys < Lk)[None, :]
+        sc = gl.where(keep, sc, float("-inf"))
+    return sc
+
+
+@gluon.jit
+def _softmax(sc, m_i, l_i, qk_scale):
+    """(p, alpha, m, l): the block's probabilities in the new running maximum m (of the raw
+    scores), the factor alpha that brings the old sums to it, and the new row sums l."""
+    m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new) * qk_scale  # rows with nothing yet
+    p = gl.exp2(sc * qk_scale - m_use[:, None])
+    alpha = gl.exp2(m_i * qk_scale - m_use)
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, axis=1)
+
+
+@gluon.jit
+def _scores(q_s, k_bufs, s, BN: gl.constexpr, D: gl.constexpr, s_layout: gl.constexpr):
+    """S = Q K^T of ring slot s, issued (not waited for)."""
+    return warpgroup_mma(q_s, k_bufs.index(s).reshape([BN, D]).permute((1, 0)),
+                         gl.zeros([ROWS, BN], gl.float32, s_layout), use_acc=False,
+                         is_async=True)
+
+
+@gluon.jit
+def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
+              D: gl.constexpr, OVERLAP: gl.constexpr):
+    tiles, BH, H, n_q, Lq, Lk, back, ahead = shape
+    q_bufs, o_bufs, k_bufs, v_bufs = bufs
+    q_bar, q_empty, k_ready, v_ready, empty = bars
+    dtype: gl.constexpr = q_bufs.dtype
+    STAGES: gl.constexpr = k_bufs.type.shape[0]
+    NUM_WG: gl.constexpr = q_bufs.type.shape[0]
+    s_layout: gl.constexpr = wgmma_layout(4, 1, BN)
+    o_layout: gl.constexpr = wgmma_layout(4, 1, D)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    q_s = q_bufs.index(wg).reshape([ROWS, D])
+    o_buf = o_bufs.index(wg)
+    band = (Lk, Lk - Lq, back, ahead)
+    c = 0
+    t = 0
+    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, ROWS * NUM_WG, BN)
+        r0 = m0 + wg * ROWS
+        rows = r0 + gl.arange(0, ROWS, layout=row_s)
+        m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
+        l_i = gl.zeros([ROWS], gl.float32, row_s)
+        acc = gl.zeros([ROWS, D], gl.float32, o_layout)
+        n = hi - lo
+        mbarrier.wait(q_bar, t & 1)
+        if OVERLAP:
+            p = gl.zeros([ROWS, BN], dtype, p_layout)
+            if n > 0:
+                mbarrier.wait(k_ready.index(c % STAGES), (c // STAGES) & 1)
+                sc = warpgroup_mma_wait(0, deps=(_scores(q_s, k_bufs, c % STAGES, BN, D,
+                                                         s_layout),))
+                sc = _masked(sc, rows, lo * BN, band, r0, BN, s_layout)
+                pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
+                p = gl.convert_layout(pf.to(dtype), p_layout)
+            for i in range(1, n):
+                j = c + i
+                s = j % STAGES
+                sp = (j - 1) % STAGES
+                mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+                sc = _scores(q_s, k_bufs, s, BN, D, s_layout)
+                mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
+                acc = warpgroup_mma(p, v_bufs.index(sp).reshape([BN, D]), acc, is_async=True)
+                sc = warpgroup_mma_wait(1, deps=(sc,))  # S_j done, P_{j-1} V_{j-1} running
+                sc = _masked(sc, rows, (lo + i) * BN, band, r0, BN, s_layout)
+                pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
+                acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+                mbarrier.arrive(empty.index(sp), count=1)
+                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+                p = gl.convert_layout(pf.to(dtype), p_layout)
+            if n > 0:
+                j = c + n - 1
+                mbarrier.wait(v_ready.index(j % STAGES), (j // STAGES) & 1)
+                acc = warpgroup_mma(p, v_bufs.index(j % STAGES).reshape([BN, D]), acc,
+                                    is_async=True)
+                acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+                mbarrier.arrive(empty.index(j % STAGES), count=1)
+        else:
+            for i in range(n):
+                j = c + i
+                s = j % STAGES
+                mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+                sc = warpgroup_mma_wait(0, deps=(_scores(q_s, k_bufs, s, BN, D, s_layout),))
+                sc = _masked(sc, rows, (lo + i) * BN, band, r0, BN, s_layout)
+                pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
+                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+                p = gl.convert_layout(pf.to(dtype), p_layout)
+                mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
+                acc = warpgroup_mma(p, v_bufs.index(s).reshape([BN, D]), acc, is_async=True)
+                acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+                mbarrier.arrive(empty.index(s), count=1)
+        mbarrier.arrive(q_empty, count=1)  # Q read: the loader may bring the next tile's
+        c += n
+        t += 1
+        empty_row = l_i == 0.0
+        m_use = gl.where(m_i == float("-inf"), 0.0, m_i) * qk_scale
+        lse = gl.where(empty_row, float("-inf"), (m_use + gl.log2(l_i)) * 0.6931471805599453)
+        inv = gl.convert_layout(gl.where(empty_row, 0.0, 1.0 / l_i), row_o)
+        gl.store(lse_ptr + bh.to(gl.int64) * Lq + rows, lse, mask=rows < Lq)
+        tma.store_wait(0)  # the last tile's store has read the buffer
+        o_buf.reshape([ROWS, D]).store((acc * inv[:, None]).to(dtype))
+        fence_async_shared()
+        barrier()
+        tma_store(o_desc, [b, h, r0, 0], o_buf)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, Lq, Lk, back, ahead,
+                        qk_scale, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, REGS: gl.constexpr):
+    """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
+    -ahead <= q + Lk - Lq - k <= back; programs take the tiles of ROWS * NUM_WG queries in
+    turn."""
+    n_q = gl.cdiv(Lq, ROWS * NUM_WG)
+    dtype: gl.constexpr = k_desc.block_type.element_ty
+    q_bufs = gl.allocate_shared_memory(dtype, [NUM_WG, 1, 1, ROWS, D], q_desc.layout)
+    o_bufs = gl.allocate_shared_memory(dtype, [NUM_WG, 1, 1, ROWS, D], o_desc.layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BN, D], k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BN, D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    mbarrier.init(q_empty, count=NUM_WG)
+    for j in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(j), count=1)
+        mbarrier.init(v_ready.index(j), count=1)
+        mbarrier.init(empty.index(j), count=NUM_WG)
+
+    bars = (q_bar, q_empty, k_ready, v_ready, empty)
+    shape = (n_q * BH, BH, H, n_q, Lq, Lk, back, ahead)
+    bufs = (q_bufs, o_bufs, k_bufs, v_bufs)
+    loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN)
+    if NUM_WG == 2:
+        gl.warp_specialize([
+            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
+            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
+            (_loader, loads)], [4, 1], [REGS, 24])
+    else:
+        gl.static_assert(NUM_WG == 3)
+        gl.warp_specialize([
+            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
+            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
+            (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
+            (_loader, loads)], [4, 4, 1], [REGS, REGS, 24])
+
+
+_SMS = {}  # multiprocessors per device
+
+
+def forward(q, k, v, scale, back, ahead):
+    """(out, lse) of softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
+    ``back``/``ahead`` None for no bound; lse [B, H, Lq] float32, natural log, -inf (and out 0)
+    on rows that keep nothing.  q, k, v: [B, H, L, D] of one dtype in DTYPES, D in HEAD_DIMS, as
+    many key heads as query heads, on an sm_90 GPU, read by TMA descriptors (the head dimension
+    contiguous, base addresses and other strides multiples of 16 bytes: the generated modules
+    check it with their `_descriptors_ok`)."""
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    config = CONFIGS[D]
+    reach = Lq + Lk  # a bound beyond every distance
+    back = reach if back is None else max(-reach, min(back, reach))
+    ahead = reach if ahead is None else max(-reach, min(ahead, reach))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
+    programs = triton.cdiv(Lq, ROWS.value * config["NUM_WG"]) * B * H
+    if config["PERSISTENT"]:
+        device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        if device not in _SMS:
+            _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+        programs = min(programs, _SMS[device])
+    BN = config["BN"]
+    band_forward_kernel[(programs,)](
+        descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN), descriptor(out, ROWS.value),
+        lse,
+        B * H, H, Lq, Lk, back, ahead, scale * LOG2E, BN, D, config["STAGES"], config["NUM_WG"],
+        config["OVERLAP"], config["REGS"], num_warps=4)
+    return out, lse

@@ -1,0 +1,44 @@
+"""What attnlang's Gluon kernels for Hopper share (``gluon_backward``, ``gluon_forward``): the
+Gluon names of Triton 3.6 (the GPU image's) with the renames of later Tritons (CI's), the
+register layout of wgmma results, and rank-4 TMA descriptors over [B, H, L, D] tensors.
+
+Like the kernels, this module is copied into generated modules of band patterns and imported only
+when they are about to use Gluon (an import error there means: no Gluon, use the ``tl`` kernels).
+"""
+import functools
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (64, 128)
+DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+
+# names that Triton 3.7+ changed (Triton 3.6's first)
+barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+
+
+@gluon.constexpr_function
+def wgmma_layout(warps_m, warps_n, n):
+    """The register layout of a wgmma result: warps over [rows, columns], n columns per
+    instruction."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps_m, warps_n],
+                                     instr_shape=[16, n, 16])
+
+
+@functools.lru_cache(maxsize=None)  # one per tile, head dimension and dtype: built once each
+def shared_layout(rows, D, dtype):
+    """The NVMMA shared layout of a [1, 1, rows, D] tile of ``dtype``."""
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], DTYPES[dtype])
+
+
+def descriptor(t, rows):
+    """A TMA descriptor over the [B, H, L, D] tensor ``t`` reading tiles of ``rows`` rows of one
+    head: a tile past the sequence's end reads zeros, a store past it is clipped."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
+                            shared_layout(rows, t.shape[3], t.dtype))
