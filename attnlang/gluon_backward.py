@@ -40,6 +40,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, tma_load, tma_store, \
     wgmma_layout
 
+__all__ = ["BM", "BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward", "band_backward_kernel",
+           "row_terms"]
 BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring
 NUM_WARPS, MAXNREG = 8, 168  # the compute warps take 240 registers, the two others 24
 

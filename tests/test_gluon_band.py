@@ -170,11 +170,20 @@ def _grads(module, q, k, v, do):
     return qs.grad, ks.grad, vs.grad
 
 
-@pytest.mark.parametrize("failure", ["unreadable", "compile"])
+def _with_warnings(*steps):
+    """Each step's result, and the RuntimeWarnings the steps raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [step() for step in steps]
+    return results, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("failure", ["unreadable", "compile", "memory"])
 def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure):
     """A call the Gluon backward was planned for gets the `tl` kernels' gradients when
     descriptors cannot read its tensors (silently, that call only) or when the kernel does not
-    compile (with one warning, and for every later call)."""
+    compile (with one warning, and for every later call); running out of memory is raised to the
+    caller and does not turn Gluon off."""
     module = _module("causal & window(20, 3)")
     torch.manual_seed(1)
     # rows of 18 float32 (72 bytes): not a multiple of 16 bytes, which descriptors cannot read
@@ -187,18 +196,22 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
         @staticmethod
         def backward(*args):
             calls.append(args)
+            if failure == "memory":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
             raise RuntimeError("PassManager::run failed\nmore lines")
     monkeypatch.setattr(module, "_GLUON", {"gluon_backward": Fake})
     monkeypatch.setattr(module, "_gluon_ok",
                         lambda *args: module._GLUON["gluon_backward"] is not None)
     monkeypatch.setattr(module, "_CALLS", {})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = _grads(module, q, k, v, do)
-        again = _grads(module, q, k, v, do)
+    if failure == "memory":
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            _grads(module, q, k, v, do)
+        assert len(calls) == 1 and module._GLUON == {"gluon_backward": Fake}
+        return
+    (got, again), messages = _with_warnings(lambda: _grads(module, q, k, v, do),
+                                            lambda: _grads(module, q, k, v, do))
     for a, b in zip(got + again, want + want):
         torch.testing.assert_close(a, b)
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if failure == "compile":
         assert len(calls) == 1 and module._GLUON == {"gluon_backward": None}
         assert len(messages) == 1 and "PassManager::run failed" in messages[0] \
@@ -245,12 +258,13 @@ def _dense_forward(q, k, v, scale, back, ahead):
     return (p @ v.double()).to(q.dtype), lse.float()
 
 
-@pytest.mark.parametrize("failure", [None, "unreadable", "compile"])
+@pytest.mark.parametrize("failure", [None, "unreadable", "compile", "memory"])
 def test_the_gluon_forward_and_its_fallback(monkeypatch, failure):
     """A call the Gluon forward takes returns its output and log-sum-exp, and the backward that
     follows (here the `tl` kernels, from the plan the Gluon path keeps) gives the gradients of the
     `tl` forward's; where descriptors cannot read the tensors (silently, that call only) or the
-    kernel does not compile (one warning, then every call), the `tl` forward runs instead."""
+    kernel does not compile (one warning, then every call), the `tl` forward runs instead; running
+    out of memory is raised to the caller and does not turn Gluon off."""
     module = _module("causal & window(20, 3)")
     torch.manual_seed(2)
     D = 18 if failure == "unreadable" else 32  # rows of 72 bytes: descriptors cannot read them
@@ -265,20 +279,24 @@ def test_the_gluon_forward_and_its_fallback(monkeypatch, failure):
             calls.append((back, ahead))
             if failure == "compile":
                 raise RuntimeError("PassManager::run failed\nmore lines")
+            if failure == "memory":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
             return _dense_forward(q, k, v, scale, back, ahead)
     monkeypatch.setattr(module, "_GLUON", {"gluon_forward": Fake})
     monkeypatch.setattr(module, "_gluon_forward_ok",
                         lambda *args: module._GLUON["gluon_forward"] is not None)
     monkeypatch.setattr(module, "_CALLS", {})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = module.attention(q, k, v)
-        got = _grads(module, q, k, v, do)
-        again = _grads(module, q, k, v, do)
+    if failure == "memory":  # raised to the caller; Gluon stays in use
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            module.attention(q, k, v)
+        assert module._GLUON == {"gluon_forward": Fake}
+        return
+    (out, got, again), messages = _with_warnings(lambda: module.attention(q, k, v),
+                                                 lambda: _grads(module, q, k, v, do),
+                                                 lambda: _grads(module, q, k, v, do))
     torch.testing.assert_close(out, want_out)
     for a, b in zip(got + again, want + want):
         torch.testing.assert_close(a, b)
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if failure == "compile":
         assert len(calls) == 1 and module._GLUON == {"gluon_forward": None}
         assert len(messages) == 1 and "Gluon forward" in messages[0] \
