@@ -2,12 +2,15 @@
 patterns, in one run on the same inputs, with PyTorch SDPA (causal, or full for `all`) beside.
 
     python benchmarks/gluon_fwd.py [128] [64]              # on the GPU machine
+    python benchmarks/gluon_fwd.py 128 --set 128:PERSISTENT=0,OVERLAP=1   # another configuration
     python benchmarks/gluon_fwd.py --variants [128] [64]   # the kernel's configurations
 
 The first form times the generated module's forward with ATTNLANG_GLUON=1 and =0 (with its
 rules lifted, so that every pattern runs the Gluon kernel) and compares their outputs, then the
 training step (forward and backward, the backward Gluon's where it runs) with the forward's Gluon
-kernel and without it: what the forward's gain is worth in a step.  The second
+kernel and without it: what the forward's gain is worth in a step; `--set D:KEY=VALUE,...`
+changes the generated modules' `CONFIGS[D]` first (values are integers; 0/1 for flags).  The
+second
 first checks each configuration of `VARIANTS` against a float32 reference on small shapes
 (lengths not multiples of the tiles, `Lq != Lk`, empty rows, [B, L, H, D] views), then times the
 kernel in each configuration (`gluon_forward.CONFIGS` replaced) against the `tl` forward: the
@@ -32,7 +35,10 @@ VARIANTS = {
           dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=False, PERSISTENT=True, REGS=240)],
     64: [dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=False, REGS=160),
          dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=True, REGS=160),
-         dict(NUM_WG=2, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=True, REGS=240)],
+         dict(NUM_WG=2, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=True, REGS=240),
+         # not yet measured with a head's tiles together (round 21, next 2: the d = 64 bands)
+         dict(NUM_WG=2, BN=64, STAGES=4, OVERLAP=True, PERSISTENT=True, REGS=240),
+         dict(NUM_WG=2, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=False, REGS=240)],
 }
 
 
@@ -108,8 +114,20 @@ def step_ab(mod, generated, q, k, v):
         f" ({times['tl fwd'] / times['gluon fwd']:.3f}x)"
 
 
+def overrides(argv):
+    """The `--set D:KEY=VALUE,...` options: {D: {KEY: int}}."""
+    sets = {}
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--set":
+            dim, pairs = value.split(":")
+            sets.setdefault(int(dim), {}).update(
+                (key, int(number)) for key, number in (pair.split("=") for pair in pairs.split(",")))
+    return sets
+
+
 def main():
     variants = "--variants" in sys.argv
+    sets = overrides(sys.argv)
     dims = [int(a) for a in sys.argv[1:] if a.isdigit()] or [128, 64]
     chosen = {D: dict(gf.CONFIGS[D]) for D in dims}
     if variants and not all(check(D) for D in dims):
@@ -124,6 +142,8 @@ def main():
                 mod = pattern.module(backend="triton")
                 generated = load_module(pattern)
                 generated.GLUON_MIN_KEYS_64, generated.GLUON_MAX_KEYS_FWD_128 = 0, float("inf")
+                copy = generated._gluon_module("gluon_forward")  # the module's own copy
+                copy.CONFIGS[D].update(sets.get(D, {}))
                 flops = 4.0 * D * pattern.plan(L, L).kept_pairs * B * H
                 causal = text != "all"
                 with torch.no_grad():
@@ -138,7 +158,7 @@ def main():
                             f"{flops / t_tl / 1e9:4.0f} | SDPA{'-causal' if causal else ''} "
                             f"{t_sdpa:.3f} ms {sdpa_flops / t_sdpa / 1e9:4.0f}")
                     os.environ["ATTNLANG_GLUON"] = "1"
-                    for config in VARIANTS[D] if variants else [chosen[D]]:
+                    for config in VARIANTS[D] if variants else [copy.CONFIGS[D]]:
                         gf.CONFIGS[D] = config
                         if variants:
                             def run():
@@ -149,7 +169,7 @@ def main():
                         diff = ((run().float() - want.float()).abs().max()
                                 / want.float().abs().max()).item()
                         t = do_bench(run, warmup=25, rep=200, return_mode="median")
-                        line += (f" | {'gluon ' + tag(config) if variants else 'gluon'} {t:.3f} "
+                        line += (f" | gluon {tag(config)} {t:.3f} "
                                  f"{flops / t / 1e9:4.0f} ({t_tl / t:.2f}x, diff {diff:.0e})")
                         print(line, flush=True)
                         line = " " * 10
