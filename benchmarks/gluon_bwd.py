@@ -1,7 +1,7 @@
 """attnlang's backward with and without its Gluon kernel (`attnlang/gluon_backward.py`), on the
-band patterns it serves, in one run on the same inputs: the forward, the whole training step
-(forward and backward) with ATTNLANG_GLUON=1 and =0, and the backward as the step less the
-forward.  Gradients of the two paths are compared before timing.  GLUON_MIN_KEYS_64 is set to 0,
+band patterns it serves, in one run on the same inputs: the forward and the whole training step
+(forward and backward) with ATTNLANG_GLUON=1 and =0, and the backward as each step less its
+forward (with =1 the forward is Gluon's too where `gluon_forward` serves the call).  Gradients of the two paths are compared before timing.  GLUON_MIN_KEYS_64 is set to 0,
 so that d = 64 runs the Gluon kernel on narrow bands too (the module's default gives them the
 `tl` kernels).
 
@@ -39,8 +39,8 @@ def main():
                 pattern = attnlang.parse(f"pattern x = {text}")["x"]
                 mod = pattern.module(backend="triton")
                 load_module(pattern).GLUON_MIN_KEYS_64 = 0
-                times, grads = {}, {}
-                for flag in ("0", "1"):
+                times, fwd, grads = {}, {}, {}
+                for flag in ("0", "1"):  # (with =1 the forward may be Gluon's too: timed apart)
                     os.environ["ATTNLANG_GLUON"] = flag
 
                     def step():
@@ -49,11 +49,12 @@ def main():
                     step()
                     grads[flag] = [t.grad.clone() for t in (qg, kg, vg)]
                     times[flag] = do_bench(step, warmup=25, rep=200, grad_to_none=[qg, kg, vg])
-                fwd = do_bench(lambda: mod(q, k, v), warmup=25, rep=200)
+                    fwd[flag] = do_bench(lambda: mod(q, k, v), warmup=25, rep=200)
                 diff = max(max_rel(a, b) for a, b in zip(grads["1"], grads["0"]))
                 flops = 4.0 * D * pattern.plan(L, L).kept_pairs * B * H
-                bwd0, bwd1 = times["0"] - fwd, times["1"] - fwd
-                print(f"{text:26s} L={L:6d} D={D:3d} grads gluon vs tl {diff:.1e} | fwd {fwd:.3f} "
+                bwd0, bwd1 = times["0"] - fwd["0"], times["1"] - fwd["1"]
+                print(f"{text:26s} L={L:6d} D={D:3d} grads gluon vs tl {diff:.1e} | fwd tl "
+                      f"{fwd['0']:.3f} gluon {fwd['1']:.3f} "
                       f"| bwd tl {bwd0:.3f} gluon {bwd1:.3f} ({bwd0 / bwd1:.2f}x) | fwd+bwd "
                       f"TFLOP/s tl {3.5 * flops / times['0'] / 1e9:.0f} gluon "
                       f"{3.5 * flops / times['1'] / 1e9:.0f}", flush=True)

@@ -1,6 +1,7 @@
 """Compile attnlang's Gluon kernels (`attnlang/gluon_backward.py`, `attnlang/gluon_forward.py`)
 for sm_90 without a GPU and report what ptxas says: shared memory, `setmaxnreg`, spills, and
-whether it serialised the wgmma instructions (C7514).  Run it with the GPU image's Triton (3.6) and with CI's:
+whether it serialised the wgmma instructions (C7514).  Run it with the GPU image's Triton (3.6)
+and with CI's:
 
     python -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0 numpy
     /tmp/v36/bin/python benchmarks/gluon_compile.py
@@ -23,8 +24,11 @@ from attnlang import gluon_forward as gf  # noqa: E402
 from attnlang.gluon_hopper import shared_layout  # noqa: E402
 
 
+NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the dtypes
+
+
 def compile_bwd(D=128, dtype=torch.bfloat16):
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    name = NAMES[dtype]
     lq, lk = shared_layout(gb.BM, D, dtype), shared_layout(gb.BN, D, dtype)
     qd = f"tensordesc<{name}[1, 1, {gb.BM}, {D}],{lq!r}>"
     kd = f"tensordesc<{name}[1, 1, {gb.BN}, {D}],{lk!r}>"
@@ -42,7 +46,7 @@ def compile_bwd(D=128, dtype=torch.bfloat16):
 
 def compile_fwd(D=128, dtype=torch.bfloat16):
     """The forward's kernel with its configuration at head dimension D (`gf.CONFIGS`)."""
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    name = NAMES[dtype]
     config = gf.CONFIGS[D]
     rows, BN = gf.ROWS.value, config["BN"]
     qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
@@ -61,7 +65,7 @@ def compile_fwd(D=128, dtype=torch.bfloat16):
 def compile_rows(D=128, dtype=torch.bfloat16):
     """The `tl` kernel that prepares the band kernel's rows (`row_terms`)."""
     from triton.compiler import ASTSource
-    name = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
+    name = "*" + NAMES[dtype]
     signature = {"O": name, "DO": name, "LSE": "*fp32", "LSE2": "*fp32", "DELTA": "*fp32",
                  **{s: "i32" for s in ("sob", "soh", "som", "sdob", "sdoh", "sdom", "H", "Lq",
                                        "lq_pad")},
@@ -102,6 +106,7 @@ def main():
             print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; forward "
                   f"{_report(forward)}; cubins {len(backward.asm['cubin'])}, "
                   f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
+
 
 if __name__ == "__main__":
     main()

@@ -25,10 +25,10 @@ from triton.testing import do_bench
 
 import attnlang
 from attnlang import gluon_forward as gf
+from attnlang.band import band_of
 from attnlang.cache import load_module
 
-BANDS = {"causal": (None, 0), "all": (None, None), "causal & window(1023, 0)": (1023, 0),
-         "window(512)": (512, 512)}
+PATTERNS = ["causal", "all", "causal & window(1023, 0)", "window(512)"]
 VARIANTS = {
     128: [dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PERSISTENT=False, REGS=240),
           dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PERSISTENT=True, REGS=240),
@@ -137,8 +137,9 @@ def main():
             H = 16
             q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
                        for _ in range(3))
-            for text, (back, ahead) in BANDS.items():
+            for text in PATTERNS:
                 pattern = attnlang.parse(f"pattern x = {text}")["x"]
+                back, ahead = band_of(pattern.ir)
                 mod = pattern.module(backend="triton")
                 generated = load_module(pattern)
                 generated.GLUON_MIN_KEYS_64, generated.GLUON_MAX_KEYS_FWD_128 = 0, float("inf")

@@ -159,9 +159,9 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
 
 def band_cases(n, gen):
     """``n`` random cases for the Gluon kernels of band patterns (`gluon_forward`,
-    `gluon_backward`): bands with
-    either side unbounded or negative, lengths that are not multiples of its tiles, more keys
-    than queries, strided [B, L, H, D] views, both 16-bit dtypes and both head dimensions."""
+    `gluon_backward`): bands with either side unbounded or negative, lengths that are not
+    multiples of their tiles, more keys than queries, strided [B, L, H, D] views, both 16-bit
+    dtypes and both head dimensions."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
