@@ -42,7 +42,7 @@ def _template_version() -> str:
 SUPPORT_MODULES = ("ir", "errors", "printer", "predicate", "layout", "plan", "validate")
 # ... and, in modules of band patterns (``band.band_of``), the Gluon forward and backward, which
 # they load only when they are about to use them (they import Triton's Gluon, which not every
-# Triton has).
+# Triton has); document masks (``layout_segment.band_of``) take the first two, the backward.
 LAZY_SUPPORT_MODULES = ("gluon_hopper", "gluon_backward", "gluon_forward")
 
 
@@ -199,6 +199,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     """The standalone module for a (bound) ``attnlang.Pattern``: deterministic text."""
     import jinja2
 
+    from . import layout_segment
     from .band import band_of
     from .plan import IDENTITY, decompose, one_pass
 
@@ -217,8 +218,12 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
                              trim_blocks=True, lstrip_blocks=True)
     template = env.get_template("attention.py.jinja")
     layout_picture = _layout_picture(pattern)
-    band = band_of(expr) if len(specs) == 1 and specs[0].kind == IDENTITY else None
-    lazy = LAZY_SUPPORT_MODULES if band is not None else ()
+    one = len(specs) == 1 and specs[0].kind == IDENTITY
+    band = band_of(expr) if one else None
+    # document masks (one band and one document) take the Gluon backward only
+    documents = one and band is None and layout_segment.band_of(expr) is not None
+    lazy = LAZY_SUPPORT_MODULES if band is not None else \
+        LAZY_SUPPORT_MODULES[:2] if documents else ()
     source = template.render(
         pattern_source=str(pattern.decl) if hasattr(pattern, "decl") else str(pattern),
         expr_source=str(expr),

@@ -96,14 +96,14 @@ def _dq_writer(dq_bufs, dq_ready, dq_empty, dq_ptr, lo, hi, BM: gl.constexpr, D:
 
 
 @gluon.jit
-def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale, sm_scale,
-          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
+def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale, sm_scale,
+          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr):
     """Query tile i of this key block: its five products, dQ_part handed to the writer warp.
     (Issuing the next tile's S^T before waiting for this tile's products, carried across
     iterations, made ptxas serialise every wgmma: C7514, NOTES round 19.)"""
     k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
     kv_bar, ready, empty, dq_ready, dq_empty = bars
-    Lk, off, back, ahead = band
+    Lq, Lk, off, back, ahead = band
     dtype: gl.constexpr = k_smem.dtype
     STAGES: gl.constexpr = q_bufs.type.shape[0]
     s_layout: gl.constexpr = wgmma_layout(8, 1, BM)
@@ -124,8 +124,17 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale, s
     delta = gl.load(delta_ptr + rows)
     st = warpgroup_mma_wait(1, deps=(st,))
     pt = gl.exp2(st * qk_scale - lse[None, :])
+    if SEGMENTS:  # documents: tiles outside the table's full ones are masked
+        full_lo, full_hi, segq_ptr, kseg = docs
+        if (lo + i < full_lo) | (lo + i >= full_hi):
+            keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
+            dist = (rows + off)[None, :] - keys[:, None]
+            qseg = gl.load(segq_ptr + rows, mask=rows < Lq, other=-2)
+            keep = (dist >= -ahead) & (dist <= back) & (keys < Lk)[:, None] & \
+                (qseg[None, :] == kseg[:, None])
+            pt = gl.where(keep, pt, 0.0)
     # partial: some pair of the tile outside the band, or past the keys' end
-    if (m0 + off - (key0 + BN - 1) < -ahead) | (m0 + BM - 1 + off - key0 > back) | \
+    elif (m0 + off - (key0 + BN - 1) < -ahead) | (m0 + BM - 1 + off - key0 > back) | \
             (key0 + BN > Lk):
         keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
         dist = (rows + off)[None, :] - keys[:, None]
@@ -152,18 +161,25 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale, s
 
 
 @gluon.jit
-def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi, band,
-             qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr):
+def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi, band, docs,
+             qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
+             SEGMENTS: gl.constexpr):
     k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
     kv_bar, ready, empty, dq_ready, dq_empty = bars
     dtype: gl.constexpr = k_smem.dtype
     kv_layout: gl.constexpr = wgmma_layout(8, 1, D)
     dk = gl.zeros([BN, D], gl.float32, kv_layout)
     dv = gl.zeros([BN, D], gl.float32, kv_layout)
+    if SEGMENTS:  # the key block's ids, read once: (full_lo, full_hi, segq_ptr, kseg) to _tile
+        full_lo, full_hi, segq_ptr, segk_ptr = docs
+        s_layout: gl.constexpr = wgmma_layout(8, 1, BM)
+        keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
+        docs = (full_lo, full_hi, segq_ptr, gl.load(segk_ptr + keys, mask=keys < band[1],
+                                                     other=-1))
     mbarrier.wait(kv_bar, 0)
     for i in range(hi - lo):
-        dk, dv = _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, qk_scale,
-                       sm_scale, BM, BN, D)
+        dk, dv = _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale,
+                       sm_scale, BM, BN, D, SEGMENTS)
     dk = dk * sm_scale
     # K and V are no longer read: their buffers stage dK and dV for the TMA stores
     k_out = k_smem.reshape([1, 1, BN, D])
@@ -181,22 +197,41 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, h
 # kernel 20% slower, causal at 8k d = 128 3.12 -> 3.82 ms, results/gluon_ab_r20c.log)
 @gluon.jit
 def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr, delta_ptr,
-                         dq_ptr, H, Lq, Lk, back, ahead, qk_scale, sm_scale, BM: gl.constexpr,
-                         BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+                         dq_ptr, H, Lq, Lk, back, ahead, qk_scale, sm_scale, bounds_ptr, flag_ptr,
+                         segq_ptr, segk_ptr, per_batch, BM: gl.constexpr, BN: gl.constexpr,
+                         D: gl.constexpr, STAGES: gl.constexpr, SEGMENTS: gl.constexpr):
     """dQ (added to dq_ptr, float32 [B * H, Lq rounded up to BM, D]), dK and dV of the pairs
     (query q, key k) with -ahead <= q + Lk - Lq - k <= back; lse_ptr and delta_ptr are
-    `_rows_kernel`'s."""
+    `_rows_kernel`'s.  With SEGMENTS, only pairs of one document too: segq_ptr / segk_ptr are
+    int32 ids [batches, Lq] / [batches, Lk] (batch b's row b * per_batch), and each key block's
+    query tiles come from bounds_ptr, the template's `_segment_bounds` table for BN-key blocks
+    and BM-query blocks (lo, full_lo, full_hi, hi per block; tiles outside [full_lo, full_hi)
+    masked), unless flag_ptr's pair marks the batch's ids unsorted: then every tile, masked."""
     block = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
     h = bh % H
     key0 = block * BN
     off = Lk - Lq
-    # queries whose band meets keys [key0, key0 + BN): p in [key0 - ahead, key0 + BN - 1 + back]
-    q_lo = gl.maximum(key0 - ahead - off, 0)
-    q_hi = gl.minimum(key0 + BN + back - off, Lq)
-    lo = q_lo // BM
-    hi = gl.maximum(gl.cdiv(q_hi, BM), lo)
+    if SEGMENTS:
+        bb = b * per_batch
+        row = bounds_ptr + (bb * gl.num_programs(0) + block) * 4
+        flag = flag_ptr + 2 * bb
+        unsorted = gl.load(flag + 1) == gl.load(flag)
+        lo = gl.where(unsorted, 0, gl.load(row))
+        full_lo = gl.where(unsorted, 0, gl.load(row + 1))
+        full_hi = gl.where(unsorted, 0, gl.load(row + 2))
+        hi = gl.where(unsorted, gl.cdiv(Lq, BM), gl.load(row + 3))
+        docs = (full_lo, full_hi, segq_ptr + bb.to(gl.int64) * Lq,
+                segk_ptr + bb.to(gl.int64) * Lk)
+    else:
+        # queries whose band meets keys [key0, key0 + BN): p in [key0 - ahead, key0 + BN - 1 +
+        # back]
+        q_lo = gl.maximum(key0 - ahead - off, 0)
+        q_hi = gl.minimum(key0 + BN + back - off, Lq)
+        lo = q_lo // BM
+        hi = gl.maximum(gl.cdiv(q_hi, BM), lo)
+        docs = (0, 0, segq_ptr, segk_ptr)
     lq_pad = gl.cdiv(Lq, BM) * BM
     lse_ptr += bh.to(gl.int64) * lq_pad
     delta_ptr += bh.to(gl.int64) * lq_pad
@@ -230,7 +265,7 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_
     bars = (kv_bar, ready, empty, dq_ready, dq_empty)
     gl.warp_specialize([
         (_compute, (bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi,
-                    (Lk, off, back, ahead), qk_scale, sm_scale, BM, BN, D)),
+                    (Lq, Lk, off, back, ahead), docs, qk_scale, sm_scale, BM, BN, D, SEGMENTS)),
         (_loader, ((q_desc, k_desc, v_desc, do_desc), (k_smem, v_smem, q_bufs, do_bufs),
                    (kv_bar, ready, empty), b, h, key0, lo, hi, BM)),
         (_dq_writer, (dq_bufs, dq_ready, dq_empty, dq_ptr, lo, hi, BM, D)),
@@ -270,13 +305,15 @@ def row_terms(out, do, lse):
     return rows[0], rows[1]
 
 
-def backward(q, k, v, out, do, lse, scale, back, ahead):
+def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None):
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound and ``lse`` [B, H, Lq] float32 (contiguous) the
     forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one dtype in DTYPES, D in
     HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, with the head dimension
     contiguous and the base addresses and every other stride multiples of 16 bytes (what TMA
-    descriptors read; the generated modules check it with their `_descriptors_ok`)."""
+    descriptors read; the generated modules check it with their `_descriptors_ok`).
+    ``docs``: for a document mask (the band and one document), (bounds, flag, seg_q, seg_k,
+    per_batch) as `band_backward_kernel` takes them with SEGMENTS (int32 tensors)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     reach = Lq + Lk  # a bound beyond every distance
@@ -290,5 +327,6 @@ def backward(q, k, v, out, do, lse, scale, back, ahead):
     band_backward_kernel[(triton.cdiv(Lk, BN), B * H)](
         descriptor(q, BM), descriptor(k, BN), descriptor(v, BN), descriptor(do, BM),
         descriptor(dk, BN), descriptor(dv, BN), lse2, delta, dq, H, Lq, Lk, back, ahead,
-        scale * LOG2E, scale, BM, BN, D, STAGES, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+        scale * LOG2E, scale, *(docs or (lse2, lse2, lse2, lse2, 0)), BM, BN, D, STAGES,
+        docs is not None, num_warps=NUM_WARPS, maxnreg=MAXNREG)
     return dq[:, :Lq].reshape(B, H, Lq, D).to(q.dtype), dk, dv

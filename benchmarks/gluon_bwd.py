@@ -1,11 +1,17 @@
 """attnlang's backward with and without its Gluon kernel (`attnlang/gluon_backward.py`), on the
 band patterns it serves, in one run on the same inputs: the forward and the whole training step
 (forward and backward) with ATTNLANG_GLUON=1 and =0, and the backward as each step less its
-forward (with =1 the forward is Gluon's too where `gluon_forward` serves the call).  Gradients of the two paths are compared before timing.  GLUON_MIN_KEYS_64 is set to 0,
-so that d = 64 runs the Gluon kernel on narrow bands too (the module's default gives them the
-`tl` kernels).
+forward (with =1 the forward is Gluon's too where `gluon_forward` serves the call).  Gradients
+of the two paths are compared before timing.  GLUON_MIN_KEYS_64 and GLUON_DOCS_MIN_QUERIES are
+set to 0, so that d = 64 runs the Gluon kernel on narrow bands too, and documents at every
+length (the modules' defaults give them the `tl` kernels).
 
     python benchmarks/gluon_bwd.py [128] [64]   # on the GPU machine
+    python benchmarks/gluon_bwd.py 128 --only segment --lengths 8192,16384,32768
+                                       # the patterns holding a word, at these lengths
+
+`causal & segment` takes the benchmark's 64 random documents per sequence (`attnlang.bench`);
+its kernel runs at the head dimensions of the module's GLUON_DOCS only.
 
 Round 19's standalone version of the kernel (results/gluon_bwd_r19*.log) is in git history
 (ed9f467); this script times the kernel as attnlang runs it.
@@ -17,9 +23,16 @@ import torch
 from triton.testing import do_bench
 
 import attnlang
+from attnlang.bench import random_documents
 from attnlang.cache import load_module
 
-PATTERNS = ["causal", "all", "causal & window(1023, 0)", "window(512)"]
+PATTERNS = ["causal", "all", "causal & window(1023, 0)", "window(512)", "causal & segment"]
+
+
+def causal_document_pairs(segments):
+    """Kept pairs of `causal & segment` per head and batch (sorted ids, shared by the batch)."""
+    sizes = torch.unique_consecutive(segments.cpu(), return_counts=True)[1].long()
+    return int((sizes * (sizes + 1) // 2).sum())
 
 
 def max_rel(x, ref):
@@ -28,30 +41,39 @@ def max_rel(x, ref):
 
 
 def main():
-    dims = [int(a) for a in sys.argv[1:]] or [128, 64]
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
+    dims = [int(a) for a in sys.argv[1:] if a.isdigit()] or [128, 64]
+    lengths = [int(x) for x in sys.argv[sys.argv.index("--lengths") + 1].split(",")] \
+        if "--lengths" in sys.argv else [8192, 32768]
     for D in dims:
-        for L, B in ((8192, 2), (32768, 1)):
+        for L, B in ((L, max(1, 16384 // L)) for L in lengths):
             H = 16
             q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
                            for _ in range(4))
             qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+            kw = dict(segments=random_documents(L, 64, "cuda", torch.Generator().manual_seed(0)))
             for text in PATTERNS:
+                if only not in text or ("segment" in text and D not in (128,)):
+                    continue
                 pattern = attnlang.parse(f"pattern x = {text}")["x"]
+                extra = kw if "segment" in text else {}
                 mod = pattern.module(backend="triton")
-                load_module(pattern).GLUON_MIN_KEYS_64 = 0
+                generated = load_module(pattern)
+                generated.GLUON_MIN_KEYS_64 = generated.GLUON_DOCS_MIN_QUERIES = 0
                 times, fwd, grads = {}, {}, {}
                 for flag in ("0", "1"):  # (with =1 the forward may be Gluon's too: timed apart)
                     os.environ["ATTNLANG_GLUON"] = flag
 
                     def step():
-                        mod(qg, kg, vg).backward(do)
+                        mod(qg, kg, vg, **extra).backward(do)
                     qg.grad = kg.grad = vg.grad = None
                     step()
                     grads[flag] = [t.grad.clone() for t in (qg, kg, vg)]
                     times[flag] = do_bench(step, warmup=25, rep=200, grad_to_none=[qg, kg, vg])
-                    fwd[flag] = do_bench(lambda: mod(q, k, v), warmup=25, rep=200)
+                    fwd[flag] = do_bench(lambda: mod(q, k, v, **extra), warmup=25, rep=200)
                 diff = max(max_rel(a, b) for a, b in zip(grads["1"], grads["0"]))
-                flops = 4.0 * D * pattern.plan(L, L).kept_pairs * B * H
+                flops = 4.0 * D * B * H * (pattern.plan(L, L).kept_pairs if not extra else
+                                           causal_document_pairs(extra["segments"]))
                 bwd0, bwd1 = times["0"] - fwd["0"], times["1"] - fwd["1"]
                 print(f"{text:26s} L={L:6d} D={D:3d} grads gluon vs tl {diff:.1e} | fwd tl "
                       f"{fwd['0']:.3f} gluon {fwd['1']:.3f} "

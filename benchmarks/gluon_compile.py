@@ -27,7 +27,8 @@ from attnlang.gluon_hopper import shared_layout  # noqa: E402
 NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the dtypes
 
 
-def compile_bwd(D=128, dtype=torch.bfloat16):
+def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
+    """The backward's kernel at head dimension D, for bands or (``segments``) document masks."""
     name = NAMES[dtype]
     lq, lk = shared_layout(gb.BM, D, dtype), shared_layout(gb.BN, D, dtype)
     qd = f"tensordesc<{name}[1, 1, {gb.BM}, {D}],{lq!r}>"
@@ -35,9 +36,11 @@ def compile_bwd(D=128, dtype=torch.bfloat16):
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "do_desc": qd, "dk_desc": kd,
                  "dv_desc": kd, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": "*fp32",
                  "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32", "ahead": "i32",
-                 "qk_scale": "fp32", "sm_scale": "fp32", "BM": "constexpr", "BN": "constexpr",
-                 "D": "constexpr", "STAGES": "constexpr"}
-    constexprs = {"BM": gb.BM, "BN": gb.BN, "D": D, "STAGES": gb.STAGES}
+                 "qk_scale": "fp32", "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
+                 "segq_ptr": "*i32", "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
+                 "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
+                 "SEGMENTS": "constexpr"}
+    constexprs = {"BM": gb.BM, "BN": gb.BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (6, 7, 8)}
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
@@ -103,8 +106,10 @@ def main():
         for D in gb.HEAD_DIMS:
             backward, rows, forward = compile_bwd(D, dtype), compile_rows(D, dtype), \
                 compile_fwd(D, dtype)
-            print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; forward "
-                  f"{_report(forward)}; cubins {len(backward.asm['cubin'])}, "
+            documents = compile_bwd(D, dtype, segments=True)
+            print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' backward "
+                  f"{_report(documents)}; forward {_report(forward)}; cubins "
+                  f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "
                   f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
 
 

@@ -12,7 +12,7 @@ benchmarks/results/gpu_check.json.  Two float32 cases at head dimensions 128 and
 counted in the bf16 worst ratio.
 
     python benchmarks/gpu_check.py [--quick] [--only "stride,segment"] [--d 64,128]
-    python benchmarks/gpu_check.py --gluon 40   # 40 random cases of the Gluon kernels (bands)
+    python benchmarks/gpu_check.py --gluon 40   # 40 random cases of the Gluon kernels
 
 On an sm_90 GPU the band patterns' backward is the Gluon kernel (`attnlang/gluon_backward.py`;
 each line's "gluon" counts the case's forwards and backwards that ran Gluon's kernels, as
@@ -90,10 +90,12 @@ def _gluon_counted(generated, name):
     return getattr(generated, name)
 
 
-def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhere=False):
+def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhere=False,
+             documents=31, unsorted=False):
     """``bshd``: q, k, v, dO as [B, L, H, D] tensors seen as [B, H, L, D] (strided views);
     ``gluon_everywhere``: the Gluon forward and backward wherever they can run (d = 64 on
-    narrow bands, d = 128 on wide ones)."""
+    narrow bands, d = 128 on wide ones); for patterns with `segment`, ``documents`` + 1 random
+    documents, their ids in reverse order where ``unsorted``."""
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
     dev = "cuda"
 
@@ -105,10 +107,12 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     kw = {}
     segments = None
     if "segment" in text:
-        cuts = torch.randperm(Lk - 1, generator=gen)[:31] + 1
-        starts = torch.zeros(Lk, dtype=torch.int32)
+        cuts = torch.randperm(max(Lk - 1, 1), generator=gen)[:documents] + 1
+        starts = torch.zeros(Lk + 1, dtype=torch.int32)
         starts[cuts] = 1
-        segments = torch.cumsum(starts, 0).to(torch.int32).to(dev)
+        segments = torch.cumsum(starts[:Lk], 0).to(torch.int32).to(dev)
+        if unsorted:
+            segments = segments.flip(0)
         kw["segments"] = segments
     keep = dense_mask(pattern.ir, Lq, Lk, num_heads=Hq, segments=segments)[None].to(dev)
     ref = reference(q, k, v, keep, do)
@@ -121,6 +125,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     if gluon_everywhere:
         generated.GLUON_MIN_KEYS_64 = 0
         generated.GLUON_MAX_KEYS_FWD_128 = float("inf")
+        generated.GLUON_DOCS_MIN_QUERIES = 0
     gluon_before, gluon_fwd_before = gluon_runs.counts, gluon_fwd_runs.counts
     before = {key for key, hit in direct.items() if hit}  # an earlier case of the same pattern's
     runs = []
@@ -161,7 +166,8 @@ def band_cases(n, gen):
     """``n`` random cases for the Gluon kernels of band patterns (`gluon_forward`,
     `gluon_backward`): bands with either side unbounded or negative, lengths that are not
     multiples of their tiles, more keys than queries, strided [B, L, H, D] views, both 16-bit
-    dtypes and both head dimensions."""
+    dtypes and both head dimensions; every third one a document mask (the backward's kernel
+    with the document bounds, at d = 128: 1 to 201 documents, ids in order or reversed)."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
@@ -175,7 +181,12 @@ def band_cases(n, gen):
         B, H = pick([1, 2]), pick([1, 3])
         D = pick([64, 128])
         dtype = pick([torch.bfloat16, torch.float16])
-        cases.append(((text, Lq, Lk, B, H, H, D), dtype, i % 4 == 3))
+        kw = {}
+        if i % 3 == 2:  # a document mask: self-attention, d = 128 (GLUON_DOCS)
+            text = pick(["causal & segment", "segment", f"window({back}, {ahead}) & segment"])
+            Lk, D = Lq, 128
+            kw = dict(documents=pick([0, 3, 31, 200]), unsorted=i % 5 == 4)
+        cases.append(((text, Lq, Lk, B, H, H, D), dtype, i % 4 == 3, kw))
     return cases
 
 
@@ -190,16 +201,18 @@ def main():
     if bands:  # the Gluon kernels alone, wherever they can run
         plan = band_cases(bands, gen)
     else:
-        plan = [(case, dtype, False) for dtype in (torch.bfloat16, torch.float16)
+        plan = [(case, dtype, False, {}) for dtype in (torch.bfloat16, torch.float16)
                 for case in CASES[: 7 if quick else None]]
-        plan += [(case, torch.float32, False) for case in FP32_CASES]
-    for case, dtype, bshd in plan:
+        plan += [(case, torch.float32, False, {}) for case in FP32_CASES]
+    for case, dtype, bshd, kw in plan:
         if (only and not any(word in case[0] for word in only)) or (dims and case[-1] not in dims):
             continue
         t = time.time()
-        res, ok = run_case(*case, dtype, gen, bshd=bshd, gluon_everywhere=bool(bands))
+        res, ok = run_case(*case, dtype, gen, bshd=bshd, gluon_everywhere=bool(bands), **kw)
         all_gluon = res["gluon"] == 2 and res["gluon_fwd"] == 2  # no `tl` kernel: none direct
-        ok = ok and (res["direct"] > 0 or all_gluon) and (not bands or all_gluon)
+        # (document masks: Gluon's backward, the `tl` forward)
+        everywhere = res["gluon"] == 2 if "segment" in case[0] else all_gluon
+        ok = ok and (res["direct"] > 0 or all_gluon) and (not bands or everywhere)
         a, s = res["attnlang"], res["sdpa"]
         ratio = max(a[i] / s[i] for i in (0, 2, 3, 4) if s[i] > 0)
         worst_ratio = max(worst_ratio, ratio) if dtype == torch.bfloat16 else worst_ratio
@@ -212,7 +225,7 @@ def main():
               f"D={case[6]:3d} out {a[0]:.2e} (sdpa {s[0]:.2e}) lse {a[1]:.1e} dq {a[2]:.2e} "
               f"({s[2]:.2e}) dk {a[3]:.2e} ({s[3]:.2e}) dv {a[4]:.2e} ({s[4]:.2e}) "
               f"ratio {ratio:.2f} direct {res['direct']} gluon {res['gluon_fwd']}/{res['gluon']} "
-              f"{'bshd ' if bshd else ''}"
+              f"{'bshd ' if bshd else ''}{'unsorted ' if kw.get('unsorted') else ''}"
               f"{'ok' if ok else 'NONFINITE, REPEAT DIFFERS, NOT DIRECT OR NOT GLUON'} "
               f"{time.time() - t:.1f}s",
               flush=True)

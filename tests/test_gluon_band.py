@@ -309,6 +309,121 @@ def test_the_gluon_forward_and_its_fallback(monkeypatch, failure):
         assert sum(1 for key in module._CALLS if key[0] == "gluon forward") == 1
 
 
+def test_which_document_calls_take_the_gluon_backward(monkeypatch):
+    """Document masks (one band and one document: SEG_BOUNDS) take the Gluon backward at the head
+    dimensions of GLUON_DOCS on sequences of at least GLUON_DOCS_MIN_QUERIES queries, under the
+    band patterns' other rules, and carry the backward's module but not the forward's; other
+    patterns with `segment` do not."""
+    docs, window, other = _module("causal & segment"), _module("window(70, 20) & segment"), \
+        _module("segment & stride(4)")
+    assert docs.BAND is None and docs.SEG_BOUNDS and docs.GLUON_DOCS == (128,)
+    assert sorted(docs._LAZY_SUPPORT) == ["gluon_backward", "gluon_hopper"]
+    assert other._LAZY_SUPPORT == []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
+    if docs._gluon_module("gluon_backward") is None:
+        pytest.skip("this Triton has no Gluon")
+    assert docs.GLUON_DOCS_MIN_QUERIES == 32768
+    assert docs._gluon_ok(*_fake(L=32768), NO_EXTRAS, False)
+    assert window._gluon_ok(*_fake(torch.float16, L=40000), NO_EXTRAS, False)
+    assert not docs._gluon_ok(*_fake(L=32767), NO_EXTRAS, False)
+    assert not docs._gluon_ok(*_fake(D=64, L=32768), NO_EXTRAS, False)
+    assert not other._gluon_ok(*_fake(L=32768), NO_EXTRAS, False)
+    for flag in NO_EXTRAS:
+        assert not docs._gluon_ok(*_fake(L=32768), dict(NO_EXTRAS, **{flag: True}), False)
+    assert not docs._gluon_ok(*_fake(L=docs.GLUON_MAX_QUERIES + 1), NO_EXTRAS, False)
+    assert docs._keys_tile(*_fake(), True) == (64, 128)
+
+
+class _EmulatedDocumentKernel:
+    """`gluon_backward.backward` for document masks, emulated in float64 the way its kernel
+    visits tiles: per key block of BN keys, the query tiles [lo, hi) of the bounds it is given,
+    the ids and the band applied only outside [full_lo, full_hi) (every tile, masked, where the
+    order flag marks the batch's ids unsorted).  Wrong bounds -- a tile missed, or one called
+    full that is not -- give wrong gradients."""
+    BM, BN = 64, 128
+
+    def __init__(self):
+        self.calls = []
+
+    def backward(self, q, k, v, out, do, lse, scale, back, ahead, docs=None):
+        self.calls.append(docs)
+        bounds, flag, seg_q, seg_k, per_batch = docs
+        B, H, Lq, D = q.shape
+        Lk = k.shape[2]
+        back, ahead = min(back, Lq + Lk), min(ahead, Lq + Lk)
+        n_qb, n_kb = -(-Lq // self.BM), -(-Lk // self.BN)
+        q64, k64, v64, do64 = (t.double() for t in (q, k, v, do))
+        delta = (out.double() * do64).sum(-1)
+        dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float64) for t in (q, k, v))
+        for b in range(B):
+            bb = b * per_batch
+            unsorted = bool(flag[2 * bb + 1] == flag[2 * bb])
+            for kb in range(n_kb):
+                lo, full_lo, full_hi, hi = (0, 0, 0, n_qb) if unsorted else \
+                    bounds[(bb * n_kb + kb) * 4:(bb * n_kb + kb) * 4 + 4].tolist()
+                keys = torch.arange(kb * self.BN, min(kb * self.BN + self.BN, Lk))
+                for t in range(lo, hi):
+                    rows = torch.arange(t * self.BM, min(t * self.BM + self.BM, Lq))
+                    s = q64[b][:, rows] @ k64[b][:, keys].transpose(-1, -2) * scale
+                    row_lse = lse[b][:, rows, None].double()
+                    p = torch.where(torch.isinf(row_lse), 0.0, torch.exp(s - row_lse))
+                    if not full_lo <= t < full_hi:
+                        dist = rows[:, None] + (Lk - Lq) - keys[None, :]
+                        p = p * ((dist <= back) & (dist >= -ahead)
+                                 & (seg_q[bb, rows][:, None] == seg_k[bb, keys][None, :]))
+                    dv[b][:, keys] += p.transpose(-1, -2) @ do64[b][:, rows]
+                    dp = do64[b][:, rows] @ v64[b][:, keys].transpose(-1, -2)
+                    ds = p * (dp - delta[b][:, rows, None])
+                    dk[b][:, keys] += ds.transpose(-1, -2) @ q64[b][:, rows] * scale
+                    dq[b][:, rows] += ds @ k64[b][:, keys] * scale
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _documents(B, L, seed, shuffle=False):
+    """[B, L] int64 ids of random-length documents, sorted (unless ``shuffle``)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.sort(torch.randint(0, 6, (B, L), generator=gen), dim=-1).values
+    if shuffle:
+        ids[:, :40] = ids[:, :40].flip(-1)
+    return ids
+
+
+@pytest.mark.parametrize("text,ids", [
+    ("causal & segment", "per batch"), ("causal & segment", "unsorted"),
+    ("window(70, 20) & segment", "shared"), ("segment", "per batch")])
+def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
+    """The Gluon backward of a document mask, given the bounds the forward built at its tile
+    (`_keys_tile`) and the ids as the generated module passes them, computes the dense float64
+    reference's gradients when it visits tiles as its kernel does (`_EmulatedDocumentKernel`):
+    sorted ids per batch, ids out of order (the flag: every tile, masked), and one row of ids
+    for both batches."""
+    from attnlang import reference
+    module = _module(text)
+    kernel = _EmulatedDocumentKernel()
+    monkeypatch.setattr(module, "_GLUON", {"gluon_backward": kernel})
+    monkeypatch.setattr(module, "_gluon_ok", lambda *args: True)
+    monkeypatch.setattr(module, "_CALLS", {})
+    monkeypatch.setattr(module, "_SEG_MEMO", {})
+    monkeypatch.setattr(module, "_SHAPES", {})
+    torch.manual_seed(3)
+    B, H, L, D = 2, 2, 300, 16
+    seg = _documents(1 if ids == "shared" else B, L, seed=4, shuffle=ids == "unsorted")
+    q, k, v, do = (torch.randn(B, H, L, D) for _ in range(4))
+    got = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    module.attention(*got, segments=seg).backward(do)
+    assert len(kernel.calls) == 1
+    bounds, flag, seg_q, seg_k, per_batch = kernel.calls[0]
+    assert per_batch == (0 if ids == "shared" else 1) and seg_q.dtype == torch.int32
+    want = [t.double().requires_grad_(True) for t in (q, k, v)]
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    keep = torch.stack([dense_mask(expr, L, L, num_heads=H, segments=seg[min(b, len(seg) - 1)])
+                        for b in range(B)])
+    reference.attention(*want, mask=keep)[0].backward(do.double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_the_gluon_kernels_compile_for_sm90():
     """`benchmarks/gluon_compile.py` with this machine's Triton (CI's), outside the
     interpreter: the three kernels compile to cubins at both head dimensions and dtypes."""
