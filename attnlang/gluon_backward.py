@@ -37,8 +37,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, tma_load, tma_store, \
-    wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, tma_load, \
+    tma_store, wgmma_layout
 
 __all__ = ["BM", "BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward", "band_backward_kernel",
            "row_terms"]
@@ -294,18 +294,19 @@ def _rows_kernel(O, DO, LSE, LSE2, DELTA, sob, soh, som, sdob, sdoh, sdom, H, Lq
     tl.store(LSE2 + out, lse2)
 
 
-def row_terms(out, do, lse):
-    """`_rows_kernel`'s (lse2, delta), each [B * H, Lq rounded up to BM] float32."""
+def row_terms(out, do, lse, launch=jit_launch):
+    """`_rows_kernel`'s (lse2, delta), each [B * H, Lq rounded up to BM] float32 (``launch``: as
+    `backward`'s)."""
     B, H, Lq, D = out.shape
     lq_pad = triton.cdiv(Lq, BM) * BM
     rows = torch.empty((2, B * H, lq_pad), dtype=torch.float32, device=out.device)
-    _rows_kernel[(lq_pad // BM, B * H)](
-        out, do, lse, rows[0], rows[1], out.stride(0), out.stride(1), out.stride(2),
-        do.stride(0), do.stride(1), do.stride(2), H, Lq, lq_pad, BM, D)
+    launch(_rows_kernel, (lq_pad // BM, B * H),
+           (out, do, lse, rows[0], rows[1], out.stride(0), out.stride(1), out.stride(2),
+            do.stride(0), do.stride(1), do.stride(2), H, Lq, lq_pad), dict(ROWS=BM, D=D))
     return rows[0], rows[1]
 
 
-def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None):
+def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_launch):
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound and ``lse`` [B, H, Lq] float32 (contiguous) the
     forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one dtype in DTYPES, D in
@@ -313,20 +314,22 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None):
     contiguous and the base addresses and every other stride multiples of 16 bytes (what TMA
     descriptors read; the generated modules check it with their `_descriptors_ok`).
     ``docs``: for a document mask (the band and one document), (bounds, flag, seg_q, seg_k,
-    per_batch) as `band_backward_kernel` takes them with SEGMENTS (int32 tensors)."""
+    per_batch) as `band_backward_kernel` takes them with SEGMENTS (int32 tensors); ``launch``:
+    how to launch a kernel (`gluon_hopper.jit_launch`'s arguments)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     reach = Lq + Lk  # a bound beyond every distance
     back = reach if back is None else max(-reach, min(back, reach))
     ahead = reach if ahead is None else max(-reach, min(ahead, reach))
     lq_pad = triton.cdiv(Lq, BM) * BM
-    lse2, delta = row_terms(out, do, lse)
+    lse2, delta = row_terms(out, do, lse, launch)
     dq = torch.zeros((B * H, lq_pad, D), dtype=torch.float32, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    band_backward_kernel[(triton.cdiv(Lk, BN), B * H)](
-        descriptor(q, BM), descriptor(k, BN), descriptor(v, BN), descriptor(do, BM),
-        descriptor(dk, BN), descriptor(dv, BN), lse2, delta, dq, H, Lq, Lk, back, ahead,
-        scale * LOG2E, scale, *(docs or (lse2, lse2, lse2, lse2, 0)), BM, BN, D, STAGES,
-        docs is not None, num_warps=NUM_WARPS, maxnreg=MAXNREG)
+    launch(band_backward_kernel, (triton.cdiv(Lk, BN), B * H),
+           (descriptor(q, BM), descriptor(k, BN), descriptor(v, BN), descriptor(do, BM),
+            descriptor(dk, BN), descriptor(dv, BN), lse2, delta, dq, H, Lq, Lk, back, ahead,
+            scale * LOG2E, scale, *(docs or (lse2, lse2, lse2, lse2, 0))),
+           dict(BM=BM, BN=BN, D=D, STAGES=STAGES, SEGMENTS=docs is not None,
+                num_warps=NUM_WARPS, maxnreg=MAXNREG), (q.dtype,))
     return dq[:, :Lq].reshape(B, H, Lq, D).to(q.dtype), dk, dv

@@ -30,8 +30,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, tma_load, tma_store, \
-    wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, tma_load, \
+    tma_store, wgmma_layout
 
 ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
 # per head dimension (results/gluon_fwd_r21c.log): three warpgroups at d = 64 (192 queries per
@@ -257,13 +257,14 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, Lq, Lk, 
 _SMS = {}  # multiprocessors per device
 
 
-def forward(q, k, v, scale, back, ahead):
+def forward(q, k, v, scale, back, ahead, launch=jit_launch):
     """(out, lse) of softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound; lse [B, H, Lq] float32, natural log, -inf (and out 0)
     on rows that keep nothing.  q, k, v: [B, H, L, D] of one dtype in DTYPES, D in HEAD_DIMS, as
     many key heads as query heads, on an sm_90 GPU, read by TMA descriptors (the head dimension
     contiguous, base addresses and other strides multiples of 16 bytes: the generated modules
-    check it with their `_descriptors_ok`)."""
+    check it with their `_descriptors_ok`); ``launch``: how to launch the kernel
+    (`gluon_hopper.jit_launch`'s arguments)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     config = CONFIGS[D]
@@ -279,9 +280,9 @@ def forward(q, k, v, scale, back, ahead):
             _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
         programs = min(programs, _SMS[device])
     BN = config["BN"]
-    band_forward_kernel[(programs,)](
-        descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN), descriptor(out, ROWS.value),
-        lse,
-        B * H, H, Lq, Lk, back, ahead, scale * LOG2E, BN, D, config["STAGES"], config["NUM_WG"],
-        config["OVERLAP"], config["REGS"], num_warps=4)
+    launch(band_forward_kernel, (programs,),
+           (descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN),
+            descriptor(out, ROWS.value), lse, B * H, H, Lq, Lk, back, ahead, scale * LOG2E),
+           dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
+                OVERLAP=config["OVERLAP"], REGS=config["REGS"], num_warps=4), (q.dtype,))
     return out, lse

@@ -42,3 +42,11 @@ def descriptor(t, rows):
     head: a tile past the sequence's end reads zeros, a store past it is clipped."""
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
                             shared_layout(rows, t.shape[3], t.dtype))
+
+
+def jit_launch(kernel, grid, args, options, key=()):
+    """``kernel[grid](*args, **options)``: how the Gluon modules launch their kernels unless the
+    caller gives them a faster way (the generated modules' `_launch`, which after a first launch
+    calls the compiled kernel directly; ``key``: what else decides the compiled kernel -- the
+    descriptors' dtype -- for such a launcher's cache)."""
+    return kernel[grid](*args, **options)

@@ -187,7 +187,10 @@ def band_cases(n, gen):
             Lk, D = Lq, 128
             kw = dict(documents=pick([0, 3, 31, 200]), unsorted=i % 5 == 4)
         cases.append(((text, Lq, Lk, B, H, H, D), dtype, i % 4 == 3, kw))
-    return cases
+    # one shape in both dtypes, one after the other: the second must not take the first's
+    # compiled kernels (the generated modules launch them directly after a first launch)
+    return cases + [(("causal & window(300, 20)", 1000, 1000, 1, 2, 2, 128), dtype, False, {})
+                    for dtype in (torch.bfloat16, torch.float16)]
 
 
 def main():

@@ -194,7 +194,7 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
 
     class Fake:
         @staticmethod
-        def backward(*args):
+        def backward(*args, launch):
             calls.append(args)
             if failure == "memory":
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -275,7 +275,7 @@ def test_the_gluon_forward_and_its_fallback(monkeypatch, failure):
 
     class Fake:
         @staticmethod
-        def forward(q, k, v, scale, back, ahead):
+        def forward(q, k, v, scale, back, ahead, launch):
             calls.append((back, ahead))
             if failure == "compile":
                 raise RuntimeError("PassManager::run failed\nmore lines")
@@ -346,7 +346,7 @@ class _EmulatedDocumentKernel:
     def __init__(self):
         self.calls = []
 
-    def backward(self, q, k, v, out, do, lse, scale, back, ahead, docs=None):
+    def backward(self, q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=None):
         self.calls.append(docs)
         bounds, flag, seg_q, seg_k, per_batch = docs
         B, H, Lq, D = q.shape
