@@ -6,11 +6,16 @@ run must equal the same four calls with the kernels making their own descriptors
     python benchmarks/descriptor_check.py
 
 Prints per pattern and head dim how many launches through `_launch` carried host descriptors and
-both comparisons (results/direct_check_r15.log, direct_check_r15b.log)."""
+both comparisons (results/direct_check_r15.log, direct_check_r15b.log).  It checks the `tl`
+kernels (ATTNLANG_GLUON=0): the Gluon backward adds dQ up with atomics, in no fixed order, so
+its calls do not repeat bit for bit (`gpu_check.py --gluon` checks the Gluon kernels)."""
+import os
+
 import torch
 import attnlang
 from attnlang.bench import random_documents
 from attnlang.cache import load_module
+os.environ["ATTNLANG_GLUON"] = "0"
 torch.manual_seed(0)
 n = 8192
 seg = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
@@ -25,9 +30,9 @@ for text in ["causal", "window(512)", "window(512) | global(0..128)", "causal & 
         kw = dict(segments=seg) if "segment" in text else {}
         host = []
         orig = gen._launch
-        def spy(kernel, grid, args, options, orig=orig):
+        def spy(kernel, grid, args, options, *extra, orig=orig):
             host.append(bool(options.get("HOST_DESC")))
-            return orig(kernel, grid, args, options)
+            return orig(kernel, grid, args, options, *extra)
         gen._launch = spy
         runs = {}
         for mode in ("host", "kernel-made"):
