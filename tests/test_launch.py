@@ -132,6 +132,32 @@ def test_a_compiled_kernel_without_a_launcher_is_always_launched_through_triton(
     assert len(kernel.through_triton) == 3
 
 
+def test_what_else_decides_the_kernel_keys_the_cache_too(mod):
+    """The Gluon kernels' launches pass the descriptors' dtype as ``extra`` (a descriptor
+    argument counts by its type only): the same arguments with another dtype go through Triton
+    again, never to the first dtype's compiled kernel."""
+    compiled = Compiled()
+    kernel = Kernel(compiled)
+    x = torch.zeros(64)
+    options = dict(BLOCK=32, FLAG=True)
+    for dtype in (torch.bfloat16, torch.bfloat16, torch.float16, torch.float16):
+        mod._launch(kernel, (1, 1), (x, 48, 0.5), options, (dtype,))
+    assert len(kernel.through_triton) == 2 and len(compiled.calls) == 2
+
+
+def test_a_descriptor_first_argument_is_read_through_its_tensor():
+    """`_direct_ok` of a Gluon kernel's arguments, whose first is a descriptor: its tensor's
+    device decides (here the CPU's: no direct launches), where reading `is_cuda` of the
+    descriptor itself would fail."""
+    from types import SimpleNamespace
+
+    from attnlang.cache import load_module
+
+    module = load_module(pattern_of(_expr("causal")))
+    assert module._direct_ok((SimpleNamespace(base=torch.zeros(4)), 48)) is False
+    assert module._direct_ok((torch.zeros(4), 48)) is False
+
+
 def test_parameters_missing_from_the_options_keep_the_triton_path(mod):
     compiled = Compiled()
     kernel = Kernel(compiled)
