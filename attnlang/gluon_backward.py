@@ -1,10 +1,12 @@
-"""The warp-specialised backward of band patterns on Hopper, written in Gluon.
+"""The warp-specialised backward of band patterns and document masks on Hopper, written in
+Gluon.
 
 For a pattern that is one band of distances (``band.band_of``: causal, ``all``, windows and their
 intersections), the generated modules compute dQ, dK and dV with this kernel on an sm_90 GPU
 instead of their two-kernel ``tl`` backward (a dK/dV kernel and a dQ kernel, seven matrix
-products per tile; this kernel does five).  One program per (block of BN = 128 keys, batch and
-head):
+products per tile; this kernel does five); document masks (a band and one document) too, with
+each key block's query tiles taken from their layout kernel's bounds (``SEGMENTS``).  One
+program per (block of BN = 128 keys, batch and head):
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
   queries whose band meets the block through a ring of two, by TMA (rank-4 descriptors over the
@@ -174,8 +176,8 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, h
         full_lo, full_hi, segq_ptr, segk_ptr = docs
         s_layout: gl.constexpr = wgmma_layout(8, 1, BM)
         keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
-        docs = (full_lo, full_hi, segq_ptr, gl.load(segk_ptr + keys, mask=keys < band[1],
-                                                     other=-1))
+        Lk = band[1]
+        docs = (full_lo, full_hi, segq_ptr, gl.load(segk_ptr + keys, mask=keys < Lk, other=-1))
     mbarrier.wait(kv_bar, 0)
     for i in range(hi - lo):
         dk, dv = _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale,
@@ -329,7 +331,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     launch(band_backward_kernel, (triton.cdiv(Lk, BN), B * H),
            (descriptor(q, BM), descriptor(k, BN), descriptor(v, BN), descriptor(do, BM),
             descriptor(dk, BN), descriptor(dv, BN), lse2, delta, dq, H, Lq, Lk, back, ahead,
-            scale * LOG2E, scale, *(docs or (lse2, lse2, lse2, lse2, 0))),
+            scale * LOG2E, scale, *(docs or (lse2, lse2, lse2, lse2, 0))),  # (bands: unread)
            dict(BM=BM, BN=BN, D=D, STAGES=STAGES, SEGMENTS=docs is not None,
                 num_warps=NUM_WARPS, maxnreg=MAXNREG), (q.dtype,))
     return dq[:, :Lq].reshape(B, H, Lq, D).to(q.dtype), dk, dv
