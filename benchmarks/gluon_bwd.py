@@ -29,12 +29,6 @@ from attnlang.cache import load_module
 PATTERNS = ["causal", "all", "causal & window(1023, 0)", "window(512)", "causal & segment"]
 
 
-def causal_document_pairs(segments):
-    """Kept pairs of `causal & segment` per head and batch (sorted ids, shared by the batch)."""
-    sizes = torch.unique_consecutive(segments.cpu(), return_counts=True)[1].long()
-    return int((sizes * (sizes + 1) // 2).sum())
-
-
 def max_rel(x, ref):
     """Largest absolute difference, relative to the reference's largest magnitude."""
     return ((x.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
@@ -72,8 +66,7 @@ def main():
                     times[flag] = do_bench(step, warmup=25, rep=200, grad_to_none=[qg, kg, vg])
                     fwd[flag] = do_bench(lambda: mod(q, k, v, **extra), warmup=25, rep=200)
                 diff = max(max_rel(a, b) for a, b in zip(grads["1"], grads["0"]))
-                flops = 4.0 * D * B * H * (pattern.plan(L, L).kept_pairs if not extra else
-                                           causal_document_pairs(extra["segments"]))
+                flops = 4.0 * D * B * H * pattern.plan(L, L, **extra).kept_pairs
                 bwd0, bwd1 = times["0"] - fwd["0"], times["1"] - fwd["1"]
                 print(f"{text:26s} L={L:6d} D={D:3d} grads gluon vs tl {diff:.1e} | fwd tl "
                       f"{fwd['0']:.3f} gluon {fwd['1']:.3f} "

@@ -11,8 +11,6 @@ in turn: host time per call (calls back to back) and `do_bench`'s median of a fo
 training step.
 """
 import sys
-import time
-
 import torch
 import triton
 from triton.testing import do_bench
@@ -21,20 +19,13 @@ import attnlang
 from attnlang import gluon_backward as gb
 from attnlang.cache import load_module
 from attnlang.gluon_hopper import LOG2E, descriptor, jit_launch
+from host_overhead import host_us
 
 B, H, L, D = 1, 2, 1024, 128
 
 
-def timeit(name, fn, n=300):
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    per_call = (time.perf_counter() - start) / n
-    torch.cuda.synchronize()
-    print(f"{name:40s} {per_call * 1e6:8.1f} us", flush=True)
+def timeit(name, fn):
+    print(f"{name:40s} {host_us(fn, reps=300):8.1f} us", flush=True)
 
 
 def product():
@@ -54,17 +45,10 @@ def product():
             generated._launch = direct if mode == "direct" else binder
             results = []
             for fn in (lambda: mod(q, k, v), lambda: mod(qg, kg, vg).backward(do)):
-                for _ in range(5):
-                    fn()
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                for _ in range(40):
-                    fn()
-                host = (time.perf_counter() - start) / 40
-                torch.cuda.synchronize()
+                host = host_us(fn, reps=40)
                 ms = do_bench(fn, warmup=25, rep=200, grad_to_none=[qg, kg, vg],
                               return_mode="median")
-                results.append(f"host {host * 1e6:6.0f} us bench {ms:.4f} ms")
+                results.append(f"host {host:6.0f} us bench {ms:.4f} ms")
             print(f"{text:26s} D={D} {mode:6s} fwd: {results[0]} | step: {results[1]}",
                   flush=True)
         generated._launch = direct

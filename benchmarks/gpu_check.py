@@ -30,6 +30,7 @@ import time
 import torch
 
 import attnlang
+from attnlang.bench import random_documents
 from attnlang.cache import load_module
 from attnlang.reference import mask as dense_mask
 
@@ -107,10 +108,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     kw = {}
     segments = None
     if "segment" in text:
-        cuts = torch.randperm(max(Lk - 1, 1), generator=gen)[:documents] + 1
-        starts = torch.zeros(Lk + 1, dtype=torch.int32)
-        starts[cuts] = 1
-        segments = torch.cumsum(starts[:Lk], 0).to(torch.int32).to(dev)
+        segments = random_documents(Lk, documents + 1, dev, gen)
         if unsorted:
             segments = segments.flip(0)
         kw["segments"] = segments
