@@ -215,7 +215,9 @@ def main():
         everywhere = res["gluon"] == 2 if "segment" in case[0] else all_gluon
         ok = ok and (res["direct"] > 0 or all_gluon) and (not bands or everywhere)
         a, s = res["attnlang"], res["sdpa"]
-        ratio = max(a[i] / s[i] for i in (0, 2, 3, 4) if s[i] > 0)
+        # (a side with no error in either: not counted; none in SDPA's alone: infinite)
+        ratio = max((a[i] / s[i] if s[i] > 0 else float("inf") for i in (0, 2, 3, 4)
+                     if a[i] > 0 or s[i] > 0), default=0.0)
         worst_ratio = max(worst_ratio, ratio) if dtype == torch.bfloat16 else worst_ratio
         rows.append(dict(pattern=case[0], shape=case[1:], dtype=str(dtype), attnlang=a,
                          sdpa=s, ratio=ratio, finite_and_repeatable=ok, bshd=bshd,
