@@ -35,8 +35,8 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
     kd = f"tensordesc<{name}[1, 1, {gb.BN}, {D}],{lk!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "do_desc": qd, "dk_desc": kd,
                  "dv_desc": kd, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": "*fp32",
-                 "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32", "ahead": "i32",
-                 "qk_scale": "fp32", "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
+                 "BH": "i32", "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32",
+                 "ahead": "i32", "group": "i32", "reverse": "i32", "qk_scale": "fp32", "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
                  "segq_ptr": "*i32", "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
                  "SEGMENTS": "constexpr"}

@@ -74,10 +74,10 @@ def main():
              descriptor(do, gb.BM), descriptor(dk, gb.BN), descriptor(dv, gb.BN)]
 
     def launch():
-        return gb.band_backward_kernel[(triton.cdiv(L, gb.BN), B * H)](
-            *descs, lse2, delta, dq, H, L, L, 2 * L, 0, scale * LOG2E, scale, lse2, lse2, lse2,
-            lse2, 0, gb.BM, gb.BN, D, gb.STAGES, False, num_warps=gb.NUM_WARPS,
-            maxnreg=gb.MAXNREG)
+        return gb.band_backward_kernel[(triton.cdiv(L, gb.BN) * B * H,)](
+            *descs, lse2, delta, dq, B * H, H, L, L, 2 * L, 0, gb.HEAD_GROUP, 0, scale * LOG2E,
+            scale, lse2, lse2, lse2, lse2, 0, gb.BM, gb.BN, D, gb.STAGES, False,
+            num_warps=gb.NUM_WARPS, maxnreg=gb.MAXNREG)
     timeit("kernel launch (JIT, descriptors kept)", launch)
     timeit("cast dq", lambda: dq[:, :L].reshape(B, H, L, D).to(q.dtype))
 

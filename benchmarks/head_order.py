@@ -1,0 +1,124 @@
+"""The order in which launches take the heads, A/B on the GPU (NOTES round 23): the Gluon
+backward's HEAD_GROUP (heads whose key blocks its grid interleaves) and the `tl` query
+programs' INTERLEAVE (causal-like rows on short sequences), each variant set on the generated
+module as attnlang runs it, variants interleaved over three rounds on the same inputs,
+`do_bench` medians.
+
+    python benchmarks/head_order.py backward [128] [64]   # HEAD_GROUP 1 / 2 / 4: training steps
+    python benchmarks/head_order.py forward               # INTERLEAVE 1 / 2: forwards (and the
+                                                          # causal step), d = 128 and 64
+
+`causal & segment` takes the benchmark's 64 random documents (`attnlang.bench`) and runs the
+Gluon backward at every length here (GLUON_DOCS_MIN_QUERIES = 0), with the `tl` backward's
+step beside it ("tl").  The first variant's gradients are compared with the last's.
+"""
+import os
+import sys
+
+import torch
+from triton.testing import do_bench
+
+import attnlang
+from attnlang.bench import random_documents
+from attnlang.cache import load_module
+
+BANDS = ["causal", "causal & window(1023, 0)", "window(512)", "all"]
+
+
+def _inputs(B, H, L, D):
+    q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(4))
+    return q, k, v, do, [t.detach().requires_grad_(True) for t in (q, k, v)]
+
+
+def _medians(pattern, variants, set_variant, run, rounds=3):
+    """{variant: median over rounds of do_bench's time} and {variant: last result}."""
+    generated = load_module(pattern)
+    times, results = {name: [] for name in variants}, {}
+    for _ in range(rounds):
+        for name in variants:
+            set_variant(generated, name)
+            generated._CALLS.clear()
+            generated._SHAPES.clear()
+            generated._SEG_MEMO.clear()
+            results[name], time = run()
+            times[name].append(time)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}, results
+
+
+def backward(dims):
+    for D in dims:
+        for L in (8192, 16384, 32768):
+            B, H = max(1, 16384 // L), 16
+            q, k, v, do, grads = _inputs(B, H, L, D)
+            ids = random_documents(L, 64, "cuda", torch.Generator().manual_seed(0))
+            for text in BANDS + ["causal & segment"]:
+                segment = "segment" in text
+                if (segment and D != 128) or (L == 16384 and not segment):
+                    continue
+                pattern = attnlang.parse(f"pattern x = {text}")["x"]
+                module = pattern.module(backend="triton")
+                extra = dict(segments=ids) if segment else {}
+                load_module(pattern).GLUON_DOCS_MIN_QUERIES = 0
+
+                def set_variant(generated, name):
+                    os.environ["ATTNLANG_GLUON"] = "0" if name == "tl" else "1"
+                    if name != "tl":
+                        generated._gluon_module("gluon_backward").HEAD_GROUP = int(name)
+
+                def run():
+                    def step():
+                        module(*grads, **extra).backward(do)
+                    for t in grads:
+                        t.grad = None
+                    step()
+                    return ([t.grad.clone() for t in grads],
+                            do_bench(step, warmup=25, rep=150, grad_to_none=grads))
+                variants = ["1", "2", "4"] + (["tl"] if segment else [])
+                ms, res = _medians(pattern, variants, set_variant, run)
+                diff = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                           for a, b in zip(res["4"], res["1"]))
+                print(f"{text:26s} L={L:6d} D={D:3d} grads 4 vs 1 {diff:.1e} | step ms "
+                      + " ".join(f"{name} {ms[name]:.3f}" for name in variants)
+                      + f" | 2: {ms['1'] / ms['2']:.3f}x 4: {ms['1'] / ms['4']:.3f}x", flush=True)
+            del q, k, v, do, grads
+            torch.cuda.empty_cache()
+    os.environ.pop("ATTNLANG_GLUON", None)
+
+
+def forward():
+    for D in (128, 64):
+        for L in (8192, 32768):
+            B, H = max(1, 16384 // L), 16
+            q, k, v, do, grads = _inputs(B, H, L, D)
+            for text in BANDS:
+                pattern = attnlang.parse(f"pattern x = {text}")["x"]
+                module = pattern.module(backend="triton")
+
+                def set_variant(generated, name):
+                    generated.INTERLEAVE = int(name)
+
+                def run():
+                    out = module(q, k, v)
+                    return out, do_bench(lambda: module(q, k, v), warmup=25, rep=100)
+                ms, res = _medians(pattern, ["1", "2"], set_variant, run)
+                same = torch.equal(res["1"], res["2"])
+                line = (f"{text:26s} L={L:6d} D={D:3d} same output {same}"
+                        f" | fwd ms 1 {ms['1']:.3f} 2 {ms['2']:.3f} ({ms['1'] / ms['2']:.3f}x)")
+                if text == "causal":
+                    def run_step():
+                        def step():
+                            module(*grads).backward(do)
+                        return None, do_bench(step, warmup=10, rep=100, grad_to_none=grads)
+                    st, _ = _medians(pattern, ["1", "2"], set_variant, run_step)
+                    line += f" | step ms 1 {st['1']:.3f} 2 {st['2']:.3f} ({st['1'] / st['2']:.3f}x)"
+                print(line, flush=True)
+            del q, k, v, do, grads
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["forward"]:
+        forward()
+    else:
+        backward([int(a) for a in sys.argv[2:] if a.isdigit()] or [128, 64])

@@ -1,0 +1,90 @@
+"""The order in which a launch's programs take the heads (NOTES round 23): the `tl` query
+programs of causal-like patterns take two heads at a time on short sequences (`_interleaved`,
+INTERLEAVE), the Gluon backward's grid takes HEAD_GROUP heads at a time except where every
+block has the same rows.  Outputs and gradients must not depend on it."""
+import pytest
+import torch
+
+import attnlang
+from attnlang import reference
+from attnlang.cache import load_module
+from attnlang.reference import mask as dense_mask
+
+
+def _interleaves(text, monkeypatch, H=3, L=200, max_blocks=None):
+    """(INTERLEAVE of each forward and dQ launch, largest gradient error) of a training step of
+    ``text`` with H heads, against the float64 reference."""
+    pattern = attnlang.parse(f"pattern x = {text}")["x"]
+    module = load_module(pattern)
+    for cache in ("_CALLS", "_SHAPES", "_BOUNDS", "_SEG_MEMO"):
+        monkeypatch.setattr(module, cache, {})
+    if max_blocks is not None:
+        monkeypatch.setattr(module, "INTERLEAVE_MAX_BLOCKS", max_blocks)
+    seen = []
+    order = module._program_order
+
+    def spy(options, all_tables, keys=False):
+        result = order(options, all_tables, keys)
+        if not keys:
+            seen.append(result[1]["INTERLEAVE"])
+        return result
+    monkeypatch.setattr(module, "_program_order", spy)
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(2, H, L, 16) for _ in range(4))
+    got = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = module.attention(*got)
+    out.backward(do)
+    want = [t.double().requires_grad_(True) for t in (q, k, v)]
+    keep = dense_mask(pattern.ir, L, L, num_heads=H)
+    ref = reference.attention(*want, mask=keep)[0]
+    ref.backward(do.double())
+    errors = [(out.double() - ref).abs().max().item()] + \
+        [(a.grad.double() - b.grad).abs().max().item() for a, b in zip(got, want)]
+    return seen, max(errors)
+
+
+def test_causal_query_programs_take_heads_in_pairs(monkeypatch):
+    """Causal rows grow: forward and dQ take two heads at a time (with an odd number of heads,
+    so that the last turn has one), and compute what the reference does."""
+    seen, error = _interleaves("causal", monkeypatch)
+    assert seen and set(seen) == {2}
+    assert error < 1e-4
+
+
+@pytest.mark.parametrize("text,max_blocks", [("causal", 1), ("window(20)", None)])
+def test_heads_one_at_a_time_on_long_sequences_and_even_rows(monkeypatch, text, max_blocks):
+    """Past INTERLEAVE_MAX_BLOCKS query blocks (here forced to 1), and on rows that do not grow,
+    each head's programs come together, as before."""
+    seen, error = _interleaves(text, monkeypatch, max_blocks=max_blocks)
+    assert seen and set(seen) == {1}
+    assert error < 1e-4
+
+
+@pytest.mark.parametrize("back,ahead,group,reverse", [
+    (None, 0, 3, 0),        # causal: 3 heads, fewer than HEAD_GROUP
+    (127, 0, 3, 0),         # a window
+    (0, None, 3, 1),        # rows that reach ahead: the last key blocks are the longest
+    (None, None, 1, 0),     # every pair: every block alike
+    (10 ** 6, 10 ** 6, 1, 0)])  # ... however the bounds say it
+def test_the_gluon_backward_grid(back, ahead, group, reverse):
+    """The Gluon backward's one-dimensional grid (a program per key block, batch and head) and
+    the heads it interleaves, launched through the modules' ``launch`` (recorded here)."""
+    gb = pytest.importorskip("attnlang.gluon_backward")
+    launches = []
+
+    def launch(kernel, grid, args, options, key=()):
+        launches.append((kernel, grid, args))
+    B, H, L, D = 1, 3, 300, 64
+    q, k, v, out, do = (torch.randn(B, H, L, D, dtype=torch.bfloat16) for _ in range(5))
+    gb.backward(q, k, v, out, do, torch.zeros(B, H, L), 0.1, back, ahead, launch=launch)
+    (_, _, _), (kernel, grid, args) = launches
+    assert kernel is gb.band_backward_kernel
+    assert grid == (-(-L // gb.BN) * B * H,)
+    names = ["BH", "H", "Lq", "Lk", "back", "ahead", "group", "reverse"]
+    assert dict(zip(names, args[9:17]))["group"] == group
+    assert dict(zip(names, args[9:17]))["reverse"] == reverse
+    assert gb.HEAD_GROUP == 4
+    six = (torch.randn(2, 3, L, D, dtype=torch.bfloat16) for _ in range(5))
+    launches.clear()
+    gb.backward(*six, torch.zeros(2, 3, L), 0.1, None, 0, launch=launch)
+    assert launches[1][2][15] == 4  # six heads: groups of four (and a last one of two)
