@@ -312,3 +312,55 @@ def test_eager_path_equals_the_custom_op():
     for eager, custom in zip(*results):
         assert eager.shape == custom.shape and eager.dtype == custom.dtype
         assert torch.equal(eager, custom)
+
+
+@pytest.mark.parametrize("mode", ["inputs without grad", "no_grad", "inference_mode"])
+def test_calls_autograd_does_not_record_skip_the_autograd_function(monkeypatch, mode):
+    """An eager call that autograd does not record runs the forward alone (no autograd.Function:
+    its apply is host time), with the output and lse of a recorded call, bit for bit; a call
+    with inputs that need gradients still goes through `_Eager`."""
+    from attnlang import custom_ops
+    from attnlang.runtime import _op
+
+    pattern = attnlang.parse("pattern x = causal & (window(5, 0) | stride(4)) & segment")["x"]
+    op = _op(pattern, "torch", None, None, None)
+    seg = torch.tensor([[0] * 20 + [1] * 17])
+    q, k, v = (torch.randn(2, 4, 37, 8, generator=torch.Generator().manual_seed(i))
+               for i in range(3))
+    recorded = op(*(t.clone().requires_grad_(True) for t in (q, k, v)), 0.3, seg, seg, None,
+                  None, None, 0.0, 0)
+    assert recorded[0].requires_grad
+    applied = []
+    real = custom_ops._Eager.apply
+    monkeypatch.setattr(custom_ops._Eager, "apply",
+                        lambda *args: applied.append(1) or real(*args))
+    inputs = (q, k, v) if mode == "inputs without grad" else \
+        tuple(t.clone().requires_grad_(True) for t in (q, k, v))
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(
+        mode, torch.enable_grad)
+    with context():
+        out, lse = op(*inputs, 0.3, seg, seg, None, None, None, 0.0, 0)
+    assert not applied and not out.requires_grad
+    assert torch.equal(out, recorded[0].detach()) and torch.equal(lse, recorded[1])
+    op(*(t.clone().requires_grad_(True) for t in (q, k, v)), 0.3, seg, seg, None, None, None,
+       0.0, 0)
+    assert applied == [1]
+
+
+def test_the_generated_module_records_only_what_autograd_needs(monkeypatch):
+    """The generated module's own `attention` too: AttentionFunction only where autograd
+    records the call, the same output either way."""
+    from attnlang.cache import load_module
+
+    module = load_module(attnlang.parse("pattern x = causal & window(9, 0)")["x"])
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(i))
+               for i in range(3))
+    recorded = module.attention(*(t.clone().requires_grad_(True) for t in (q, k, v)))
+    applied = []
+    real = module.AttentionFunction.apply
+    monkeypatch.setattr(module.AttentionFunction, "apply",
+                        lambda *args: applied.append(1) or real(*args))
+    out = module.attention(q, k, v)
+    assert not applied and torch.equal(out, recorded.detach())
+    module.attention(*(t.clone().requires_grad_(True) for t in (q, k, v)))
+    assert applied == [1]
