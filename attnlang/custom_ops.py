@@ -23,6 +23,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .validate import records_grad
+
 _OPS: Dict[str, object] = {}
 _LOCK = threading.Lock()
 _EMPTY_SHAPE = (0,)
@@ -67,7 +69,7 @@ def attention_op(name: str, impl):
             def hit(*args, op=op):
                 if torch.compiler.is_compiling():
                     return op(*args)
-                if not _needs_grad(args[0], args[1], args[2], args[8]):
+                if not records_grad(args[0], args[1], args[2], args[8]):
                     # nothing for autograd to record: no autograd.Function, whose apply costs
                     # ~18 µs of host time a call (an inference forward 83 -> 64 µs on the CPU
                     # machine, kernels stubbed: NOTES round 23)
@@ -76,13 +78,6 @@ def attention_op(name: str, impl):
             hit.op = op
             _OPS[name] = hit
         return hit
-
-
-def _needs_grad(q, k, v, attn_bias):
-    """Whether autograd records this call: grad mode on and an input that requires grad."""
-    return torch.is_grad_enabled() and (
-        q.requires_grad or k.requires_grad or v.requires_grad
-        or (attn_bias is not None and attn_bias.requires_grad))
 
 
 class _Eager(torch.autograd.Function):

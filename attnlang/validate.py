@@ -41,6 +41,14 @@ class Inputs(NamedTuple):
     dropout_p: float
 
 
+def records_grad(q, k, v, attn_bias) -> bool:
+    """Whether autograd records a call with these inputs: grad mode on and one of them requiring
+    grad (the entry points run the forward alone otherwise, without an autograd.Function)."""
+    return torch.is_grad_enabled() and (
+        q.requires_grad or k.requires_grad or v.requires_grad
+        or (attn_bias is not None and attn_bias.requires_grad))
+
+
 def _compiling() -> bool:
     """Under torch.compile, value checks (which read tensor data) are skipped."""
     compiler = getattr(torch, "compiler", None)
