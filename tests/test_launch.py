@@ -365,3 +365,142 @@ def test_new_ids_launch_the_kept_kernels_with_their_own_bounds(monkeypatch):
         bounds, kernels = step(torch.tensor([0] * 5 + [1] * 35))
         assert not through and len(bounds) == 1 and len(kernels) == 3
         flag, first, second = bounds[0][9], bounds[0][12], bounds[0][15]
+
+
+_FAKE_DRIVER = """
+_BASE_ARGS_FORMAT_LEN = 13
+expanded = []
+
+
+def make_tensordesc_arg(arg, metadata):
+    expanded.append(arg)
+    if metadata is None:
+        return [arg.base, *arg.shape, *arg.strides, "padding", *arg.shape, *arg.strides]
+    return [("map", arg.base.data_ptr(), metadata), *arg.shape, *arg.strides]
+
+
+def wrap(launcher, tensordesc_indices, tensordesc_meta):
+    if not tensordesc_meta:
+        tensordesc_meta = [None] * len(tensordesc_indices)
+
+    def inner(*args):
+        final = list(args[:13])
+        count = 0
+        for i, arg in enumerate(args[13:]):
+            if i in tensordesc_indices:
+                final.extend(make_tensordesc_arg(arg, tensordesc_meta[count]))
+                count += 1
+            else:
+                final.append(arg)
+        return launcher(*final)
+    return inner
+
+
+class CudaLauncher:
+    num_ctas, global_scratch_size, profile_scratch_size = 1, 0, 0
+    launch_cooperative_grid, launch_pdl = False, True
+
+    def __init__(self, positions=None, metas=None):
+        self.raw = []
+        self.launch = self.raw_launch if positions is None else wrap(
+            self.raw_launch, set(positions), metas)
+
+    def raw_launch(self, *args):
+        self.raw.append(args)
+
+    def __call__(self, gx, gy, gz, stream, function, *args):
+        self.launch(gx, gy, gz, stream, function, self.launch_cooperative_grid,
+                    self.launch_pdl, None, None, *args)
+"""
+
+
+def _fake_triton_driver():
+    """A stand-in for Triton 3.6's CUDA driver module as `_bare_launcher` reads it: a launcher
+    class named CudaLauncher whose call puts the thirteen leading arguments before the kernel's
+    and hands them to ``launch``, which for a kernel taking host descriptors is a closure
+    ``inner`` over the C launcher, the descriptors' positions and their TMA metadata that expands
+    each descriptor in place (`make_tensordesc_arg`); ``expanded`` records the expansions."""
+    import sys
+    import types
+
+    driver = types.ModuleType("fake_triton_driver")
+    exec(compile(_FAKE_DRIVER, "fake_triton_driver", "exec"), driver.__dict__)
+    sys.modules[driver.__name__] = driver
+    return driver
+
+
+@pytest.mark.parametrize("metas", [None, ["meta0", "meta1"]])
+def test_the_bare_launcher_passes_what_tritons_launcher_would(mod, metas):
+    """Where the compiled kernel's launcher is Triton 3.6's (a stand-in here), `_bare_launcher`
+    calls the C launcher beneath it with exactly the arguments Triton's own call would give it,
+    host descriptors expanded in place; a descriptor's TMA map is made once per base address,
+    shape and strides, and again for another tensor (without TMA metadata: every launch)."""
+    from types import SimpleNamespace
+
+    driver = _fake_triton_driver()
+    x, y = torch.zeros(64), torch.zeros(64)
+
+    def desc(t):
+        return SimpleNamespace(base=t, shape=[8, 8], strides=[8, 1], block_shape=[4, 8],
+                               padding="zero")
+    compiled = SimpleNamespace(function="function", packed_metadata="metadata")
+    ours, theirs = driver.CudaLauncher([1, 3], metas), driver.CudaLauncher([1, 3], metas)
+    compiled.run = ours
+    bare = mod._bare_launcher(compiled)
+    for tensor in (x, x, y):
+        args = (tensor, desc(tensor), 48, desc(tensor), 0.5, None, 32)
+        bare(4, 2, 1, 1234, args)
+        theirs(4, 2, 1, 1234, "function", "metadata", None, None, None, *args)
+    assert [shapes_of(a) for a in ours.raw] == [shapes_of(a) for a in theirs.raw]
+    assert len(ours.raw) == 3 and all(a[13] is b[13] for a, b in zip(ours.raw, theirs.raw))
+    assert ours.raw[0][:13] == (4, 2, 1, 1234, "function", False, True, None, None, "metadata",
+                                None, None, None)
+    # theirs expanded 2 descriptors per launch; ours 2 per launch without metadata, else 2 for x
+    # (once) and 2 for y
+    assert len(driver.expanded) == 6 + (6 if metas is None else 4)
+
+
+def test_the_bare_launcher_of_a_kernel_without_descriptors_is_the_c_launcher(mod):
+    from types import SimpleNamespace
+
+    driver = _fake_triton_driver()
+    compiled = SimpleNamespace(function="function", packed_metadata="metadata")
+    compiled.run = ours = driver.CudaLauncher()
+    theirs = driver.CudaLauncher()
+    mod._bare_launcher(compiled)(4, 2, 1, 1234, (torch.zeros(4), 48, None))
+    theirs(4, 2, 1, 1234, "function", "metadata", None, None, None, torch.zeros(4), 48, None)
+    assert [shapes_of(a) for a in ours.raw] == [shapes_of(a) for a in theirs.raw]
+    assert len(ours.raw) == 1
+
+
+@pytest.mark.parametrize("change", ["scratch", "name", "format"])
+def test_an_unknown_launcher_is_called_as_it_is(mod, change):
+    """A launcher `_bare_launcher` does not know (another Triton's: scratch memory to allocate,
+    another class, another argument format) is called through ``compiled.run``."""
+    from types import SimpleNamespace
+
+    driver = _fake_triton_driver()
+    launcher = driver.CudaLauncher([0], ["meta"])
+    if change == "scratch":
+        launcher.global_scratch_size = 128
+    elif change == "format":
+        driver._BASE_ARGS_FORMAT_LEN = 14
+    calls = []
+    if change == "name":
+        launcher = SimpleNamespace(launch=launcher.launch, num_ctas=1, global_scratch_size=0,
+                                   profile_scratch_size=0, launch_cooperative_grid=False,
+                                   launch_pdl=False, __call__=None)
+
+    class Run:  # records the call as `compiled.run` receives it
+        def __init__(self, inner):
+            self.__dict__.update(inner.__dict__)
+
+        def __call__(self, *args):
+            calls.append(args)
+    Run.__module__ = driver.__name__
+    if change != "name":
+        Run.__name__ = "CudaLauncher"
+    compiled = SimpleNamespace(function="function", packed_metadata="metadata",
+                               run=Run(launcher))
+    mod._bare_launcher(compiled)(4, 2, 1, 1234, ("a", 48))
+    assert calls == [(4, 2, 1, 1234, "function", "metadata", None, None, None, "a", 48)]
