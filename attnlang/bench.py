@@ -233,9 +233,10 @@ def _gpu_ms(fn, reps=100):
     return _median(times)
 
 
-def _host_ms(fn, reps=200, rounds=5):
+def _host_ms(fn, reps=200, rounds=5, wait=True):
     """Time per call of ``fn()`` called back to back and synchronised once per round (median of
-    rounds): the host's time per call where it exceeds the GPU's, the GPU's otherwise.  (Before
+    rounds): the host's time per call where it exceeds the GPU's, the GPU's otherwise; with
+    ``wait=False`` the host's alone (the round's synchronisation outside the time).  (Before
     round 12 this was `do_bench`, which flushes L2 with a memset before every call and times the
     call by events; a call's host time hid behind the memset or showed whole, from run to run.)"""
     for _ in range(10):
@@ -246,8 +247,10 @@ def _host_ms(fn, reps=200, rounds=5):
         start = time.perf_counter()
         for _ in range(reps):
             fn()
-        torch.cuda.synchronize()
+        if wait:
+            torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1000 / reps)
+        torch.cuda.synchronize()
     return _median(times)
 
 

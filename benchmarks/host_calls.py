@@ -7,49 +7,19 @@ behind matrix products.  With --profile, cProfile of the d = 64 document calls.
     # another tree's attnlang (an A/B: results/host_ab_r24c.log ran 1c48893's against main's,
     # twice each, in turns):
     PYTHONPATH=OLD_TREE taskset -c 11 python benchmarks/host_calls.py
+
+The times are the benchmark's `_host_ms` (``wait=False``) and `_gpu_ms`; the logs of round 24
+were made by this script's first form, with copies of its own: the same host time, the GPU's
+with 50 calls (not 100) queued behind 100 products (not 150).
 """
 import cProfile
 import pstats
 import sys
-import time
 
 import torch
 
 import attnlang
-from attnlang.bench import HEADS, random_documents
-
-
-def host_us(fn, reps=300, rounds=5):
-    """Median over rounds of the host's time per call, calls back to back."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - start) / reps * 1e6)
-        torch.cuda.synchronize()
-    return sorted(times)[len(times) // 2]
-
-
-def gpu_us(fn, reps=50):
-    """Median over rounds of the GPU's time per call (the host's time hidden behind a queue)."""
-    busy = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(5):
-        for _ in range(100):
-            busy @ busy
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / reps * 1000)
-    return sorted(times)[2]
+from attnlang.bench import HEADS, _gpu_ms, _host_ms, random_documents
 
 
 def main():
@@ -72,8 +42,8 @@ def main():
             for name, fn in (("fwd", lambda: module(q, k, v, **kw)), ("fwd+bwd", step)):
                 for _ in range(20):
                     fn()
-                print(f"{text:18s} d={d} {name:8s} host {host_us(fn):7.1f} us  gpu "
-                      f"{gpu_us(fn):7.1f} us", flush=True)
+                print(f"{text:18s} d={d} {name:8s} host {_host_ms(fn, reps=300, wait=False) * 1000:7.1f} us  gpu "
+                      f"{_gpu_ms(fn) * 1000:7.1f} us", flush=True)
                 if profiling and d == 64 and "segment" in text:
                     profiler = cProfile.Profile()
                     profiler.enable()
