@@ -101,6 +101,16 @@ def _dq_writer(dq_bufs, dq_ready, dq_empty, dq_ptr, lo, hi, BM: gl.constexpr, D:
 
 
 @gluon.jit
+def _band_keep(rows, key0, band, BN: gl.constexpr, layout: gl.constexpr):
+    """The pairs of an S^T tile (keys key0... as rows, queries ``rows`` as columns, in
+    ``layout``) that the band keeps, keys past the end dropped."""
+    Lq, Lk, off, back, ahead = band
+    keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, layout))
+    dist = (rows + off)[None, :] - keys[:, None]
+    return (dist >= -ahead) & (dist <= back) & (keys < Lk)[:, None]
+
+
+@gluon.jit
 def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale, sm_scale,
           BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr):
     """Query tile i of this key block: its five products, dQ_part handed to the writer warp.
@@ -132,18 +142,13 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     if SEGMENTS:  # documents: tiles outside the table's full ones are masked
         full_lo, full_hi, segq_ptr, kseg = docs
         if (lo + i < full_lo) | (lo + i >= full_hi):
-            keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
-            dist = (rows + off)[None, :] - keys[:, None]
             qseg = gl.load(segq_ptr + rows, mask=rows < Lq, other=-2)
-            keep = (dist >= -ahead) & (dist <= back) & (keys < Lk)[:, None] & \
-                (qseg[None, :] == kseg[:, None])
+            keep = _band_keep(rows, key0, band, BN, s_layout) & (qseg[None, :] == kseg[:, None])
             pt = gl.where(keep, pt, 0.0)
     # partial: some pair of the tile outside the band, or past the keys' end
     elif (m0 + off - (key0 + BN - 1) < -ahead) | (m0 + BM - 1 + off - key0 > back) | \
             (key0 + BN > Lk):
-        keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
-        dist = (rows + off)[None, :] - keys[:, None]
-        pt = gl.where((dist >= -ahead) & (dist <= back) & (keys < Lk)[:, None], pt, 0.0)
+        pt = gl.where(_band_keep(rows, key0, band, BN, s_layout), pt, 0.0)
     pa = gl.convert_layout(pt.to(dtype), a_layout)
     dv = warpgroup_mma(pa, do_s, dv, is_async=True)
     dpt = warpgroup_mma_wait(1, deps=(dpt,))
