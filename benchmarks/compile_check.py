@@ -70,7 +70,8 @@ def as_on_gpu(mod, launch):
     saved = (mod._launch, mod._tiles, mod._row_blocks)
     mod._launch = launch
     mod._tiles = lambda q, *rest: real_tiles(_OnGpu(q), *rest)
-    mod._row_blocks = lambda *shape_and_device: real_rows(*shape_and_device[:-1], "cpu")
+    mod._row_blocks = lambda *shape_and_device, **kw: real_rows(*shape_and_device[:-1], "cpu",
+                                                                 **kw)
     try:
         yield mod
     finally:

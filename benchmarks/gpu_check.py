@@ -51,6 +51,8 @@ CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
     # d = 64's own tiles for long rows (TILES_LONG) and for document masks (TILES_SEGMENT)
     ("causal", 4096, 4096, 2, 2, 2, 64),
     ("causal & segment", 8192, 8192, 1, 2, 2, 64),
+    # the fixed pattern's packed keys through the host's descriptors (at least 2048 programs)
+    ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 8192, 2, 8, 8, 128),
 ]
 
 # float32 above head dimension 64 takes its own small tiles (TILES_FP32): checked once each

@@ -237,12 +237,15 @@ def test_dkdv_with_scores_as_keys_by_queries(text, tiles, tmp_path, monkeypatch)
 @pytest.mark.parametrize("tiles", ["fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d",
                                    "fwd=32x16:4:1:d,dkdv=16x32:4:1:d,dq=16x16:4:1"])
 @pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
-                                  "random(0.3, block = 8, seed = 5) | global(0..3)"])
+                                  "random(0.3, block = 8, seed = 5) | global(0..3)",
+                                  "causal & (chunk(16) | cols(every(16, 11..16)))",
+                                  "cols(every(5, 1..3)) | stride(3)"])
 @pytest.mark.parametrize("d", [16, 24])
 def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeypatch):
     """The ':d' tiles (K, V, and in dK/dV Q, dO read through tensor descriptors, which clip the
     tiles at each class's length and at the head dim) equal the reference: residue classes,
-    documents, a gather component (which keeps its index loads), grouped heads, padding."""
+    documents, gather components (their packed keys, in one pass with a chunk or beside residue
+    classes), grouped heads, padding."""
     monkeypatch.setenv("ATTNLANG_TILES", tiles)
     expr = _expr(text)
     mod = generated(expr, tmp_path)
@@ -257,7 +260,8 @@ def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeyp
     ("causal & (window(5, 0) | stride(8))", 256, 16, False),  # classes of 32 rows
     ("causal & (window(5, 0) | stride(4))", 128, 24, True),  # residue tiles wider than the head
     ("causal & segment", 64, 16, False),
-    ("random(0.3, block = 8, seed = 5) | global(0..3)", 64, 16, False)])
+    ("random(0.3, block = 8, seed = 5) | global(0..3)", 64, 16, False),
+    ("causal & (chunk(16) | cols(every(16, 8..16)))", 128, 16, False)])  # 64 packed keys
 def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tmp_path,
                                                 monkeypatch):
     """Where every tile ends at its rows' end (lengths that fill whole tiles; residue classes of
@@ -265,7 +269,8 @@ def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tm
     ':d' tiles read K, V (and in dK/dV Q, dO) through one descriptor per tensor made on the host
     over every batch's and head's rows (HOST_DESC; a residue class's rows as one column block of
     a [rows / step, step * D] view), each program starting at its own head's and class's rows:
-    equal to the reference with two batches, grouped heads and key padding.  Elsewhere the
+    equal to the reference with two batches, grouped heads and key padding; a gather
+    component's packed keys (`_packed`) likewise, where they fill whole tiles.  Elsewhere the
     kernels make their own, and so do they for tensors in a [B, L, H, D] layout, with the same
     results."""
     monkeypatch.setenv("ATTNLANG_TILES", "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d")
@@ -285,7 +290,9 @@ def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tm
                             dtype=torch.float32, segments=segments, key_padding_mask=kpm)
     for role in ("_fwd", "_bwd_dq", "_bwd_dkdv"):  # every role read through the host's
         assert any(name.startswith(role) and host for name, _, host, _ in seen), (role, seen)
-    assert all(count == (2 if host else 0) for _, _, host, count in seen)
+    packed = 2 * len(mod.GATHERS)  # the forward's and dQ's descriptors over packed keys
+    assert all(count == ((2 if name.startswith("_bwd_dkdv") else 2 + packed) if host else 0)
+               for name, _, host, count in seen), seen
     assert any(desc and not host for _, desc, host, _ in seen) == kernel_made
 
     # the launches' descriptors are what Triton's own constructor makes (without its checks)
@@ -341,9 +348,11 @@ def test_descriptors_only_where_the_tensors_allow_them(tmp_path):
     assert not mod._descriptors_ok(torch.randn(1, 2, 40, 18)[..., :16])  # 72-byte rows
     assert not mod._descriptors_ok(torch.randn(1, 2, 40, 17)[..., 1:])   # base off by 4 bytes
     on = dict(DESC=True, num_warps=4)
-    assert mod._with_descriptors(on, dict(kind="gather"), q)["DESC"] is False
-    assert mod._with_descriptors(on, dict(kind="gather"), q, keys=False)["DESC"] is True
+    # a gather component reads its packed keys (`_packed`), which descriptors can read
+    assert mod._with_descriptors(on, dict(kind="gather"), q)["DESC"] is True
     assert mod._with_descriptors(on, dict(kind="residue"), q)["DESC"] is True
+    off = q.transpose(2, 3).contiguous().transpose(2, 3)
+    assert mod._with_descriptors(on, dict(kind="gather"), off)["DESC"] is False
 
 
 @pytest.mark.parametrize("keys_as_rows", [False, True])
@@ -396,16 +405,18 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert tile(48, "dq") == (64, 64, 4, 2, None, False)
     assert tile(256, "fwd") == (64, 64, 4, 2, None, False)
 
-    # descriptor tiles for keys only where every component can read its keys through them (not
-    # a gather component's); dK/dV's loops read queries, which a gather component reads in order
+    # a gather component's forward and dQ read its packed keys (round 26), through descriptors,
+    # with tiles of their own (TILES_GATHER); dK/dV's loops read queries, which it reads in order
     # (round 10: 64x64:4:2:d against 32x64:4:2:t, fixed pattern at 32k, 5.22 against 5.68 ms);
-    # and only for tensors they can read; otherwise the plain tiles of round 7
+    # descriptor tiles only for tensors they can read; otherwise the plain tiles of round 7
     gather = load_module(pattern_of(_expr("causal & (chunk(128) | cols(every(128, 112..128)))")))
-    assert gather.HAS_GATHER and not mod.HAS_GATHER
+    assert gather.HAS_GATHER and not mod.HAS_GATHER and gather.GATHERS == [1]
     bm, bn, opts = gather._tiles(OnGpu(), 128, "dkdv")
     assert (bm, bn, opts["KEYS_AS_ROWS"], opts["DESC"]) == (64, 64, False, True)
-    assert gather._tiles(OnGpu(), 128, "fwd")[2]["DESC"] is False
-    assert gather._tiles(OnGpu(), 128, "dq")[2]["DESC"] is False
+    bm, bn, opts = gather._tiles(OnGpu(), 128, "fwd")
+    assert (bm, bn, opts["num_warps"], opts["num_stages"], opts["DESC"]) == (128, 64, 8, 3, True)
+    assert gather._tiles(OnGpu(), 128, "dq")[:2] == (64, 64)
+    assert gather._tiles(OnGpu(), 128, "dq")[2]["DESC"] is True
     k = torch.zeros(1, 2, 256, 128)
 
     class Aligned(OnGpu):
@@ -424,7 +435,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     # short rows (mean visited key blocks at most SHORT_ROWS): the short tiles, with descriptor
     # reads only from DESC_MIN_ROWS blocks on (documents and residue classes read the plain way)
     def short(blocks, role):
-        monkeypatch.setattr(mod, "_row_blocks", lambda *args: blocks)
+        monkeypatch.setattr(mod, "_row_blocks", lambda *args, **kw: blocks)
         monkeypatch.setattr(mod, "_GPU_TILES", {})  # kept per shape: forget them
         bm, bn, opts = mod._tiles(Aligned(), 128, role, 256, k)
         return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS"), opts["DESC"]
@@ -437,6 +448,21 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
     assert short(0.0, "dkdv") == (32, 64, 4, 2, True, False)  # document masks
 
+    # a fused pass's program visits every component's blocks of its query block: at 2048 tokens
+    # the chunk's 16 diagonal blocks and the packed keys' blocks of 15 query blocks (16 i keys)
+    counted = [gather._row_blocks(2048, 2048, 1, 128, 128, "cpu", fused=f) for f in (False, True)]
+    total = 16 + sum(-(-16 * i // 128) for i in range(16))
+    assert counted == [total / 31, total / 16]
+
+    def gather128(blocks, role):  # the fixed pattern: 64 query rows at 8k, 128 x 64 at 32k
+        monkeypatch.setattr(gather, "_row_blocks", lambda *args, **kw: blocks)
+        monkeypatch.setattr(gather, "_GPU_TILES", {})
+        bm, bn, opts = gather._tiles(Aligned(), 128, role, 256, k)
+        return bm, bn, opts["num_warps"], opts["num_stages"], opts["DESC"]
+    assert gather128(5.4, "fwd") == (64, 64, 4, 2, True)
+    assert gather128(17.0, "fwd") == (128, 64, 8, 3, True)
+    assert gather128(5.4, "dq") == gather128(17.0, "dq") == (64, 64, 4, 2, True)
+
     # long rows at d = 64 (causal, full attention): 128 keys per forward step; bands keep 64,
     # and so do patterns whose rows the host cannot count (segments with a plan: infinite)
     class Aligned64(Aligned):
@@ -447,7 +473,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     k64 = torch.zeros(1, 2, 256, 64)
 
     def fwd64(blocks, module=mod, role="fwd"):
-        monkeypatch.setattr(module, "_row_blocks", lambda *args: blocks)
+        monkeypatch.setattr(module, "_row_blocks", lambda *args, **kw: blocks)
         monkeypatch.setattr(module, "_GPU_TILES", {})
         bm, bn, opts = module._tiles(Aligned64(), 64, role, 256, k64)
         return bm, bn, opts["num_stages"], opts["DESC"]
@@ -457,13 +483,14 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert fwd64(20.0, role="dq") == (64, 64, 3, True)
     assert fwd64(64.0, role="dkdv") == (64, 64, 3, True)
     assert fwd64(20.0, role="dkdv") == (64, 64, 3, False)
-    # ... but short rows' dQ stays plain, and a gather pattern's keeps 32 keys per step
+    # ... but short rows' dQ stays plain; a gather pattern's reads its packed keys through
+    # descriptors, 32 keys per step, and its forward takes 128 queries, short rows or long
     assert fwd64(8.0, role="dq") == (64, 64, 3, False)
-    assert fwd64(8.0, gather, "dq") == (64, 32, 3, False)
+    assert fwd64(8.0, gather, "dq") == fwd64(40.0, gather, "dq") == (64, 32, 3, True)
     assert fwd64(float("inf")) == (64, 64, 2, True)
-    # short rows: three stages (round 13), but two for a pattern with a gather component
+    # short rows: three stages (round 13)
     assert fwd64(8.0) == (64, 64, 3, False) and fwd64(1.5) == (64, 64, 3, False)
-    assert fwd64(1.5, gather) == (64, 64, 2, False)
+    assert fwd64(1.5, gather) == fwd64(64.0, gather) == (128, 64, 3, True)
     # document masks: 32 keys per step in the forward and in dQ (TILES_SEGMENT), the forward
     # through descriptors (round 15), and without them the same tiles read the plain way
     docs = load_module(pattern_of(_expr("causal & segment")))
