@@ -15,9 +15,15 @@ program per (block of BN = 128 keys, batch and head):
 * eight compute warps do S^T = K Q^T and dP^T = V dO^T, P^T (the band, and the lengths, masked
   only on partial tiles), dV += P^T dO, dK += dS^T Q and dQ_part = dS K (dS through shared
   memory), and at the end write dK and dV (TMA stores clip at the sequence's end);
-* a writer warp adds each dQ_part to a float32 dQ with vector ``red`` instructions (nothing is
-  returned, so many are in flight; ``atomic_add`` compiles to ``atom``, which made the d = 64
-  backward 0.55x slower: benchmarks/NOTES.md round 19).
+* a writer warp adds each dQ_part to a float32 dQ by a TMA reduction (`cp.reduce.async.bulk`:
+  one instruction per tile, where vector ``red`` instructions from the warp's registers took 64
+  per tile at d = 128; ``atomic_add`` compiles to ``atom``, which made the d = 64 backward 0.55x
+  slower: benchmarks/NOTES.md rounds 19 and 27).
+
+The warps meet through two mbarriers per stage: tile i's ``ready[i % 2]`` completes when its
+(Q, dO) have landed and the writer has freed its dQ buffer (same index), ``done[i % 2]`` when the
+compute warps are through with both; so a tile costs the compute warps one wait, one arrive and
+two barriers among themselves (one before dQ_part's product reads dS, one closing the tile).
 
 Its inputs are the forward's output and log-sum-exp (natural log; -inf for rows that keep
 nothing); a small `tl` kernel first computes delta = rowsum(O * dO) and the log-sum-exp in base
@@ -39,8 +45,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, tma_load, \
-    tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, tma_add, \
+    tma_load, tma_store, wgmma_layout
 
 __all__ = ["BM", "BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward", "band_backward_kernel",
            "row_terms"]
@@ -55,14 +61,14 @@ HEAD_GROUP = 4
 def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr):
     q_desc, k_desc, v_desc, do_desc = descs
     k_smem, v_smem, q_bufs, do_bufs = bufs
-    kv_bar, ready, empty = bars
+    kv_bar, ready, done = bars
     STAGES: gl.constexpr = q_bufs.type.shape[0]
     mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
     tma_load(k_desc, [b, h, key0, 0], kv_bar, k_smem)
     tma_load(v_desc, [b, h, key0, 0], kv_bar, v_smem)
     for i in range(hi - lo):
         s = i % STAGES
-        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
+        mbarrier.wait(done.index(s), ((i // STAGES) & 1) ^ 1)  # tile i - STAGES done
         bar = ready.index(s)
         mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
         m0 = (lo + i) * BM
@@ -71,33 +77,20 @@ def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr):
 
 
 @gluon.jit
-def _red_add(ptrs, values):
-    """values added to *ptrs by `red` (no value returned, so nothing waits for the memory
-    system), four consecutive floats per instruction."""
-    gl.inline_asm_elementwise(
-        "red.global.gpu.relaxed.add.v4.f32 [$4], {$8, $9, $10, $11};\n\t"
-        "mov.u32 $0, 0;\n\tmov.u32 $1, 0;\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;",
-        "=r,=r,=r,=r,l,l,l,l,r,r,r,r", [ptrs.to(gl.int64), values.to(gl.int32, bitcast=True)],
-        dtype=gl.int32, is_pure=False, pack=4)
-
-
-@gluon.jit
-def _dq_writer(dq_bufs, dq_ready, dq_empty, dq_ptr, lo, hi, BM: gl.constexpr, D: gl.constexpr):
-    """dq_ptr: this head's rows of the float32 dQ, padded to whole query tiles."""
-    COLS: gl.constexpr = D // 4  # threads along a row, four floats each
-    ROWS: gl.constexpr = 32 // COLS  # rows per instruction of the warp: each element once
-    layout: gl.constexpr = gl.BlockedLayout([1, 4], [ROWS, COLS], [1, 1], [1, 0])
-    cols = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
-    rows = gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
-    for i in range(hi - lo):
-        b = i % 2
-        mbarrier.wait(dq_ready.index(b), (i // 2) & 1)
-        buf = dq_bufs.index(b)
-        base = dq_ptr + ((lo + i) * BM).to(gl.int64) * D
-        for r in gl.static_range(0, BM, ROWS):
-            part = buf.slice(r, ROWS, dim=0).load(layout)
-            _red_add(base + (r + rows)[:, None] * D + cols[None, :], part)
-        mbarrier.arrive(dq_empty.index(b), count=1)
+def _dq_writer(dq_desc, dq_bufs, ready, done, b, h, lo, hi, BM: gl.constexpr):
+    """Adds each query tile's dQ_part into the float32 dQ (padded to whole query tiles) by one
+    TMA reduction.  Tile i's buffer is i % 2, as its (Q, dO) stage: once the TMA has read it,
+    the writer's arrival on ``ready`` for tile i + 2 says that the buffer is free (the loader's
+    is the other of its two), and before the first two tiles it says so at once."""
+    n = hi - lo
+    for j in gl.static_range(2):
+        mbarrier.arrive(ready.index(j), count=1, pred=j < n)
+    for i in range(n):
+        s = i % 2
+        mbarrier.wait(done.index(s), (i // 2) & 1)
+        tma_add(dq_desc, [b, h, (lo + i) * BM, 0], dq_bufs.index(s))
+        tma.store_wait(0)
+        mbarrier.arrive(ready.index(s), count=1, pred=i + 2 < n)
 
 
 @gluon.jit
@@ -117,7 +110,7 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     (Issuing the next tile's S^T before waiting for this tile's products, carried across
     iterations, made ptxas serialise every wgmma: C7514, NOTES round 19.)"""
     k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
-    kv_bar, ready, empty, dq_ready, dq_empty = bars
+    kv_bar, ready, done = bars
     Lq, Lk, off, back, ahead = band
     dtype: gl.constexpr = k_smem.dtype
     STAGES: gl.constexpr = q_bufs.type.shape[0]
@@ -130,7 +123,7 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     rows = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, s_layout))  # queries: S^T's columns
     q_s = q_bufs.index(s).reshape([BM, D])
     do_s = do_bufs.index(s).reshape([BM, D])
-    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)  # (Q, dO) loaded, dQ buffer s free
     st = warpgroup_mma(k_smem, q_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
                        use_acc=False, is_async=True)
     dpt = warpgroup_mma(v_smem, do_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
@@ -155,18 +148,18 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     ds = (pt * (dpt - delta[None, :])).to(dtype)
     dsa = gl.convert_layout(ds, a_layout)
     dk = warpgroup_mma(dsa, q_s, dk, is_async=True)
-    barrier()  # every warpgroup's dQ product of the previous tile has read ds_smem
+    # (every warpgroup's dQ product of the previous tile has read ds_smem: that tile's closing
+    # barrier)
     ds_smem.store(ds)
     fence_async_shared()
     barrier()
     dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
                        gl.zeros([BM, D], gl.float32, dq_layout), use_acc=False, is_async=True)
     dv, dk, dq, pa, dsa = warpgroup_mma_wait(0, deps=(dv, dk, dq, pa, dsa))
-    mbarrier.arrive(empty.index(s), count=1)
-    b = i % 2
-    mbarrier.wait(dq_empty.index(b), ((i // 2) & 1) ^ 1)
-    dq_bufs.index(b).store(dq * sm_scale)
-    mbarrier.arrive(dq_ready.index(b), count=1)
+    dq_bufs.index(s).reshape([BM, D]).store(dq * sm_scale)
+    fence_async_shared()  # the writer's TMA reads it
+    barrier()  # closing: every warpgroup's products read their buffers, dQ_part is stored
+    mbarrier.arrive(done.index(s), count=1)  # to the loader (stage s) and the writer (dQ)
     return dk, dv
 
 
@@ -175,7 +168,7 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, h
              qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
              SEGMENTS: gl.constexpr):
     k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
-    kv_bar, ready, empty, dq_ready, dq_empty = bars
+    kv_bar, ready, done = bars
     dtype: gl.constexpr = k_smem.dtype
     kv_layout: gl.constexpr = wgmma_layout(8, 1, D)
     dk = gl.zeros([BN, D], gl.float32, kv_layout)
@@ -206,12 +199,12 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, h
 # (not `do_not_specialize` on the lengths and bounds, which would save compiles: it made the
 # kernel 20% slower, causal at 8k d = 128 3.12 -> 3.82 ms, results/gluon_ab_r20c.log)
 @gluon.jit
-def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_ptr, delta_ptr,
-                         dq_ptr, BH, H, Lq, Lk, back, ahead, group, reverse, qk_scale, sm_scale,
+def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, lse_ptr,
+                         delta_ptr, BH, H, Lq, Lk, back, ahead, group, reverse, qk_scale, sm_scale,
                          bounds_ptr, flag_ptr, segq_ptr, segk_ptr, per_batch, BM: gl.constexpr,
                          BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
                          SEGMENTS: gl.constexpr):
-    """dQ (added to dq_ptr, float32 [B * H, Lq rounded up to BM, D]), dK and dV of the pairs
+    """dQ (added into dq_desc's float32 [B, H, Lq rounded up to BM, D]), dK and dV of the pairs
     (query q, key k) with -ahead <= q + Lk - Lq - k <= back; lse_ptr and delta_ptr are
     `_rows_kernel`'s.  One program per key block of BN keys of one batch and head, the grid
     taking ``group`` heads (of the BH batches and heads) at a time, their first key blocks, then
@@ -256,7 +249,6 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_
     lq_pad = gl.cdiv(Lq, BM) * BM
     lse_ptr += bh.to(gl.int64) * lq_pad
     delta_ptr += bh.to(gl.int64) * lq_pad
-    dq_ptr += bh.to(gl.int64) * lq_pad * D
 
     dtype: gl.constexpr = k_desc.block_type.element_ty
     k_smem = gl.allocate_shared_memory(dtype, [1, 1, BN, D], k_desc.layout)
@@ -265,31 +257,28 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse_
     do_bufs = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BM, D], do_desc.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
-    dq_layout: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[D, 8]], [BM, D], [1, 0])
-    dq_bufs = gl.allocate_shared_memory(gl.float32, [2, BM, D], dq_layout)
+    dq_bufs = gl.allocate_shared_memory(gl.float32, [2, 1, 1, BM, D], dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    # tile i: ready[i % STAGES] when its (Q, dO) are loaded and its dQ buffer (the same index)
+    # is free, done[i % STAGES] when the compute warps are through with both
+    gl.static_assert(STAGES == 2)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    dq_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    dq_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     for j in gl.static_range(STAGES):
-        mbarrier.init(ready.index(j), count=1)
-        mbarrier.init(empty.index(j), count=1)
-    for j in gl.static_range(2):
-        mbarrier.init(dq_ready.index(j), count=1)
-        mbarrier.init(dq_empty.index(j), count=1)
+        mbarrier.init(ready.index(j), count=2)  # the loader's and the writer's
+        mbarrier.init(done.index(j), count=1)
 
     k_flat = k_smem.reshape([BN, D])
     v_flat = v_smem.reshape([BN, D])
     bufs = (k_flat, v_flat, q_bufs, do_bufs, ds_smem, dq_bufs)
-    bars = (kv_bar, ready, empty, dq_ready, dq_empty)
+    bars = (kv_bar, ready, done)
     gl.warp_specialize([
         (_compute, (bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi,
                     (Lq, Lk, off, back, ahead), docs, qk_scale, sm_scale, BM, BN, D, SEGMENTS)),
         (_loader, ((q_desc, k_desc, v_desc, do_desc), (k_smem, v_smem, q_bufs, do_bufs),
-                   (kv_bar, ready, empty), b, h, key0, lo, hi, BM)),
-        (_dq_writer, (dq_bufs, dq_ready, dq_empty, dq_ptr, lo, hi, BM, D)),
+                   (kv_bar, ready, done), b, h, key0, lo, hi, BM)),
+        (_dq_writer, (dq_desc, dq_bufs, ready, done, b, h, lo, hi, BM)),
     ], [1, 1], [24, 24])
 
 
@@ -344,7 +333,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     ahead = reach if ahead is None else max(-reach, min(ahead, reach))
     lq_pad = triton.cdiv(Lq, BM) * BM
     lse2, delta = row_terms(out, do, lse, launch)
-    dq = torch.zeros((B * H, lq_pad, D), dtype=torch.float32, device=q.device)
+    dq = torch.zeros((B, H, lq_pad, D), dtype=torch.float32, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
@@ -352,9 +341,9 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     group = 1 if back >= reach and ahead >= reach else min(HEAD_GROUP, B * H)
     launch(band_backward_kernel, (triton.cdiv(Lk, BN) * B * H,),
            (descriptor(q, BM), descriptor(k, BN), descriptor(v, BN), descriptor(do, BM),
-            descriptor(dk, BN), descriptor(dv, BN), lse2, delta, dq, B * H, H, Lq, Lk, back,
+            descriptor(dk, BN), descriptor(dv, BN), descriptor(dq, BM), lse2, delta, B * H, H, Lq, Lk, back,
             ahead, group, int(back < ahead), scale * LOG2E, scale,
             *(docs or (lse2, lse2, lse2, lse2, 0))),  # (bands: unread)
            dict(BM=BM, BN=BN, D=D, STAGES=STAGES, SEGMENTS=docs is not None,
                 num_warps=NUM_WARPS, maxnreg=MAXNREG), (q.dtype,))
-    return dq[:, :Lq].reshape(B, H, Lq, D).to(q.dtype), dk, dv
+    return dq[:, :, :Lq].to(q.dtype), dk, dv

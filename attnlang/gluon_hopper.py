@@ -23,6 +23,21 @@ tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
 
+if hasattr(tma, "async_atomic_add"):  # Triton 3.7+
+    tma_add = tma.async_atomic_add
+else:  # Triton 3.6 builds the TMA reduction (`cp.reduce.async.bulk.tensor`) but names no call
+    from triton._C.libtriton import ir as _ir
+    from triton.experimental.gluon.language._core import builtin as _builtin
+
+    @_builtin
+    def tma_add(tensor_desc, coord, src, _semantic=None):
+        """Adds the shared memory tile ``src`` into the tensor of ``tensor_desc`` at ``coord``,
+        by TMA (asynchronous: `tma.store_wait` waits until ``src`` has been read)."""
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(_ir.DESCRIPTOR_REDUCE_KIND.ADD,
+                                                  tensor_desc.handle, coord, src.handle)
+
+
 @gluon.constexpr_function
 def wgmma_layout(warps_m, warps_n, n):
     """The register layout of a wgmma result: warps over [rows, columns], n columns per
@@ -33,8 +48,10 @@ def wgmma_layout(warps_m, warps_n, n):
 
 @functools.lru_cache(maxsize=None)  # one per tile, head dimension and dtype: built once each
 def shared_layout(rows, D, dtype):
-    """The NVMMA shared layout of a [1, 1, rows, D] tile of ``dtype``."""
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], DTYPES[dtype])
+    """The NVMMA shared layout of a [1, 1, rows, D] tile of ``dtype`` (one of DTYPES, or float32
+    for the backward's dQ sums)."""
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], {
+        **DTYPES, torch.float32: gl.float32}[dtype])
 
 
 def descriptor(t, rows):

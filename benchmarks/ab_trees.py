@@ -1,0 +1,95 @@
+"""One Gluon kernel module of this tree against the same module of other trees, as attnlang runs
+it, on the GPU: training steps of the band patterns and the documents, each tree's module set
+on the generated module in turn (`_GLUON`), three interleaved rounds on the same inputs,
+`do_bench` medians; each tree's gradients compared with this tree's.
+
+    git archive HEAD attnlang templates grammar | tar -x -C _old     # a tree to compare with
+    python benchmarks/ab_trees.py --tree old=_old [--tree name=DIR ...] [--module gluon_backward]
+        [--dims 128,64] [--lengths 8192,32768] [--only TEXT] [--rounds 3]
+
+A tree's ``attnlang`` package is imported as ``attnlang_<name>``; its modules must take the same
+calls as this tree's.  Where the module does not serve a call (the `tl` kernels run: documents
+below GLUON_DOCS_MIN_QUERIES, narrow d = 64 bands), every tree times the same.
+"""
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import attnlang  # noqa: E402
+from attnlang.bench import random_documents  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
+from head_order import BANDS, _inputs, _medians  # noqa: E402
+
+
+def load_tree(name, root, module):
+    """``module`` of the attnlang package under ``root``, imported as ``attnlang_<name>``."""
+    package = f"attnlang_{name}"
+    spec = importlib.util.spec_from_file_location(
+        package, os.path.join(root, "attnlang", "__init__.py"),
+        submodule_search_locations=[os.path.join(root, "attnlang")])
+    sys.modules[package] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[package])
+    return importlib.import_module(f"{package}.{module}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tree", action="append", default=[], help="name=DIR")
+    parser.add_argument("--module", default="gluon_backward")
+    parser.add_argument("--dims", default="128,64")
+    parser.add_argument("--lengths", default="8192,32768")
+    parser.add_argument("--only", default="")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    trees = dict(entry.split("=", 1) for entry in args.tree)
+    for D in (int(x) for x in args.dims.split(",")):
+        for L in (int(x) for x in args.lengths.split(",")):
+            B, H = max(1, 16384 // L), 16
+            q, k, v, do, grads = _inputs(B, H, L, D)
+            ids = random_documents(L, 64, "cuda", torch.Generator().manual_seed(0))
+            for text in BANDS + ["causal & segment"]:
+                if args.only not in text:
+                    continue
+                pattern = attnlang.parse(f"pattern x = {text}")["x"]
+                module = pattern.module(backend="triton")
+                extra = dict(segments=ids) if "segment" in text else {}
+                generated = load_module(pattern)
+                mods = {"this": generated._gluon_module(args.module)}
+                mods.update({name: load_tree(name, root, args.module)
+                             for name, root in trees.items()})
+
+                def set_variant(gen, name):
+                    gen._GLUON[args.module] = mods[name]
+
+                def run():
+                    def step():
+                        module(*grads, **extra).backward(do)
+                    for t in grads:
+                        t.grad = None
+                    step()
+                    return ([t.grad.clone() for t in grads],
+                            do_bench(step, warmup=25, rep=150, grad_to_none=grads))
+                ms, res = _medians(pattern, list(mods), set_variant, run, args.rounds)
+                diffs = {name: max(((a.float() - b.float()).abs().max()
+                                    / b.float().abs().max()).item()
+                                   for a, b in zip(res[name], res["this"]))
+                         for name in trees}
+                print(f"{text:26s} L={L:6d} D={D:3d} step ms "
+                      + " ".join(f"{name} {ms[name]:.3f}" for name in mods)
+                      + " | this vs " + " ".join(
+                          f"{name} {ms[name] / ms['this']:.3f}x (grads {diffs[name]:.1e})"
+                          for name in trees), flush=True)
+                set_variant(generated, "this")
+            del q, k, v, do, grads
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
