@@ -18,14 +18,12 @@ import os
 import sys
 
 import torch
-from triton.testing import do_bench
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import attnlang  # noqa: E402
 from attnlang.bench import random_documents  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
-from head_order import BANDS, _inputs, _medians  # noqa: E402
+from head_order import BANDS, _inputs, _medians, _step_runner  # noqa: E402
 
 
 def load_tree(name, root, module):
@@ -68,15 +66,8 @@ def main():
                 def set_variant(gen, name):
                     gen._GLUON[args.module] = mods[name]
 
-                def run():
-                    def step():
-                        module(*grads, **extra).backward(do)
-                    for t in grads:
-                        t.grad = None
-                    step()
-                    return ([t.grad.clone() for t in grads],
-                            do_bench(step, warmup=25, rep=150, grad_to_none=grads))
-                ms, res = _medians(pattern, list(mods), set_variant, run, args.rounds)
+                ms, res = _medians(pattern, list(mods), set_variant,
+                                   _step_runner(module, grads, do, extra), args.rounds)
                 diffs = {name: max(((a.float() - b.float()).abs().max()
                                     / b.float().abs().max()).item()
                                    for a, b in zip(res[name], res["this"]))

@@ -46,6 +46,19 @@ def _medians(pattern, variants, set_variant, run, rounds=3):
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}, results
 
 
+def _step_runner(module, grads, do, extra):
+    """A `_medians` run of training steps: one step's gradients, and do_bench's time."""
+    def run():
+        def step():
+            module(*grads, **extra).backward(do)
+        for t in grads:
+            t.grad = None
+        step()
+        return ([t.grad.clone() for t in grads],
+                do_bench(step, warmup=25, rep=150, grad_to_none=grads))
+    return run
+
+
 def backward(dims):
     for D in dims:
         for L in (8192, 16384, 32768):
@@ -66,14 +79,7 @@ def backward(dims):
                     if name != "tl":
                         generated._gluon_module("gluon_backward").HEAD_GROUP = int(name)
 
-                def run():
-                    def step():
-                        module(*grads, **extra).backward(do)
-                    for t in grads:
-                        t.grad = None
-                    step()
-                    return ([t.grad.clone() for t in grads],
-                            do_bench(step, warmup=25, rep=150, grad_to_none=grads))
+                run = _step_runner(module, grads, do, extra)
                 variants = ["1", "2", "4"] + (["tl"] if segment else [])
                 ms, res = _medians(pattern, variants, set_variant, run)
                 diff = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
