@@ -15,10 +15,10 @@ program per (block of BN = 128 keys, batch and head):
 * eight compute warps do S^T = K Q^T and dP^T = V dO^T, P^T (the band, and the lengths, masked
   only on partial tiles), dV += P^T dO, dK += dS^T Q and dQ_part = dS K (dS through shared
   memory), and at the end write dK and dV (TMA stores clip at the sequence's end);
-* a writer warp adds each dQ_part to a float32 dQ by a TMA reduction (`cp.reduce.async.bulk`:
-  one instruction per tile, where vector ``red`` instructions from the warp's registers took 64
-  per tile at d = 128; ``atomic_add`` compiles to ``atom``, which made the d = 64 backward 0.55x
-  slower: benchmarks/NOTES.md rounds 19 and 27).
+* a writer warp adds each dQ_part to a float32 dQ by a TMA reduction (`cp.reduce.async.bulk.
+  tensor` from one thread, one per 32 columns, where vector ``red`` instructions from the warp's
+  registers took 64 per tile at d = 128; ``atomic_add`` compiles to ``atom``, which made the
+  d = 64 backward 0.55x slower: benchmarks/NOTES.md rounds 19 and 27).
 
 The warps meet through two mbarriers per stage: tile i's ``ready[i % 2]`` completes when its
 (Q, dO) have landed and the writer has freed its dQ buffer (same index), ``done[i % 2]`` when the
