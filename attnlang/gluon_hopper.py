@@ -23,7 +23,7 @@ tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
 
-if hasattr(tma, "async_atomic_add"):  # Triton 3.7+
+if hasattr(tma, "async_atomic_add"):  # later Tritons (3.9, CI's)
     tma_add = tma.async_atomic_add
 else:  # Triton 3.6 builds the TMA reduction (`cp.reduce.async.bulk.tensor`) but names no call
     from triton._C.libtriton import ir as _ir
