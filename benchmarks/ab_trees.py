@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import attnlang  # noqa: E402
 from attnlang.bench import random_documents  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
+from gluon_bwd import max_rel  # noqa: E402
 from head_order import BANDS, _inputs, _medians, _step_runner  # noqa: E402
 
 
@@ -46,7 +47,8 @@ def main():
     parser.add_argument("--only", default="")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    trees = dict(entry.split("=", 1) for entry in args.tree)
+    trees = {name: load_tree(name, root, args.module)
+             for name, root in (entry.split("=", 1) for entry in args.tree)}
     for D in (int(x) for x in args.dims.split(",")):
         for L in (int(x) for x in args.lengths.split(",")):
             B, H = max(1, 16384 // L), 16
@@ -59,18 +61,14 @@ def main():
                 module = pattern.module(backend="triton")
                 extra = dict(segments=ids) if "segment" in text else {}
                 generated = load_module(pattern)
-                mods = {"this": generated._gluon_module(args.module)}
-                mods.update({name: load_tree(name, root, args.module)
-                             for name, root in trees.items()})
+                mods = {"this": generated._gluon_module(args.module), **trees}
 
                 def set_variant(gen, name):
                     gen._GLUON[args.module] = mods[name]
 
                 ms, res = _medians(pattern, list(mods), set_variant,
                                    _step_runner(module, grads, do, extra), args.rounds)
-                diffs = {name: max(((a.float() - b.float()).abs().max()
-                                    / b.float().abs().max()).item()
-                                   for a, b in zip(res[name], res["this"]))
+                diffs = {name: max(max_rel(a, b) for a, b in zip(res[name], res["this"]))
                          for name in trees}
                 print(f"{text:26s} L={L:6d} D={D:3d} step ms "
                       + " ".join(f"{name} {ms[name]:.3f}" for name in mods)
