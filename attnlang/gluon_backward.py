@@ -6,24 +6,36 @@ intersections), the generated modules compute dQ, dK and dV with this kernel on 
 instead of their two-kernel ``tl`` backward (a dK/dV kernel and a dQ kernel, seven matrix
 products per tile; this kernel does five); document masks (a band and one document) too, with
 each key block's query tiles taken from their layout kernel's bounds (``SEGMENTS``).  One
-program per (block of BN = 128 keys, batch and head):
+program per (block of BN keys, batch and head), BN = 128 for bands and 64 for documents:
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
-  queries whose band meets the block through a ring of two, by TMA (rank-4 descriptors over the
-  [B, H, L, D] tensors, so that a tile past a sequence's end reads zeros, never another head's
-  rows);
-* eight compute warps do S^T = K Q^T and dP^T = V dO^T, P^T (the band, and the lengths, masked
-  only on partial tiles), dV += P^T dO, dK += dS^T Q and dQ_part = dS K (dS through shared
-  memory), and at the end write dK and dV (TMA stores clip at the sequence's end);
+  queries whose band meets the block through a ring of two stages, by TMA (rank-4 descriptors
+  over the [B, H, L, D] tensors, so that a tile past a sequence's end reads zeros, never another
+  head's rows);
+* one compute warpgroup per 64 keys does S^T = K Q^T and dP^T = V dO^T, P^T (the band, and the
+  lengths, masked only on partial tiles), dV += P^T dO, dK += dS^T Q and dQ_part = dS K (dS
+  through shared memory), hands dQ_part (float32) to the writer through shared memory, and at
+  the end writes dK and dV (TMA stores clip at the sequence's end);
 * a writer warp adds each dQ_part to a float32 dQ by a TMA reduction (`cp.reduce.async.bulk.
   tensor` from one thread, one per 32 columns, where vector ``red`` instructions from the warp's
   registers took 64 per tile at d = 128; ``atomic_add`` compiles to ``atom``, which made the
   d = 64 backward 0.55x slower: benchmarks/NOTES.md rounds 19 and 27).
 
-The warps meet through two mbarriers per stage: tile i's ``ready[i % 2]`` completes when its
-(Q, dO) have landed and the writer has freed its dQ buffer (same index), ``done[i % 2]`` when the
-compute warps are through with both; so a tile costs the compute warps one wait, one arrive and
-two barriers among themselves (one before dQ_part's product reads dS, one closing the tile).
+With 128-key blocks (bands) dQ_part goes through two float32 buffers of its own, and the warps
+meet through two mbarriers per stage: tile i's ``ready[i % 2]`` completes when its (Q, dO) have
+landed and the writer has freed its dQ buffer (same index), ``done[i % 2]`` when the compute
+warps are through with both; so a tile costs the compute warps one wait, one arrive and two
+barriers among themselves (one before dQ_part's product reads dS, one closing the tile).
+
+Documents take key blocks of 64 and one compute warpgroup: on the benchmark's 64 random
+documents per sequence a block of 128 keys meets more of the pairs between documents.  There
+dQ_part goes into the bytes of its tile's (Q, dO) stage (exactly its size) once every product
+has read them, so that without dQ buffers a program's 104 KiB of shared memory and 232
+registers per compute thread (MAXNREG) let two programs share a multiprocessor, which hides one
+program's waits for its stages behind the other's products (NOTES round 28).  A third mbarrier
+per stage, ``free``, tells the loader that the writer's TMA has read the stage; a tile costs one
+barrier more (before dQ_part overwrites Q and dO).  At d = 128 the warpgroup computes dQ_part in
+two halves of 64 columns, so that it fits in its registers.
 
 Its inputs are the forward's output and log-sum-exp (natural log; -inf for rows that keep
 nothing); a small `tl` kernel first computes delta = rowsum(O * dO) and the log-sum-exp in base
@@ -45,52 +57,77 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, tma_add, \
-    tma_load, tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, \
+    reinterpret, tma_add, tma_load, tma_store, wgmma_layout
 
-__all__ = ["BM", "BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward", "band_backward_kernel",
-           "row_terms"]
-BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring
-NUM_WARPS, MAXNREG = 8, 168  # the compute warps take 240 registers, the two others 24
+__all__ = ["BM", "BN", "DOCS_BN", "DOCS_STAGES", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
+           "band_backward_kernel", "row_terms", "tile"]
+BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring: bands
+# documents: 64-key blocks, one compute warpgroup (the docstring).  Training steps on the
+# benchmark's documents at 32k, d = 128: 1.03-1.05x round 27's 128-key kernel (which had a dQ
+# buffer of its own), 1.12x the 128-key kernel with its dQ in the stages, 1.05x this one with
+# one program per multiprocessor (results/ab_docs_r28a.log, ab_docs_r28e.log, ab_docs_r28f.log).
+# For bands the 64-key blocks were 1.15-1.28x slower (ab_bands_r28f.log).
+DOCS_BN, DOCS_STAGES = 64, 2
+# registers per thread by key block: 8 compute warps (BN = 128) take 240 of them, the loader
+# and writer 24; at BN = 64 the 4 compute warps take 232, so that two programs (8 warps each,
+# two of them idle: setmaxnreg's warpgroups) fit a multiprocessor's 64k registers
+MAXNREG = {128: 168, 64: 128}
 # heads whose key blocks the grid interleaves (band_backward_kernel): training steps of
 # documents at 32k 1.06x faster, causal at d = 64 1.02-1.04x, bands the same (NOTES round 23)
 HEAD_GROUP = 4
 
 
+def tile(segments):
+    """(query tile, key block) of the kernel for bands or (``segments``) document masks."""
+    return BM, DOCS_BN if segments else BN
+
+
 @gluon.jit
-def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr):
+def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr, IN_STAGE: gl.constexpr):
     q_desc, k_desc, v_desc, do_desc = descs
-    k_smem, v_smem, q_bufs, do_bufs = bufs
-    kv_bar, ready, done = bars
-    STAGES: gl.constexpr = q_bufs.type.shape[0]
+    k_smem, v_smem, qdo = bufs
+    kv_bar, ready, done, free = bars
+    STAGES: gl.constexpr = ready.type.shape[0]
     mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
     tma_load(k_desc, [b, h, key0, 0], kv_bar, k_smem)
     tma_load(v_desc, [b, h, key0, 0], kv_bar, v_smem)
+    # the stage of tile i - STAGES is free once its dQ_part has been read out of it (IN_STAGE),
+    # else once the compute warps are through with it
+    empty = free if IN_STAGE else done
     for i in range(hi - lo):
         s = i % STAGES
-        mbarrier.wait(done.index(s), ((i // STAGES) & 1) ^ 1)  # tile i - STAGES done
+        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
         bar = ready.index(s)
         mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
         m0 = (lo + i) * BM
-        tma_load(q_desc, [b, h, m0, 0], bar, q_bufs.index(s))
-        tma_load(do_desc, [b, h, m0, 0], bar, do_bufs.index(s))
+        tma_load(q_desc, [b, h, m0, 0], bar, qdo.index(2 * s))
+        tma_load(do_desc, [b, h, m0, 0], bar, qdo.index(2 * s + 1))
 
 
 @gluon.jit
-def _dq_writer(dq_desc, dq_bufs, ready, done, b, h, lo, hi, BM: gl.constexpr):
+def _dq_writer(dq_desc, dq_bufs, bars, b, h, lo, hi, BM: gl.constexpr, IN_STAGE: gl.constexpr):
     """Adds each query tile's dQ_part into the float32 dQ (padded to whole query tiles) by one
-    TMA reduction.  Tile i's buffer is i % 2, as its (Q, dO) stage: once the TMA has read it,
-    the writer's arrival on ``ready`` for tile i + 2 says that the buffer is free (the loader's
-    is the other of its two), and before the first two tiles it says so at once."""
+    TMA reduction, from ``dq_bufs.index(i % STAGES)``.  IN_STAGE: those are the bytes of the
+    tile's (Q, dO) stage, which the writer frees for the loader (``free``) once the TMA has read
+    them.  Else they are two buffers of their own, and the writer's arrival on ``ready`` for tile
+    i + 2 says that its buffer is free (the loader's is the other of ``ready``'s two; before the
+    first two tiles the writer gives it at once)."""
+    kv_bar, ready, done, free = bars
+    STAGES: gl.constexpr = done.type.shape[0]
     n = hi - lo
-    for j in gl.static_range(2):
-        mbarrier.arrive(ready.index(j), count=1, pred=j < n)
+    if not IN_STAGE:
+        for j in gl.static_range(STAGES):
+            mbarrier.arrive(ready.index(j), count=1, pred=j < n)
     for i in range(n):
-        s = i % 2
-        mbarrier.wait(done.index(s), (i // 2) & 1)
+        s = i % STAGES
+        mbarrier.wait(done.index(s), (i // STAGES) & 1)
         tma_add(dq_desc, [b, h, (lo + i) * BM, 0], dq_bufs.index(s))
         tma.store_wait(0)
-        mbarrier.arrive(ready.index(s), count=1, pred=i + 2 < n)
+        if IN_STAGE:
+            mbarrier.arrive(free.index(s), count=1)
+        else:
+            mbarrier.arrive(ready.index(s), count=1, pred=i + STAGES < n)
 
 
 @gluon.jit
@@ -106,24 +143,29 @@ def _band_keep(rows, key0, band, BN: gl.constexpr, layout: gl.constexpr):
 @gluon.jit
 def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale, sm_scale,
           BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr):
-    """Query tile i of this key block: its five products, dQ_part handed to the writer warp.
-    (Issuing the next tile's S^T before waiting for this tile's products, carried across
-    iterations, made ptxas serialise every wgmma: C7514, NOTES round 19.)"""
-    k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
-    kv_bar, ready, done = bars
+    """Query tile i of this key block: its five products, dQ_part handed to the writer warp (in
+    the bytes of the tile's (Q, dO) stage where BN = 64: `band_backward_kernel`).  (Issuing the next tile's S^T before waiting for this
+    tile's products, carried across iterations, made ptxas serialise every wgmma: C7514, NOTES
+    round 19.)"""
+    k_smem, v_smem, qdo, ds_smem, dq_bufs = bufs
+    kv_bar, ready, done, free = bars
     Lq, Lk, off, back, ahead = band
     dtype: gl.constexpr = k_smem.dtype
-    STAGES: gl.constexpr = q_bufs.type.shape[0]
-    s_layout: gl.constexpr = wgmma_layout(8, 1, BM)
-    kv_layout: gl.constexpr = wgmma_layout(8, 1, D)
-    dq_layout: gl.constexpr = wgmma_layout(4, 2, D // 2)
+    STAGES: gl.constexpr = ready.type.shape[0]
+    WARPS: gl.constexpr = BN // 16  # four per warpgroup of 64 keys
+    # dQ_part = dS K in PARTS products of D // PARTS columns: one warpgroup at d = 128 holds
+    # half of it at a time (dK, dV, S^T and dP^T take 192 of its 240 registers)
+    PARTS: gl.constexpr = 2 if (WARPS == 4) & (D == 128) else 1
+    s_layout: gl.constexpr = wgmma_layout(WARPS, 1, BM)
+    kv_layout: gl.constexpr = wgmma_layout(WARPS, 1, D)
+    dq_layout: gl.constexpr = wgmma_layout(4, WARPS // 4, D // PARTS // (WARPS // 4))
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
     s = i % STAGES
     m0 = (lo + i) * BM
     rows = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, s_layout))  # queries: S^T's columns
-    q_s = q_bufs.index(s).reshape([BM, D])
-    do_s = do_bufs.index(s).reshape([BM, D])
-    mbarrier.wait(ready.index(s), (i // STAGES) & 1)  # (Q, dO) loaded, dQ buffer s free
+    q_s = qdo.index(2 * s).reshape([BM, D])
+    do_s = qdo.index(2 * s + 1).reshape([BM, D])
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)  # (Q, dO) loaded (and dQ buffer s free)
     st = warpgroup_mma(k_smem, q_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
                        use_acc=False, is_async=True)
     dpt = warpgroup_mma(v_smem, do_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
@@ -153,13 +195,21 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     ds_smem.store(ds)
     fence_async_shared()
     barrier()
-    dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
-                       gl.zeros([BM, D], gl.float32, dq_layout), use_acc=False, is_async=True)
-    dv, dk, dq, pa, dsa = warpgroup_mma_wait(0, deps=(dv, dk, dq, pa, dsa))
-    dq_bufs.index(s).reshape([BM, D]).store(dq * sm_scale)
+    dq_s = dq_bufs.index(s).reshape([BM, D])
+    for c in gl.static_range(PARTS):
+        dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem.slice(c * (D // PARTS), D // PARTS, 1),
+                           gl.zeros([BM, D // PARTS], gl.float32, dq_layout), use_acc=False,
+                           is_async=True)
+        if c == 0:
+            dv, dk, dq, pa, dsa = warpgroup_mma_wait(0, deps=(dv, dk, dq, pa, dsa))
+            if BN == 64:  # dQ_part in Q and dO's bytes: every warpgroup's products have read them
+                barrier()
+        else:
+            dq = warpgroup_mma_wait(0, deps=(dq,))
+        dq_s.slice(c * (D // PARTS), D // PARTS, 1).store(dq * sm_scale)
     fence_async_shared()  # the writer's TMA reads it
     barrier()  # closing: every warpgroup's products read their buffers, dQ_part is stored
-    mbarrier.arrive(done.index(s), count=1)  # to the loader (stage s) and the writer (dQ)
+    mbarrier.arrive(done.index(s), count=1)  # to the writer (and the loader, BN = 128)
     return dk, dv
 
 
@@ -167,15 +217,15 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
 def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi, band, docs,
              qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
              SEGMENTS: gl.constexpr):
-    k_smem, v_smem, q_bufs, do_bufs, ds_smem, dq_bufs = bufs
-    kv_bar, ready, done = bars
+    k_smem, v_smem, qdo, ds_smem, dq_bufs = bufs
+    kv_bar, ready, done, free = bars
     dtype: gl.constexpr = k_smem.dtype
-    kv_layout: gl.constexpr = wgmma_layout(8, 1, D)
+    kv_layout: gl.constexpr = wgmma_layout(BN // 16, 1, D)
     dk = gl.zeros([BN, D], gl.float32, kv_layout)
     dv = gl.zeros([BN, D], gl.float32, kv_layout)
     if SEGMENTS:  # the key block's ids, read once: (full_lo, full_hi, segq_ptr, kseg) to _tile
         full_lo, full_hi, segq_ptr, segk_ptr = docs
-        s_layout: gl.constexpr = wgmma_layout(8, 1, BM)
+        s_layout: gl.constexpr = wgmma_layout(BN // 16, 1, BM)
         keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
         Lk = band[1]
         docs = (full_lo, full_hi, segq_ptr, gl.load(segk_ptr + keys, mask=keys < Lk, other=-1))
@@ -206,15 +256,16 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
                          SEGMENTS: gl.constexpr):
     """dQ (added into dq_desc's float32 [B, H, Lq rounded up to BM, D]), dK and dV of the pairs
     (query q, key k) with -ahead <= q + Lk - Lq - k <= back; lse_ptr and delta_ptr are
-    `_rows_kernel`'s.  One program per key block of BN keys of one batch and head, the grid
-    taking ``group`` heads (of the BH batches and heads) at a time, their first key blocks, then
-    their second ones... (last first where ``reverse``), so that a head's long blocks (causal:
-    its first) do not start last, and the group's (Q, dO) rows stay in L2.  With SEGMENTS, only
-    pairs of one document too: segq_ptr / segk_ptr are int32 ids [batches, Lq] / [batches, Lk]
-    (batch b's row b * per_batch), and each key block's query tiles come from bounds_ptr, the
-    template's `_segment_bounds` table for BN-key blocks and BM-query blocks (lo, full_lo,
-    full_hi, hi per block; tiles outside [full_lo, full_hi) masked), unless flag_ptr's pair
-    marks the batch's ids unsorted: then every tile, masked."""
+    `_rows_kernel`'s.  One program per key block of BN keys (64 or 128: one warpgroup of compute
+    warps per 64) of one batch and head, the grid taking ``group`` heads (of the BH batches and
+    heads) at a time, their first key blocks, then their second ones... (last first where
+    ``reverse``), so that a head's long blocks (causal: its first) do not start last, and the
+    group's (Q, dO) rows stay in L2.  With SEGMENTS, only pairs of one document too: segq_ptr /
+    segk_ptr are int32 ids [batches, Lq] / [batches, Lk] (batch b's row b * per_batch), and each
+    key block's query tiles come from bounds_ptr, the template's `_segment_bounds` table for
+    BN-key blocks and BM-query blocks (lo, full_lo, full_hi, hi per block; tiles outside
+    [full_lo, full_hi) masked), unless flag_ptr's pair marks the batch's ids unsorted: then
+    every tile, masked."""
     n_k = gl.cdiv(Lk, BN)
     first = gl.program_id(0) // (group * n_k) * group  # the group's first head
     heads = gl.minimum(group, BH - first)
@@ -253,32 +304,44 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     dtype: gl.constexpr = k_desc.block_type.element_ty
     k_smem = gl.allocate_shared_memory(dtype, [1, 1, BN, D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [1, 1, BN, D], v_desc.layout)
-    q_bufs = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BM, D], q_desc.layout)
-    do_bufs = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BM, D], do_desc.layout)
+    # the (Q, dO) ring, stage s at 2s and 2s + 1.  IN_STAGE (64-key blocks, one warpgroup: two
+    # programs per multiprocessor, which shared memory would not hold with dQ buffers of their
+    # own): a stage's bytes then hold its tile's float32 dQ_part (the same size) until the
+    # writer's TMA has read them.  128-key blocks have two dQ buffers: with dQ_part in the stages
+    # the documents' steps were 0.89x as fast, and d = 64 causal 0.97-0.98x (NOTES round 28)
+    IN_STAGE: gl.constexpr = BN == 64
+    gl.static_assert(q_desc.layout == do_desc.layout)
+    gl.static_assert(STAGES == 2)
+    qdo = gl.allocate_shared_memory(dtype, [2 * STAGES, 1, 1, BM, D], q_desc.layout)
+    if IN_STAGE:
+        dq_bufs = reinterpret(qdo, gl.float32, [STAGES, 1, 1, BM, D], dq_desc.layout)
+    else:
+        dq_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, 1, 1, BM, D], dq_desc.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
-    dq_bufs = gl.allocate_shared_memory(gl.float32, [2, 1, 1, BM, D], dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    # tile i: ready[i % STAGES] when its (Q, dO) are loaded and its dQ buffer (the same index)
-    # is free, done[i % STAGES] when the compute warps are through with both
-    gl.static_assert(STAGES == 2)
+    # tile i: ready[i % STAGES] when its (Q, dO) are loaded (and, not IN_STAGE, its dQ buffer
+    # is free: the writer's arrival), done[...] when the compute warps have put its dQ_part in
+    # place, free[...] (IN_STAGE) when the writer's TMA has read it
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     for j in gl.static_range(STAGES):
-        mbarrier.init(ready.index(j), count=2)  # the loader's and the writer's
+        mbarrier.init(ready.index(j), count=1 if IN_STAGE else 2)
         mbarrier.init(done.index(j), count=1)
+        mbarrier.init(free.index(j), count=1)
 
     k_flat = k_smem.reshape([BN, D])
     v_flat = v_smem.reshape([BN, D])
-    bufs = (k_flat, v_flat, q_bufs, do_bufs, ds_smem, dq_bufs)
-    bars = (kv_bar, ready, done)
+    bars = (kv_bar, ready, done, free)
     gl.warp_specialize([
-        (_compute, (bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi,
-                    (Lq, Lk, off, back, ahead), docs, qk_scale, sm_scale, BM, BN, D, SEGMENTS)),
-        (_loader, ((q_desc, k_desc, v_desc, do_desc), (k_smem, v_smem, q_bufs, do_bufs),
-                   (kv_bar, ready, done), b, h, key0, lo, hi, BM)),
-        (_dq_writer, (dq_desc, dq_bufs, ready, done, b, h, lo, hi, BM)),
+        (_compute, ((k_flat, v_flat, qdo, ds_smem, dq_bufs), bars, lse_ptr, delta_ptr, dk_desc,
+                    dv_desc, b, h, key0, lo, hi, (Lq, Lk, off, back, ahead), docs, qk_scale,
+                    sm_scale, BM, BN, D, SEGMENTS)),
+        (_loader, ((q_desc, k_desc, v_desc, do_desc), (k_smem, v_smem, qdo), bars, b, h, key0,
+                   lo, hi, BM, IN_STAGE)),
+        (_dq_writer, (dq_desc, dq_bufs, bars, b, h, lo, hi, BM, IN_STAGE)),
     ], [1, 1], [24, 24])
 
 
@@ -339,11 +402,12 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if back >= reach and ahead >= reach else min(HEAD_GROUP, B * H)
-    launch(band_backward_kernel, (triton.cdiv(Lk, BN) * B * H,),
-           (descriptor(q, BM), descriptor(k, BN), descriptor(v, BN), descriptor(do, BM),
-            descriptor(dk, BN), descriptor(dv, BN), descriptor(dq, BM), lse2, delta, B * H, H, Lq, Lk, back,
-            ahead, group, int(back < ahead), scale * LOG2E, scale,
+    bn, stages = (DOCS_BN, DOCS_STAGES) if docs is not None else (BN, STAGES)
+    launch(band_backward_kernel, (triton.cdiv(Lk, bn) * B * H,),
+           (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
+            descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), lse2, delta, B * H, H,
+            Lq, Lk, back, ahead, group, int(back < ahead), scale * LOG2E, scale,
             *(docs or (lse2, lse2, lse2, lse2, 0))),  # (bands: unread)
-           dict(BM=BM, BN=BN, D=D, STAGES=STAGES, SEGMENTS=docs is not None,
-                num_warps=NUM_WARPS, maxnreg=MAXNREG), (q.dtype,))
+           dict(BM=BM, BN=bn, D=D, STAGES=stages, SEGMENTS=docs is not None,
+                num_warps=bn // 16, maxnreg=MAXNREG[bn]), (q.dtype,))
     return dq[:, :, :Lq].to(q.dtype), dk, dv

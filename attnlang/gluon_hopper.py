@@ -21,6 +21,9 @@ DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+# (shared memory, dtype, shape, layout) -> the same bytes as another view
+reinterpret = getattr(gl.shared_memory_descriptor, "reinterpret", None) or \
+    gl.shared_memory_descriptor._reinterpret
 
 
 if hasattr(tma, "async_atomic_add"):  # later Tritons (3.9, CI's)

@@ -28,24 +28,28 @@ NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the
 
 
 def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
-    """The backward's kernel at head dimension D, for bands or (``segments``) document masks."""
+    """The backward's kernel at head dimension D, for bands or (``segments``) document masks,
+    with the key block and ring that `gb.backward` gives them."""
     name = NAMES[dtype]
-    lq, lk = shared_layout(gb.BM, D, dtype), shared_layout(gb.BN, D, dtype)
-    qd = f"tensordesc<{name}[1, 1, {gb.BM}, {D}],{lq!r}>"
-    kd = f"tensordesc<{name}[1, 1, {gb.BN}, {D}],{lk!r}>"
-    dqd = f"tensordesc<fp32[1, 1, {gb.BM}, {D}],{shared_layout(gb.BM, D, torch.float32)!r}>"
+    BM, BN = gb.tile(segments)
+    stages = gb.DOCS_STAGES if segments else gb.STAGES
+    lq, lk = shared_layout(BM, D, dtype), shared_layout(BN, D, dtype)
+    qd = f"tensordesc<{name}[1, 1, {BM}, {D}],{lq!r}>"
+    kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{lk!r}>"
+    dqd = f"tensordesc<fp32[1, 1, {BM}, {D}],{shared_layout(BM, D, torch.float32)!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "do_desc": qd, "dk_desc": kd,
                  "dv_desc": kd, "dq_desc": dqd, "lse_ptr": "*fp32", "delta_ptr": "*fp32",
                  "BH": "i32", "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32",
-                 "ahead": "i32", "group": "i32", "reverse": "i32", "qk_scale": "fp32", "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
+                 "ahead": "i32", "group": "i32", "reverse": "i32", "qk_scale": "fp32",
+                 "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
                  "segq_ptr": "*i32", "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
                  "SEGMENTS": "constexpr"}
-    constexprs = {"BM": gb.BM, "BN": gb.BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments}
+    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": stages, "SEGMENTS": segments}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (7, 8)}
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=gb.NUM_WARPS, maxnreg=gb.MAXNREG))
+                          options=dict(num_warps=BN // 16, maxnreg=gb.MAXNREG[BN]))
 
 
 def compile_fwd(D=128, dtype=torch.bfloat16):

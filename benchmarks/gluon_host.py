@@ -78,7 +78,7 @@ def main():
         return gb.band_backward_kernel[(triton.cdiv(L, gb.BN) * B * H,)](
             *descs, lse2, delta, B * H, H, L, L, 2 * L, 0, gb.HEAD_GROUP, 0, scale * LOG2E,
             scale, lse2, lse2, lse2, lse2, 0, gb.BM, gb.BN, D, gb.STAGES, False,
-            num_warps=gb.NUM_WARPS, maxnreg=gb.MAXNREG)
+            num_warps=gb.BN // 16, maxnreg=gb.MAXNREG[gb.BN])
     timeit("kernel launch (JIT, descriptors kept)", launch)
     timeit("cast dq", lambda: dq[:, :, :L].to(q.dtype))
 

@@ -316,7 +316,7 @@ def test_which_document_calls_take_the_gluon_backward(monkeypatch):
     patterns with `segment` do not."""
     docs, window, other = _module("causal & segment"), _module("window(70, 20) & segment"), \
         _module("segment & stride(4)")
-    assert docs.BAND is None and docs.SEG_BOUNDS and docs.GLUON_DOCS == (128,)
+    assert docs.BAND is None and docs.SEG_BOUNDS and docs.GLUON_DOCS == (64, 128)
     assert sorted(docs._LAZY_SUPPORT) == ["gluon_backward", "gluon_hopper"]
     assert other._LAZY_SUPPORT == []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -327,12 +327,13 @@ def test_which_document_calls_take_the_gluon_backward(monkeypatch):
     assert docs._gluon_ok(*_fake(L=32768), NO_EXTRAS, False)
     assert window._gluon_ok(*_fake(torch.float16, L=40000), NO_EXTRAS, False)
     assert not docs._gluon_ok(*_fake(L=32767), NO_EXTRAS, False)
-    assert not docs._gluon_ok(*_fake(D=64, L=32768), NO_EXTRAS, False)
+    assert docs._gluon_ok(*_fake(D=64, L=32768), NO_EXTRAS, False)  # GLUON_DOCS: 64, 128
+    assert not docs._gluon_ok(*_fake(D=64, L=32767), NO_EXTRAS, False)
     assert not other._gluon_ok(*_fake(L=32768), NO_EXTRAS, False)
     for flag in NO_EXTRAS:
         assert not docs._gluon_ok(*_fake(L=32768), dict(NO_EXTRAS, **{flag: True}), False)
     assert not docs._gluon_ok(*_fake(L=docs.GLUON_MAX_QUERIES + 1), NO_EXTRAS, False)
-    assert docs._keys_tile(*_fake(), True) == (64, 128)
+    assert docs._keys_tile(*_fake(), True) == (64, 64)
 
 
 class _EmulatedDocumentKernel:
@@ -341,10 +342,13 @@ class _EmulatedDocumentKernel:
     the ids and the band applied only outside [full_lo, full_hi) (every tile, masked, where the
     order flag marks the batch's ids unsorted).  Wrong bounds -- a tile missed, or one called
     full that is not -- give wrong gradients."""
-    BM, BN = 64, 128
+    BM, BN = 64, 64
 
     def __init__(self):
         self.calls = []
+
+    def tile(self, segments):
+        return self.BM, self.BN
 
     def backward(self, q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=None):
         self.calls.append(docs)
