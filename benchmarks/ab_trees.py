@@ -5,7 +5,8 @@ on the generated module in turn (`_GLUON`), three interleaved rounds on the same
 
     git archive HEAD attnlang templates grammar | tar -x -C _old     # a tree to compare with
     python benchmarks/ab_trees.py --tree old=_old [--tree name=DIR ...] [--module gluon_backward]
-        [--dims 128,64] [--lengths 8192,32768] [--only TEXT] [--rounds 3]
+        [--dims 128,64] [--lengths 8192,32768] [--only TEXT] [--rounds 3] [--tl] [--docs-min N]
+        [--docs-dims 64,128]
 
 A tree's ``attnlang`` package is imported as ``attnlang_<name>``; its modules must take the same
 calls as this tree's.  Where the module does not serve a call (the `tl` kernels run: documents
@@ -46,6 +47,14 @@ def main():
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--only", default="")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tl", action="store_true",
+                        help="also time the `tl` kernels (the module unset) as variant 'tl'")
+    parser.add_argument("--docs-min", type=int, default=None,
+                        help="the generated modules' GLUON_DOCS_MIN_QUERIES (0: documents run "
+                             "the Gluon module at every length)")
+    parser.add_argument("--docs-dims", default=None,
+                        help="the generated modules' GLUON_DOCS: head dims whose documents may "
+                             "run the Gluon module, e.g. 64,128")
     args = parser.parse_args()
     trees = {name: load_tree(name, root, args.module)
              for name, root in (entry.split("=", 1) for entry in args.tree)}
@@ -61,20 +70,27 @@ def main():
                 module = pattern.module(backend="triton")
                 extra = dict(segments=ids) if "segment" in text else {}
                 generated = load_module(pattern)
+                if args.docs_min is not None:
+                    generated.GLUON_DOCS_MIN_QUERIES = args.docs_min
+                if args.docs_dims:
+                    generated.GLUON_DOCS = tuple(int(x) for x in args.docs_dims.split(","))
                 mods = {"this": generated._gluon_module(args.module), **trees}
+                if args.tl:
+                    mods["tl"] = None
 
                 def set_variant(gen, name):
                     gen._GLUON[args.module] = mods[name]
 
                 ms, res = _medians(pattern, list(mods), set_variant,
                                    _step_runner(module, grads, do, extra), args.rounds)
+                others = [name for name in mods if name != "this"]
                 diffs = {name: max(max_rel(a, b) for a, b in zip(res[name], res["this"]))
-                         for name in trees}
+                         for name in others}
                 print(f"{text:26s} L={L:6d} D={D:3d} step ms "
                       + " ".join(f"{name} {ms[name]:.3f}" for name in mods)
                       + " | this vs " + " ".join(
                           f"{name} {ms[name] / ms['this']:.3f}x (grads {diffs[name]:.1e})"
-                          for name in trees), flush=True)
+                          for name in others), flush=True)
                 set_variant(generated, "this")
             del q, k, v, do, grads
             torch.cuda.empty_cache()

@@ -167,7 +167,7 @@ def band_cases(n, gen):
     `gluon_backward`): bands with either side unbounded or negative, lengths that are not
     multiples of their tiles, more keys than queries, strided [B, L, H, D] views, both 16-bit
     dtypes and both head dimensions; every third one a document mask (the backward's kernel
-    with the document bounds, at d = 128: 1 to 201 documents, ids in order or reversed)."""
+    with the document bounds: 1 to 201 documents, ids in order or reversed)."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
@@ -182,9 +182,9 @@ def band_cases(n, gen):
         D = pick([64, 128])
         dtype = pick([torch.bfloat16, torch.float16])
         kw = {}
-        if i % 3 == 2:  # a document mask: self-attention, d = 128 (GLUON_DOCS)
+        if i % 3 == 2:  # a document mask: self-attention (d = 64 and 128: GLUON_DOCS)
             text = pick(["causal & segment", "segment", f"window({back}, {ahead}) & segment"])
-            Lk, D = Lq, 128
+            Lk = Lq
             kw = dict(documents=pick([0, 3, 31, 200]), unsorted=i % 5 == 4)
         cases.append(((text, Lq, Lk, B, H, H, D), dtype, i % 4 == 3, kw))
     # one shape in both dtypes, one after the other: the second must not take the first's

@@ -1,16 +1,20 @@
 """Host time and GPU time per call of the benchmark's module calls at 8k tokens (documents and
 causal, d = 64 and 128; the inference forward and the training step), on the GPU machine:
 host = calls back to back, the GPU never waited for; GPU = CUDA events with the calls queued
-behind matrix products.  With --profile, cProfile of the d = 64 document calls.
+behind matrix products.  With --profile, cProfile of the d = 64 document calls; with
+--docs-min N, the generated modules' GLUON_DOCS_MIN_QUERIES (0: documents take the Gluon
+backward at 8k too).
 
-    taskset -c 11 python benchmarks/host_calls.py [--profile]
+    taskset -c 11 python benchmarks/host_calls.py [--profile] [--docs-min N]
     # another tree's attnlang (an A/B: results/host_ab_r24c.log ran 1c48893's against main's,
     # twice each, in turns):
     PYTHONPATH=OLD_TREE taskset -c 11 python benchmarks/host_calls.py
 
 The times are the benchmark's `_host_ms` (``wait=False``) and `_gpu_ms`; the logs of round 24
 were made by this script's first form, with copies of its own: the same host time, the GPU's
-with 50 calls (not 100) queued behind 100 products (not 150).
+with 50 calls (not 100) queued behind 100 products (not 150).  Round 28's results/
+host_docs_r28d.log was made by a scratch form of ``--docs-min 0`` and ``--docs-min 32768`` at
+d = 128: 50 calls back to back, the training forward timed too, cProfile of 20 steps.
 """
 import cProfile
 import pstats
@@ -20,14 +24,20 @@ import torch
 
 import attnlang
 from attnlang.bench import HEADS, _gpu_ms, _host_ms, random_documents
+from attnlang.cache import load_module
 
 
 def main():
     profiling = "--profile" in sys.argv
+    docs_min = int(sys.argv[sys.argv.index("--docs-min") + 1]) if "--docs-min" in sys.argv \
+        else None
     n, B = 8192, 2
     for d in (64, 128):
         for text in ("causal & segment", "causal"):
-            module = attnlang.parse(f"pattern x = {text}")["x"].module(backend="triton")
+            pattern = attnlang.parse(f"pattern x = {text}")["x"]
+            module = pattern.module(backend="triton")
+            if docs_min is not None:
+                load_module(pattern).GLUON_DOCS_MIN_QUERIES = docs_min
             q, k, v = (torch.randn(B, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
                        for _ in range(3))
             kw = {}

@@ -2,6 +2,8 @@
 see where a pattern's time goes (which component, which role, the layout kernels, merges).
 
     python benchmarks/profile_kernels.py [--n 8192[,32768]] [--d 128] [--pattern TEXT ...]
+        [--docs-min N]   # GLUON_DOCS_MIN_QUERIES of the generated modules (0: documents take
+                         # the Gluon backward at every length)
 """
 import argparse
 
@@ -10,6 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import attnlang
 from attnlang.bench import HEADS, TOKENS_PER_BATCH, random_documents
+from attnlang.cache import load_module
 
 DEFAULT = ["causal & (window(127, 0) | stride(128))",
            "causal & (chunk(128) | cols(every(128, 112..128)))",
@@ -21,12 +24,13 @@ def main():
     parser.add_argument("--n", default="8192", help="lengths, comma-separated")
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--pattern", action="append")
+    parser.add_argument("--docs-min", type=int, default=None)
     args = parser.parse_args()
     for n in (int(x) for x in args.n.split(",")):
-        profile_length(n, args.d, args.pattern or DEFAULT)
+        profile_length(n, args.d, args.pattern or DEFAULT, args.docs_min)
 
 
-def profile_length(n, d, patterns):
+def profile_length(n, d, patterns, docs_min=None):
     """Print the kernels of one forward+backward step of each pattern at length n."""
     batch = max(1, TOKENS_PER_BATCH // n)
     gen = torch.Generator().manual_seed(0)
@@ -34,7 +38,10 @@ def profile_length(n, d, patterns):
     q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
                    for _ in range(4))
     for text in patterns:
-        mod = attnlang.parse(f"pattern x = {text}")["x"].module(backend="triton")
+        pattern = attnlang.parse(f"pattern x = {text}")["x"]
+        mod = pattern.module(backend="triton")
+        if docs_min is not None:
+            load_module(pattern).GLUON_DOCS_MIN_QUERIES = docs_min
         kw = dict(segments=segments) if "segment" in text else {}
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
