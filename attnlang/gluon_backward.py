@@ -144,9 +144,9 @@ def _band_keep(rows, key0, band, BN: gl.constexpr, layout: gl.constexpr):
 def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale, sm_scale,
           BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr):
     """Query tile i of this key block: its five products, dQ_part handed to the writer warp (in
-    the bytes of the tile's (Q, dO) stage where BN = 64: `band_backward_kernel`).  (Issuing the next tile's S^T before waiting for this
-    tile's products, carried across iterations, made ptxas serialise every wgmma: C7514, NOTES
-    round 19.)"""
+    the bytes of the tile's (Q, dO) stage where BN = 64: `band_backward_kernel`).  (Issuing the
+    next tile's S^T before waiting for this tile's products, carried across iterations, made
+    ptxas serialise every wgmma: C7514, NOTES round 19.)"""
     k_smem, v_smem, qdo, ds_smem, dq_bufs = bufs
     kv_bar, ready, done, free = bars
     Lq, Lk, off, back, ahead = band
@@ -154,7 +154,7 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     STAGES: gl.constexpr = ready.type.shape[0]
     WARPS: gl.constexpr = BN // 16  # four per warpgroup of 64 keys
     # dQ_part = dS K in PARTS products of D // PARTS columns: one warpgroup at d = 128 holds
-    # half of it at a time (dK, dV, S^T and dP^T take 192 of its 240 registers)
+    # half of it at a time (dK, dV, S^T and dP^T take 192 of its 232 registers)
     PARTS: gl.constexpr = 2 if (WARPS == 4) & (D == 128) else 1
     s_layout: gl.constexpr = wgmma_layout(WARPS, 1, BM)
     kv_layout: gl.constexpr = wgmma_layout(WARPS, 1, D)
@@ -322,7 +322,7 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     # tile i: ready[i % STAGES] when its (Q, dO) are loaded (and, not IN_STAGE, its dQ buffer
     # is free: the writer's arrival), done[...] when the compute warps have put its dQ_part in
-    # place, free[...] (IN_STAGE) when the writer's TMA has read it
+    # place, free[...] (IN_STAGE; unused otherwise) when the writer's TMA has read it
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
