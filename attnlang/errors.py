@@ -53,3 +53,16 @@ class AttnError(ValueError):
 def bad_argument(name: str, given, accepted: str) -> ValueError:
     """A ValueError for a bad Python-level argument: names it, what was given, what is accepted."""
     return ValueError(f"{name}: got {given!r}; expected {accepted}")
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int of at least ``minimum`` (a one-element integer tensor counts), else
+    `bad_argument`'s error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if hasattr(value, "numel") and value.numel() == 1 and not value.is_floating_point():
+            value = int(value)
+        else:
+            raise bad_argument(name, value, f"an integer >= {minimum}")
+    if value < minimum:
+        raise bad_argument(name, value, f"an integer >= {minimum}")
+    return value

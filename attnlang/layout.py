@@ -41,7 +41,7 @@ import torch
 
 from . import ir
 from . import layout_prims as prims
-from .errors import bad_argument
+from .errors import bad_argument, positive_int
 from .layout_runs import AND, DIFF, FULL, IDENT, NOT, OR, PARTIAL, SKIP, UNKNOWN, Runs, combine, \
     expand
 from .layout_where import where_classes
@@ -225,17 +225,6 @@ class Layout:
 
 
 # ---------------------------------------------------------------- argument checks
-
-
-def _positive(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value)
-        else:
-            raise bad_argument(name, value, f"an integer >= {minimum}")
-    if value < minimum:
-        raise bad_argument(name, value, f"an integer >= {minimum}")
-    return value
 
 
 def _block_size(name, value):
@@ -471,8 +460,8 @@ def classify(expr, q_axis: Axis, k_axis: Axis, *, block_m: int, block_n: int, q_
     and negative set members).  ``heads``: the query-head indices the layout covers (default
     ``range(num_heads)``); ``num_heads`` is the total (for negative ``heads(S)`` members).
     """
-    q_len, k_len = _positive("q_len", q_len), _positive("k_len", k_len)
-    num_heads = _positive("num_heads", num_heads)
+    q_len, k_len = positive_int("q_len", q_len), positive_int("k_len", k_len)
+    num_heads = positive_int("num_heads", num_heads)
     block_m, block_n = _block_size("block_m", block_m), _block_size("block_n", block_n)
     _check_axis("q_axis", q_axis, q_len)
     _check_axis("k_axis", k_axis, k_len)
@@ -590,8 +579,8 @@ def _assemble(per_group, groups, heads, qb, kb, q_axis, k_axis, exact, expr, q_l
 def build_layout(expr, q_len, k_len=None, block_m=128, block_n=128, num_heads=1, segments=None,
                  *, refine_limit: int = REFINE_LIMIT) -> Layout:
     """``classify`` over identity axes ``Axis(q_len)``, ``Axis(k_len)``."""
-    q_len = _positive("q_len", q_len)
-    k_len = q_len if k_len is None else _positive("k_len", k_len)
+    q_len = positive_int("q_len", q_len)
+    k_len = q_len if k_len is None else positive_int("k_len", k_len)
     return classify(expr, Axis(q_len), Axis(k_len), block_m=block_m, block_n=block_n,
                     q_len=q_len, k_len=k_len, num_heads=num_heads, segments=segments,
                     refine_limit=refine_limit)

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from . import ir
-from .errors import bad_argument
+from .errors import bad_argument, positive_int
 
 __all__ = ["mask", "keeps", "attention", "random_keep", "random_hash", "mix32", "random_threshold"]
 
@@ -84,17 +84,6 @@ def random_keep(seed, i, j, density) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- argument checking
-
-
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value)
-        else:
-            raise bad_argument(name, value, f"an integer >= {minimum}")
-    if value < minimum:
-        raise bad_argument(name, value, f"an integer >= {minimum}")
-    return value
 
 
 def _segments(segments, q_len: int, k_len: int):
@@ -428,9 +417,9 @@ def mask(expr, q_len: int, k_len: Optional[int] = None, num_heads: int = 1,
         expr = expr.body
     if not isinstance(expr, ir.Node) or not ir.is_pattern(expr):
         raise bad_argument("expr", expr, "a pattern expression (an attnlang.ir pattern node)")
-    q_len = _positive_int("q_len", q_len)
-    k_len = q_len if k_len is None else _positive_int("k_len", k_len)
-    num_heads = _positive_int("num_heads", num_heads)
+    q_len = positive_int("q_len", q_len)
+    k_len = q_len if k_len is None else positive_int("k_len", k_len)
+    num_heads = positive_int("num_heads", num_heads)
     ctx = _Ctx(q_len, k_len, num_heads, _segments(segments, q_len, k_len))
     result = _evaluate(expr, ctx)
     return result.expand(num_heads, q_len, k_len).contiguous()
