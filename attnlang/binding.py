@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Dict, Mapping, Optional
 
 from . import ir
@@ -78,27 +78,7 @@ def fold_constants(node: ir.Node) -> ir.Node:
         if value is not None:
             literal = ir.Float(value) if isinstance(value, float) else ir.Int(value)
             return replace(literal, span=node.span)
-    return _rebuild(node, fold_constants)
-
-
-def _rebuild(node: ir.Node, visit) -> ir.Node:
-    """``node`` with ``visit`` applied to each child; the same object if nothing changed."""
-    changes = {}
-    for f in fields(node):
-        if f.name == "span":
-            continue
-        value = getattr(node, f.name)
-        if isinstance(value, ir.Node):
-            new = visit(value)
-        elif isinstance(value, tuple) and any(isinstance(v, ir.Node) for v in value):
-            new = tuple(visit(v) if isinstance(v, ir.Node) else v for v in value)
-            if all(a is b for a, b in zip(new, value)):
-                new = value
-        else:
-            continue
-        if new is not value:
-            changes[f.name] = new
-    return replace(node, **changes) if changes else node
+    return node.rebuilt(fold_constants)
 
 
 def substitute(node: ir.Node, mapping: Mapping[str, ir.Node]) -> ir.Node:
@@ -110,7 +90,7 @@ def substitute(node: ir.Node, mapping: Mapping[str, ir.Node]) -> ir.Node:
         if new is None:
             return node
         return replace(new, span=node.span) if new.span is None else new
-    return _rebuild(node, lambda child: substitute(child, mapping))
+    return node.rebuilt(lambda child: substitute(child, mapping))
 
 
 # ---------------------------------------------------------------- parameter types

@@ -18,7 +18,7 @@ that parses back to an equal declaration.  ``str(node)`` of any node is its cano
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional, Tuple, Union as TUnion
 
 
@@ -72,6 +72,26 @@ class Node:
                 for item in value:
                     if isinstance(item, Node):
                         yield item
+
+    def rebuilt(self, visit):
+        """This node with ``visit`` applied to each child, in ``children()`` order (span kept);
+        the same object if every child comes back as itself."""
+        changes = {}
+        for f in fields(self):
+            if f.name == "span":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, Node):
+                new = visit(value)
+            elif isinstance(value, tuple) and any(isinstance(v, Node) for v in value):
+                new = tuple(visit(v) if isinstance(v, Node) else v for v in value)
+                if all(a is b for a, b in zip(new, value)):
+                    new = value
+            else:
+                continue
+            if new is not value:
+                changes[f.name] = new
+        return replace(self, **changes) if changes else self
 
     def walk(self):
         """This node and all nodes below it, pre-order (iterative: deep trees are fine)."""

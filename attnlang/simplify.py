@@ -23,7 +23,7 @@ constants allow and otherwise left alone.
 from __future__ import annotations
 
 import math
-from dataclasses import fields, replace
+from dataclasses import replace
 
 from . import ir
 
@@ -68,18 +68,9 @@ def simplify(expr):
 
 
 def _rebuild(node, new_kids):
-    """``node`` with its child nodes replaced, in ``children()`` order (span kept)."""
+    """``node`` with its child nodes replaced by ``new_kids``, in ``children()`` order."""
     it = iter(new_kids)
-    changes = {}
-    for f in fields(node):
-        if f.name == "span":
-            continue
-        value = getattr(node, f.name)
-        if isinstance(value, ir.Node):
-            changes[f.name] = next(it)
-        elif isinstance(value, tuple):
-            changes[f.name] = tuple(next(it) if isinstance(v, ir.Node) else v for v in value)
-    return replace(node, **changes) if changes else node
+    return node.rebuilt(lambda _child: next(it))
 
 
 def _local(node, kids):
