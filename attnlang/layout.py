@@ -46,6 +46,7 @@ from .layout_runs import AND, DIFF, FULL, IDENT, NOT, OR, PARTIAL, SKIP, UNKNOWN
     expand
 from .layout_where import where_classes
 from . import layout_segment
+from .layout_segment import segment_pair
 
 MAX_INDEX_ENTRIES = (1 << 31) - 1  # int32 CSR indices; also capped by half the free memory
 REFINE_LIMIT = 1 << 24  # element evaluations allowed to settle UNKNOWN blocks
@@ -213,7 +214,7 @@ class Layout:
 
     def _mask_mod(self):
         expr, lq, lk, nh = self.expr, self.orig_q_len, self.orig_k_len, self.num_heads
-        segs = _segment_pair(self.segments, lq, lk)
+        segs = segment_pair(self.segments, lq, lk)
         from .predicate import evaluate
 
         sq, sk = segs if segs is not None else (None, None)
@@ -231,27 +232,6 @@ def _block_size(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value & (value - 1):
         raise bad_argument(name, value, "a power of two >= 16")
     return value
-
-
-def _segment_pair(segments, q_len, k_len):
-    """``(seg_q [Lq], seg_k [Lk])`` int64 tensors (on the ids' device), or None."""
-    if segments is None:
-        return None
-    if isinstance(segments, (tuple, list)) and len(segments) == 2 and not all(
-            isinstance(s, int) for s in segments):
-        seg_q, seg_k = (torch.as_tensor(s) for s in segments)
-    else:
-        seg_q = seg_k = torch.as_tensor(segments)
-        if q_len != k_len:
-            raise bad_argument("segments", f"one tensor with q_len={q_len} != k_len={k_len}",
-                       "a pair (seg_q, seg_k) when q_len != k_len")
-    for label, seg, length in (("segments (query ids)", seg_q, q_len),
-                               ("segments (key ids)", seg_k, k_len)):
-        if seg.dim() != 1 or seg.shape[0] != length or seg.is_floating_point() \
-                or seg.is_complex() or seg.dtype == torch.bool:
-            raise bad_argument(label, f"tensor of shape {tuple(seg.shape)} and dtype {seg.dtype}",
-                       f"a 1-D integer tensor of length {length}")
-    return seg_q.to(torch.int64), seg_k.to(seg_q.device, torch.int64)
 
 
 def _check_axis(name, axis, orig_len):
@@ -468,7 +448,7 @@ def classify(expr, q_axis: Axis, k_axis: Axis, *, block_m: int, block_n: int, q_
     heads = list(range(num_heads)) if heads is None else [int(h) for h in heads]
     if not heads:
         raise bad_argument("heads", heads, "at least one head index")
-    segs = _segment_pair(segments, q_len, k_len)
+    segs = segment_pair(segments, q_len, k_len)
     if segs is None and any(isinstance(n, ir.Segment) for n in expr.walk()):
         raise bad_argument("segments", None, "segment ids (a 1-D integer tensor of length k_len, or a "
                    "pair (seg_q, seg_k)): the pattern uses `segment`")

@@ -28,9 +28,34 @@ from typing import Optional, Tuple
 import torch
 
 from . import ir
+from .errors import bad_argument
 
 BIG = 1 << 48  # an unbounded band edge (as in layout_prims)
 DENSE_LIMIT = 1 << 24  # block pairs held as a dense [Qb, Kb] array
+
+
+def segment_pair(segments, q_len: int, k_len: int):
+    """``segments`` (None, one tensor of ids when q_len == k_len, or a pair (seg_q, seg_k)) as
+    ``(seg_q [Lq], seg_k [Lk])`` int64 tensors on the query ids' device, or None; anything else
+    is `bad_argument`'s error.  The dense reference (`reference.mask`) and the layout
+    planner both take it."""
+    if segments is None:
+        return None
+    if isinstance(segments, (tuple, list)) and len(segments) == 2 and not all(
+            isinstance(s, int) for s in segments):
+        seg_q, seg_k = (torch.as_tensor(s) for s in segments)
+    else:
+        seg_q = seg_k = torch.as_tensor(segments)
+        if q_len != k_len:
+            raise bad_argument("segments", f"one tensor with q_len={q_len} != k_len={k_len}",
+                               "a pair (seg_q, seg_k) when q_len != k_len")
+    for name, seg, length in (("segments (query ids)", seg_q, q_len),
+                              ("segments (key ids)", seg_k, k_len)):
+        if seg.dim() != 1 or seg.shape[0] != length or seg.is_floating_point() \
+                or seg.is_complex() or seg.dtype == torch.bool:
+            raise bad_argument(name, f"tensor of shape {tuple(seg.shape)} and dtype {seg.dtype}",
+                               f"a 1-D integer tensor of length {length}")
+    return seg_q.to(torch.int64), seg_k.to(seg_q.device, torch.int64)
 
 
 def band_of(expr) -> Optional[Tuple[int, int]]:

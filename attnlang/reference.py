@@ -29,6 +29,7 @@ import torch
 
 from . import ir
 from .errors import bad_argument, positive_int
+from .layout_segment import segment_pair
 
 __all__ = ["mask", "keeps", "attention", "random_keep", "random_hash", "mix32", "random_threshold"]
 
@@ -81,30 +82,6 @@ def random_keep(seed, i, j, density) -> torch.Tensor:
     ``density`` 1.0 gives threshold 2^32, so every block is kept; 0.0 keeps none.
     """
     return random_hash(seed, i, j) < random_threshold(density)
-
-
-# ---------------------------------------------------------------- argument checking
-
-
-def _segments(segments, q_len: int, k_len: int):
-    """Normalise ``segments`` to ``(seg_q [Lq], seg_k [Lk])`` int64 tensors, or None."""
-    if segments is None:
-        return None
-    if isinstance(segments, (tuple, list)) and len(segments) == 2 and not all(
-            isinstance(s, int) for s in segments):
-        seg_q, seg_k = (torch.as_tensor(s) for s in segments)
-    else:
-        seg = torch.as_tensor(segments)
-        if q_len != k_len:
-            raise bad_argument("segments", f"one tensor with q_len={q_len} != k_len={k_len}",
-                               "a pair (seg_q, seg_k) when q_len != k_len")
-        seg_q = seg_k = seg
-    for name, seg, length in (("segments (query ids)", seg_q, q_len),
-                              ("segments (key ids)", seg_k, k_len)):
-        if seg.dim() != 1 or seg.shape[0] != length or seg.is_floating_point() or seg.is_complex():
-            raise bad_argument(name, f"tensor of shape {tuple(seg.shape)} and dtype {seg.dtype}",
-                               f"a 1-D integer tensor of length {length}")
-    return seg_q.to(torch.int64).cpu(), seg_k.to(torch.int64).cpu()
 
 
 # ---------------------------------------------------------------- the evaluator
@@ -420,7 +397,8 @@ def mask(expr, q_len: int, k_len: Optional[int] = None, num_heads: int = 1,
     q_len = positive_int("q_len", q_len)
     k_len = q_len if k_len is None else positive_int("k_len", k_len)
     num_heads = positive_int("num_heads", num_heads)
-    ctx = _Ctx(q_len, k_len, num_heads, _segments(segments, q_len, k_len))
+    segs = segment_pair(segments, q_len, k_len)
+    ctx = _Ctx(q_len, k_len, num_heads, None if segs is None else tuple(t.cpu() for t in segs))
     result = _evaluate(expr, ctx)
     return result.expand(num_heads, q_len, k_len).contiguous()
 
