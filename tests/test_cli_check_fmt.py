@@ -114,6 +114,20 @@ def test_check_is_fast_and_never_imports_torch(files):
     assert time.monotonic() - start < 1.5
 
 
+def test_a_reader_that_closes_early_gets_no_traceback(files):
+    """`attnlang check ... | head -1`: the reader closes the pipe before attnlang writes; attnlang
+    stops quietly with 141 (128 + SIGPIPE), as Unix tools do, instead of a BrokenPipeError
+    traceback from its print or from the interpreter's last flush."""
+    paths = [files(f"good{i}.attn", GOOD) for i in range(20)]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "attnlang", "check", *map(str, paths)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has even started: every write fails
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
 # ---------------------------------------------------------------- fmt
 
 
