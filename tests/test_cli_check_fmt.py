@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from attnlang.checker import check_source
 from attnlang.errors import AttnError
 from attnlang.formatter import format_source
 
-ROOT = "/work/main"
+ROOT = str(Path(__file__).resolve().parents[1])  # the checkout these tests belong to
 GOOD = ("# Longformer\n"
         "pattern longformer(w = 256, g = 16) = window(w) | global(0..g)  # sliding + global\n"
         "\n"
