@@ -71,6 +71,9 @@ def test_show_errors(program, tmp_path):
     assert out.returncode == 1 and "no such file" in out.stderr
     out = attnlang("show", str(program), "--set", "zz=1")
     assert out.returncode == 1 and "zz" in out.stderr
+    out = attnlang("show", str(program), "--pattern", "nope")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "--pattern: no pattern named 'nope' (this file declares: " in out.stderr
 
 
 def test_png(program, tmp_path):

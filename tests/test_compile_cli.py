@@ -80,6 +80,15 @@ def test_errors_are_reported_without_traceback(attn_file, capsys, argv, message)
     assert message in err and "Traceback" not in err
 
 
+def test_an_output_directory_that_cannot_be_made_is_an_error(attn_file, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, out, err = compile_(capsys, attn_file, "-o", blocker / "gen")
+    assert code == 1 and "Traceback" not in err
+    assert f"{attn_file}: error: -o: cannot write {blocker / 'gen' / 'lf.py'} (Not a directory)" \
+        in err
+
+
 def test_syntax_error_points_at_the_source(tmp_path, capsys):
     bad = tmp_path / "bad.attn"
     bad.write_text("pattern x = window(3) |\n")

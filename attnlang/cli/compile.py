@@ -58,7 +58,11 @@ def parse_settings(items, filename):
 
 
 def select(program, args):
-    """The patterns to compile, bound with the ``--set`` values they declare."""
+    """The patterns to compile (or show), bound with the ``--set`` values they declare."""
+    if args.pattern and args.pattern not in program:
+        known = ", ".join(p.name for p in program) or "none"
+        raise AttnError(f"--pattern: no pattern named {args.pattern!r} (this file declares: "
+                        f"{known})", filename=args.file)
     settings = parse_settings(args.set, args.file)
     patterns = [program[args.pattern]] if args.pattern else list(program)
     declared = {name for p in patterns for name in p.params}
@@ -118,10 +122,6 @@ def run(args) -> int:
     except UnicodeDecodeError:
         raise AttnError("file is not UTF-8 text", filename=args.file) from None
     program = parse(text, filename=args.file)
-    if args.pattern and args.pattern not in program:
-        known = ", ".join(p.name for p in program) or "none"
-        raise AttnError(f"--pattern: no pattern named {args.pattern!r} (this file declares: "
-                        f"{known})", filename=args.file)
     patterns = select(program, args)
     if args.emit == "ast":
         print(emit("ast", text, args.file, None, args))
@@ -138,7 +138,11 @@ def run(args) -> int:
     for pattern in patterns:
         source = render_module(pattern, block_m=args.block_m, block_n=args.block_n)
         target = out_dir / f"{pattern.name}.py"
-        write_atomic(target, source)
+        try:
+            write_atomic(target, source)
+        except OSError as exc:
+            raise AttnError(f"-o: cannot write {target} ({exc.strerror})",
+                            filename=args.file) from None
         print(f"pattern {pattern.name} = {pattern.ir}")
         try:
             rows = density_rows(pattern, args.heads)
