@@ -73,6 +73,10 @@ def test_emit_prints_the_stage_and_writes_nothing(attn_file, tmp_path, capsys, s
     (["--set", "zz=1"], "--set: no selected pattern has a parameter named 'zz'"),
     (["--set", "w"], "--set: got 'w'; expected NAME=VALUE"),
     (["--set", "w=abc"], "--set: got 'w=abc'"),
+    (["--emit", "plan", "--length", "-5"], "--length: got -5; expected a positive integer"),
+    (["--heads", "0"], "--heads: got 0; expected a positive integer"),
+    (["--block-m", "7"], "--block-m: got 7; expected a power of two >= 16"),
+    (["--block-n", "48"], "--block-n: got 48; expected a power of two >= 16"),
 ])
 def test_errors_are_reported_without_traceback(attn_file, capsys, argv, message):
     code, out, err = compile_(capsys, attn_file, *argv)

@@ -111,9 +111,22 @@ def emit(stage, program_text, filename, pattern, args) -> str:
     return render_module(pattern, block_m=args.block_m, block_n=args.block_n)
 
 
+def _check_numbers(args) -> None:
+    """The numeric options, as the Python API would take them, else an error naming the option
+    (a block of 7 keys would only fail inside Triton when the module first runs)."""
+    for name, value in (("--length", args.length), ("--heads", args.heads)):
+        if value < 1:
+            raise AttnError(f"{name}: got {value}; expected a positive integer", filename=args.file)
+    for name, value in (("--block-m", args.block_m), ("--block-n", args.block_n)):
+        if value is not None and (value < 16 or value & (value - 1)):
+            raise AttnError(f"{name}: got {value}; expected a power of two >= 16",
+                            filename=args.file)
+
+
 def run(args) -> int:
     from ..api import parse
 
+    _check_numbers(args)
     try:
         with open(args.file, "rb") as handle:
             text = handle.read().decode("utf-8")
