@@ -485,33 +485,59 @@ def target_summary(records) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser) -> None:
+    """The benchmark's options (``python -m attnlang.bench`` and ``attnlang bench``)."""
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--dims", default="128,64")
-    parser.add_argument("--patterns", default=None, help="comma-free: repeat --pattern")
-    parser.add_argument("--pattern", action="append")
+    parser.add_argument("--pattern", action="append",
+                        help="a suite pattern to run (repeatable; default: every one)")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("-o", "--out", default="benchmarks/results/latest.json")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved timing rounds per pattern (best round kept)")
     parser.add_argument("--long", action="store_true",
                         help="only the long-context run (128k and 1M tokens); writes --out")
-    args = parser.parse_args(argv)
+
+
+def run_cli(args) -> int:
+    """Run the benchmark for parsed options; an `AttnError` where it cannot run here."""
+    from .errors import AttnError
+
+    unknown = sorted(set(args.pattern or ()) - set(SUITE))
+    if unknown:
+        raise AttnError(f"--pattern: got {unknown[0]!r}; expected one of the suite's patterns: "
+                        + ", ".join(repr(p) for p in SUITE), filename="attnlang bench")
+    if not torch.cuda.is_available():
+        raise AttnError("the benchmark needs a CUDA GPU (FlexAttention and SDPA run on it too); "
+                        "this machine has none", filename="attnlang bench")
     start = time.time()
     if args.long:
         rows = long_context()
         with open(args.out, "w") as handle:
             json.dump(rows, handle, indent=1)
-        return
+        return 0
     records = run(patterns=args.pattern, lengths=[int(x) for x in args.lengths.split(",")],
                   dims=[int(x) for x in args.dims.split(",")], modes=args.modes.split(","),
                   out_path=args.out, rounds=args.rounds)
     print(markdown_table([asdict(r) for r in records]))
     print(f"total {time.time() - start:.0f} s")
+    return 0
+
+
+def main(argv=None):
+    import argparse
+    import sys
+
+    from .errors import AttnError
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    try:
+        return run_cli(parser.parse_args(argv))
+    except AttnError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

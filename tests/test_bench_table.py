@@ -144,3 +144,20 @@ def test_step_cost_alternates_same_ids_with_a_new_ids_tensor_every_call(monkeypa
     cost, same, new = bench._step_cost(module, q, q, q, segments, pairs=3)
     assert kinds == [False, True] * 3
     assert (round(cost, 6), same, new) == (0.5, 1.0, 1.5)  # diffs 0.5, 0.1, 1.0
+
+
+def test_attnlang_bench_is_a_command_with_clear_errors(capsys, monkeypatch):
+    """`attnlang bench` (listed by `attnlang --help`) runs `attnlang.bench`: an unknown suite
+    pattern, or a machine without a CUDA GPU, is an error naming what is wrong, not a
+    traceback (before: the command's module did not exist)."""
+    import torch
+
+    from attnlang.cli import main
+
+    assert main(["bench", "--pattern", "causal & nope"]) == 1
+    err = capsys.readouterr().err
+    assert "attnlang bench: error: --pattern: got 'causal & nope'; expected one of the suite's " \
+        "patterns: 'causal', " in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--pattern", "causal"]) == 1
+    assert "attnlang bench: error: the benchmark needs a CUDA GPU" in capsys.readouterr().err
