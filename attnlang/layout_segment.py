@@ -41,14 +41,17 @@ def segment_pair(segments, q_len: int, k_len: int):
     planner both take it."""
     if segments is None:
         return None
-    if isinstance(segments, (tuple, list)) and len(segments) == 2 and not all(
-            isinstance(s, int) for s in segments):
-        seg_q, seg_k = (torch.as_tensor(s) for s in segments)
-    else:
-        seg_q = seg_k = torch.as_tensor(segments)
-        if q_len != k_len:
-            raise bad_argument("segments", f"one tensor with q_len={q_len} != k_len={k_len}",
-                               "a pair (seg_q, seg_k) when q_len != k_len")
+    pair = isinstance(segments, (tuple, list)) and len(segments) == 2 and not all(
+        isinstance(s, int) for s in segments)
+    try:
+        seg_q, seg_k = (torch.as_tensor(s) for s in segments) if pair else \
+            (torch.as_tensor(segments),) * 2
+    except (TypeError, ValueError, RuntimeError):  # not numbers at all
+        raise bad_argument("segments", segments, "a 1-D integer tensor of segment ids, or a "
+                           "pair (seg_q, seg_k) of them") from None
+    if not pair and q_len != k_len:
+        raise bad_argument("segments", f"one tensor with q_len={q_len} != k_len={k_len}",
+                           "a pair (seg_q, seg_k) when q_len != k_len")
     for name, seg, length in (("segments (query ids)", seg_q, q_len),
                               ("segments (key ids)", seg_k, k_len)):
         if seg.dim() != 1 or seg.shape[0] != length or seg.is_floating_point() \

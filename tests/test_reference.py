@@ -222,6 +222,10 @@ def test_segment_without_segments_names_the_argument():
         mask(ir.Segment(), 3, 4, segments=torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="length 4"):
         mask(ir.Segment(), 4, segments=torch.zeros(5, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"^segments: got 'abc'; expected a 1-D integer tensor"):
+        mask(ir.Segment(), 4, segments="abc")  # (torch's own TypeError before)
+    with pytest.raises(ValueError, match="segments"):
+        mask(ir.Segment(), 4, segments=torch.zeros(4, dtype=torch.bool))
 
 
 def test_not_a_pattern_is_refused():
