@@ -129,6 +129,27 @@ def test_a_reader_that_closes_early_gets_no_traceback(files):
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err
 
 
+def test_the_python_apis_errors_and_running_out_of_memory_are_errors_not_tracebacks(capsys):
+    """A command whose work raises the Python API's ValueError (which names the argument and
+    what it accepts) or runs out of memory prints one error line and returns 1; other
+    RuntimeErrors are bugs and propagate."""
+    import types
+
+    from attnlang.cli import _run
+
+    def command(exc):
+        def run(args):
+            raise exc
+        return types.SimpleNamespace(run=run)
+    args = types.SimpleNamespace(file="p.attn")
+    assert _run(command(ValueError("q_len: got 0; expected an integer >= 1")), args) == 1
+    assert capsys.readouterr().err == "p.attn: error: q_len: got 0; expected an integer >= 1\n"
+    assert _run(command(RuntimeError("DefaultCPUAllocator: can't allocate memory")), args) == 1
+    assert capsys.readouterr().err.startswith("p.attn: error: out of memory (DefaultCPUAllocator")
+    with pytest.raises(RuntimeError, match="a bug"):
+        _run(command(RuntimeError("a bug")), args)
+
+
 # ---------------------------------------------------------------- fmt
 
 

@@ -71,6 +71,12 @@ def test_show_errors(program, tmp_path):
     assert out.returncode == 1 and "no such file" in out.stderr
     out = attnlang("show", str(program), "--set", "zz=1")
     assert out.returncode == 1 and "zz" in out.stderr
+    out = attnlang("show", str(program), "--pattern", "longformer", "--len", "100000")
+    assert out.returncode == 1 and "Traceback" not in out.stderr and not out.stdout
+    assert "--len: got 100000; expected a positive integer up to 512" in out.stderr
+    out = attnlang("show", str(program), "--pattern", "longformer", "--layout-len", "10000000")
+    assert out.returncode == 1 and "Traceback" not in out.stderr and not out.stdout
+    assert "--layout-len: got 10000000; expected a positive integer up to 65536" in out.stderr
     out = attnlang("show", str(program), "--pattern", "nope")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "--pattern: no pattern named 'nope' (this file declares: " in out.stderr

@@ -51,6 +51,16 @@ def _run(module, args) -> int:
     except AttnError as exc:
         print(exc.format(), file=sys.stderr)
         return 1
+    except ValueError as exc:  # the Python API's errors name the argument and what it accepts
+        print(f"{getattr(args, 'file', 'attnlang')}: error: {exc}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        print(f"{getattr(args, 'file', 'attnlang')}: error: out of memory "
+              f"({str(exc).splitlines()[0][:200]}); try shorter lengths or fewer heads",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader closed our output (`| head`): stop quietly, as Unix

@@ -32,23 +32,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
                         help="give a parameter a value (int, else float; repeatable)")
     parser.add_argument("--len", type=int, default=64, dest="length", metavar="N",
-                        help="query length of the mask picture (default 64)")
+                        help="query length of the mask picture (default 64, at most 512)")
     parser.add_argument("--kv-len", type=int, default=None, metavar="N",
-                        help="key length of the mask picture (default: --len); the analysis "
-                             "keeps the same key/query ratio")
+                        help="key length of the mask picture (default: --len, at most 512); the "
+                             "analysis keeps the same key/query ratio")
     parser.add_argument("--heads", type=int, default=1, metavar="H", help="number of heads")
     parser.add_argument("--block", type=int, default=128, metavar="N",
                         help="block size of the layout and the analysis (default 128)")
     parser.add_argument("--layout-len", type=int, default=None, metavar="N",
-                        help="length of the layout picture (default 32 blocks)")
+                        help="length of the layout picture (default 32 blocks, at most 512)")
     parser.add_argument("--lengths", default=None, metavar="N,N,...",
                         help="lengths of the analysis (default 1024,8192,32768,131072)")
     parser.add_argument("--png", metavar="OUT.png", help="also draw mask and layout to a PNG")
 
 
-def _positive(name, value, filename):
-    if value is None or value < 1:
-        raise AttnError(f"{name}: got {value}; expected a positive integer", filename=filename)
+# the pictures draw one character per (query, key) pair or block pair: wider is no picture
+PICTURE_MAX = 512
+
+
+def _positive(name, value, filename, most=None):
+    if value is None or value < 1 or (most is not None and value > most):
+        upto = "" if most is None else f" up to {most}"
+        raise AttnError(f"{name}: got {value}; expected a positive integer{upto}",
+                        filename=filename)
     return value
 
 
@@ -108,10 +114,12 @@ def show_pattern(pattern, args, out) -> None:
     from ..analysis import analyze
 
     expr = pattern.ir
-    q_len = _positive("--len", args.length, args.file)
-    k_len = _positive("--kv-len", args.kv_len or q_len, args.file)
+    q_len = _positive("--len", args.length, args.file, PICTURE_MAX)
+    k_len = _positive("--kv-len", args.kv_len or q_len, args.file, PICTURE_MAX)
     heads = _positive("--heads", args.heads, args.file)
     block = args.block
+    lay_q = _positive("--layout-len", args.layout_len or 32 * block, args.file,
+                      PICTURE_MAX * block)
     segmented = _uses_segment(expr)
     print(f"pattern {pattern.name} = {expr}", file=out)
     if segmented:
@@ -124,7 +132,6 @@ def show_pattern(pattern, args, out) -> None:
         print(f"\nmask at Lq={q_len}, Lk={k_len}{', ' + label if label else ''} "
               f"(█ kept, · masked):", file=out)
         print(pic, file=out)
-    lay_q = args.layout_len or 32 * block
     lay_k = max(1, round(lay_q * k_len / q_len))
     lay = pattern.layout(lay_q, lay_k, block_m=block, block_n=block, num_heads=heads,
                          segments=synthetic_segments(lay_q, lay_k) if segmented else None)
