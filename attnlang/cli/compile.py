@@ -111,16 +111,32 @@ def emit(stage, program_text, filename, pattern, args) -> str:
     return render_module(pattern, block_m=args.block_m, block_n=args.block_n)
 
 
+def positive_option(name, value, filename, most=None):
+    """``value`` of option ``name`` if it is a positive integer (at most ``most``), else an error
+    naming the option (`show` checks its options with it too)."""
+    if value is None or value < 1 or (most is not None and value > most):
+        upto = "" if most is None else f" up to {most}"
+        raise AttnError(f"{name}: got {value}; expected a positive integer{upto}",
+                        filename=filename)
+    return value
+
+
+def block_option(name, value, filename):
+    """``value`` of a block-size option if it is a power of two >= 16, as the kernels and the
+    Python API take them, else an error naming the option (a block of 7 keys would only fail
+    inside Triton when a module first runs)."""
+    if value < 16 or value & (value - 1):
+        raise AttnError(f"{name}: got {value}; expected a power of two >= 16", filename=filename)
+    return value
+
+
 def _check_numbers(args) -> None:
-    """The numeric options, as the Python API would take them, else an error naming the option
-    (a block of 7 keys would only fail inside Triton when the module first runs)."""
+    """The numeric options, as the Python API would take them."""
     for name, value in (("--length", args.length), ("--heads", args.heads)):
-        if value < 1:
-            raise AttnError(f"{name}: got {value}; expected a positive integer", filename=args.file)
+        positive_option(name, value, args.file)
     for name, value in (("--block-m", args.block_m), ("--block-n", args.block_n)):
-        if value is not None and (value < 16 or value & (value - 1)):
-            raise AttnError(f"{name}: got {value}; expected a power of two >= 16",
-                            filename=args.file)
+        if value is not None:
+            block_option(name, value, args.file)
 
 
 def run(args) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import AttnError
-from .compile import select
+from .compile import block_option, positive_option, select
 
 DEFAULT_LENGTHS = (1024, 8192, 32768, 131072)
 DOCUMENTS = 4
@@ -48,14 +48,6 @@ def add_arguments(parser) -> None:
 
 # the pictures draw one character per (query, key) pair or block pair: wider is no picture
 PICTURE_MAX = 512
-
-
-def _positive(name, value, filename, most=None):
-    if value is None or value < 1 or (most is not None and value > most):
-        upto = "" if most is None else f" up to {most}"
-        raise AttnError(f"{name}: got {value}; expected a positive integer{upto}",
-                        filename=filename)
-    return value
 
 
 def synthetic_segments(q_len: int, k_len: int):
@@ -114,11 +106,11 @@ def show_pattern(pattern, args, out) -> None:
     from ..analysis import analyze
 
     expr = pattern.ir
-    q_len = _positive("--len", args.length, args.file, PICTURE_MAX)
-    k_len = _positive("--kv-len", args.kv_len or q_len, args.file, PICTURE_MAX)
-    heads = _positive("--heads", args.heads, args.file)
+    q_len = positive_option("--len", args.length, args.file, PICTURE_MAX)
+    k_len = positive_option("--kv-len", args.kv_len or q_len, args.file, PICTURE_MAX)
+    heads = positive_option("--heads", args.heads, args.file)
     block = args.block
-    lay_q = _positive("--layout-len", args.layout_len or 32 * block, args.file,
+    lay_q = positive_option("--layout-len", args.layout_len or 32 * block, args.file,
                       PICTURE_MAX * block)
     segmented = _uses_segment(expr)
     print(f"pattern {pattern.name} = {expr}", file=out)
@@ -182,9 +174,7 @@ def _png(path, pattern, mask, lay) -> None:
 def run(args) -> int:
     from ..api import load
 
-    block = args.block
-    if block < 16 or block & (block - 1):
-        raise AttnError(f"--block: got {block}; expected a power of two >= 16", filename=args.file)
+    block_option("--block", args.block, args.file)
     program = load(args.file)
     patterns = select(program, args)
     if args.png and len(patterns) > 1:
