@@ -525,18 +525,12 @@ def run_cli(args) -> int:
 
 
 def main(argv=None):
-    import argparse
+    """``python -m attnlang.bench ...``: ``attnlang bench ...`` (the CLI's errors, exit codes)."""
     import sys
 
-    from .errors import AttnError
+    from .cli import main as cli_main
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    try:
-        return run_cli(parser.parse_args(argv))
-    except AttnError as exc:
-        print(exc.format(), file=sys.stderr)
-        return 1
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
