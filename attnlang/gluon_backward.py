@@ -60,7 +60,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, \
     reinterpret, tma_add, tma_load, tma_store, wgmma_layout
 
-__all__ = ["BM", "BN", "DOCS_BN", "DOCS_STAGES", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
+__all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
            "band_backward_kernel", "row_terms", "tile"]
 BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring: bands
 # documents: 64-key blocks, one compute warpgroup (the docstring).  Training steps on the
@@ -68,7 +68,7 @@ BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring: bands
 # buffer of its own), 1.12x the 128-key kernel with its dQ in the stages, 1.05x this one with
 # one program per multiprocessor (results/ab_docs_r28a.log, ab_docs_r28e.log, ab_docs_r28f.log).
 # For bands the 64-key blocks were 1.15-1.28x slower (ab_bands_r28f.log).
-DOCS_BN, DOCS_STAGES = 64, 2
+DOCS_BN = 64
 # registers per thread by key block: 8 compute warps (BN = 128) take 240 of them, the loader
 # and writer 24; at BN = 64 the 4 compute warps take 232, so that two programs (8 warps each,
 # two of them idle: setmaxnreg's warpgroups) fit a multiprocessor's 64k registers
@@ -402,12 +402,12 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if back >= reach and ahead >= reach else min(HEAD_GROUP, B * H)
-    bn, stages = (DOCS_BN, DOCS_STAGES) if docs is not None else (BN, STAGES)
+    _, bn = tile(docs is not None)
     launch(band_backward_kernel, (triton.cdiv(Lk, bn) * B * H,),
            (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
             descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), lse2, delta, B * H, H,
             Lq, Lk, back, ahead, group, int(back < ahead), scale * LOG2E, scale,
             *(docs or (lse2, lse2, lse2, lse2, 0))),  # (bands: unread)
-           dict(BM=BM, BN=bn, D=D, STAGES=stages, SEGMENTS=docs is not None,
+           dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=docs is not None,
                 num_warps=bn // 16, maxnreg=MAXNREG[bn]), (q.dtype,))
     return dq[:, :, :Lq].to(q.dtype), dk, dv

@@ -32,7 +32,6 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
     with the key block and ring that `gb.backward` gives them."""
     name = NAMES[dtype]
     BM, BN = gb.tile(segments)
-    stages = gb.DOCS_STAGES if segments else gb.STAGES
     lq, lk = shared_layout(BM, D, dtype), shared_layout(BN, D, dtype)
     qd = f"tensordesc<{name}[1, 1, {BM}, {D}],{lq!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{lk!r}>"
@@ -45,7 +44,7 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
                  "segq_ptr": "*i32", "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
                  "SEGMENTS": "constexpr"}
-    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": stages, "SEGMENTS": segments}
+    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (7, 8)}
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
