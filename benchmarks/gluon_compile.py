@@ -1,7 +1,7 @@
 """Compile attnlang's Gluon kernels (`attnlang/gluon_backward.py`, `attnlang/gluon_forward.py`)
 for sm_90 without a GPU and report what ptxas says: shared memory, `setmaxnreg`, spills, and
-whether it serialised the wgmma instructions (C7514).  Run it with the GPU image's Triton (3.6)
-and with CI's:
+whether it serialised the wgmma instructions (and why: C7512, C7514...).  Run it with the GPU
+image's Triton (3.6) and with CI's:
 
     python -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0 numpy
     /tmp/v36/bin/python benchmarks/gluon_compile.py
@@ -93,7 +93,10 @@ def ptxas_report(ptx):
     spills = re.search(r"(\d+) bytes spill stores", text)
     if out.returncode:  # a Triton whose PTX is newer than its bundled ptxas (3.9): no report
         return "unknown (ptxas: " + text.strip().splitlines()[0][-60:] + ")", "unknown"
-    return (int(spills.group(1)) if spills else None), "C7514" in text
+    # C7510-C7520: the reasons ptxas gives for serialising them (C7514: a non-wgmma instruction
+    # reads an accumulator mid-pipeline; C7512: too few registers)
+    serialised = sorted(set(re.findall(r"\((C75\d\d)\)[^\n]*serialized", text)))
+    return (int(spills.group(1)) if spills else None), ", ".join(serialised) or "no"
 
 
 def _report(compiled):
@@ -101,7 +104,7 @@ def _report(compiled):
     regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
                                  compiled.asm["ptx"])))
     return (f"shared {compiled.metadata.shared} bytes, setmaxnreg {regs}, spill stores {spills} "
-            f"bytes, wgmma serialised (C7514): {serialised}")
+            f"bytes, wgmma serialised: {serialised}")
 
 
 def main():
