@@ -141,6 +141,13 @@ def _band_keep(rows, key0, band, BN: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
+def _dpt(v_smem, do_s, BN: gl.constexpr, BM: gl.constexpr, layout: gl.constexpr):
+    """dP^T = V dO^T of a tile, issued."""
+    return warpgroup_mma(v_smem, do_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, layout),
+                         use_acc=False, is_async=True)
+
+
+@gluon.jit
 def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale, sm_scale,
           BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr):
     """Query tile i of this key block: its five products, dQ_part handed to the writer warp (in
@@ -156,6 +163,10 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     # dQ_part = dS K in PARTS products of D // PARTS columns: one warpgroup at d = 128 holds
     # half of it at a time (dK, dV, S^T and dP^T take 192 of its 232 registers)
     PARTS: gl.constexpr = 2 if (WARPS == 4) & (D == 128) else 1
+    # LEAN (the same warpgroup): S^T's product alone, dP^T's issued after dV's, so that fewer
+    # accumulators are live at once; with S^T and dP^T together ptxas serialised every wgmma of
+    # the kernel for want of registers (C7512, `benchmarks/gluon_compile.py`; NOTES round 29)
+    LEAN: gl.constexpr = PARTS == 2
     s_layout: gl.constexpr = wgmma_layout(WARPS, 1, BM)
     kv_layout: gl.constexpr = wgmma_layout(WARPS, 1, D)
     dq_layout: gl.constexpr = wgmma_layout(4, WARPS // 4, D // PARTS // (WARPS // 4))
@@ -168,11 +179,13 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     mbarrier.wait(ready.index(s), (i // STAGES) & 1)  # (Q, dO) loaded (and dQ buffer s free)
     st = warpgroup_mma(k_smem, q_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
                        use_acc=False, is_async=True)
-    dpt = warpgroup_mma(v_smem, do_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
-                        use_acc=False, is_async=True)
     lse = gl.load(lse_ptr + rows)  # padded rows (`_rows_kernel`): no masks
-    delta = gl.load(delta_ptr + rows)
-    st = warpgroup_mma_wait(1, deps=(st,))
+    if LEAN:
+        st = warpgroup_mma_wait(0, deps=(st,))
+    else:
+        dpt = _dpt(v_smem, do_s, BN, BM, s_layout)
+        delta = gl.load(delta_ptr + rows)
+        st = warpgroup_mma_wait(1, deps=(st,))
     pt = gl.exp2(st * qk_scale - lse[None, :])
     if SEGMENTS:  # documents: tiles outside the table's full ones are masked
         full_lo, full_hi, segq_ptr, kseg = docs
@@ -186,7 +199,12 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
         pt = gl.where(_band_keep(rows, key0, band, BN, s_layout), pt, 0.0)
     pa = gl.convert_layout(pt.to(dtype), a_layout)
     dv = warpgroup_mma(pa, do_s, dv, is_async=True)
-    dpt = warpgroup_mma_wait(1, deps=(dpt,))
+    if LEAN:
+        dpt = _dpt(v_smem, do_s, BN, BM, s_layout)
+        delta = gl.load(delta_ptr + rows)
+        dv, dpt, pa = warpgroup_mma_wait(0, deps=(dv, dpt, pa))
+    else:
+        dpt = warpgroup_mma_wait(1, deps=(dpt,))
     ds = (pt * (dpt - delta[None, :])).to(dtype)
     dsa = gl.convert_layout(ds, a_layout)
     dk = warpgroup_mma(dsa, q_s, dk, is_async=True)
@@ -201,7 +219,10 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
                            gl.zeros([BM, D // PARTS], gl.float32, dq_layout), use_acc=False,
                            is_async=True)
         if c == 0:
-            dv, dk, dq, pa, dsa = warpgroup_mma_wait(0, deps=(dv, dk, dq, pa, dsa))
+            if LEAN:  # (dV and P^T waited for above)
+                dk, dq, dsa = warpgroup_mma_wait(0, deps=(dk, dq, dsa))
+            else:
+                dv, dk, dq, pa, dsa = warpgroup_mma_wait(0, deps=(dv, dk, dq, pa, dsa))
             if BN == 64:  # dQ_part in Q and dO's bytes: every warpgroup's products have read them
                 barrier()
         else:
