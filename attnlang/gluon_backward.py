@@ -11,7 +11,8 @@ program per (block of BN keys, batch and head), BN = 128 for bands and 64 for do
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
   queries whose band meets the block through a ring of two stages, by TMA (rank-4 descriptors
   over the [B, H, L, D] tensors, so that a tile past a sequence's end reads zeros, never another
-  head's rows);
+  head's rows), each with its rows' terms (below) and a document call's query ids, so that the
+  compute warps read no global memory in their loop;
 * one compute warpgroup per 64 keys does S^T = K Q^T and dP^T = V dO^T, P^T (the band, and the
   lengths, masked only on partial tiles), dV += P^T dO, dK += dS^T Q and dQ_part = dS K (dS
   through shared memory), hands dQ_part (float32) to the writer through shared memory, and at
@@ -39,7 +40,8 @@ two halves of 64 columns, so that it fits in its registers.
 
 Its inputs are the forward's output and log-sum-exp (natural log; -inf for rows that keep
 nothing); a small `tl` kernel first computes delta = rowsum(O * dO) and the log-sum-exp in base
-2, padded to whole query tiles so that the band kernel loads them without masks.  Queries sit
+2, padded to whole query tiles so that the band kernel loads them without masks, and zeroes the
+float32 dQ.  Queries sit
 at ``p = q + (Lk - Lq)`` in key coordinates (LANGUAGE.md's bottom-right alignment).
 
 Triton's interpreter cannot run Gluon, so the band kernel is checked on the GPU only
@@ -56,6 +58,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, \
     reinterpret, tma_add, tma_load, tma_store, wgmma_layout
@@ -84,9 +87,10 @@ def tile(segments):
 
 
 @gluon.jit
-def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr, IN_STAGE: gl.constexpr):
-    q_desc, k_desc, v_desc, do_desc = descs
-    k_smem, v_smem, qdo = bufs
+def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr, IN_STAGE: gl.constexpr,
+            SEGMENTS: gl.constexpr):
+    q_desc, k_desc, v_desc, do_desc, rows_desc, bh, segq_desc, segq0 = descs
+    k_smem, v_smem, qdo, rows_smem, segq_smem = bufs
     kv_bar, ready, done, free = bars
     STAGES: gl.constexpr = ready.type.shape[0]
     mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
@@ -95,14 +99,19 @@ def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr, IN_STAGE: g
     # the stage of tile i - STAGES is free once its dQ_part has been read out of it (IN_STAGE),
     # else once the compute warps are through with it
     empty = free if IN_STAGE else done
+    NBYTES: gl.constexpr = 2 * q_desc.block_type.nbytes + rows_desc.block_type.nbytes + (
+        segq_desc.block_type.nbytes if SEGMENTS else 0)
     for i in range(hi - lo):
         s = i % STAGES
         mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
         bar = ready.index(s)
-        mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
+        mbarrier.expect(bar, NBYTES)
         m0 = (lo + i) * BM
         tma_load(q_desc, [b, h, m0, 0], bar, qdo.index(2 * s))
         tma_load(do_desc, [b, h, m0, 0], bar, qdo.index(2 * s + 1))
+        tma_load(rows_desc, [0, bh, m0], bar, rows_smem.index(s))
+        if SEGMENTS:  # the queries' document ids (rows past the batch's end: P is 0 there)
+            tma_load(segq_desc, [segq0 + m0], bar, segq_smem.index(s))
 
 
 @gluon.jit
@@ -148,13 +157,13 @@ def _dpt(v_smem, do_s, BN: gl.constexpr, BM: gl.constexpr, layout: gl.constexpr)
 
 
 @gluon.jit
-def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale, sm_scale,
+def _tile(i, lo, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
           BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr):
     """Query tile i of this key block: its five products, dQ_part handed to the writer warp (in
     the bytes of the tile's (Q, dO) stage where BN = 64: `band_backward_kernel`).  (Issuing the
     next tile's S^T before waiting for this tile's products, carried across iterations, made
     ptxas serialise every wgmma: C7514, NOTES round 19.)"""
-    k_smem, v_smem, qdo, ds_smem, dq_bufs = bufs
+    k_smem, v_smem, qdo, ds_smem, dq_bufs, rows_smem, segq_smem = bufs
     kv_bar, ready, done, free = bars
     Lq, Lk, off, back, ahead = band
     dtype: gl.constexpr = k_smem.dtype
@@ -176,21 +185,21 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     rows = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, s_layout))  # queries: S^T's columns
     q_s = qdo.index(2 * s).reshape([BM, D])
     do_s = qdo.index(2 * s + 1).reshape([BM, D])
-    mbarrier.wait(ready.index(s), (i // STAGES) & 1)  # (Q, dO) loaded (and dQ buffer s free)
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)  # (Q, dO...) loaded (and dQ buffer s free)
     st = warpgroup_mma(k_smem, q_s.permute((1, 0)), gl.zeros([BN, BM], gl.float32, s_layout),
                        use_acc=False, is_async=True)
-    lse = gl.load(lse_ptr + rows)  # padded rows (`_rows_kernel`): no masks
     if LEAN:
         st = warpgroup_mma_wait(0, deps=(st,))
     else:
         dpt = _dpt(v_smem, do_s, BN, BM, s_layout)
-        delta = gl.load(delta_ptr + rows)
         st = warpgroup_mma_wait(1, deps=(st,))
+    # the tile's lse2 and delta (`_rows_kernel`), loaded with Q and dO
+    lse = rows_smem.index(2 * s).load(gl.SliceLayout(0, s_layout))
     pt = gl.exp2(st * qk_scale - lse[None, :])
     if SEGMENTS:  # documents: tiles outside the table's full ones are masked
-        full_lo, full_hi, segq_ptr, kseg = docs
+        full_lo, full_hi, kseg = docs
         if (lo + i < full_lo) | (lo + i >= full_hi):
-            qseg = gl.load(segq_ptr + rows, mask=rows < Lq, other=-2)
+            qseg = segq_smem.index(s).load(gl.SliceLayout(0, s_layout))
             keep = _band_keep(rows, key0, band, BN, s_layout) & (qseg[None, :] == kseg[:, None])
             pt = gl.where(keep, pt, 0.0)
     # partial: some pair of the tile outside the band, or past the keys' end
@@ -201,10 +210,11 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
     dv = warpgroup_mma(pa, do_s, dv, is_async=True)
     if LEAN:
         dpt = _dpt(v_smem, do_s, BN, BM, s_layout)
-        delta = gl.load(delta_ptr + rows)
+        delta = rows_smem.index(2 * s + 1).load(gl.SliceLayout(0, s_layout))
         dv, dpt, pa = warpgroup_mma_wait(0, deps=(dv, dpt, pa))
     else:
         dpt = warpgroup_mma_wait(1, deps=(dpt,))
+        delta = rows_smem.index(2 * s + 1).load(gl.SliceLayout(0, s_layout))
     ds = (pt * (dpt - delta[None, :])).to(dtype)
     dsa = gl.convert_layout(ds, a_layout)
     dk = warpgroup_mma(dsa, q_s, dk, is_async=True)
@@ -235,24 +245,24 @@ def _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_sc
 
 
 @gluon.jit
-def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, hi, band, docs,
+def _compute(bufs, bars, dk_desc, dv_desc, b, h, key0, lo, hi, band, docs,
              qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
              SEGMENTS: gl.constexpr):
-    k_smem, v_smem, qdo, ds_smem, dq_bufs = bufs
+    k_smem, v_smem, qdo, ds_smem, dq_bufs, rows_smem, segq_smem = bufs
     kv_bar, ready, done, free = bars
     dtype: gl.constexpr = k_smem.dtype
     kv_layout: gl.constexpr = wgmma_layout(BN // 16, 1, D)
     dk = gl.zeros([BN, D], gl.float32, kv_layout)
     dv = gl.zeros([BN, D], gl.float32, kv_layout)
-    if SEGMENTS:  # the key block's ids, read once: (full_lo, full_hi, segq_ptr, kseg) to _tile
-        full_lo, full_hi, segq_ptr, segk_ptr = docs
+    if SEGMENTS:  # the key block's ids, read once: (full_lo, full_hi, kseg) to _tile
+        full_lo, full_hi, segk_ptr = docs
         s_layout: gl.constexpr = wgmma_layout(BN // 16, 1, BM)
         keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
         Lk = band[1]
-        docs = (full_lo, full_hi, segq_ptr, gl.load(segk_ptr + keys, mask=keys < Lk, other=-1))
+        docs = (full_lo, full_hi, gl.load(segk_ptr + keys, mask=keys < Lk, other=-1))
     mbarrier.wait(kv_bar, 0)
     for i in range(hi - lo):
-        dk, dv = _tile(i, lo, dk, dv, bufs, bars, lse_ptr, delta_ptr, key0, band, docs, qk_scale,
+        dk, dv = _tile(i, lo, dk, dv, bufs, bars, key0, band, docs, qk_scale,
                        sm_scale, BM, BN, D, SEGMENTS)
     dk = dk * sm_scale
     # K and V are no longer read: their buffers stage dK and dV for the TMA stores
@@ -270,23 +280,23 @@ def _compute(bufs, bars, lse_ptr, delta_ptr, dk_desc, dv_desc, b, h, key0, lo, h
 # (not `do_not_specialize` on the lengths and bounds, which would save compiles: it made the
 # kernel 20% slower, causal at 8k d = 128 3.12 -> 3.82 ms, results/gluon_ab_r20c.log)
 @gluon.jit
-def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, lse_ptr,
-                         delta_ptr, BH, H, Lq, Lk, back, ahead, group, reverse, qk_scale, sm_scale,
-                         bounds_ptr, flag_ptr, segq_ptr, segk_ptr, per_batch, BM: gl.constexpr,
+def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, rows_desc,
+                         BH, H, Lq, Lk, back, ahead, group, reverse, qk_scale, sm_scale,
+                         bounds_ptr, flag_ptr, segq_desc, segk_ptr, per_batch, BM: gl.constexpr,
                          BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
                          SEGMENTS: gl.constexpr):
     """dQ (added into dq_desc's float32 [B, H, Lq rounded up to BM, D]), dK and dV of the pairs
-    (query q, key k) with -ahead <= q + Lk - Lq - k <= back; lse_ptr and delta_ptr are
-    `_rows_kernel`'s.  One program per key block of BN keys (64 or 128: one warpgroup of compute
-    warps per 64) of one batch and head, the grid taking ``group`` heads (of the BH batches and
-    heads) at a time, their first key blocks, then their second ones... (last first where
-    ``reverse``), so that a head's long blocks (causal: its first) do not start last, and the
-    group's (Q, dO) rows stay in L2.  With SEGMENTS, only pairs of one document too: segq_ptr /
-    segk_ptr are int32 ids [batches, Lq] / [batches, Lk] (batch b's row b * per_batch), and each
-    key block's query tiles come from bounds_ptr, the template's `_segment_bounds` table for
-    BN-key blocks and BM-query blocks (lo, full_lo, full_hi, hi per block; tiles outside
-    [full_lo, full_hi) masked), unless flag_ptr's pair marks the batch's ids unsorted: then
-    every tile, masked."""
+    (query q, key k) with -ahead <= q + Lk - Lq - k <= back; rows_desc reads `_rows_kernel`'s
+    [2, BH, Lq rounded up to BM] lse2 and delta.  One program per key block of BN keys (64 or
+    128: one warpgroup of compute warps per 64) of one batch and head, the grid taking ``group``
+    heads (of the BH batches and heads) at a time, their first key blocks, then their second
+    ones... (last first where ``reverse``), so that a head's long blocks (causal: its first) do
+    not start last, and the group's (Q, dO) rows stay in L2.  With SEGMENTS, only pairs of one
+    document too: segq_desc reads int32 query ids [batches * Lq] (BM at a time), segk_ptr points
+    to key ids [batches, Lk] (batch b's ids: row b * per_batch of each), and each key block's
+    query tiles come from bounds_ptr, the template's `_segment_bounds` table for BN-key blocks
+    and BM-query blocks (lo, full_lo, full_hi, hi per block; tiles outside [full_lo, full_hi)
+    masked), unless flag_ptr's pair marks the batch's ids unsorted: then every tile, masked."""
     n_k = gl.cdiv(Lk, BN)
     first = gl.program_id(0) // (group * n_k) * group  # the group's first head
     heads = gl.minimum(group, BH - first)
@@ -308,8 +318,8 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
         full_lo = gl.where(unsorted, 0, gl.load(row + 1))
         full_hi = gl.where(unsorted, 0, gl.load(row + 2))
         hi = gl.where(unsorted, gl.cdiv(Lq, BM), gl.load(row + 3))
-        docs = (full_lo, full_hi, segq_ptr + bb.to(gl.int64) * Lq,
-                segk_ptr + bb.to(gl.int64) * Lk)
+        docs = (full_lo, full_hi, segk_ptr + bb.to(gl.int64) * Lk)
+        segq0 = bb * Lq
     else:
         # queries whose band meets keys [key0, key0 + BN): p in [key0 - ahead, key0 + BN - 1 +
         # back]
@@ -317,10 +327,8 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
         q_hi = gl.minimum(key0 + BN + back - off, Lq)
         lo = q_lo // BM
         hi = gl.maximum(gl.cdiv(q_hi, BM), lo)
-        docs = (0, 0, segq_ptr, segk_ptr)
-    lq_pad = gl.cdiv(Lq, BM) * BM
-    lse_ptr += bh.to(gl.int64) * lq_pad
-    delta_ptr += bh.to(gl.int64) * lq_pad
+        docs = (0, 0, segk_ptr)
+        segq0 = 0
 
     dtype: gl.constexpr = k_desc.block_type.element_ty
     k_smem = gl.allocate_shared_memory(dtype, [1, 1, BN, D], k_desc.layout)
@@ -340,6 +348,7 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
         dq_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, 1, 1, BM, D], dq_desc.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
+    rows_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 2, 1, BM], rows_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     # tile i: ready[i % STAGES] when its (Q, dO) are loaded (and, not IN_STAGE, its dQ buffer
     # is free: the writer's arrival), done[...] when the compute warps have put its dQ_part in
@@ -355,23 +364,32 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
 
     k_flat = k_smem.reshape([BN, D])
     v_flat = v_smem.reshape([BN, D])
+    # (unswizzled: the same bytes as [lse2, delta] rows of stage 0, then of stage 1)
+    rows_flat = reinterpret(rows_smem, gl.float32, [2 * STAGES, BM],
+                            gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    if SEGMENTS:  # the queries' ids of each stage's tile
+        segq_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BM], segq_desc.layout)
+    else:  # (unread)
+        segq_smem = rows_flat
     bars = (kv_bar, ready, done, free)
     gl.warp_specialize([
-        (_compute, ((k_flat, v_flat, qdo, ds_smem, dq_bufs), bars, lse_ptr, delta_ptr, dk_desc,
+        (_compute, ((k_flat, v_flat, qdo, ds_smem, dq_bufs, rows_flat, segq_smem), bars, dk_desc,
                     dv_desc, b, h, key0, lo, hi, (Lq, Lk, off, back, ahead), docs, qk_scale,
                     sm_scale, BM, BN, D, SEGMENTS)),
-        (_loader, ((q_desc, k_desc, v_desc, do_desc), (k_smem, v_smem, qdo), bars, b, h, key0,
-                   lo, hi, BM, IN_STAGE)),
+        (_loader, ((q_desc, k_desc, v_desc, do_desc, rows_desc, bh, segq_desc, segq0),
+                   (k_smem, v_smem, qdo, rows_smem, segq_smem), bars, b, h, key0, lo, hi, BM,
+                   IN_STAGE, SEGMENTS)),
         (_dq_writer, (dq_desc, dq_bufs, bars, b, h, lo, hi, BM, IN_STAGE)),
     ], [1, 1], [24, 24])
 
 
 @triton.jit
-def _rows_kernel(O, DO, LSE, LSE2, DELTA, sob, soh, som, sdob, sdoh, sdom, H, Lq, lq_pad,
+def _rows_kernel(O, DO, LSE, LSE2, DELTA, DQ, sob, soh, som, sdob, sdoh, sdom, H, Lq, lq_pad,
                  ROWS: tl.constexpr, D: tl.constexpr):
     """Per query row, padded to lq_pad rows per head: delta = rowsum(O * dO) (0 on padding) and
     lse2 = lse * log2(e), +inf where the row keeps nothing (lse -inf) or is padding, so that
-    the band kernel's P is 0 there without masks."""
+    the band kernel's P is 0 there without masks; and the row's float32 dQ (DQ: [B * H * lq_pad,
+    D]), zeroed for the band kernel's sums."""
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -386,18 +404,27 @@ def _rows_kernel(O, DO, LSE, LSE2, DELTA, sob, soh, som, sdob, sdoh, sdom, H, Lq
     tl.store(DELTA + out, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1))
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     tl.store(LSE2 + out, lse2)
+    tl.store(DQ + out[:, None] * D + cols[None, :], tl.zeros([ROWS, D], tl.float32))
 
 
 def row_terms(out, do, lse, launch=jit_launch):
-    """`_rows_kernel`'s (lse2, delta), each [B * H, Lq rounded up to BM] float32 (``launch``: as
-    `backward`'s)."""
+    """`_rows_kernel`'s lse2 and delta, as one [2, B * H, Lq rounded up to BM] float32 tensor,
+    and a zeroed float32 dQ [B, H, Lq rounded up to BM, D] (``launch``: as `backward`'s)."""
     B, H, Lq, D = out.shape
     lq_pad = triton.cdiv(Lq, BM) * BM
     rows = torch.empty((2, B * H, lq_pad), dtype=torch.float32, device=out.device)
+    dq = torch.empty((B, H, lq_pad, D), dtype=torch.float32, device=out.device)
     launch(_rows_kernel, (lq_pad // BM, B * H),
-           (out, do, lse, rows[0], rows[1], out.stride(0), out.stride(1), out.stride(2),
+           (out, do, lse, rows[0], rows[1], dq, out.stride(0), out.stride(1), out.stride(2),
             do.stride(0), do.stride(1), do.stride(2), H, Lq, lq_pad), dict(ROWS=BM, D=D))
-    return rows[0], rows[1]
+    return rows, dq
+
+
+# the rows' tiles in shared memory: [2, 1, BM] float32 (lse2 and delta of a query tile), read
+# into a wgmma layout's columns, unswizzled
+ROWS_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
+# and a document call's query ids: [BM] int32 tiles of the flat [batches * Lq] ids
+SEGQ_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
 
 
 def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_launch):
@@ -415,20 +442,27 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     reach = Lq + Lk  # a bound beyond every distance
     back = reach if back is None else max(-reach, min(back, reach))
     ahead = reach if ahead is None else max(-reach, min(ahead, reach))
-    lq_pad = triton.cdiv(Lq, BM) * BM
-    lse2, delta = row_terms(out, do, lse, launch)
-    dq = torch.zeros((B, H, lq_pad, D), dtype=torch.float32, device=q.device)
+    rows, dq = row_terms(out, do, lse, launch)
+    rows_desc = TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 1, BM],
+                                 ROWS_LAYOUT)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if back >= reach and ahead >= reach else min(HEAD_GROUP, B * H)
     _, bn = tile(docs is not None)
+    if docs is not None:  # the query ids by TMA (rows past a batch's end read the next batch's)
+        bounds, flag, seg_q, seg_k, per_batch = docs
+        flat = seg_q.view(-1)
+        if flat.data_ptr() % 16:  # (a descriptor's base: 16-byte aligned)
+            flat = flat.clone()
+        docs = (bounds, flag, TensorDescriptor(flat, [flat.numel()], [1], [BM], SEGQ_LAYOUT),
+                seg_k, per_batch)
     launch(band_backward_kernel, (triton.cdiv(Lk, bn) * B * H,),
            (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
-            descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), lse2, delta, B * H, H,
+            descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), rows_desc, B * H, H,
             Lq, Lk, back, ahead, group, int(back < ahead), scale * LOG2E, scale,
-            *(docs or (lse2, lse2, lse2, lse2, 0))),  # (bands: unread)
+            *(docs or (rows, rows, rows_desc, rows, 0))),  # (bands: unread)
            dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=docs is not None,
                 num_warps=bn // 16, maxnreg=MAXNREG[bn]), (q.dtype,))
     return dq[:, :, :Lq].to(q.dtype), dk, dv

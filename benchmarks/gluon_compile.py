@@ -37,16 +37,18 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{lk!r}>"
     dqd = f"tensordesc<fp32[1, 1, {BM}, {D}],{shared_layout(BM, D, torch.float32)!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "do_desc": qd, "dk_desc": kd,
-                 "dv_desc": kd, "dq_desc": dqd, "lse_ptr": "*fp32", "delta_ptr": "*fp32",
-                 "BH": "i32", "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32",
+                 "dv_desc": kd, "dq_desc": dqd,
+                 "rows_desc": f"tensordesc<fp32[2, 1, {BM}],{gb.ROWS_LAYOUT!r}>", "BH": "i32",
+                 "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32",
                  "ahead": "i32", "group": "i32", "reverse": "i32", "qk_scale": "fp32",
                  "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
-                 "segq_ptr": "*i32", "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
+                 "segq_desc": (f"tensordesc<i32[{BM}],{gb.SEGQ_LAYOUT!r}>" if segments
+                               else f"tensordesc<fp32[2, 1, {BM}],{gb.ROWS_LAYOUT!r}>"),
+                 "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
                  "SEGMENTS": "constexpr"}
     constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (7, 8)}
-    source = GluonASTSource(gb.band_backward_kernel, signature, constexprs, attrs)
+    source = GluonASTSource(gb.band_backward_kernel, signature, constexprs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=BN // 16, maxnreg=gb.MAXNREG[BN]))
 
@@ -74,6 +76,7 @@ def compile_rows(D=128, dtype=torch.bfloat16):
     from triton.compiler import ASTSource
     name = "*" + NAMES[dtype]
     signature = {"O": name, "DO": name, "LSE": "*fp32", "LSE2": "*fp32", "DELTA": "*fp32",
+                 "DQ": "*fp32",
                  **{s: "i32" for s in ("sob", "soh", "som", "sdob", "sdoh", "sdom", "H", "Lq",
                                        "lq_pad")},
                  "ROWS": "constexpr", "D": "constexpr"}

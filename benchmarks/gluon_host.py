@@ -19,6 +19,7 @@ import attnlang
 from attnlang import gluon_backward as gb
 from attnlang.cache import load_module
 from attnlang.gluon_hopper import LOG2E, descriptor, jit_launch
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from host_overhead import host_us
 
 B, H, L, D = 1, 2, 1024, 128
@@ -62,22 +63,21 @@ def main():
     lse = torch.randn(B, H, L, device="cuda")
     scale = D ** -0.5
     timeit("whole backward()", lambda: gb.backward(q, k, v, out, do, lse, scale, None, 0))
-    timeit("row_terms", lambda: gb.row_terms(out, do, lse))
-    timeit("torch.zeros dq32", lambda: torch.zeros((B, H, L, D), dtype=torch.float32,
-                                                   device="cuda"))
+    timeit("row_terms (and dQ's zeros)", lambda: gb.row_terms(out, do, lse))
     timeit("torch.empty dk", lambda: torch.empty(k.shape, dtype=k.dtype, device="cuda"))
     timeit("descriptor x1", lambda: descriptor(q, gb.BM))
-    lse2, delta = gb.row_terms(out, do, lse)
-    dq = torch.zeros((B, H, L, D), dtype=torch.float32, device="cuda")
+    rows, dq = gb.row_terms(out, do, lse)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
+    rows_desc = TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 1, gb.BM],
+                                 gb.ROWS_LAYOUT)
     descs = [descriptor(q, gb.BM), descriptor(k, gb.BN), descriptor(v, gb.BN),
              descriptor(do, gb.BM), descriptor(dk, gb.BN), descriptor(dv, gb.BN),
-             descriptor(dq, gb.BM)]
+             descriptor(dq, gb.BM), rows_desc]
 
     def launch():
         return gb.band_backward_kernel[(triton.cdiv(L, gb.BN) * B * H,)](
-            *descs, lse2, delta, B * H, H, L, L, 2 * L, 0, gb.HEAD_GROUP, 0, scale * LOG2E,
-            scale, lse2, lse2, lse2, lse2, 0, gb.BM, gb.BN, D, gb.STAGES, False,
+            *descs, B * H, H, L, L, 2 * L, 0, gb.HEAD_GROUP, 0, scale * LOG2E,
+            scale, rows, rows, rows_desc, rows, 0, gb.BM, gb.BN, D, gb.STAGES, False,
             num_warps=gb.BN // 16, maxnreg=gb.MAXNREG[gb.BN])
     timeit("kernel launch (JIT, descriptors kept)", launch)
     timeit("cast dq", lambda: dq[:, :, :L].to(q.dtype))

@@ -89,7 +89,8 @@ def test_band_of_examples():
 def test_row_terms_pad_delta_and_base_two_lse(bshd):
     """`row_terms` (a `tl` kernel, run here in the interpreter): delta = rowsum(O * dO) and
     lse * log2(e) per row, padded to whole query tiles, +inf where the row keeps nothing or is
-    padding (so the band kernel's P is 0 there)."""
+    padding (so the band kernel's P is 0 there), and a float32 dQ of whole query tiles, zeroed
+    (the band kernel adds into it)."""
     gb = pytest.importorskip("attnlang.gluon_backward")
     torch.manual_seed(0)
     B, H, Lq, D = 2, 3, 70, 64
@@ -101,9 +102,12 @@ def test_row_terms_pad_delta_and_base_two_lse(bshd):
     out, do = tensor(), tensor()
     lse = torch.randn(B, H, Lq)
     lse[0, 1, 5] = lse[1, 2, 69] = float("-inf")
-    lse2, delta = gb.row_terms(out, do, lse)
+    rows, dq = gb.row_terms(out, do, lse)
+    lse2, delta = rows
     pad = math.ceil(Lq / gb.BM) * gb.BM
     assert lse2.shape == delta.shape == (B * H, pad)
+    assert dq.shape == (B, H, pad, D) and dq.dtype == torch.float32
+    assert torch.all(dq == 0)
     want_delta = (out.float() * do.float()).sum(-1).reshape(B * H, Lq)
     torch.testing.assert_close(delta[:, :Lq], want_delta, rtol=1e-5, atol=1e-5)
     assert torch.all(delta[:, Lq:] == 0)
