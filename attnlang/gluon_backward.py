@@ -453,7 +453,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     _, bn = tile(docs is not None)
     if docs is not None:  # the query ids by TMA (rows past a batch's end read the next batch's)
         bounds, flag, seg_q, seg_k, per_batch = docs
-        flat = seg_q.view(-1)
+        flat = seg_q.reshape(-1)
         if flat.data_ptr() % 16:  # (a descriptor's base: 16-byte aligned)
             flat = flat.clone()
         docs = (bounds, flag, TensorDescriptor(flat, [flat.numel()], [1], [BM], SEGQ_LAYOUT),
