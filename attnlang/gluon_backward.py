@@ -64,7 +64,7 @@ from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_lau
     reinterpret, tma_add, tma_load, tma_store, wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
-           "band_backward_kernel", "row_terms", "tile"]
+           "band_backward_kernel", "row_terms", "rows_descriptor", "tile"]
 BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring: bands
 # documents: 64-key blocks, one compute warpgroup (the docstring).  Training steps on the
 # benchmark's documents at 32k, d = 128: 1.03-1.05x round 27's 128-key kernel (which had a dQ
@@ -423,7 +423,16 @@ def row_terms(out, do, lse, launch=jit_launch):
 # the rows' tiles in shared memory: [2, 1, BM] float32 (lse2 and delta of a query tile), read
 # into a wgmma layout's columns, unswizzled
 ROWS_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
-# and a document call's query ids: [BM] int32 tiles of the flat [batches * Lq] ids
+
+
+def rows_descriptor(rows):
+    """The band kernel's descriptor over `row_terms`'s [2, B * H, Lq rounded up to BM] rows: a
+    query tile's lse2 and delta in one TMA."""
+    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 1, BM], ROWS_LAYOUT)
+
+
+# a document call's query ids in shared memory: [BM] int32 tiles of the flat [batches * Lq] ids,
+# unswizzled
 SEGQ_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
 
 
@@ -443,8 +452,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     back = reach if back is None else max(-reach, min(back, reach))
     ahead = reach if ahead is None else max(-reach, min(ahead, reach))
     rows, dq = row_terms(out, do, lse, launch)
-    rows_desc = TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 1, BM],
-                                 ROWS_LAYOUT)
+    rows_desc = rows_descriptor(rows)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a

@@ -19,7 +19,6 @@ import attnlang
 from attnlang import gluon_backward as gb
 from attnlang.cache import load_module
 from attnlang.gluon_hopper import LOG2E, descriptor, jit_launch
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from host_overhead import host_us
 
 B, H, L, D = 1, 2, 1024, 128
@@ -68,8 +67,7 @@ def main():
     timeit("descriptor x1", lambda: descriptor(q, gb.BM))
     rows, dq = gb.row_terms(out, do, lse)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    rows_desc = TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 1, gb.BM],
-                                 gb.ROWS_LAYOUT)
+    rows_desc = gb.rows_descriptor(rows)
     descs = [descriptor(q, gb.BM), descriptor(k, gb.BN), descriptor(v, gb.BN),
              descriptor(do, gb.BM), descriptor(dk, gb.BN), descriptor(dv, gb.BN),
              descriptor(dq, gb.BM), rows_desc]
