@@ -11,7 +11,8 @@ never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":
 tiles through tensor descriptors (TMA); ":a" adds dQ up in the dK/dV pass with float32 atomics
 (with ":d", the descriptor's reduce) and runs no dQ kernel (every backward time printed is the
 whole backward's); a forward or dQ tile with ":r" starts the last query blocks first; any tile
-with ":j" visits a row's partial blocks on both sides of its full ones in one loop.  The module's
+with ":j" visits a row's partial blocks on both sides of its full ones in one loop, and any
+tile with ":nR" (e.g. ":n96") caps its kernel at R registers per thread (Triton's maxnreg).  The module's
 own tile (timed first, printed without ":r") runs with no override, so in the module's own
 program order (docs/runtime.md, Tiles); a candidate without ":r" keeps launch order.
 """

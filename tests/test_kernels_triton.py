@@ -377,6 +377,34 @@ def test_dkdv_bias_and_dropout_gradients_in_both_score_orders(keys_as_rows, tmp_
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("text", ["causal & window(20, 0)", "causal & segment"])
+def test_register_cap_flag_reaches_the_launch_and_keeps_results(text, tmp_path, monkeypatch):
+    """A tile's ':nR' caps its kernel at R registers per thread (Triton's maxnreg option); the
+    interpreter runs such tiles against the reference like any other."""
+    monkeypatch.setenv("ATTNLANG_TILES",
+                       "fwd=16x16:4:1:n96,dkdv=16x16:4:1:t:n64,dq=16x16:4:2:d:n80")
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    caps = []
+    monkeypatch.setattr(mod, "_launch", lambda kernel, grid, args, options, *a, real=mod._launch: (
+        caps.append((kernel.__name__, options.get("maxnreg"))),
+        real(kernel, grid, args, options, *a))[1])
+    segments = torch.tensor([0] * 20 + [1] * 31 + [2] * 19) if "segment" in text else None
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=70, Lk=70, D=16,
+                            dtype=torch.float32, segments=segments)
+    expected = {"_fwd": 96, "_bwd_dkdv": 64, "_bwd_dq": 80}
+    roles = {name: cap for name, cap in caps if not name.startswith("_segment")}
+    assert len(roles) == 3 and all(cap == expected[name.rsplit("_", 1)[0]]
+                                   for name, cap in roles.items()), caps
+    assert mod._parse_tile("fwd", "64x64:4:2:d:j:n96")[2]["maxnreg"] == 96
+    for bad in ("64x64:4:2:n300", "64x64:4:2:n96:n80", "64x64:4:2:nx", "64x64:4:2:n"):
+        with pytest.raises(ValueError):
+            mod._parse_tile("fwd", bad)
+    monkeypatch.setenv("ATTNLANG_TILES", "fwd=64x64:4:2:n12")
+    with pytest.raises(ValueError, match=r"':nR' for at most R registers"):
+        mod._tiles(torch.zeros(1, 2, 8, 16), 16, "fwd")
+
+
 def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monkeypatch):
     """On a GPU, head dims 64 and 128 get their own tuned tiles; the others keep their size
     class's default tiles (those gpu_check.py verifies at 80, 96 and 256)."""
@@ -402,6 +430,11 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert tile(64, "dq") == (64, 64, 4, 3, None, True)
     assert tile(64, "fwd") == (64, 64, 4, 2, None, True)  # ':j' too (round 25)
     assert mod._tiles(OnGpu(), 64, "fwd")[2]["JOIN_PARTIAL"] is None  # (the launch decides)
+    # band patterns cap it at 96 registers (TILES_BAND, round 30); the other patterns do not
+    assert mod.BAND is not None and mod._tiles(OnGpu(), 64, "fwd")[2]["maxnreg"] == 96
+    wide = load_module(pattern_of(_expr("window(512) | global(0..128)")))
+    assert wide.BAND is None and "maxnreg" not in wide._tiles(OnGpu(), 64, "fwd")[2]
+    assert "maxnreg" not in mod._tiles(OnGpu(), 128, "fwd")[2]
     assert tile(48, "dq") == (64, 64, 4, 2, None, False)
     assert tile(256, "fwd") == (64, 64, 4, 2, None, False)
 
