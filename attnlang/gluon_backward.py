@@ -58,10 +58,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, \
-    reinterpret, tma_add, tma_load, tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, host_descriptor, \
+    jit_launch, reinterpret, tma_add, tma_load, tma_store, wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
            "band_backward_kernel", "row_terms", "rows_descriptor", "tile"]
@@ -428,7 +427,7 @@ ROWS_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, ra
 def rows_descriptor(rows):
     """The band kernel's descriptor over `row_terms`'s [2, B * H, Lq rounded up to BM] rows: a
     query tile's lse2 and delta in one TMA."""
-    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 1, BM], ROWS_LAYOUT)
+    return host_descriptor(rows, (2, 1, BM), ROWS_LAYOUT)
 
 
 # a document call's query ids in shared memory: [BM] int32 tiles of the flat [batches * Lq] ids,
@@ -464,7 +463,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
         flat = seg_q.reshape(-1)
         if flat.data_ptr() % 16:  # (a descriptor's base: 16-byte aligned)
             flat = flat.clone()
-        docs = (bounds, flag, TensorDescriptor(flat, [flat.numel()], [1], [BM], SEGQ_LAYOUT),
+        docs = (bounds, flag, host_descriptor(flat, (BM,), SEGQ_LAYOUT),
                 seg_k, per_batch)
     launch(band_backward_kernel, (triton.cdiv(Lk, bn) * B * H,),
            (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),

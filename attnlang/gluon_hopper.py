@@ -60,8 +60,33 @@ def shared_layout(rows, D, dtype):
 def descriptor(t, rows):
     """A TMA descriptor over the [B, H, L, D] tensor ``t`` reading tiles of ``rows`` rows of one
     head: a tile past the sequence's end reads zeros, a store past it is clipped."""
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
-                            shared_layout(rows, t.shape[3], t.dtype))
+    return host_descriptor(t, (1, 1, rows, t.shape[3]), shared_layout(rows, t.shape[3], t.dtype))
+
+
+# descriptors already checked, by geometry: (dtype, shape, strides, block, layout's id, base
+# address mod 16) -> the descriptor's fields, its base left out (kept, it would keep a tensor
+# alive); the layouts are module constants and `shared_layout`'s, alive as long as this module
+_CHECKED = {}
+
+
+def host_descriptor(t, block, layout):
+    """``TensorDescriptor(t, t.shape, t.stride(), block, layout)``.  Triton checks a new
+    descriptor's geometry (rank, alignment, strides, block and layout) and nothing else, at
+    about a tenth of a Gluon backward's host time for its nine descriptors: a geometry seen
+    before is not checked again, its descriptor copied with ``t`` as the base."""
+    shape, strides = t.shape, t.stride()
+    key = (t.dtype, shape, strides, block, id(layout), t.data_ptr() % 16)
+    fields = _CHECKED.get(key)
+    if fields is None:
+        desc = TensorDescriptor(t, list(shape), list(strides), list(block), layout)
+        if len(_CHECKED) >= 256:  # the geometries of a few shapes in use
+            _CHECKED.clear()
+        _CHECKED[key] = dict(desc.__dict__, base=None)
+        return desc
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(fields)
+    desc.base = t
+    return desc
 
 
 def jit_launch(kernel, grid, args, options, key=()):

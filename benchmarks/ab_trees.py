@@ -10,7 +10,7 @@ on the generated module in turn (`_GLUON`), three interleaved rounds on the same
 
 A tree's ``attnlang`` package is imported as ``attnlang_<name>``; its modules must take the same
 calls as this tree's.  Where the module does not serve a call (the `tl` kernels run: documents
-below GLUON_DOCS_MIN_QUERIES, narrow d = 64 bands), every tree times the same.
+below GLUON_DOCS's lengths, narrow d = 64 bands), every tree times the same.
 """
 import argparse
 import importlib
@@ -50,11 +50,12 @@ def main():
     parser.add_argument("--tl", action="store_true",
                         help="also time the `tl` kernels (the module unset) as variant 'tl'")
     parser.add_argument("--docs-min", type=int, default=None,
-                        help="the generated modules' GLUON_DOCS_MIN_QUERIES (0: documents run "
+                        help="the fewest queries of the documents' Gluon backward at every head "
+                             "dim (the generated modules' GLUON_DOCS; 0: documents run "
                              "the Gluon module at every length)")
     parser.add_argument("--docs-dims", default=None,
-                        help="the generated modules' GLUON_DOCS: head dims whose documents may "
-                             "run the Gluon module, e.g. 64,128")
+                        help="the head dims of the generated modules' GLUON_DOCS: those whose "
+                             "documents may run the Gluon module, e.g. 64,128")
     args = parser.parse_args()
     trees = {name: load_tree(name, root, args.module)
              for name, root in (entry.split("=", 1) for entry in args.tree)}
@@ -70,10 +71,11 @@ def main():
                 module = pattern.module(backend="triton")
                 extra = dict(segments=ids) if "segment" in text else {}
                 generated = load_module(pattern)
-                if args.docs_min is not None:
-                    generated.GLUON_DOCS_MIN_QUERIES = args.docs_min
                 if args.docs_dims:
-                    generated.GLUON_DOCS = tuple(int(x) for x in args.docs_dims.split(","))
+                    generated.GLUON_DOCS = {int(x): generated.GLUON_DOCS.get(int(x), 0)
+                                            for x in args.docs_dims.split(",")}
+                if args.docs_min is not None:
+                    generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, args.docs_min)
                 mods = {"this": generated._gluon_module(args.module), **trees}
                 if args.tl:
                     mods["tl"] = None

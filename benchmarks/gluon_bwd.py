@@ -2,7 +2,7 @@
 band patterns it serves, in one run on the same inputs: the forward and the whole training step
 (forward and backward) with ATTNLANG_GLUON=1 and =0, and the backward as each step less its
 forward (with =1 the forward is Gluon's too where `gluon_forward` serves the call).  Gradients
-of the two paths are compared before timing.  GLUON_MIN_KEYS_64 and GLUON_DOCS_MIN_QUERIES are
+of the two paths are compared before timing.  GLUON_MIN_KEYS_64 and GLUON_DOCS's lengths are
 set to 0, so that d = 64 runs the Gluon kernel on narrow bands too, and documents at every
 length (the modules' defaults give them the `tl` kernels).
 
@@ -55,7 +55,8 @@ def main():
                 generated = load_module(pattern)
                 if "segment" in text and D not in generated.GLUON_DOCS:
                     continue
-                generated.GLUON_MIN_KEYS_64 = generated.GLUON_DOCS_MIN_QUERIES = 0
+                generated.GLUON_MIN_KEYS_64 = 0
+                generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, 0)
                 times, fwd, grads = {}, {}, {}
                 for flag in ("0", "1"):  # (with =1 the forward may be Gluon's too: timed apart)
                     os.environ["ATTNLANG_GLUON"] = flag

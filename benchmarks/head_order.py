@@ -9,7 +9,7 @@ module as attnlang runs it, variants interleaved over three rounds on the same i
                                                           # causal step), d = 128 and 64
 
 `causal & segment` takes the benchmark's 64 random documents (`attnlang.bench`) and runs the
-Gluon backward at every length here (GLUON_DOCS_MIN_QUERIES = 0), with the `tl` backward's
+Gluon backward at every length here (GLUON_DOCS all 0), with the `tl` backward's
 step beside it ("tl").  The first variant's gradients are compared with the last's.
 """
 import os
@@ -73,7 +73,8 @@ def backward(dims):
                 pattern = attnlang.parse(f"pattern x = {text}")["x"]
                 module = pattern.module(backend="triton")
                 extra = dict(segments=ids) if segment else {}
-                load_module(pattern).GLUON_DOCS_MIN_QUERIES = 0
+                gen = load_module(pattern)
+                gen.GLUON_DOCS = dict.fromkeys(gen.GLUON_DOCS, 0)
 
                 def set_variant(generated, name):
                     os.environ["ATTNLANG_GLUON"] = "0" if name == "tl" else "1"

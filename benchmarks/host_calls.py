@@ -1,11 +1,13 @@
 """Host time and GPU time per call of the benchmark's module calls at 8k tokens (documents and
 causal, d = 64 and 128; the inference forward and the training step), on the GPU machine:
 host = calls back to back, the GPU never waited for; GPU = CUDA events with the calls queued
-behind matrix products.  With --profile, cProfile of the d = 64 document calls; with
---docs-min N, the generated modules' GLUON_DOCS_MIN_QUERIES (0: documents take the Gluon
-backward at 8k too).
+behind matrix products.  With --profile, cProfile of the document calls at the first head
+dimension of --dims (by each function's own time, and with --cumulative by the time under it
+too); with --docs-min N, the fewest queries of the documents' Gluon backward at every head dimension
+(the generated modules' GLUON_DOCS; 0: at 8k too); --dims and --patterns choose the calls.
 
-    taskset -c 11 python benchmarks/host_calls.py [--profile] [--docs-min N]
+    taskset -c 11 python benchmarks/host_calls.py [--profile [--cumulative]] [--docs-min N]
+        [--dims 64,128] [--patterns "causal & segment;causal"]
     # another tree's attnlang (an A/B: results/host_ab_r24c.log ran 1c48893's against main's,
     # twice each, in turns):
     PYTHONPATH=OLD_TREE taskset -c 11 python benchmarks/host_calls.py
@@ -16,9 +18,9 @@ with 50 calls (not 100) queued behind 100 products (not 150).  Round 28's result
 host_docs_r28d.log was made by a scratch form of ``--docs-min 0`` and ``--docs-min 32768`` at
 d = 128: 50 calls back to back, the training forward timed too, cProfile of 20 steps.
 """
+import argparse
 import cProfile
 import pstats
-import sys
 
 import torch
 
@@ -28,16 +30,23 @@ from attnlang.cache import load_module
 
 
 def main():
-    profiling = "--profile" in sys.argv
-    docs_min = int(sys.argv[sys.argv.index("--docs-min") + 1]) if "--docs-min" in sys.argv \
-        else None
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--cumulative", action="store_true")
+    parser.add_argument("--docs-min", type=int, default=None)
+    parser.add_argument("--dims", default="64,128")
+    parser.add_argument("--patterns", default="causal & segment;causal")
+    args = parser.parse_args()
+    profiling, docs_min = args.profile, args.docs_min
+    dims = [int(x) for x in args.dims.split(",")]
     n, B = 8192, 2
-    for d in (64, 128):
-        for text in ("causal & segment", "causal"):
+    for d in dims:
+        for text in args.patterns.split(";"):
             pattern = attnlang.parse(f"pattern x = {text}")["x"]
             module = pattern.module(backend="triton")
             if docs_min is not None:
-                load_module(pattern).GLUON_DOCS_MIN_QUERIES = docs_min
+                gen = load_module(pattern)
+                gen.GLUON_DOCS = dict.fromkeys(gen.GLUON_DOCS, docs_min)
             q, k, v = (torch.randn(B, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
                        for _ in range(3))
             kw = {}
@@ -54,14 +63,17 @@ def main():
                     fn()
                 print(f"{text:18s} d={d} {name:8s} host {_host_ms(fn, reps=300, wait=False) * 1000:7.1f} us  gpu "
                       f"{_gpu_ms(fn) * 1000:7.1f} us", flush=True)
-                if profiling and d == 64 and "segment" in text:
+                if profiling and d == dims[0] and "segment" in text:
                     profiler = cProfile.Profile()
                     profiler.enable()
                     for _ in range(300):
                         fn()
                     profiler.disable()
                     torch.cuda.synchronize()
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+                    stats = pstats.Stats(profiler)
+                    stats.sort_stats("tottime").print_stats(22)
+                    if args.cumulative:
+                        stats.sort_stats("cumulative").print_stats(45)
 
 
 if __name__ == "__main__":

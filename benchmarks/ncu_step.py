@@ -26,7 +26,8 @@ def main():
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--docs-min", type=int, default=None,
-                        help="the generated module's GLUON_DOCS_MIN_QUERIES")
+                        help="the fewest queries of the documents' Gluon backward (the generated "
+                             "module's GLUON_DOCS, every head dim)")
     parser.add_argument("--forward", action="store_true", help="forwards only")
     args = parser.parse_args()
     n, d = args.n, args.d
@@ -37,7 +38,8 @@ def main():
     pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
     module = pattern.module(backend="triton")
     if args.docs_min is not None:
-        load_module(pattern).GLUON_DOCS_MIN_QUERIES = args.docs_min
+        gen = load_module(pattern)
+        gen.GLUON_DOCS = dict.fromkeys(gen.GLUON_DOCS, args.docs_min)
     extra = dict(segments=segments) if "segment" in args.pattern else {}
     grads = [t.detach().requires_grad_(not args.forward) for t in (q, k, v)]
     for _ in range(args.steps):

@@ -2,7 +2,7 @@
 see where a pattern's time goes (which component, which role, the layout kernels, merges).
 
     python benchmarks/profile_kernels.py [--n 8192[,32768]] [--d 128] [--pattern TEXT ...]
-        [--docs-min N]   # GLUON_DOCS_MIN_QUERIES of the generated modules (0: documents take
+        [--docs-min N]   # GLUON_DOCS of the generated modules, every head dim (0: documents take
                          # the Gluon backward at every length)
 """
 import argparse
@@ -41,7 +41,8 @@ def profile_length(n, d, patterns, docs_min=None):
         pattern = attnlang.parse(f"pattern x = {text}")["x"]
         mod = pattern.module(backend="triton")
         if docs_min is not None:
-            load_module(pattern).GLUON_DOCS_MIN_QUERIES = docs_min
+            gen = load_module(pattern)
+            gen.GLUON_DOCS = dict.fromkeys(gen.GLUON_DOCS, docs_min)
         kw = dict(segments=segments) if "segment" in text else {}
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 

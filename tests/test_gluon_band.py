@@ -117,6 +117,34 @@ def test_row_terms_pad_delta_and_base_two_lse(bshd):
     assert torch.all(lse2[:, Lq:] == float("inf"))
 
 
+def test_host_descriptors_of_a_checked_geometry_are_the_checked_ones_over_a_new_base():
+    """`gluon_hopper.host_descriptor` checks a geometry once (Triton's own checks): a later
+    descriptor of the same geometry has every field of a freshly checked one, its own base; a
+    geometry that fails the checks fails every time, and an unaligned base is not taken for an
+    aligned one's geometry."""
+    gh = pytest.importorskip("attnlang.gluon_hopper")
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    def fields(desc):
+        return {name: value for name, value in vars(desc).items() if name != "base"}
+    a, b = (torch.randn(2, 3, 70, 64, dtype=torch.bfloat16) for _ in range(2))
+    layout = gh.shared_layout(64, 64, torch.bfloat16)
+    first, second = gh.descriptor(a, 64), gh.descriptor(b, 64)
+    fresh = TensorDescriptor(b, list(b.shape), list(b.stride()), [1, 1, 64, 64], layout)
+    assert first.base is a and second.base is b and type(second) is TensorDescriptor
+    assert fields(second) == fields(fresh) == fields(first)
+    gb = pytest.importorskip("attnlang.gluon_backward")
+    flat = torch.zeros(40, dtype=torch.int32)
+    for _ in range(2):  # the rank-1 ids' descriptor of the document backward
+        assert gh.host_descriptor(flat, (16,), gb.SEGQ_LAYOUT).shape == [40]
+        with pytest.raises(AssertionError, match="aligned"):
+            gh.host_descriptor(flat[1:], (16,), gb.SEGQ_LAYOUT)
+    rows = torch.zeros(1, 1, 64, 68, dtype=torch.bfloat16)[..., :64]  # rows 136 bytes apart
+    for _ in range(2):
+        with pytest.raises(AssertionError, match="aligned"):
+            gh.descriptor(rows, 64)
+
+
 def _module(text):
     return load_module(attnlang.parse(f"pattern x = {text}")["x"])
 
@@ -315,24 +343,25 @@ def test_the_gluon_forward_and_its_fallback(monkeypatch, failure):
 
 def test_which_document_calls_take_the_gluon_backward(monkeypatch):
     """Document masks (one band and one document: SEG_BOUNDS) take the Gluon backward at the head
-    dimensions of GLUON_DOCS on sequences of at least GLUON_DOCS_MIN_QUERIES queries, under the
+    dimensions of GLUON_DOCS on sequences of at least as many queries as it gives, under the
     band patterns' other rules, and carry the backward's module but not the forward's; other
     patterns with `segment` do not."""
     docs, window, other = _module("causal & segment"), _module("window(70, 20) & segment"), \
         _module("segment & stride(4)")
-    assert docs.BAND is None and docs.SEG_BOUNDS and docs.GLUON_DOCS == (64, 128)
+    assert docs.BAND is None and docs.SEG_BOUNDS and docs.GLUON_DOCS == {64: 32768, 128: 8192}
     assert sorted(docs._LAZY_SUPPORT) == ["gluon_backward", "gluon_hopper"]
     assert other._LAZY_SUPPORT == []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
     if docs._gluon_module("gluon_backward") is None:
         pytest.skip("this Triton has no Gluon")
-    assert docs.GLUON_DOCS_MIN_QUERIES == 32768
     assert docs._gluon_ok(*_fake(L=32768), NO_EXTRAS, False)
     assert window._gluon_ok(*_fake(torch.float16, L=40000), NO_EXTRAS, False)
-    assert not docs._gluon_ok(*_fake(L=32767), NO_EXTRAS, False)
-    assert docs._gluon_ok(*_fake(D=64, L=32768), NO_EXTRAS, False)  # GLUON_DOCS: 64, 128
+    assert docs._gluon_ok(*_fake(L=8192), NO_EXTRAS, False)  # d = 128: from 8k
+    assert not docs._gluon_ok(*_fake(L=8191), NO_EXTRAS, False)
+    assert docs._gluon_ok(*_fake(D=64, L=32768), NO_EXTRAS, False)  # d = 64: from 32k
     assert not docs._gluon_ok(*_fake(D=64, L=32767), NO_EXTRAS, False)
+    assert not docs._gluon_ok(*_fake(D=96, L=32768), NO_EXTRAS, False)  # not in GLUON_DOCS
     assert not other._gluon_ok(*_fake(L=32768), NO_EXTRAS, False)
     for flag in NO_EXTRAS:
         assert not docs._gluon_ok(*_fake(L=32768), dict(NO_EXTRAS, **{flag: True}), False)
@@ -405,7 +434,8 @@ def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
     (`_keys_tile`) and the ids as the generated module passes them, computes the dense float64
     reference's gradients when it visits tiles as its kernel does (`_EmulatedDocumentKernel`):
     sorted ids per batch, ids out of order (the flag: every tile, masked), and one row of ids
-    for both batches."""
+    for both batches; a second step with the same ids takes the arguments the first built
+    (kept with the ids), a step with new ids their own."""
     from attnlang import reference
     module = _module(text)
     kernel = _EmulatedDocumentKernel()
@@ -416,20 +446,23 @@ def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
     monkeypatch.setattr(module, "_SHAPES", {})
     torch.manual_seed(3)
     B, H, L, D = 2, 2, 300, 16
-    seg = _documents(1 if ids == "shared" else B, L, seed=4, shuffle=ids == "unsorted")
+    first = _documents(1 if ids == "shared" else B, L, seed=4, shuffle=ids == "unsorted")
     q, k, v, do = (torch.randn(B, H, L, D) for _ in range(4))
-    got = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    module.attention(*got, segments=seg).backward(do)
-    assert len(kernel.calls) == 1
-    bounds, flag, seg_q, seg_k, per_batch = kernel.calls[0]
-    assert per_batch == (0 if ids == "shared" else 1) and seg_q.dtype == torch.int32
-    want = [t.double().requires_grad_(True) for t in (q, k, v)]
     expr = attnlang.parse(f"pattern x = {text}")["x"].ir
-    keep = torch.stack([dense_mask(expr, L, L, num_heads=H, segments=seg[min(b, len(seg) - 1)])
-                        for b in range(B)])
-    reference.attention(*want, mask=keep)[0].backward(do.double())
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
+    for step, seg in enumerate([first, first, _documents(len(first), L, seed=5)]):
+        got = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        module.attention(*got, segments=seg).backward(do)
+        assert len(kernel.calls) == step + 1
+        bounds, flag, seg_q, seg_k, per_batch = kernel.calls[step]
+        assert per_batch == (0 if ids == "shared" else 1) and seg_q.dtype == torch.int32
+        same = [a is b for a, b in zip(kernel.calls[step], kernel.calls[step - 1])]
+        assert step == 0 or all(same[:4]) == (step == 1), same
+        want = [t.double().requires_grad_(True) for t in (q, k, v)]
+        keep = torch.stack([dense_mask(expr, L, L, num_heads=H,
+                                       segments=seg[min(b, len(seg) - 1)]) for b in range(B)])
+        reference.attention(*want, mask=keep)[0].backward(do.double())
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_the_gluon_kernels_compile_for_sm90():
