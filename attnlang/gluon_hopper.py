@@ -63,19 +63,19 @@ def descriptor(t, rows):
     return host_descriptor(t, (1, 1, rows, t.shape[3]), shared_layout(rows, t.shape[3], t.dtype))
 
 
-# descriptors already checked, by geometry: (dtype, shape, strides, block, layout's id, base
-# address mod 16) -> the descriptor's fields, its base left out (kept, it would keep a tensor
-# alive); the layouts are module constants and `shared_layout`'s, alive as long as this module
+# descriptors already checked, by geometry: (dtype, shape, strides, block, layout, base address
+# mod 16) -> the descriptor's fields, its base left out (kept, it would keep a tensor alive)
 _CHECKED = {}
 
 
 def host_descriptor(t, block, layout):
-    """``TensorDescriptor(t, t.shape, t.stride(), block, layout)``.  Triton checks a new
-    descriptor's geometry (rank, alignment, strides, block and layout) and nothing else, at
-    about a tenth of a Gluon backward's host time for its nine descriptors: a geometry seen
-    before is not checked again, its descriptor copied with ``t`` as the base."""
+    """``TensorDescriptor(t, t.shape, t.stride(), block, layout)`` (``block`` a tuple).  Triton
+    checks a new descriptor's geometry (rank, alignment, strides, block and layout) and nothing
+    else, which took about a fifth of a Gluon backward's host time (nine descriptors; results/
+    host_r30a.log): a geometry seen before is not checked again, its descriptor copied with
+    ``t`` as the base."""
     shape, strides = t.shape, t.stride()
-    key = (t.dtype, shape, strides, block, id(layout), t.data_ptr() % 16)
+    key = (t.dtype, shape, strides, block, layout, t.data_ptr() % 16)
     fields = _CHECKED.get(key)
     if fields is None:
         desc = TensorDescriptor(t, list(shape), list(strides), list(block), layout)

@@ -133,6 +133,8 @@ def test_host_descriptors_of_a_checked_geometry_are_the_checked_ones_over_a_new_
     fresh = TensorDescriptor(b, list(b.shape), list(b.stride()), [1, 1, 64, 64], layout)
     assert first.base is a and second.base is b and type(second) is TensorDescriptor
     assert fields(second) == fields(fresh) == fields(first)
+    other = type(layout)(swizzle_byte_width=64, element_bitwidth=16, rank=4)  # one field apart
+    assert gh.host_descriptor(b, (1, 1, 64, 64), other).layout == other != layout
     gb = pytest.importorskip("attnlang.gluon_backward")
     flat = torch.zeros(40, dtype=torch.int32)
     for _ in range(2):  # the rank-1 ids' descriptor of the document backward
