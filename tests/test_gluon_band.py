@@ -437,7 +437,7 @@ def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
     reference's gradients when it visits tiles as its kernel does (`_EmulatedDocumentKernel`):
     sorted ids per batch, ids out of order (the flag: every tile, masked), and one row of ids
     for both batches; a second step with the same ids takes the arguments the first built
-    (kept with the ids), a step with new ids their own."""
+    (kept with the ids), a step with new ids (per batch) their own."""
     from attnlang import reference
     module = _module(text)
     kernel = _EmulatedDocumentKernel()
@@ -451,7 +451,8 @@ def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
     first = _documents(1 if ids == "shared" else B, L, seed=4, shuffle=ids == "unsorted")
     q, k, v, do = (torch.randn(B, H, L, D) for _ in range(4))
     expr = attnlang.parse(f"pattern x = {text}")["x"].ir
-    for step, seg in enumerate([first, first, _documents(len(first), L, seed=5)]):
+    steps = [first, first] + ([_documents(B, L, seed=5)] if ids == "per batch" else [])
+    for step, seg in enumerate(steps):
         got = [t.clone().requires_grad_(True) for t in (q, k, v)]
         module.attention(*got, segments=seg).backward(do)
         assert len(kernel.calls) == step + 1
