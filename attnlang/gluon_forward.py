@@ -2,25 +2,33 @@
 
 For a pattern that is one band of distances (``band.band_of``), the generated modules compute
 the output and log-sum-exp with this kernel on an sm_90 GPU where it beats their ``tl`` forward
-(the template's ``_gluon_forward_ok``: d = 64 on long rows, d = 128 on narrow bands).  A program
+(the template's ``_gluon_forward_ok``: d = 64 on long rows, d = 128 on every band).  A program
 takes tiles of 64 * NUM_WG queries of one head (a head's tiles in turn, its longest rows first):
 
 * a loader warp reads the tile's Q once (TMA, rank-4 descriptors over [B, H, L, D], so that rows
   past a sequence's end read zeros), then streams blocks of BN keys and values through a ring of
-  STAGES, each block released when every warpgroup is done with it;
+  STAGES, each block released when every warpgroup is done with it -- with EARLY, its K when
+  every warpgroup has its scores and its V when every warpgroup has added P V;
 * NUM_WG warpgroups, one partition each, own 64 query rows apiece: S = Q K^T, the online
   softmax (base 2; the band and the lengths masked on partial blocks only) and O += P V with P
   from registers.  With OVERLAP, a warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1}
   together and computes the softmax of S_j while the second product runs (FlashAttention-3's
-  intra-warpgroup overlap); at the end it writes O / l through a shared buffer of its own by a
+  intra-warpgroup overlap; EARLY: O is rescaled while S_j runs, before P_{j-1} V_{j-1} is
+  issued, as there); at the end it writes O / l through a shared buffer of its own by a
   TMA store (clipped at the sequence's end) and the natural log-sum-exp, -inf (and O = 0) on rows
   that keep nothing.
+* PINGPONG (two warpgroups): the warpgroups take turns to issue their products (two named
+  barriers), so that one computes its softmax while the other's products run
+  (FlashAttention-3's inter-warpgroup ping-pong).
 * PERSISTENT: one program per multiprocessor, taking the tiles in turn, so that the loader brings
-  the next tile's Q, K and V while the warpgroups finish the last one.
+  the next tile's Q, K and V while the warpgroups finish the last one -- on bands whose rows
+  have about one length (`all`, windows).  Where they grow along the sequence (causal), one
+  program a tile, which the GPU hands out as multiprocessors free up, was faster
+  (results/gluon_fwd_r31a.log: causal 32k d = 128 7.12 ms against 8.08 persistent).
 
 Queries sit at ``p = q + (Lk - Lq)`` in key coordinates (LANGUAGE.md's bottom-right alignment).
 CONFIGS are per head dimension, the fastest of the variants measured in benchmarks/NOTES.md
-round 21.  Triton's interpreter cannot run Gluon, so the kernel is checked on the GPU
+rounds 21 and 31.  Triton's interpreter cannot run Gluon, so the kernel is checked on the GPU
 (``benchmarks/gpu_check.py``); ``benchmarks/gluon_compile.py`` compiles it for sm_90 anywhere.
 """
 import torch
@@ -30,16 +38,22 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, tma_load, \
-    tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, \
+    named_barrier, tma_load, tma_store, wgmma_layout
 
 ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
-# per head dimension (results/gluon_fwd_r21c.log): three warpgroups at d = 64 (192 queries per
-# K/V block read: causal 8k 0.679 -> 0.611 ms against the `tl` forward); two at d = 128, one
-# program per multiprocessor, products not overlapped (`window(512)` 8k 0.339 -> 0.327 ms)
+TURNS = gl.constexpr(14)  # the ping-pong's named barriers: 14, 15 (Triton's own take the first)
+# per head dimension: three warpgroups at d = 64 (192 queries per K/V block read: causal 8k
+# 0.679 -> 0.611 ms against the `tl` forward, results/gluon_fwd_r21c.log); two at d = 128, their
+# products overlapped with their softmax and taken in turns, one program per multiprocessor
+# (`all` 8k 1.96 -> 1.82 ms against the `tl` forward, `window(512)` 0.337 -> 0.301;
+# results/gluon_fwd_r31a.log), with EARLY (at d = 64 its three warpgroups ran 1.025x slower
+# with it: causal and `all` at 32k, results/ab_fwd_r31c.log)
 CONFIGS = {
-    64: dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=False, REGS=160),
-    128: dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=False, PERSISTENT=True, REGS=240),
+    64: dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PINGPONG=False, EARLY=False,
+             PERSISTENT=False, REGS=160),
+    128: dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PINGPONG=True, EARLY=True,
+              PERSISTENT=True, REGS=240),
 }
 __all__ = ["CONFIGS", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
 
@@ -62,11 +76,11 @@ def _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, BM: gl.constexpr, BN: gl.con
 
 
 @gluon.jit
-def _loader(descs, bufs, bars, shape, BN: gl.constexpr):
+def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr):
     tiles, BH, H, n_q, Lq, Lk, back, ahead = shape
     q_desc, k_desc, v_desc = descs
     q_bufs, k_bufs, v_bufs = bufs
-    q_bar, q_empty, k_ready, v_ready, empty = bars
+    q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     NUM_WG: gl.constexpr = q_bufs.type.shape[0]
     c = 0  # blocks loaded so far: the ring's position
@@ -80,10 +94,16 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr):
         for i in range(hi - lo):
             j = c + i
             s = j % STAGES
-            mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
+            phase = ((j // STAGES) & 1) ^ 1
             key0 = (lo + i) * BN
+            if EARLY:  # K's slot is free once S has been computed
+                mbarrier.wait(k_empty.index(s), phase)
+            else:  # once P V has
+                mbarrier.wait(v_empty.index(s), phase)
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
             tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
+            if EARLY:
+                mbarrier.wait(v_empty.index(s), phase)  # V's once P V has
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
             tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
         c += hi - lo
@@ -123,11 +143,23 @@ def _scores(q_s, k_bufs, s, BN: gl.constexpr, D: gl.constexpr, s_layout: gl.cons
 
 
 @gluon.jit
+def _turn(wg: gl.constexpr, take: gl.constexpr):
+    """FlashAttention-3's ping-pong of two warpgroups around their products: with ``take``,
+    wait until it is warpgroup ``wg``'s turn to issue them (named barrier TURNS + wg, met by the
+    other warpgroup's pass); else pass the turn to the other warpgroup."""
+    if take:
+        named_barrier(TURNS + wg, 256, False)
+    else:
+        named_barrier(TURNS + 1 - wg, 256, True)
+
+
+@gluon.jit
 def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
-              D: gl.constexpr, OVERLAP: gl.constexpr):
+              D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
+              EARLY: gl.constexpr):
     tiles, BH, H, n_q, Lq, Lk, back, ahead = shape
     q_bufs, o_bufs, k_bufs, v_bufs = bufs
-    q_bar, q_empty, k_ready, v_ready, empty = bars
+    q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     dtype: gl.constexpr = q_bufs.dtype
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     NUM_WG: gl.constexpr = q_bufs.type.shape[0]
@@ -139,6 +171,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
     q_s = q_bufs.index(wg).reshape([ROWS, D])
     o_buf = o_bufs.index(wg)
     band = (Lk, Lk - Lq, back, ahead)
+    if PINGPONG:
+        if wg == 1:
+            _turn(1, False)  # warpgroup 0 issues first
     c = 0
     t = 0
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
@@ -151,11 +186,22 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
         n = hi - lo
         mbarrier.wait(q_bar, t & 1)
         if OVERLAP:
+            # S_j = Q K_j^T and O += P_{j-1} V_{j-1} issued together, the softmax of S_j while
+            # the second runs.  EARLY: O is brought to the running maximum of block j - 1 (alpha)
+            # while S_j runs, before P_{j-1} V_{j-1} is added; else to that of block j after
             p = gl.zeros([ROWS, BN], dtype, p_layout)
+            alpha = gl.full([ROWS], 1.0, gl.float32, row_s)
             if n > 0:
-                mbarrier.wait(k_ready.index(c % STAGES), (c // STAGES) & 1)
-                sc = warpgroup_mma_wait(0, deps=(_scores(q_s, k_bufs, c % STAGES, BN, D,
-                                                         s_layout),))
+                s = c % STAGES
+                mbarrier.wait(k_ready.index(s), (c // STAGES) & 1)
+                if PINGPONG:
+                    _turn(wg, True)
+                sc = _scores(q_s, k_bufs, s, BN, D, s_layout)
+                if PINGPONG:
+                    _turn(wg, False)
+                sc = warpgroup_mma_wait(0, deps=(sc,))
+                if EARLY:
+                    mbarrier.arrive(k_empty.index(s), count=1)
                 sc = _masked(sc, rows, lo * BN, band, r0, BN, s_layout)
                 pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
                 p = gl.convert_layout(pf.to(dtype), p_layout)
@@ -164,29 +210,51 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 s = j % STAGES
                 sp = (j - 1) % STAGES
                 mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+                if PINGPONG:
+                    _turn(wg, True)
                 sc = _scores(q_s, k_bufs, s, BN, D, s_layout)
+                if EARLY:
+                    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
                 acc = warpgroup_mma(p, v_bufs.index(sp).reshape([BN, D]), acc, is_async=True)
+                if PINGPONG:
+                    _turn(wg, False)
                 sc = warpgroup_mma_wait(1, deps=(sc,))  # S_j done, P_{j-1} V_{j-1} running
+                if EARLY:
+                    mbarrier.arrive(k_empty.index(s), count=1)
                 sc = _masked(sc, rows, (lo + i) * BN, band, r0, BN, s_layout)
                 pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
                 acc, p = warpgroup_mma_wait(0, deps=(acc, p))
-                mbarrier.arrive(empty.index(sp), count=1)
-                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+                mbarrier.arrive(v_empty.index(sp), count=1)
+                if not EARLY:
+                    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 p = gl.convert_layout(pf.to(dtype), p_layout)
             if n > 0:
                 j = c + n - 1
+                if EARLY:
+                    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 mbarrier.wait(v_ready.index(j % STAGES), (j // STAGES) & 1)
+                if PINGPONG:
+                    _turn(wg, True)
                 acc = warpgroup_mma(p, v_bufs.index(j % STAGES).reshape([BN, D]), acc,
                                     is_async=True)
+                if PINGPONG:
+                    _turn(wg, False)
                 acc, p = warpgroup_mma_wait(0, deps=(acc, p))
-                mbarrier.arrive(empty.index(j % STAGES), count=1)
+                mbarrier.arrive(v_empty.index(j % STAGES), count=1)
         else:
             for i in range(n):
                 j = c + i
                 s = j % STAGES
                 mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
-                sc = warpgroup_mma_wait(0, deps=(_scores(q_s, k_bufs, s, BN, D, s_layout),))
+                if PINGPONG:
+                    _turn(wg, True)
+                sc = _scores(q_s, k_bufs, s, BN, D, s_layout)
+                if PINGPONG:
+                    _turn(wg, False)
+                sc = warpgroup_mma_wait(0, deps=(sc,))
+                if EARLY:
+                    mbarrier.arrive(k_empty.index(s), count=1)
                 sc = _masked(sc, rows, (lo + i) * BN, band, r0, BN, s_layout)
                 pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
@@ -194,7 +262,7 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
                 acc = warpgroup_mma(p, v_bufs.index(s).reshape([BN, D]), acc, is_async=True)
                 acc, p = warpgroup_mma_wait(0, deps=(acc, p))
-                mbarrier.arrive(empty.index(s), count=1)
+                mbarrier.arrive(v_empty.index(s), count=1)
         mbarrier.arrive(q_empty, count=1)  # Q read: the loader may bring the next tile's
         c += n
         t += 1
@@ -208,13 +276,17 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
         fence_async_shared()
         barrier()
         tma_store(o_desc, [b, h, r0, 0], o_buf)
+    if PINGPONG:
+        if wg == 0:
+            _turn(0, True)  # meets warpgroup 1's last pass: no arrival left at the exit
     tma.store_wait(0)
 
 
 @gluon.jit
 def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, Lq, Lk, back, ahead,
                         qk_scale, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                        NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, REGS: gl.constexpr):
+                        NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
+                        EARLY: gl.constexpr, REGS: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
     -ahead <= q + Lk - Lq - k <= back; programs take the tiles of ROWS * NUM_WG queries in
     turn."""
@@ -228,29 +300,37 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, Lq, Lk, 
     q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     mbarrier.init(q_empty, count=NUM_WG)
     for j in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(j), count=1)
         mbarrier.init(v_ready.index(j), count=1)
-        mbarrier.init(empty.index(j), count=NUM_WG)
+        mbarrier.init(k_empty.index(j), count=NUM_WG)
+        mbarrier.init(v_empty.index(j), count=NUM_WG)
 
-    bars = (q_bar, q_empty, k_ready, v_ready, empty)
+    bars = (q_bar, q_empty, k_ready, v_ready, k_empty, v_empty)
     shape = (n_q * BH, BH, H, n_q, Lq, Lk, back, ahead)
     bufs = (q_bufs, o_bufs, k_bufs, v_bufs)
-    loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN)
+    loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN, EARLY)
+    gl.static_assert((NUM_WG == 2) | (not PINGPONG))  # the ping-pong is of two warpgroups
     if NUM_WG == 2:
         gl.warp_specialize([
-            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
-            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
+            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY)),
+            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY)),
             (_loader, loads)], [4, 1], [REGS, 24])
     else:
         gl.static_assert(NUM_WG == 3)
         gl.warp_specialize([
-            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
-            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
-            (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP)),
+            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY)),
+            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY)),
+            (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY)),
             (_loader, loads)], [4, 4, 1], [REGS, REGS, 24])
 
 
@@ -268,13 +348,14 @@ def forward(q, k, v, scale, back, ahead, launch=jit_launch):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     config = CONFIGS[D]
+    persistent = config["PERSISTENT"] and (back is None) == (ahead is None)  # rows of one length
     reach = Lq + Lk  # a bound beyond every distance
     back = reach if back is None else max(-reach, min(back, reach))
     ahead = reach if ahead is None else max(-reach, min(ahead, reach))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
     programs = triton.cdiv(Lq, ROWS.value * config["NUM_WG"]) * B * H
-    if config["PERSISTENT"]:
+    if persistent:
         device = q.device.index if q.device.index is not None else torch.cuda.current_device()
         if device not in _SMS:
             _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
@@ -284,5 +365,6 @@ def forward(q, k, v, scale, back, ahead, launch=jit_launch):
            (descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN),
             descriptor(out, ROWS.value), lse, B * H, H, Lq, Lk, back, ahead, scale * LOG2E),
            dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
-                OVERLAP=config["OVERLAP"], REGS=config["REGS"], num_warps=4), (q.dtype,))
+                OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
+                REGS=config["REGS"], num_warps=4), (q.dtype,))
     return out, lse

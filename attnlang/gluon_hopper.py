@@ -41,6 +41,20 @@ else:  # Triton 3.6 builds the TMA reduction (`cp.reduce.async.bulk.tensor`) but
                                                   tensor_desc.handle, coord, src.handle)
 
 
+@gluon.jit
+def named_barrier(bar, threads: gl.constexpr, arrive: gl.constexpr):
+    """Hardware barrier ``bar`` (0-15) of ``threads`` threads: with ``arrive``, count this
+    partition's threads in and go on (``bar.arrive``); else wait until all have come
+    (``bar.sync``).  Gluon names no such call in Triton 3.6, so it is one line of PTX (its
+    output a dummy)."""
+    if arrive:
+        gl.inline_asm_elementwise("bar.arrive $1, $2;\n\tmov.u32 $0, 0;", "=r,r,r",
+                                  [bar, threads], dtype=gl.int32, is_pure=False, pack=1)
+    else:
+        gl.inline_asm_elementwise("bar.sync $1, $2;\n\tmov.u32 $0, 0;", "=r,r,r",
+                                  [bar, threads], dtype=gl.int32, is_pure=False, pack=1)
+
+
 @gluon.constexpr_function
 def wgmma_layout(warps_m, warps_n, n):
     """The register layout of a wgmma result: warps over [rows, columns], n columns per

@@ -63,9 +63,10 @@ def compile_fwd(D=128, dtype=torch.bfloat16):
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "o_desc": qd, "lse_ptr": "*fp32",
                  **{n: "i32" for n in ("BH", "H", "Lq", "Lk", "back", "ahead")},
                  "qk_scale": "fp32", **{n: "constexpr" for n in (
-                     "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "REGS")}}
+                     "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY",
+                     "REGS")}}
     constexprs = {"D": D, **{n: config[n] for n in ("BN", "STAGES", "NUM_WG", "OVERLAP",
-                                                     "REGS")}}
+                                                     "PINGPONG", "EARLY", "REGS")}}
     source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
                             {(4,): [["tt.divisibility", 16]]})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
@@ -106,8 +107,11 @@ def _report(compiled):
     spills, serialised = ptxas_report(compiled.asm["ptx"])
     regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
                                  compiled.asm["ptx"])))
+    # `gluon_hopper.named_barrier`'s (the forward's ping-pong): a barrier number in a register,
+    # where Triton's own barriers name theirs
+    turns = len(re.findall(r"\bbar\.(?:sync|arrive)\s+%r", compiled.asm["ptx"]))
     return (f"shared {compiled.metadata.shared} bytes, setmaxnreg {regs}, spill stores {spills} "
-            f"bytes, wgmma serialised: {serialised}")
+            f"bytes, wgmma serialised: {serialised}, ping-pong barriers {turns}")
 
 
 def main():

@@ -4,6 +4,7 @@ patterns, in one run on the same inputs, with PyTorch SDPA (causal, or full for 
     python benchmarks/gluon_fwd.py [128] [64]              # on the GPU machine
     python benchmarks/gluon_fwd.py 128 --set 128:PERSISTENT=0,OVERLAP=1   # another configuration
     python benchmarks/gluon_fwd.py --variants [128] [64]   # the kernel's configurations
+    python benchmarks/gluon_fwd.py 128 --lengths 1024,2048   # other lengths than 8k and 32k
 
 The first form times the generated module's forward with ATTNLANG_GLUON=1 and =0 (with its
 rules lifted, so that every pattern runs the Gluon kernel) and compares their outputs, then the
@@ -30,20 +31,28 @@ from attnlang.cache import load_module
 
 PATTERNS = ["causal", "all", "causal & window(1023, 0)", "window(512)"]
 VARIANTS = {
-    128: [dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PERSISTENT=False, REGS=240),
-          dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PERSISTENT=True, REGS=240),
-          dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=False, PERSISTENT=True, REGS=240)],
-    64: [dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=False, REGS=160),
-         dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=True, REGS=160),
-         dict(NUM_WG=2, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=True, REGS=240),
-         # not yet measured with a head's tiles together (round 21, next 2: the d = 64 bands)
-         dict(NUM_WG=2, BN=64, STAGES=4, OVERLAP=True, PERSISTENT=True, REGS=240),
-         dict(NUM_WG=2, BN=128, STAGES=3, OVERLAP=True, PERSISTENT=False, REGS=240)],
+    128: [dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=False, PINGPONG=False, EARLY=True,
+               PERSISTENT=True, REGS=240),
+          dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PINGPONG=False, EARLY=True,
+               PERSISTENT=True, REGS=240),
+          dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=False, PINGPONG=True, EARLY=True,
+               PERSISTENT=True, REGS=240),
+          dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PINGPONG=True, EARLY=True,
+               PERSISTENT=True, REGS=240),
+          dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PINGPONG=True, EARLY=True,
+               PERSISTENT=False, REGS=240)],
+    64: [dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PINGPONG=False, EARLY=False,
+              PERSISTENT=False, REGS=160),
+         dict(NUM_WG=2, BN=128, STAGES=3, OVERLAP=True, PINGPONG=True, EARLY=True,
+              PERSISTENT=False, REGS=240),
+         dict(NUM_WG=2, BN=128, STAGES=3, OVERLAP=True, PINGPONG=True, EARLY=True,
+              PERSISTENT=True, REGS=240)],
 }
 
 
 def tag(config):
     return (f"W{config['NUM_WG']},N{config['BN']},S{config['STAGES']},O{int(config['OVERLAP'])},"
+            f"PP{int(config['PINGPONG'])},E{int(config['EARLY'])},"
             f"P{int(config['PERSISTENT'])}")
 
 
@@ -129,11 +138,15 @@ def main():
     variants = "--variants" in sys.argv
     sets = overrides(sys.argv)
     dims = [int(a) for a in sys.argv[1:] if a.isdigit()] or [128, 64]
+    lengths = [8192, 32768]
+    if "--lengths" in sys.argv:
+        lengths = [int(n) for n in sys.argv[sys.argv.index("--lengths") + 1].split(",")]
     chosen = {D: dict(gf.CONFIGS[D]) for D in dims}
     if variants and not all(check(D) for D in dims):
         return 1
     for D in dims:
-        for L, B in ((8192, 2), (32768, 1)):
+        for L in lengths:
+            B = max(1, 16384 // L)  # 16k tokens per batch, as the benchmark
             H = 16
             q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
                        for _ in range(3))
@@ -142,7 +155,7 @@ def main():
                 back, ahead = band_of(pattern.ir)
                 mod = pattern.module(backend="triton")
                 generated = load_module(pattern)
-                generated.GLUON_MIN_KEYS_64, generated.GLUON_MAX_KEYS_FWD_128 = 0, float("inf")
+                generated.GLUON_MIN_KEYS_64 = 0
                 copy = generated._gluon_module("gluon_forward")  # the module's own copy
                 copy.CONFIGS[D].update(sets.get(D, {}))
                 flops = 4.0 * D * pattern.plan(L, L).kept_pairs * B * H

@@ -124,7 +124,6 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     gluon_fwd_runs = _gluon_counted(generated, "_gluon_forward")
     if gluon_everywhere:
         generated.GLUON_MIN_KEYS_64 = 0
-        generated.GLUON_MAX_KEYS_FWD_128 = float("inf")
         generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, 0)
     gluon_before, gluon_fwd_before = gluon_runs.counts, gluon_fwd_runs.counts
     before = {key for key, hit in direct.items() if hit}  # an earlier case of the same pattern's

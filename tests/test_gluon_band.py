@@ -257,7 +257,7 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
 def test_which_calls_take_the_gluon_forward(monkeypatch):
     """The forward's rule is the backward's checks less its own (dBias, long context), with the
     widths where the Gluon forward was faster: d = 64 on rows of at least GLUON_MIN_KEYS_64 keys,
-    d = 128 on rows of fewer than GLUON_MAX_KEYS_FWD_128."""
+    d = 128 on every band."""
     causal, window, other = _module("causal"), _module("window(100, 0)"), \
         _module("window(512) | global(0..128)")
     assert "gluon_forward" in causal._LAZY_SUPPORT and "gluon_hopper" in causal._LAZY_SUPPORT
@@ -268,8 +268,9 @@ def test_which_calls_take_the_gluon_forward(monkeypatch):
     assert causal._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)  # 8192 keys per row
     assert causal._gluon_forward_ok(*_fake(torch.float16, D=64, L=200_000), NO_EXTRAS)
     assert not causal._gluon_forward_ok(*_fake(D=64, L=4095), NO_EXTRAS)
-    assert not causal._gluon_forward_ok(*_fake(), NO_EXTRAS)  # d = 128, 8192 keys
+    assert causal._gluon_forward_ok(*_fake(), NO_EXTRAS)  # d = 128, 8192 keys
     assert causal._gluon_forward_ok(*_fake(L=4095), NO_EXTRAS)
+    assert causal._gluon_forward_ok(*_fake(torch.float16, L=200_000), NO_EXTRAS)
     assert window._gluon_forward_ok(*_fake(), NO_EXTRAS)  # rows of 101 keys at d = 128
     assert not window._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
     assert not other._gluon_forward_ok(*_fake(), NO_EXTRAS)
@@ -470,7 +471,8 @@ def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
 
 def test_the_gluon_kernels_compile_for_sm90():
     """`benchmarks/gluon_compile.py` with this machine's Triton (CI's), outside the
-    interpreter: the three kernels compile to cubins at both head dimensions and dtypes."""
+    interpreter: the three kernels compile to cubins at both head dimensions and dtypes; the
+    forward's warpgroups take turns (named barriers) at d = 128, not at d = 64."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     pytest.importorskip("triton.experimental.gluon")
@@ -478,3 +480,6 @@ def test_the_gluon_kernels_compile_for_sm90():
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("cubins ") == 4, result.stdout
+    for line in result.stdout.splitlines()[1:]:
+        turns = int(line.split("; forward ")[1].split("ping-pong barriers ")[1].split(";")[0])
+        assert (turns > 0) == (" D=128:" in line), line
