@@ -3,7 +3,8 @@
 For a pattern that is one band of distances (``band.band_of``), the generated modules compute
 the output and log-sum-exp with this kernel on an sm_90 GPU where it beats their ``tl`` forward
 (the template's ``_gluon_forward_ok``: d = 64 on long rows, d = 128 on every band).  A program
-takes tiles of 64 * NUM_WG queries of one head (a head's tiles in turn, its longest rows first):
+takes tiles of 64 * NUM_WG queries of one head (a head's tiles in turn -- on causal rows
+HEAD_GROUP heads' in turn -- the longest rows first):
 
 * a loader warp reads the tile's Q once (TMA, rank-4 descriptors over [B, H, L, D], so that rows
   past a sequence's end read zeros), then streams blocks of BN keys and values through a ring of
@@ -59,13 +60,16 @@ __all__ = ["CONFIGS", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
 
 
 @gluon.jit
-def _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, BM: gl.constexpr, BN: gl.constexpr):
+def _tile_of(tile, BH, H, n_q, group, Lq, Lk, back, ahead, BM: gl.constexpr, BN: gl.constexpr):
     """(b, h, bh, m0, lo, hi): the tile's batch and head, first query row and key blocks
-    [lo, hi).  A head's tiles come one after another (they share its K and V in L2: ordered by
-    tile first, the heads' K and V did not fit and `all` at d = 128 ran 15% slower), its longest
-    rows (causal) first."""
-    bh = tile // n_q
-    m0 = (n_q - 1 - tile % n_q) * BM
+    [lo, hi).  Heads come ``group`` at a time (they share their K and V in L2: ordered by tile
+    first, the heads' K and V did not fit and `all` at d = 128 ran 15% slower), a group's tiles
+    longest rows (causal) first, its heads in turn."""
+    first = tile // (group * n_q) * group  # the group's first head
+    within = tile - first * n_q
+    heads = gl.minimum(group, BH - first)
+    bh = first + within % heads
+    m0 = (n_q - 1 - within // heads) * BM
     off = Lk - Lq
     rows_end = gl.minimum(m0 + BM, Lq)
     k_lo = gl.maximum(m0 + off - back, 0)
@@ -77,7 +81,7 @@ def _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, BM: gl.constexpr, BN: gl.con
 
 @gluon.jit
 def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr):
-    tiles, BH, H, n_q, Lq, Lk, back, ahead = shape
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead = shape
     q_desc, k_desc, v_desc = descs
     q_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
@@ -86,7 +90,8 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr):
     c = 0  # blocks loaded so far: the ring's position
     t = 0  # tiles so far
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, ROWS * NUM_WG, BN)
+        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, group, Lq, Lk, back, ahead,
+                                             ROWS * NUM_WG, BN)
         mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for w in gl.static_range(NUM_WG):
@@ -157,7 +162,7 @@ def _turn(wg: gl.constexpr, take: gl.constexpr):
 def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
               D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
               EARLY: gl.constexpr):
-    tiles, BH, H, n_q, Lq, Lk, back, ahead = shape
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead = shape
     q_bufs, o_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     dtype: gl.constexpr = q_bufs.dtype
@@ -177,7 +182,8 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
     c = 0
     t = 0
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, Lq, Lk, back, ahead, ROWS * NUM_WG, BN)
+        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, group, Lq, Lk, back, ahead,
+                                             ROWS * NUM_WG, BN)
         r0 = m0 + wg * ROWS
         rows = r0 + gl.arange(0, ROWS, layout=row_s)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
@@ -283,8 +289,8 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
 
 
 @gluon.jit
-def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, Lq, Lk, back, ahead,
-                        qk_scale, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, Lq, Lk, back,
+                        ahead, qk_scale, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
                         NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
                         EARLY: gl.constexpr, REGS: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
@@ -311,7 +317,7 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, Lq, Lk, 
         mbarrier.init(v_empty.index(j), count=NUM_WG)
 
     bars = (q_bar, q_empty, k_ready, v_ready, k_empty, v_empty)
-    shape = (n_q * BH, BH, H, n_q, Lq, Lk, back, ahead)
+    shape = (n_q * BH, BH, H, n_q, group, Lq, Lk, back, ahead)
     bufs = (q_bufs, o_bufs, k_bufs, v_bufs)
     loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN, EARLY)
     gl.static_assert((NUM_WG == 2) | (not PINGPONG))  # the ping-pong is of two warpgroups
@@ -335,6 +341,12 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, Lq, Lk, 
 
 
 _SMS = {}  # multiprocessors per device
+# heads at a time (`_tile_of`) where rows grow along the sequence (causal: one program a tile),
+# so that the last head's longest tiles do not start last.  Medians of five interleaved rounds
+# (results/group_fwd_r31d.log, `python benchmarks/head_order.py gluon-forward`): causal d = 128
+# 1.046x with two at 8k, 1.013x at 32k (four: 1.030x, 1.004x); d = 64 1.013x / 1.007x with two,
+# within the rounds' spread, and 0.977x at 32k in round 23 (results/ab_fwd_r23d.log): one.
+HEAD_GROUP = {64: 1, 128: 2}
 
 
 def forward(q, k, v, scale, back, ahead, launch=jit_launch):
@@ -348,7 +360,8 @@ def forward(q, k, v, scale, back, ahead, launch=jit_launch):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     config = CONFIGS[D]
-    persistent = config["PERSISTENT"] and (back is None) == (ahead is None)  # rows of one length
+    grows = (back is None) != (ahead is None)  # rows whose lengths grow along the sequence
+    persistent = config["PERSISTENT"] and not grows
     reach = Lq + Lk  # a bound beyond every distance
     back = reach if back is None else max(-reach, min(back, reach))
     ahead = reach if ahead is None else max(-reach, min(ahead, reach))
@@ -361,9 +374,11 @@ def forward(q, k, v, scale, back, ahead, launch=jit_launch):
             _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
         programs = min(programs, _SMS[device])
     BN = config["BN"]
+    group = min(HEAD_GROUP[D], B * H) if grows else 1
     launch(band_forward_kernel, (programs,),
            (descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN),
-            descriptor(out, ROWS.value), lse, B * H, H, Lq, Lk, back, ahead, scale * LOG2E),
+            descriptor(out, ROWS.value), lse, B * H, H, group, Lq, Lk, back, ahead,
+            scale * LOG2E),
            dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
                 OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
                 REGS=config["REGS"], num_warps=4), (q.dtype,))

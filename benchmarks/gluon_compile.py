@@ -61,7 +61,7 @@ def compile_fwd(D=128, dtype=torch.bfloat16):
     qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{shared_layout(BN, D, dtype)!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "o_desc": qd, "lse_ptr": "*fp32",
-                 **{n: "i32" for n in ("BH", "H", "Lq", "Lk", "back", "ahead")},
+                 **{n: "i32" for n in ("BH", "H", "group", "Lq", "Lk", "back", "ahead")},
                  "qk_scale": "fp32", **{n: "constexpr" for n in (
                      "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY",
                      "REGS")}}

@@ -7,6 +7,12 @@ module as attnlang runs it, variants interleaved over three rounds on the same i
     python benchmarks/head_order.py backward [128] [64]   # HEAD_GROUP 1 / 2 / 4: training steps
     python benchmarks/head_order.py forward               # INTERLEAVE 1 / 2: forwards (and the
                                                           # causal step), d = 128 and 64
+    python benchmarks/head_order.py gluon-forward         # the Gluon forward's HEAD_GROUP
+                                                          # 1 / 2 / 4 / 8 on causal rows
+
+The last one calls `gluon_forward.forward` itself: first each group against one head at a time
+on shapes whose heads do not fill the last group (outputs and log-sum-exps equal bit for bit),
+then five rounds that alternate the variants' order, each variant's median and its rounds.
 
 `causal & segment` takes the benchmark's 64 random documents (`attnlang.bench`) and runs the
 Gluon backward at every length here (GLUON_DOCS all 0), with the `tl` backward's
@@ -124,8 +130,46 @@ def forward():
             torch.cuda.empty_cache()
 
 
+def gluon_forward(groups=(1, 2, 4, 8), rounds=5):
+    from attnlang import gluon_forward as gf
+    chosen = dict(gf.HEAD_GROUP)
+    for D in (128, 64):
+        for B, H, L in ((1, 3, 1000), (2, 3, 777)):
+            q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
+                       for _ in range(3))
+            gf.HEAD_GROUP[D] = 1
+            want = gf.forward(q, k, v, D ** -0.5, None, 0)
+            for G in groups[1:]:
+                gf.HEAD_GROUP[D] = G
+                got = gf.forward(q, k, v, D ** -0.5, None, 0)
+                same = all(torch.equal(a, b) for a, b in zip(got, want))
+                print(f"check D={D} B={B} H={H} L={L} G={G}: "
+                      f"{'equal' if same else 'DIFFERENT'}", flush=True)
+    for D in (128, 64):
+        for L in (8192, 32768):
+            B = max(1, 16384 // L)
+            q, k, v = (torch.randn(B, 16, L, D, device="cuda", dtype=torch.bfloat16)
+                       for _ in range(3))
+            times = {G: [] for G in groups}
+            for r in range(rounds):
+                for G in (groups if r % 2 == 0 else groups[::-1]):
+                    gf.HEAD_GROUP[D] = G
+                    times[G].append(do_bench(lambda: gf.forward(q, k, v, D ** -0.5, None, 0),
+                                             warmup=25, rep=150, return_mode="median"))
+            med = {G: sorted(t)[len(t) // 2] for G, t in times.items()}
+            print(f"causal D={D} L={L:6d} " + " ".join(
+                f"G{G} {med[G]:.3f} ({med[groups[0]] / med[G]:.3f}x)" for G in groups)
+                + "  rounds " + str({G: [round(x, 3) for x in t] for G, t in times.items()}),
+                flush=True)
+            del q, k, v
+            torch.cuda.empty_cache()
+    gf.HEAD_GROUP.update(chosen)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["forward"]:
         forward()
+    elif sys.argv[1:2] == ["gluon-forward"]:
+        gluon_forward()
     else:
         backward([int(a) for a in sys.argv[2:] if a.isdigit()] or [128, 64])
