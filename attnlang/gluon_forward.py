@@ -159,6 +159,29 @@ def _turn(wg: gl.constexpr, take: gl.constexpr):
 
 
 @gluon.jit
+def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows, band, r0, m_i,
+                 l_i, qk_scale, BN: gl.constexpr, D: gl.constexpr, PINGPONG: gl.constexpr,
+                 EARLY: gl.constexpr):
+    """(p, alpha, m, l) of the j-th block the warpgroup reads (keys from key0), its S = Q K^T
+    issued alone (in the warpgroup's turn) and waited for, its K released with EARLY, then
+    masked and through the online softmax (`_softmax`)."""
+    STAGES: gl.constexpr = k_bufs.type.shape[0]
+    s_layout: gl.constexpr = wgmma_layout(4, 1, BN)
+    s = j % STAGES
+    mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+    if PINGPONG:
+        _turn(wg, True)
+    sc = _scores(q_s, k_bufs, s, BN, D, s_layout)
+    if PINGPONG:
+        _turn(wg, False)
+    sc = warpgroup_mma_wait(0, deps=(sc,))
+    if EARLY:
+        mbarrier.arrive(k_empty.index(s), count=1)
+    sc = _masked(sc, rows, key0, band, r0, BN, s_layout)
+    return _softmax(sc, m_i, l_i, qk_scale)
+
+
+@gluon.jit
 def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
               D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
               EARLY: gl.constexpr):
@@ -198,18 +221,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             p = gl.zeros([ROWS, BN], dtype, p_layout)
             alpha = gl.full([ROWS], 1.0, gl.float32, row_s)
             if n > 0:
-                s = c % STAGES
-                mbarrier.wait(k_ready.index(s), (c // STAGES) & 1)
-                if PINGPONG:
-                    _turn(wg, True)
-                sc = _scores(q_s, k_bufs, s, BN, D, s_layout)
-                if PINGPONG:
-                    _turn(wg, False)
-                sc = warpgroup_mma_wait(0, deps=(sc,))
-                if EARLY:
-                    mbarrier.arrive(k_empty.index(s), count=1)
-                sc = _masked(sc, rows, lo * BN, band, r0, BN, s_layout)
-                pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
+                pf, alpha, m_i, l_i = _block_alone(wg, c, lo * BN, q_s, k_bufs, k_ready, k_empty,
+                                                   rows, band, r0, m_i, l_i, qk_scale, BN, D,
+                                                   PINGPONG, EARLY)
                 p = gl.convert_layout(pf.to(dtype), p_layout)
             for i in range(1, n):
                 j = c + i
@@ -252,17 +266,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             for i in range(n):
                 j = c + i
                 s = j % STAGES
-                mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
-                if PINGPONG:
-                    _turn(wg, True)
-                sc = _scores(q_s, k_bufs, s, BN, D, s_layout)
-                if PINGPONG:
-                    _turn(wg, False)
-                sc = warpgroup_mma_wait(0, deps=(sc,))
-                if EARLY:
-                    mbarrier.arrive(k_empty.index(s), count=1)
-                sc = _masked(sc, rows, (lo + i) * BN, band, r0, BN, s_layout)
-                pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
+                pf, alpha, m_i, l_i = _block_alone(wg, j, (lo + i) * BN, q_s, k_bufs, k_ready,
+                                                   k_empty, rows, band, r0, m_i, l_i, qk_scale,
+                                                   BN, D, PINGPONG, EARLY)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 p = gl.convert_layout(pf.to(dtype), p_layout)
                 mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
