@@ -1,7 +1,8 @@
 """The order in which a launch's programs take the heads (NOTES round 23): the `tl` query
 programs of causal-like patterns take two heads at a time on short sequences (`_interleaved`,
 INTERLEAVE), the Gluon backward's grid takes HEAD_GROUP heads at a time except where every
-block has the same rows.  Outputs and gradients must not depend on it."""
+block has the same rows, and the Gluon forward's takes heads in pairs at d = 128 where rows grow
+(NOTES round 31).  Outputs and gradients must not depend on it."""
 import pytest
 import torch
 
@@ -89,3 +90,34 @@ def test_the_gluon_backward_grid(back, ahead, group, reverse):
     gb.backward(*six, torch.zeros(2, 3, L), 0.1, None, 0, launch=launch)
     # six heads: groups of four (and a last one of two)
     assert dict(zip(gb.band_backward_kernel.arg_names, launches[1][2]))["group"] == 4
+
+
+@pytest.mark.parametrize("D,back,ahead,persistent,group", [
+    (128, None, 0, False, 2),      # causal: one program a tile, heads in pairs
+    (128, 0, None, False, 2),      # rows that reach ahead grow too
+    (128, None, None, True, 1),    # `all`: rows of one length, a program per multiprocessor
+    (128, 127, 0, True, 1),        # a window
+    (64, None, 0, False, 1),       # d = 64: one program a tile, one head at a time
+    (64, None, None, False, 1)])
+def test_the_gluon_forward_grid(monkeypatch, D, back, ahead, persistent, group):
+    """The Gluon forward's grid (one program a tile of 64 * NUM_WG queries, or one per
+    multiprocessor) and the heads a group takes, launched through ``launch`` (recorded here):
+    persistent programs only where rows have about one length, heads in groups only where they
+    grow (NOTES round 31)."""
+    gf = pytest.importorskip("attnlang.gluon_forward")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(gf, "_SMS", {0: 7})  # fewer multiprocessors than tiles
+    launches = []
+
+    def launch(kernel, grid, args, options, key=()):
+        launches.append((kernel, grid, args, options))
+    B, H, L = 1, 3, 1000
+    q, k, v = (torch.randn(B, H, L, D, dtype=torch.bfloat16) for _ in range(3))
+    gf.forward(q, k, v, 0.1, back, ahead, launch=launch)
+    [(kernel, grid, args, options)] = launches
+    assert kernel is gf.band_forward_kernel
+    tiles = -(-L // (64 * gf.CONFIGS[D]["NUM_WG"])) * B * H
+    assert grid == ((7,) if persistent else (tiles,))
+    named = dict(zip(gf.band_forward_kernel.arg_names, args))
+    assert named["group"] == min(group, B * H)
+    assert options["PINGPONG"] == (D == 128) and options["EARLY"] == (D == 128)
