@@ -7,6 +7,7 @@ cap.
     python benchmarks/reg_cap.py [--cap 96] [--dims 64] [--lengths 32768,8192]
         [--pattern TEXT ...] [--rounds 4] [--uncap]
 
+Document masks (`causal & segment`) take the benchmark's 64 random documents.
 results/maxnreg_r30d.log was made by this script's first form (the same loop, the four patterns
 below at d = 64, cap 96), before TILES_BAND took the cap.
 """
@@ -16,7 +17,7 @@ import torch
 from triton.testing import do_bench
 
 import attnlang
-from attnlang.bench import HEADS, TOKENS_PER_BATCH
+from attnlang.bench import HEADS, TOKENS_PER_BATCH, random_documents
 from attnlang.cache import load_module
 
 PATTERNS = ["causal & window(1023, 0)", "window(512)", "window(512) | global(0..128)",
@@ -39,6 +40,13 @@ def main():
                 compare(text, d, n, args.cap, args.rounds, args.uncap)
 
 
+def _forget_launches(generated):
+    """Drop the generated module's prepared launches (the calls', the direct launches', and
+    document masks' by shape), so that the next call asks `_tiles` again."""
+    for memo in (generated._CALLS, generated._DIRECT, generated._SHAPES):
+        memo.clear()
+
+
 def compare(text, d, n, cap, rounds, uncap):
     """Print the forward's median time without and with ``cap`` registers per thread."""
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
@@ -48,6 +56,9 @@ def compare(text, d, n, cap, rounds, uncap):
     batch = max(1, TOKENS_PER_BATCH // n)
     q, k, v = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
+    extra = {}  # a document mask's ids: the benchmark's 64 documents
+    if "segment" in text:
+        extra["segments"] = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
     times, reference = {"none": [], cap: []}, None
     for _ in range(rounds):
         for variant in times:
@@ -60,16 +71,15 @@ def compare(text, d, n, cap, rounds, uncap):
                         options["maxnreg"] = _variant
                 return bm, bn, options
             generated._tiles = capped
-            generated._CALLS.clear()
-            generated._DIRECT.clear()
-            out = module(q, k, v)
+            _forget_launches(generated)
+            out = module(q, k, v, **extra)
             if reference is None:
                 reference = out
             assert torch.equal(out, reference), f"{text}: the capped forward differs"
-            times[variant].append(do_bench(lambda: module(q, k, v), warmup=25, rep=100))
+            times[variant].append(do_bench(lambda: module(q, k, v, **extra), warmup=25,
+                                           rep=100))
     generated._tiles = tiles
-    generated._CALLS.clear()
-    generated._DIRECT.clear()
+    _forget_launches(generated)
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     print(f"{text:30s} d={d} n={n:6d} none {med['none']:.4f} ms  {cap}: {med[cap]:.4f} ms  "
           f"| cap/none {med['none'] / med[cap]:.3f}x  rounds "
