@@ -59,8 +59,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, host_descriptor, \
-    jit_launch, reinterpret, tma_add, tma_load, tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, descriptor, grouped, \
+    host_descriptor, jit_launch, reinterpret, tma_add, tma_load, tma_store, wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
            "band_backward_kernel", "row_terms", "rows_descriptor", "tile"]
@@ -297,13 +297,9 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     and BM-query blocks (lo, full_lo, full_hi, hi per block; tiles outside [full_lo, full_hi)
     masked), unless flag_ptr's pair marks the batch's ids unsorted: then every tile, masked."""
     n_k = gl.cdiv(Lk, BN)
-    first = gl.program_id(0) // (group * n_k) * group  # the group's first head
-    heads = gl.minimum(group, BH - first)
-    within = gl.program_id(0) - first * n_k
-    block = within // heads
+    bh, block = grouped(gl.program_id(0), n_k, group, BH)
     if reverse:
         block = n_k - 1 - block
-    bh = first + within % heads
     b = bh // H
     h = bh % H
     key0 = block * BN
@@ -447,16 +443,14 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     how to launch a kernel (`gluon_hopper.jit_launch`'s arguments)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    reach = Lq + Lk  # a bound beyond every distance
-    back = reach if back is None else max(-reach, min(back, reach))
-    ahead = reach if ahead is None else max(-reach, min(ahead, reach))
+    back, ahead = band_bounds(back, ahead, Lq, Lk)
     rows, dq = row_terms(out, do, lse, launch)
     rows_desc = rows_descriptor(rows)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
-    group = 1 if back >= reach and ahead >= reach else min(HEAD_GROUP, B * H)
+    group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
     _, bn = tile(docs is not None)
     if docs is not None:  # the query ids by TMA (rows past a batch's end read the next batch's)
         bounds, flag, seg_q, seg_k, per_batch = docs

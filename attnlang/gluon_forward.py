@@ -39,8 +39,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, barrier, descriptor, jit_launch, \
-    named_barrier, tma_load, tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, descriptor, grouped, \
+    jit_launch, named_barrier, tma_load, tma_store, wgmma_layout
 
 ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
 TURNS = gl.constexpr(14)  # the ping-pong's named barriers: 14, 15 (Triton's own take the first)
@@ -65,11 +65,8 @@ def _tile_of(tile, BH, H, n_q, group, Lq, Lk, back, ahead, BM: gl.constexpr, BN:
     [lo, hi).  Heads come ``group`` at a time (they share their K and V in L2: ordered by tile
     first, the heads' K and V did not fit and `all` at d = 128 ran 15% slower), a group's tiles
     longest rows (causal) first, its heads in turn."""
-    first = tile // (group * n_q) * group  # the group's first head
-    within = tile - first * n_q
-    heads = gl.minimum(group, BH - first)
-    bh = first + within % heads
-    m0 = (n_q - 1 - within // heads) * BM
+    bh, j = grouped(tile, n_q, group, BH)
+    m0 = (n_q - 1 - j) * BM
     off = Lk - Lq
     rows_end = gl.minimum(m0 + BM, Lq)
     k_lo = gl.maximum(m0 + off - back, 0)
@@ -368,9 +365,7 @@ def forward(q, k, v, scale, back, ahead, launch=jit_launch):
     config = CONFIGS[D]
     grows = (back is None) != (ahead is None)  # rows whose lengths grow along the sequence
     persistent = config["PERSISTENT"] and not grows
-    reach = Lq + Lk  # a bound beyond every distance
-    back = reach if back is None else max(-reach, min(back, reach))
-    ahead = reach if ahead is None else max(-reach, min(ahead, reach))
+    back, ahead = band_bounds(back, ahead, Lq, Lk)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
     programs = triton.cdiv(Lq, ROWS.value * config["NUM_WG"]) * B * H

@@ -55,6 +55,26 @@ def named_barrier(bar, threads: gl.constexpr, arrive: gl.constexpr):
                                   [bar, threads], dtype=gl.int32, is_pure=False, pack=1)
 
 
+@gluon.jit
+def grouped(index, per_head, group, BH):
+    """(bh, j): the head (of BH batches and heads) and the item (of ``per_head``) that ``index``
+    names in the order that takes ``group`` heads at a time -- their items 0 in turn, then
+    their items 1... -- the last group of fewer heads where BH is not a multiple.  The kernels'
+    order over heads (a grid's programs, a persistent program's tiles), so that a head's long
+    items do not start last and a group's rows stay in L2 together."""
+    first = index // (group * per_head) * group  # the group's first head
+    heads = gl.minimum(group, BH - first)
+    within = index - first * per_head
+    return first + within % heads, within // heads
+
+
+def band_bounds(back, ahead, Lq, Lk):
+    """(back, ahead) as the band kernels take them: no bound (None) as Lq + Lk, a distance
+    beyond every pair's, and every bound clamped to within it (the kernels' int32)."""
+    reach = Lq + Lk
+    return tuple(reach if x is None else max(-reach, min(x, reach)) for x in (back, ahead))
+
+
 @gluon.constexpr_function
 def wgmma_layout(warps_m, warps_n, n):
     """The register layout of a wgmma result: warps over [rows, columns], n columns per
