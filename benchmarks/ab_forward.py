@@ -13,12 +13,11 @@ import os
 import sys
 
 import torch
-from triton.testing import do_bench
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from attnlang import gluon_forward as this  # noqa: E402
 from ab_trees import load_tree  # noqa: E402
+from head_order import alternating  # noqa: E402
 
 BANDS = {"causal": (None, 0), "all": (None, None), "window(512)": (512, 512)}
 
@@ -40,11 +39,7 @@ def main():
                 runs = {"this": lambda: this.forward(q, k, v, D ** -0.5, back, ahead),
                         "other": lambda: other.forward(q, k, v, D ** -0.5, back, ahead)}
                 diff = (runs["this"]()[0].float() - runs["other"]()[0].float()).abs().max()
-                times = {tree: [] for tree in runs}
-                for r in range(args.rounds):
-                    for tree in (("this", "other") if r % 2 == 0 else ("other", "this")):
-                        times[tree].append(do_bench(runs[tree], warmup=25, rep=150,
-                                                    return_mode="median"))
+                times = alternating(runs, args.rounds)
                 best = {tree: min(t) for tree, t in times.items()}
                 rounds = " ".join(f"{tree} [{', '.join(f'{t:.3f}' for t in ts)}]"
                                   for tree, ts in times.items())

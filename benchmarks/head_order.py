@@ -53,6 +53,18 @@ def _medians(pattern, variants, set_variant, run, rounds=3):
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}, results
 
 
+def alternating(runs, rounds, rep=150):
+    """{name: [do_bench median of each round]} of ``runs`` ({name: fn}): ``rounds`` rounds, each
+    timing every run once, the order reversed every other round, so that a drift of the GPU's
+    speed over the run falls on every run alike."""
+    names = list(runs)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(do_bench(runs[name], warmup=25, rep=rep, return_mode="median"))
+    return times
+
+
 def _step_runner(module, grads, do, extra):
     """A `_medians` run of training steps: one step's gradients, and do_bench's time."""
     def run():
@@ -150,12 +162,13 @@ def gluon_forward(groups=(1, 2, 4, 8), rounds=5):
             B = max(1, 16384 // L)
             q, k, v = (torch.randn(B, 16, L, D, device="cuda", dtype=torch.bfloat16)
                        for _ in range(3))
-            times = {G: [] for G in groups}
-            for r in range(rounds):
-                for G in (groups if r % 2 == 0 else groups[::-1]):
+
+            def run(G):
+                def forward():
                     gf.HEAD_GROUP[D] = G
-                    times[G].append(do_bench(lambda: gf.forward(q, k, v, D ** -0.5, None, 0),
-                                             warmup=25, rep=150, return_mode="median"))
+                    return gf.forward(q, k, v, D ** -0.5, None, 0)
+                return forward
+            times = alternating({G: run(G) for G in groups}, rounds)
             med = {G: sorted(t)[len(t) // 2] for G, t in times.items()}
             print(f"causal D={D} L={L:6d} " + " ".join(
                 f"G{G} {med[G]:.3f} ({med[groups[0]] / med[G]:.3f}x)" for G in groups)
