@@ -56,3 +56,78 @@ def _band(expr) -> Optional[Band]:
             return None  # an empty side: the union is the other, but keep this simple
         return _upper(left[0], right[0]), _upper(left[1], right[1])
     return None
+
+
+Interval = Tuple[Optional[int], Optional[int]]  # start <= i < stop; None: no bound there
+Banded = Tuple[Band, Optional[Interval], Optional[Interval]]  # (band, rows, cols)
+
+
+def banded_of(expr) -> Optional[Banded]:
+    """``(band, rows, cols)`` when the bound, simplified pattern ``expr`` is a union of one band
+    (``band_of``) with ``rows(a..b)``, ``cols(a..b)`` or ``global(a..b)`` terms -- Longformer's
+    ``window(w) | global(0..g)`` -- keeping exactly the pairs of the band, the queries at
+    positions ``p`` in ``rows`` (all their keys) and the keys ``k`` in ``cols`` (for every query);
+    rows or cols None where the pattern has none.  The sets must be ranges that count from the
+    start (``a..b``, ``..b``, ``a..`` with bounds of 0 or more; ranges of one kind that overlap
+    or touch are joined); None otherwise, and for a band alone (that is ``band_of``'s).  A range
+    with no start (``..b``) has start None: with ``Lq > Lk`` the first queries sit at positions
+    below 0."""
+    bands, rows, cols = [], [], []
+    for term in _union_terms(expr):
+        if isinstance(term, (ir.Rows, ir.Cols, ir.Global)):
+            span = _interval(term.set)
+            if span is None:
+                return None
+            if span[1] is not None and span[0] is not None and span[1] <= span[0]:
+                continue  # an empty range keeps nothing
+            if not isinstance(term, ir.Cols):
+                rows.append(span)
+            if not isinstance(term, ir.Rows):
+                cols.append(span)
+        else:
+            bands.append(term)
+    if not bands or not (rows or cols):
+        return None
+    band = bands[0]
+    for other in bands[1:]:
+        band = ir.Union(band, other)
+    found = band_of(band)
+    if found is None:
+        return None
+    rows, cols = _joined(rows), _joined(cols)
+    if rows is False or cols is False:
+        return None
+    return found, rows, cols
+
+
+def _union_terms(expr):
+    if isinstance(expr, ir.Union):
+        yield from _union_terms(expr.left)
+        yield from _union_terms(expr.right)
+    else:
+        yield expr
+
+
+def _interval(index_set) -> Optional[Interval]:
+    """[start, stop) of a range that counts from the start (bounds of 0 or more, None where it
+    has none), else None."""
+    if not isinstance(index_set, ir.Range):
+        return None
+    lo, hi = (None if x is None else int(ir.const(x)) for x in (index_set.lo, index_set.hi))
+    if any(x is not None and x < 0 for x in (lo, hi)):
+        return None  # counts from the end: depends on Lk
+    return lo, hi
+
+
+def _joined(spans):
+    """One interval covering exactly the union of ``spans`` (None for none; False where they
+    leave a gap)."""
+    if not spans:
+        return None
+    spans = sorted(spans, key=lambda s: -1 if s[0] is None else s[0])
+    start, stop = spans[0]
+    for lo, hi in spans[1:]:
+        if stop is not None and lo is not None and lo > stop:
+            return False
+        stop = None if stop is None or hi is None else max(stop, hi)
+    return start, stop

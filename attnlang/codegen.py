@@ -40,7 +40,8 @@ def _template_version() -> str:
 # attnlang modules copied into generated code (standard library and torch only); ``layout`` may
 # be split into ``layout_*.py`` helpers, which come along.
 SUPPORT_MODULES = ("ir", "errors", "printer", "predicate", "layout", "plan", "validate")
-# ... and, in modules of band patterns (``band.band_of``), the Gluon forward and backward, which
+# ... and, in modules of band patterns (``band.band_of``, and bands with global rows and columns:
+# ``band.banded_of``), the Gluon forward and backward, which
 # they load only when they are about to use them (they import Triton's Gluon, which not every
 # Triton has); document masks (``layout_segment.band_of``) take the first two, the backward.
 LAZY_SUPPORT_MODULES = ("gluon_hopper", "gluon_backward", "gluon_forward")
@@ -200,7 +201,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     import jinja2
 
     from . import layout_segment
-    from .band import band_of
+    from .band import band_of, banded_of
     from .plan import IDENTITY, decompose, one_pass
 
     expr = pattern.ir
@@ -220,9 +221,11 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     layout_picture = _layout_picture(pattern)
     one = len(specs) == 1 and specs[0].kind == IDENTITY
     band = band_of(expr) if one else None
+    # a band with global rows and columns (Longformer's) takes both Gluon kernels too
+    banded = banded_of(expr) if one and band is None else None
     # document masks (one band and one document) take the Gluon backward only
     documents = one and band is None and layout_segment.band_of(expr) is not None
-    lazy = LAZY_SUPPORT_MODULES if band is not None else \
+    lazy = LAZY_SUPPORT_MODULES if band is not None or banded is not None else \
         LAZY_SUPPORT_MODULES[:2] if documents else ()
     source = template.render(
         pattern_source=str(pattern.decl) if hasattr(pattern, "decl") else str(pattern),
@@ -237,6 +240,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
         support=_support_sources(lazy),
         lazy_support=list(lazy),
         band=repr(band),
+        banded=repr(banded),
         block_m=block_m or 0,
         block_n=block_n or 0,
     )

@@ -59,8 +59,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, descriptor, grouped, \
-    host_descriptor, jit_launch, reinterpret, tma_add, tma_load, tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, descriptor, \
+    global_bounds, grouped, heavy_first, heavy_span, host_descriptor, jit_launch, kept, \
+    partial_tile, reinterpret, tma_add, tma_load, tma_store, two_ranges, wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
            "band_backward_kernel", "row_terms", "rows_descriptor", "tile"]
@@ -86,8 +87,8 @@ def tile(segments):
 
 
 @gluon.jit
-def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr, IN_STAGE: gl.constexpr,
-            SEGMENTS: gl.constexpr):
+def _loader(descs, bufs, bars, b, h, key0, seq, n, BM: gl.constexpr, IN_STAGE: gl.constexpr,
+            SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr):
     q_desc, k_desc, v_desc, do_desc, rows_desc, bh, segq_desc, segq0 = descs
     k_smem, v_smem, qdo, rows_smem, segq_smem = bufs
     kv_bar, ready, done, free = bars
@@ -100,12 +101,12 @@ def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr, IN_STAGE: g
     empty = free if IN_STAGE else done
     NBYTES: gl.constexpr = 2 * q_desc.block_type.nbytes + rows_desc.block_type.nbytes + (
         segq_desc.block_type.nbytes if SEGMENTS else 0)
-    for i in range(hi - lo):
+    for i in range(n):
         s = i % STAGES
         mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
         bar = ready.index(s)
         mbarrier.expect(bar, NBYTES)
-        m0 = (lo + i) * BM
+        m0 = block_at(seq, i, GLOBAL) * BM
         tma_load(q_desc, [b, h, m0, 0], bar, qdo.index(2 * s))
         tma_load(do_desc, [b, h, m0, 0], bar, qdo.index(2 * s + 1))
         tma_load(rows_desc, [0, bh, m0], bar, rows_smem.index(s))
@@ -114,7 +115,8 @@ def _loader(descs, bufs, bars, b, h, key0, lo, hi, BM: gl.constexpr, IN_STAGE: g
 
 
 @gluon.jit
-def _dq_writer(dq_desc, dq_bufs, bars, b, h, lo, hi, BM: gl.constexpr, IN_STAGE: gl.constexpr):
+def _dq_writer(dq_desc, dq_bufs, bars, b, h, seq, n, BM: gl.constexpr, IN_STAGE: gl.constexpr,
+               GLOBAL: gl.constexpr):
     """Adds each query tile's dQ_part into the float32 dQ (padded to whole query tiles) by one
     TMA reduction, from ``dq_bufs.index(i % STAGES)``.  IN_STAGE: those are the bytes of the
     tile's (Q, dO) stage, which the writer frees for the loader (``free``) once the TMA has read
@@ -123,14 +125,13 @@ def _dq_writer(dq_desc, dq_bufs, bars, b, h, lo, hi, BM: gl.constexpr, IN_STAGE:
     first two tiles the writer gives it at once)."""
     kv_bar, ready, done, free = bars
     STAGES: gl.constexpr = done.type.shape[0]
-    n = hi - lo
     if not IN_STAGE:
         for j in gl.static_range(STAGES):
             mbarrier.arrive(ready.index(j), count=1, pred=j < n)
     for i in range(n):
         s = i % STAGES
         mbarrier.wait(done.index(s), (i // STAGES) & 1)
-        tma_add(dq_desc, [b, h, (lo + i) * BM, 0], dq_bufs.index(s))
+        tma_add(dq_desc, [b, h, block_at(seq, i, GLOBAL) * BM, 0], dq_bufs.index(s))
         tma.store_wait(0)
         if IN_STAGE:
             mbarrier.arrive(free.index(s), count=1)
@@ -139,13 +140,38 @@ def _dq_writer(dq_desc, dq_bufs, bars, b, h, lo, hi, BM: gl.constexpr, IN_STAGE:
 
 
 @gluon.jit
-def _band_keep(rows, key0, band, BN: gl.constexpr, layout: gl.constexpr):
+def _band_keep(rows, key0, band, BN: gl.constexpr, layout: gl.constexpr,
+               GLOBAL: gl.constexpr):
     """The pairs of an S^T tile (keys key0... as rows, queries ``rows`` as columns, in
-    ``layout``) that the band keeps, keys past the end dropped."""
-    Lq, Lk, off, back, ahead = band
+    ``layout``) that the band keeps (with GLOBAL: and its global rows and columns), keys past
+    the end dropped."""
+    Lq, Lk, off, back, ahead, globs = band
     keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, layout))
-    dist = (rows + off)[None, :] - keys[:, None]
-    return (dist >= -ahead) & (dist <= back) & (keys < Lk)[:, None]
+    return kept((rows + off)[None, :], keys[:, None], back, ahead, globs, GLOBAL) & \
+        (keys < Lk)[:, None]
+
+
+@gluon.jit
+def _query_tiles(block, Lq, Lk, back, ahead, globs, BM: gl.constexpr, BN: gl.constexpr,
+                 GLOBAL: gl.constexpr):
+    """(seq, n): the n query tiles (`gluon_hopper.block_at` of seq) that key block ``block``
+    meets -- those whose band meets keys [key0, key0 + BN) (p in [key0 - ahead, key0 + BN - 1 +
+    back]), and with GLOBAL those of global rows too, or every tile for a block of global
+    columns (globs' blocks [c0, c1))."""
+    key0 = block * BN
+    off = Lk - Lq
+    q_lo = gl.maximum(key0 - ahead - off, 0)
+    q_hi = gl.minimum(key0 + BN + back - off, Lq)
+    lo = q_lo // BM
+    hi = gl.maximum(gl.cdiv(q_hi, BM), lo)
+    if GLOBAL:
+        ra, rb, ca, cb, c0, c1 = globs
+        every = (block >= c0) & (block < c1)
+        return two_ranges(gl.where(every, 0, lo), gl.where(every, gl.cdiv(Lq, BM), hi),
+                          gl.minimum(gl.maximum(ra - off, 0), Lq) // BM,
+                          gl.cdiv(gl.minimum(gl.maximum(rb - off, 0), Lq), BM))
+    else:
+        return (lo, 0, 0), hi - lo
 
 
 @gluon.jit
@@ -156,15 +182,15 @@ def _dpt(v_smem, do_s, BN: gl.constexpr, BM: gl.constexpr, layout: gl.constexpr)
 
 
 @gluon.jit
-def _tile(i, lo, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
-          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr):
+def _tile(i, seq, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
+          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr,
+          GLOBAL: gl.constexpr):
     """Query tile i of this key block: its five products, dQ_part handed to the writer warp (in
     the bytes of the tile's (Q, dO) stage where BN = 64: `band_backward_kernel`).  (Issuing the
     next tile's S^T before waiting for this tile's products, carried across iterations, made
     ptxas serialise every wgmma: C7514, NOTES round 19.)"""
     k_smem, v_smem, qdo, ds_smem, dq_bufs, rows_smem, segq_smem = bufs
     kv_bar, ready, done, free = bars
-    Lq, Lk, off, back, ahead = band
     dtype: gl.constexpr = k_smem.dtype
     STAGES: gl.constexpr = ready.type.shape[0]
     WARPS: gl.constexpr = BN // 16  # four per warpgroup of 64 keys
@@ -180,7 +206,8 @@ def _tile(i, lo, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
     dq_layout: gl.constexpr = wgmma_layout(4, WARPS // 4, D // PARTS // (WARPS // 4))
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
     s = i % STAGES
-    m0 = (lo + i) * BM
+    tile = block_at(seq, i, GLOBAL)
+    m0 = tile * BM
     rows = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, s_layout))  # queries: S^T's columns
     q_s = qdo.index(2 * s).reshape([BM, D])
     do_s = qdo.index(2 * s + 1).reshape([BM, D])
@@ -197,14 +224,15 @@ def _tile(i, lo, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
     pt = gl.exp2(st * qk_scale - lse[None, :])
     if SEGMENTS:  # documents: tiles outside the table's full ones are masked
         full_lo, full_hi, kseg = docs
-        if (lo + i < full_lo) | (lo + i >= full_hi):
+        if (tile < full_lo) | (tile >= full_hi):
             qseg = segq_smem.index(s).load(gl.SliceLayout(0, s_layout))
-            keep = _band_keep(rows, key0, band, BN, s_layout) & (qseg[None, :] == kseg[:, None])
+            keep = _band_keep(rows, key0, band, BN, s_layout, False) & \
+                (qseg[None, :] == kseg[:, None])
             pt = gl.where(keep, pt, 0.0)
-    # partial: some pair of the tile outside the band, or past the keys' end
-    elif (m0 + off - (key0 + BN - 1) < -ahead) | (m0 + BM - 1 + off - key0 > back) | \
-            (key0 + BN > Lk):
-        pt = gl.where(_band_keep(rows, key0, band, BN, s_layout), pt, 0.0)
+    else:  # partial: some pair of the tile not kept, or past the keys' end
+        Lq, Lk, off, back, ahead, globs = band
+        if partial_tile(m0 + off, BM, key0, BN, back, ahead, globs, GLOBAL) | (key0 + BN > Lk):
+            pt = gl.where(_band_keep(rows, key0, band, BN, s_layout, GLOBAL), pt, 0.0)
     pa = gl.convert_layout(pt.to(dtype), a_layout)
     dv = warpgroup_mma(pa, do_s, dv, is_async=True)
     if LEAN:
@@ -244,9 +272,9 @@ def _tile(i, lo, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
 
 
 @gluon.jit
-def _compute(bufs, bars, dk_desc, dv_desc, b, h, key0, lo, hi, band, docs,
+def _compute(bufs, bars, dk_desc, dv_desc, b, h, key0, seq, n, band, docs,
              qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
-             SEGMENTS: gl.constexpr):
+             SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr):
     k_smem, v_smem, qdo, ds_smem, dq_bufs, rows_smem, segq_smem = bufs
     kv_bar, ready, done, free = bars
     dtype: gl.constexpr = k_smem.dtype
@@ -260,9 +288,9 @@ def _compute(bufs, bars, dk_desc, dv_desc, b, h, key0, lo, hi, band, docs,
         Lk = band[1]
         docs = (full_lo, full_hi, gl.load(segk_ptr + keys, mask=keys < Lk, other=-1))
     mbarrier.wait(kv_bar, 0)
-    for i in range(hi - lo):
-        dk, dv = _tile(i, lo, dk, dv, bufs, bars, key0, band, docs, qk_scale,
-                       sm_scale, BM, BN, D, SEGMENTS)
+    for i in range(n):
+        dk, dv = _tile(i, seq, dk, dv, bufs, bars, key0, band, docs, qk_scale,
+                       sm_scale, BM, BN, D, SEGMENTS, GLOBAL)
     dk = dk * sm_scale
     # K and V are no longer read: their buffers stage dK and dV for the TMA stores
     k_out = k_smem.reshape([1, 1, BN, D])
@@ -280,10 +308,10 @@ def _compute(bufs, bars, dk_desc, dv_desc, b, h, key0, lo, hi, band, docs,
 # kernel 20% slower, causal at 8k d = 128 3.12 -> 3.82 ms, results/gluon_ab_r20c.log)
 @gluon.jit
 def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, rows_desc,
-                         BH, H, Lq, Lk, back, ahead, group, reverse, qk_scale, sm_scale,
-                         bounds_ptr, flag_ptr, segq_desc, segk_ptr, per_batch, BM: gl.constexpr,
-                         BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                         SEGMENTS: gl.constexpr):
+                         BH, H, Lq, Lk, back, ahead, ra, rb, ca, cb, c0, c1, group, reverse,
+                         qk_scale, sm_scale, bounds_ptr, flag_ptr, segq_desc, segk_ptr,
+                         per_batch, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
+                         STAGES: gl.constexpr, SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr):
     """dQ (added into dq_desc's float32 [B, H, Lq rounded up to BM, D]), dK and dV of the pairs
     (query q, key k) with -ahead <= q + Lk - Lq - k <= back; rows_desc reads `_rows_kernel`'s
     [2, BH, Lq rounded up to BM] lse2 and delta.  One program per key block of BN keys (64 or
@@ -295,11 +323,21 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     to key ids [batches, Lk] (batch b's ids: row b * per_batch of each), and each key block's
     query tiles come from bounds_ptr, the template's `_segment_bounds` table for BN-key blocks
     and BM-query blocks (lo, full_lo, full_hi, hi per block; tiles outside [full_lo, full_hi)
-    masked), unless flag_ptr's pair marks the batch's ids unsorted: then every tile, masked."""
+    masked), unless flag_ptr's pair marks the batch's ids unsorted: then every tile, masked.
+    With GLOBAL, the pairs with ra <= p < rb or ca <= k < cb too, the key blocks [c0, c1) (those
+    of global columns, which every query tile meets: `gluon_hopper.heavy_span`) of every head
+    first."""
     n_k = gl.cdiv(Lk, BN)
-    bh, block = grouped(gl.program_id(0), n_k, group, BH)
-    if reverse:
-        block = n_k - 1 - block
+    if GLOBAL:
+        globs = (ra, rb, ca, cb, c0, c1)
+    else:  # (not handed to the partitions: each of their arguments takes shared memory)
+        globs = (0, 0, 0, 0, 0, 0)
+    if GLOBAL:
+        bh, block = heavy_first(gl.program_id(0), n_k, group, BH, c0, c1)
+    else:
+        bh, block = grouped(gl.program_id(0), n_k, group, BH)
+        if reverse:
+            block = n_k - 1 - block
     b = bh // H
     h = bh % H
     key0 = block * BN
@@ -315,15 +353,13 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
         hi = gl.where(unsorted, gl.cdiv(Lq, BM), gl.load(row + 3))
         docs = (full_lo, full_hi, segk_ptr + bb.to(gl.int64) * Lk)
         segq0 = bb * Lq
+        seq = (lo, 0, 0)
+        n = hi - lo
     else:
-        # queries whose band meets keys [key0, key0 + BN): p in [key0 - ahead, key0 + BN - 1 +
-        # back]
-        q_lo = gl.maximum(key0 - ahead - off, 0)
-        q_hi = gl.minimum(key0 + BN + back - off, Lq)
-        lo = q_lo // BM
-        hi = gl.maximum(gl.cdiv(q_hi, BM), lo)
+        seq, n = _query_tiles(block, Lq, Lk, back, ahead, globs, BM, BN, GLOBAL)
         docs = (0, 0, segk_ptr)
         segq0 = 0
+    band = (Lq, Lk, off, back, ahead, globs)
 
     dtype: gl.constexpr = k_desc.block_type.element_ty
     k_smem = gl.allocate_shared_memory(dtype, [1, 1, BN, D], k_desc.layout)
@@ -369,12 +405,12 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     bars = (kv_bar, ready, done, free)
     gl.warp_specialize([
         (_compute, ((k_flat, v_flat, qdo, ds_smem, dq_bufs, rows_flat, segq_smem), bars, dk_desc,
-                    dv_desc, b, h, key0, lo, hi, (Lq, Lk, off, back, ahead), docs, qk_scale,
-                    sm_scale, BM, BN, D, SEGMENTS)),
+                    dv_desc, b, h, key0, seq, n, band, docs, qk_scale, sm_scale, BM, BN, D,
+                    SEGMENTS, GLOBAL)),
         (_loader, ((q_desc, k_desc, v_desc, do_desc, rows_desc, bh, segq_desc, segq0),
-                   (k_smem, v_smem, qdo, rows_smem, segq_smem), bars, b, h, key0, lo, hi, BM,
-                   IN_STAGE, SEGMENTS)),
-        (_dq_writer, (dq_desc, dq_bufs, bars, b, h, lo, hi, BM, IN_STAGE)),
+                   (k_smem, v_smem, qdo, rows_smem, segq_smem), bars, b, h, key0, seq, n, BM,
+                   IN_STAGE, SEGMENTS, GLOBAL)),
+        (_dq_writer, (dq_desc, dq_bufs, bars, b, h, seq, n, BM, IN_STAGE, GLOBAL)),
     ], [1, 1], [24, 24])
 
 
@@ -431,10 +467,12 @@ def rows_descriptor(rows):
 SEGQ_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
 
 
-def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_launch):
+def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, cols=None,
+             launch=jit_launch):
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
-    ``back``/``ahead`` None for no bound and ``lse`` [B, H, Lq] float32 (contiguous) the
-    forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one dtype in DTYPES, D in
+    ``back``/``ahead`` None for no bound, the global ``rows`` and ``cols`` where given (as
+    `gluon_forward.forward` takes them; not with ``docs``), and ``lse`` [B, H, Lq] float32
+    (contiguous) the forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one dtype in DTYPES, D in
     HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, with the head dimension
     contiguous and the base addresses and every other stride multiples of 16 bytes (what TMA
     descriptors read; the generated modules check it with their `_descriptors_ok`).
@@ -444,8 +482,11 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     back, ahead = band_bounds(back, ahead, Lq, Lk)
-    rows, dq = row_terms(out, do, lse, launch)
-    rows_desc = rows_descriptor(rows)
+    glob = rows is not None or cols is not None
+    assert not (glob and docs is not None)
+    ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
+    terms, dq = row_terms(out, do, lse, launch)
+    rows_desc = rows_descriptor(terms)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
@@ -462,8 +503,9 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, launch=jit_la
     launch(band_backward_kernel, (triton.cdiv(Lk, bn) * B * H,),
            (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
             descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), rows_desc, B * H, H,
-            Lq, Lk, back, ahead, group, int(back < ahead), scale * LOG2E, scale,
-            *(docs or (rows, rows, rows_desc, rows, 0))),  # (bands: unread)
-           dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=docs is not None,
+            Lq, Lk, back, ahead, ra, rb, ca, cb, *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)),
+            group, int(back < ahead), scale * LOG2E, scale,
+            *(docs or (terms, terms, rows_desc, terms, 0))),  # (bands: unread)
+           dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=docs is not None, GLOBAL=glob,
                 num_warps=bn // 16, maxnreg=MAXNREG[bn]), (q.dtype,))
     return dq[:, :, :Lq].to(q.dtype), dk, dv

@@ -39,8 +39,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, descriptor, grouped, \
-    jit_launch, named_barrier, tma_load, tma_store, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, descriptor, \
+    global_bounds, grouped, heavy_first, heavy_span, jit_launch, kept, named_barrier, \
+    partial_tile, tma_load, tma_store, two_ranges, wgmma_layout
 
 ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
 TURNS = gl.constexpr(14)  # the ping-pong's named barriers: 14, 15 (Triton's own take the first)
@@ -60,25 +61,41 @@ __all__ = ["CONFIGS", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
 
 
 @gluon.jit
-def _tile_of(tile, BH, H, n_q, group, Lq, Lk, back, ahead, BM: gl.constexpr, BN: gl.constexpr):
-    """(b, h, bh, m0, lo, hi): the tile's batch and head, first query row and key blocks
-    [lo, hi).  Heads come ``group`` at a time (they share their K and V in L2: ordered by tile
-    first, the heads' K and V did not fit and `all` at d = 128 ran 15% slower), a group's tiles
-    longest rows (causal) first, its heads in turn."""
-    bh, j = grouped(tile, n_q, group, BH)
-    m0 = (n_q - 1 - j) * BM
+def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constexpr):
+    """(b, h, bh, m0, seq, n): the tile's batch and head, first query row and its n key blocks
+    (`gluon_hopper.block_at` of seq: the band's blocks [lo, hi), and with GLOBAL the global
+    columns' too, or every block where the tile has global rows).  Heads come ``group`` at a time
+    (they share their K and V in L2: ordered by tile first, the heads' K and V did not fit and
+    `all` at d = 128 ran 15% slower), a group's tiles longest rows (causal) first, its heads in
+    turn; with GLOBAL, the tiles of global rows of every head first (`heavy_first`)."""
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
+    ra, rb, ca, cb, t0, t1 = globs
+    if GLOBAL:
+        bh, j = heavy_first(tile, n_q, group, BH, t0, t1)
+        m0 = j * BM
+    else:
+        bh, j = grouped(tile, n_q, group, BH)
+        m0 = (n_q - 1 - j) * BM
     off = Lk - Lq
     rows_end = gl.minimum(m0 + BM, Lq)
     k_lo = gl.maximum(m0 + off - back, 0)
     k_hi = gl.minimum(rows_end - 1 + off + ahead + 1, Lk)
     lo = k_lo // BN
     hi = gl.maximum(gl.cdiv(k_hi, BN), lo)
-    return bh // H, bh % H, bh, m0, lo, hi
+    if GLOBAL:
+        every = (m0 + off < rb) & (rows_end - 1 + off >= ra)  # the tile has global rows
+        seq, n = two_ranges(gl.where(every, 0, lo), gl.where(every, gl.cdiv(Lk, BN), hi),
+                            ca // BN, gl.cdiv(gl.minimum(cb, Lk), BN))
+    else:
+        seq = (lo, 0, 0)
+        n = hi - lo
+    return bh // H, bh % H, bh, m0, seq, n
 
 
 @gluon.jit
-def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr):
-    tiles, BH, H, n_q, group, Lq, Lk, back, ahead = shape
+def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
+            GLOBAL: gl.constexpr):
+    tiles = shape[0]
     q_desc, k_desc, v_desc = descs
     q_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
@@ -87,17 +104,16 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr):
     c = 0  # blocks loaded so far: the ring's position
     t = 0  # tiles so far
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, group, Lq, Lk, back, ahead,
-                                             ROWS * NUM_WG, BN)
+        b, h, bh, m0, seq, n = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL)
         mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for w in gl.static_range(NUM_WG):
             tma_load(q_desc, [b, h, m0 + ROWS * w, 0], q_bar, q_bufs.index(w))
-        for i in range(hi - lo):
+        for i in range(n):
             j = c + i
             s = j % STAGES
             phase = ((j // STAGES) & 1) ^ 1
-            key0 = (lo + i) * BN
+            key0 = block_at(seq, i, GLOBAL) * BN
             if EARLY:  # K's slot is free once S has been computed
                 mbarrier.wait(k_empty.index(s), phase)
             else:  # once P V has
@@ -108,20 +124,20 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr):
                 mbarrier.wait(v_empty.index(s), phase)  # V's once P V has
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
             tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
-        c += hi - lo
+        c += n
         t += 1
 
 
 @gluon.jit
-def _masked(sc, rows, key0, band, r0, BN: gl.constexpr, s_layout: gl.constexpr):
-    """S with the pairs outside the band, and keys past Lk, at -inf (partial blocks only)."""
-    Lk, off, back, ahead = band
-    if (r0 + off - (key0 + BN - 1) < -ahead) | (r0 + ROWS - 1 + off - key0 > back) | \
-            (key0 + BN > Lk):
+def _masked(sc, rows, key0, band, r0, BN: gl.constexpr, s_layout: gl.constexpr,
+            GLOBAL: gl.constexpr):
+    """S with the pairs outside the band (with GLOBAL: and outside the global rows and
+    columns), and keys past Lk, at -inf (partial blocks only)."""
+    Lk, off, back, ahead, globs = band
+    if partial_tile(r0 + off, ROWS, key0, BN, back, ahead, globs, GLOBAL) | (key0 + BN > Lk):
         keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-        dist = (rows + off)[:, None] - keys[None, :]
-        keep = (dist >= -ahead) & (dist <= back) & (keys < Lk)[None, :]
-        sc = gl.where(keep, sc, float("-inf"))
+        keep = kept((rows + off)[:, None], keys[None, :], back, ahead, globs, GLOBAL)
+        sc = gl.where(keep & (keys < Lk)[None, :], sc, float("-inf"))
     return sc
 
 
@@ -158,7 +174,7 @@ def _turn(wg: gl.constexpr, take: gl.constexpr):
 @gluon.jit
 def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows, band, r0, m_i,
                  l_i, qk_scale, BN: gl.constexpr, D: gl.constexpr, PINGPONG: gl.constexpr,
-                 EARLY: gl.constexpr):
+                 EARLY: gl.constexpr, GLOBAL: gl.constexpr):
     """(p, alpha, m, l) of the j-th block the warpgroup reads (keys from key0), its S = Q K^T
     issued alone (in the warpgroup's turn) and waited for, its K released with EARLY, then
     masked and through the online softmax (`_softmax`)."""
@@ -174,15 +190,15 @@ def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows,
     sc = warpgroup_mma_wait(0, deps=(sc,))
     if EARLY:
         mbarrier.arrive(k_empty.index(s), count=1)
-    sc = _masked(sc, rows, key0, band, r0, BN, s_layout)
+    sc = _masked(sc, rows, key0, band, r0, BN, s_layout, GLOBAL)
     return _softmax(sc, m_i, l_i, qk_scale)
 
 
 @gluon.jit
 def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
               D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-              EARLY: gl.constexpr):
-    tiles, BH, H, n_q, group, Lq, Lk, back, ahead = shape
+              EARLY: gl.constexpr, GLOBAL: gl.constexpr):
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
     q_bufs, o_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     dtype: gl.constexpr = q_bufs.dtype
@@ -195,21 +211,19 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     q_s = q_bufs.index(wg).reshape([ROWS, D])
     o_buf = o_bufs.index(wg)
-    band = (Lk, Lk - Lq, back, ahead)
+    band = (Lk, Lk - Lq, back, ahead, globs)
     if PINGPONG:
         if wg == 1:
             _turn(1, False)  # warpgroup 0 issues first
     c = 0
     t = 0
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, lo, hi = _tile_of(tile, BH, H, n_q, group, Lq, Lk, back, ahead,
-                                             ROWS * NUM_WG, BN)
+        b, h, bh, m0, seq, n = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL)
         r0 = m0 + wg * ROWS
         rows = r0 + gl.arange(0, ROWS, layout=row_s)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
         l_i = gl.zeros([ROWS], gl.float32, row_s)
         acc = gl.zeros([ROWS, D], gl.float32, o_layout)
-        n = hi - lo
         mbarrier.wait(q_bar, t & 1)
         if OVERLAP:
             # S_j = Q K_j^T and O += P_{j-1} V_{j-1} issued together, the softmax of S_j while
@@ -218,9 +232,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             p = gl.zeros([ROWS, BN], dtype, p_layout)
             alpha = gl.full([ROWS], 1.0, gl.float32, row_s)
             if n > 0:
-                pf, alpha, m_i, l_i = _block_alone(wg, c, lo * BN, q_s, k_bufs, k_ready, k_empty,
-                                                   rows, band, r0, m_i, l_i, qk_scale, BN, D,
-                                                   PINGPONG, EARLY)
+                pf, alpha, m_i, l_i = _block_alone(wg, c, block_at(seq, 0, GLOBAL) * BN, q_s,
+                                                   k_bufs, k_ready, k_empty, rows, band, r0, m_i,
+                                                   l_i, qk_scale, BN, D, PINGPONG, EARLY, GLOBAL)
                 p = gl.convert_layout(pf.to(dtype), p_layout)
             for i in range(1, n):
                 j = c + i
@@ -239,7 +253,8 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 sc = warpgroup_mma_wait(1, deps=(sc,))  # S_j done, P_{j-1} V_{j-1} running
                 if EARLY:
                     mbarrier.arrive(k_empty.index(s), count=1)
-                sc = _masked(sc, rows, (lo + i) * BN, band, r0, BN, s_layout)
+                sc = _masked(sc, rows, block_at(seq, i, GLOBAL) * BN, band, r0, BN, s_layout,
+                             GLOBAL)
                 pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
                 acc, p = warpgroup_mma_wait(0, deps=(acc, p))
                 mbarrier.arrive(v_empty.index(sp), count=1)
@@ -263,9 +278,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             for i in range(n):
                 j = c + i
                 s = j % STAGES
-                pf, alpha, m_i, l_i = _block_alone(wg, j, (lo + i) * BN, q_s, k_bufs, k_ready,
-                                                   k_empty, rows, band, r0, m_i, l_i, qk_scale,
-                                                   BN, D, PINGPONG, EARLY)
+                pf, alpha, m_i, l_i = _block_alone(wg, j, block_at(seq, i, GLOBAL) * BN, q_s,
+                                                   k_bufs, k_ready, k_empty, rows, band, r0, m_i,
+                                                   l_i, qk_scale, BN, D, PINGPONG, EARLY, GLOBAL)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 p = gl.convert_layout(pf.to(dtype), p_layout)
                 mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
@@ -293,12 +308,14 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
 
 @gluon.jit
 def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, Lq, Lk, back,
-                        ahead, qk_scale, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                        NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-                        EARLY: gl.constexpr, REGS: gl.constexpr):
+                        ahead, ra, rb, ca, cb, t0, t1, qk_scale, BN: gl.constexpr,
+                        D: gl.constexpr, STAGES: gl.constexpr, NUM_WG: gl.constexpr,
+                        OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, EARLY: gl.constexpr,
+                        GLOBAL: gl.constexpr, REGS: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
-    -ahead <= q + Lk - Lq - k <= back; programs take the tiles of ROWS * NUM_WG queries in
-    turn."""
+    -ahead <= p - k <= back (p = q + Lk - Lq), and with GLOBAL those with ra <= p < rb or
+    ca <= k < cb (the tiles [t0, t1) of each head have such rows: `gluon_hopper.heavy_span`);
+    programs take the tiles of ROWS * NUM_WG queries in turn."""
     n_q = gl.cdiv(Lq, ROWS * NUM_WG)
     dtype: gl.constexpr = k_desc.block_type.element_ty
     q_bufs = gl.allocate_shared_memory(dtype, [NUM_WG, 1, 1, ROWS, D], q_desc.layout)
@@ -320,26 +337,31 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
         mbarrier.init(v_empty.index(j), count=NUM_WG)
 
     bars = (q_bar, q_empty, k_ready, v_ready, k_empty, v_empty)
-    shape = (n_q * BH, BH, H, n_q, group, Lq, Lk, back, ahead)
+    if GLOBAL:
+        globs = (ra, rb, ca, cb, t0, t1)
+    else:  # (not handed to the partitions: each of their arguments takes shared memory)
+        globs = (0, 0, 0, 0, 0, 0)
+    shape = (n_q * BH, BH, H, n_q, group, Lq, Lk, back, ahead, globs)
     bufs = (q_bufs, o_bufs, k_bufs, v_bufs)
-    loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN, EARLY)
+    loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN, EARLY,
+             GLOBAL)
     gl.static_assert((NUM_WG == 2) | (not PINGPONG))  # the ping-pong is of two warpgroups
     if NUM_WG == 2:
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY)),
+                         PINGPONG, EARLY, GLOBAL)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY)),
+                         PINGPONG, EARLY, GLOBAL)),
             (_loader, loads)], [4, 1], [REGS, 24])
     else:
         gl.static_assert(NUM_WG == 3)
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY)),
+                         PINGPONG, EARLY, GLOBAL)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY)),
+                         PINGPONG, EARLY, GLOBAL)),
             (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY)),
+                         PINGPONG, EARLY, GLOBAL)),
             (_loader, loads)], [4, 4, 1], [REGS, REGS, 24])
 
 
@@ -352,10 +374,12 @@ _SMS = {}  # multiprocessors per device
 HEAD_GROUP = {64: 1, 128: 2}
 
 
-def forward(q, k, v, scale, back, ahead, launch=jit_launch):
+def forward(q, k, v, scale, back, ahead, rows=None, cols=None, launch=jit_launch):
     """(out, lse) of softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
-    ``back``/``ahead`` None for no bound; lse [B, H, Lq] float32, natural log, -inf (and out 0)
-    on rows that keep nothing.  q, k, v: [B, H, L, D] of one dtype in DTYPES, D in HEAD_DIMS, as
+    ``back``/``ahead`` None for no bound, and with the global ``rows`` and ``cols`` where given
+    (`band.banded_of`'s intervals of positions: queries at p in rows keep every key, keys in
+    cols every query); lse [B, H, Lq] float32, natural log, -inf (and out 0) on rows that keep
+    nothing.  q, k, v: [B, H, L, D] of one dtype in DTYPES, D in HEAD_DIMS, as
     many key heads as query heads, on an sm_90 GPU, read by TMA descriptors (the head dimension
     contiguous, base addresses and other strides multiples of 16 bytes: the generated modules
     check it with their `_descriptors_ok`); ``launch``: how to launch the kernel
@@ -364,11 +388,15 @@ def forward(q, k, v, scale, back, ahead, launch=jit_launch):
     Lk = k.shape[2]
     config = CONFIGS[D]
     grows = (back is None) != (ahead is None)  # rows whose lengths grow along the sequence
-    persistent = config["PERSISTENT"] and not grows
+    glob = rows is not None or cols is not None
+    # (global rows make a few tiles long: one program a tile, those first, evens out the end)
+    persistent = config["PERSISTENT"] and not grows and not glob
     back, ahead = band_bounds(back, ahead, Lq, Lk)
+    ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
+    n_q = triton.cdiv(Lq, ROWS.value * config["NUM_WG"])
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
-    programs = triton.cdiv(Lq, ROWS.value * config["NUM_WG"]) * B * H
+    programs = n_q * B * H
     if persistent:
         device = q.device.index if q.device.index is not None else torch.cuda.current_device()
         if device not in _SMS:
@@ -378,9 +406,10 @@ def forward(q, k, v, scale, back, ahead, launch=jit_launch):
     group = min(HEAD_GROUP[D], B * H) if grows else 1
     launch(band_forward_kernel, (programs,),
            (descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN),
-            descriptor(out, ROWS.value), lse, B * H, H, group, Lq, Lk, back, ahead,
+            descriptor(out, ROWS.value), lse, B * H, H, group, Lq, Lk, back, ahead, ra, rb, ca,
+            cb, *heavy_span(ra, rb, Lk - Lq, ROWS.value * config["NUM_WG"], n_q),
             scale * LOG2E),
            dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
                 OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
-                REGS=config["REGS"], num_warps=4), (q.dtype,))
+                GLOBAL=glob, REGS=config["REGS"], num_warps=4), (q.dtype,))
     return out, lse

@@ -75,6 +75,96 @@ def band_bounds(back, ahead, Lq, Lk):
     return tuple(reach if x is None else max(-reach, min(x, reach)) for x in (back, ahead))
 
 
+def global_bounds(rows, cols, Lq, Lk):
+    """(ra, rb, ca, cb) as the kernels take a band's global rows and columns (`band.banded_of`):
+    the queries at positions p in [ra, rb) keep every key, the keys in [ca, cb) every query;
+    None (no such rows or columns) as [0, 0), no bound as -(Lq + Lk) (rows: positions start at
+    Lk - Lq) or 0 (columns) and Lq + Lk, every bound clamped to within those (the kernels'
+    int32)."""
+    reach = Lq + Lk
+    bounds = []
+    for span, first in ((rows, -reach), (cols, 0)):
+        start, stop = (0, 0) if span is None else span
+        start = first if start is None else max(first, min(start, reach))
+        bounds += [start, reach if stop is None else max(first, min(stop, reach))]
+    return tuple(bounds)
+
+
+def heavy_span(start, stop, offset, size, count):
+    """[first, last) of the ``count`` items of ``size`` positions (items i covering offset +
+    i * size ...) that meet the positions [start, stop): the tiles that global rows or columns
+    make long, which the kernels take first (`heavy_first`)."""
+    if stop <= start:
+        return 0, 0
+    first = min(max((start - offset) // size, 0), count)
+    return first, min(max(-(-(stop - offset) // size), first), count)
+
+
+@gluon.jit
+def heavy_first(index, per_head, group, BH, h0, h1):
+    """(bh, j) as `grouped`, but the items [h0, h1) of every head first, the heads in turn, then
+    every head's others (those from h1 on, then those before h0) in `grouped`'s order: where
+    global rows or columns make a few items of each head long, those start first, and the short
+    ones even out the end."""
+    heavy = (h1 - h0) * BH
+    rest = gl.maximum(index - heavy, 0)
+    bh, j = grouped(rest, gl.maximum(per_head - (h1 - h0), 1), group, BH)
+    return (gl.where(index < heavy, index % BH, bh),
+            gl.where(index < heavy, h0 + index // BH, (h1 + j) % per_head))
+
+
+@gluon.jit
+def two_ranges(lo, hi, glo, ghi):
+    """((first, n1, second), n): the blocks [lo, hi) and [glo, ghi) (either may be empty) as
+    one sequence of n blocks without repeats, the i-th `block_at` i: first + i for i < n1, then
+    second + (i - n1) -- one range (n1 = n) where they overlap or touch, else the lower first."""
+    nb = gl.maximum(hi - lo, 0)
+    ng = gl.maximum(ghi - glo, 0)
+    joined = (nb == 0) | (ng == 0) | ((glo <= hi) & (lo <= ghi))
+    j_lo = gl.where(nb == 0, glo, gl.where(ng == 0, lo, gl.minimum(lo, glo)))
+    j_hi = gl.where(nb == 0, ghi, gl.where(ng == 0, hi, gl.maximum(hi, ghi)))
+    n_joined = gl.maximum(j_hi - j_lo, 0)
+    g_first = glo < lo
+    first = gl.where(joined, j_lo, gl.where(g_first, glo, lo))
+    n1 = gl.where(joined, n_joined, gl.where(g_first, ng, nb))
+    second = gl.where(g_first, lo, glo)
+    return (first, n1, second), gl.where(joined, n_joined, nb + ng)
+
+
+@gluon.jit
+def kept(p, k, back, ahead, globs, GLOBAL: gl.constexpr):
+    """Whether the pairs of positions p and keys k (broadcast against each other) are in the
+    band -ahead <= p - k <= back, or with GLOBAL in globs = (ra, rb, ca, cb, ...)'s global rows
+    (ra <= p < rb) or columns (ca <= k < cb)."""
+    dist = p - k
+    keep = (dist >= -ahead) & (dist <= back)
+    if GLOBAL:
+        ra, rb, ca, cb, _, _ = globs
+        keep = keep | ((p >= ra) & (p < rb)) | ((k >= ca) & (k < cb))
+    return keep
+
+
+@gluon.jit
+def partial_tile(p0, m, key0, n, back, ahead, globs, GLOBAL: gl.constexpr):
+    """Whether some pair of the positions p0 ... p0 + m - 1 and the keys key0 ... key0 + n - 1
+    is not `kept` (keys past the end aside): the tiles the kernels mask."""
+    partial = (p0 - (key0 + n - 1) < -ahead) | (p0 + m - 1 - key0 > back)
+    if GLOBAL:  # not where every position is a global row, or every key a global column
+        ra, rb, ca, cb, _, _ = globs
+        partial = partial & ((p0 < ra) | (p0 + m - 1 >= rb)) & ((key0 < ca) | (key0 + n > cb))
+    return partial
+
+
+@gluon.jit
+def block_at(seq, i, GLOBAL: gl.constexpr):
+    """The i-th block of a `two_ranges` sequence; without GLOBAL, seq's first + i (one range)."""
+    first, n1, second = seq
+    if GLOBAL:
+        return gl.where(i < n1, first + i, second + (i - n1))
+    else:
+        return first + i
+
+
 @gluon.constexpr_function
 def wgmma_layout(warps_m, warps_n, n):
     """The register layout of a wgmma result: warps over [rows, columns], n columns per

@@ -27,9 +27,13 @@ from attnlang.gluon_hopper import shared_layout  # noqa: E402
 NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the dtypes
 
 
-def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
-    """The backward's kernel at head dimension D, for bands or (``segments``) document masks,
-    with the key block and ring that `gb.backward` gives them."""
+GLOBALS = ("ra", "rb", "ca", "cb")  # a band's global rows and columns (`band.banded_of`)
+
+
+def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False):
+    """The backward's kernel at head dimension D, for bands, (``segments``) document masks or
+    (``glob``) bands with global rows and columns, with the key block and ring that
+    `gb.backward` gives them."""
     name = NAMES[dtype]
     BM, BN = gb.tile(segments)
     lq, lk = shared_layout(BM, D, dtype), shared_layout(BN, D, dtype)
@@ -40,33 +44,36 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False):
                  "dv_desc": kd, "dq_desc": dqd,
                  "rows_desc": f"tensordesc<fp32[2, 1, {BM}],{gb.ROWS_LAYOUT!r}>", "BH": "i32",
                  "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32",
-                 "ahead": "i32", "group": "i32", "reverse": "i32", "qk_scale": "fp32",
+                 "ahead": "i32", **{n: "i32" for n in GLOBALS + ("c0", "c1")}, "group": "i32", "reverse": "i32", "qk_scale": "fp32",
                  "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
                  "segq_desc": (f"tensordesc<i32[{BM}],{gb.SEGQ_LAYOUT!r}>" if segments
                                else f"tensordesc<fp32[2, 1, {BM}],{gb.ROWS_LAYOUT!r}>"),
                  "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
-                 "SEGMENTS": "constexpr"}
-    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments}
+                 "SEGMENTS": "constexpr", "GLOBAL": "constexpr"}
+    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments,
+                  "GLOBAL": glob}
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=BN // 16, maxnreg=gb.MAXNREG[BN]))
 
 
-def compile_fwd(D=128, dtype=torch.bfloat16):
-    """The forward's kernel with its configuration at head dimension D (`gf.CONFIGS`)."""
+def compile_fwd(D=128, dtype=torch.bfloat16, glob=False):
+    """The forward's kernel with its configuration at head dimension D (`gf.CONFIGS`), for
+    bands or (``glob``) bands with global rows and columns."""
     name = NAMES[dtype]
     config = gf.CONFIGS[D]
     rows, BN = gf.ROWS.value, config["BN"]
     qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{shared_layout(BN, D, dtype)!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "o_desc": qd, "lse_ptr": "*fp32",
-                 **{n: "i32" for n in ("BH", "H", "group", "Lq", "Lk", "back", "ahead")},
+                 **{n: "i32" for n in ("BH", "H", "group", "Lq", "Lk", "back", "ahead")
+                    + GLOBALS + ("t0", "t1")},
                  "qk_scale": "fp32", **{n: "constexpr" for n in (
-                     "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY",
+                     "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "GLOBAL",
                      "REGS")}}
-    constexprs = {"D": D, **{n: config[n] for n in ("BN", "STAGES", "NUM_WG", "OVERLAP",
-                                                     "PINGPONG", "EARLY", "REGS")}}
+    constexprs = {"D": D, "GLOBAL": glob, **{n: config[n] for n in (
+        "BN", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "REGS")}}
     source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
                             {(4,): [["tt.divisibility", 16]]})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
@@ -121,8 +128,10 @@ def main():
             backward, rows, forward = compile_bwd(D, dtype), compile_rows(D, dtype), \
                 compile_fwd(D, dtype)
             documents = compile_bwd(D, dtype, segments=True)
+            globs = compile_bwd(D, dtype, glob=True), compile_fwd(D, dtype, glob=True)
             print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' backward "
-                  f"{_report(documents)}; forward {_report(forward)}; cubins "
+                  f"{_report(documents)}; forward {_report(forward)}; with global rows and "
+                  f"columns: backward {_report(globs[0])}, forward {_report(globs[1])}; cubins "
                   f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "
                   f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
 

@@ -166,7 +166,9 @@ def band_cases(n, gen):
     `gluon_backward`): bands with either side unbounded or negative, lengths that are not
     multiples of their tiles, more keys than queries, strided [B, L, H, D] views, both 16-bit
     dtypes and both head dimensions; every third one a document mask (the backward's kernel
-    with the document bounds: 1 to 201 documents, ids in order or reversed)."""
+    with the document bounds: 1 to 201 documents, ids in order or reversed), and every third
+    (from the second) a band with global rows or columns (`band.banded_of`; some with more
+    queries than keys, whose first queries sit before the first key)."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
@@ -181,6 +183,15 @@ def band_cases(n, gen):
         D = pick([64, 128])
         dtype = pick([torch.bfloat16, torch.float16])
         kw = {}
+        if i % 3 == 1:  # global rows or columns
+            g = pick([1, 16, 64, 128, 300])
+            band = pick(["causal", f"window({back}, {ahead})", f"causal & window({back}, 0)"])
+            text = f"{band} | " + pick([
+                f"global(0..{g})", f"rows({g}..{g + 70})", f"cols(..{g})",
+                f"rows(..{g}) | cols({g // 2}..{g + 200})", f"cols({g}..)"])
+            Lq = pick([37, 200, 1000, 1531, 3000])
+            Lk = pick([Lq, Lq + 7, max(1, Lq - 30)])
+            D = 128 if i % 2 else 64
         if i % 3 == 2:  # a document mask: self-attention (d = 64 and 128: GLUON_DOCS)
             text = pick(["causal & segment", "segment", f"window({back}, {ahead}) & segment"])
             Lk = Lq

@@ -161,14 +161,24 @@ NO_EXTRAS = dict(HAS_KPM=False, HAS_AM=False, HAS_BIAS=False, HAS_DROPOUT=False)
 
 
 def test_which_calls_take_the_gluon_backward(monkeypatch):
-    """Band patterns on sm_90 with 16-bit inputs at d = 128, and at d = 64 on rows of at least
-    GLUON_MIN_KEYS_64 keys; not other patterns, GPUs, dtypes, head dimensions, grouped heads,
-    dropout, masks or bias, sequences of more than GLUON_MAX_QUERIES queries (long context keeps
-    the `tl` backward's memory), nor with ATTNLANG_GLUON=0."""
+    """Band patterns (and bands with global rows and columns) on sm_90 with 16-bit inputs at
+    d = 128, and at d = 64 on rows of at least GLUON_MIN_KEYS_64 keys (the band's); not other
+    patterns, GPUs, dtypes, head dimensions, grouped heads, dropout, masks or bias, sequences of
+    more than GLUON_MAX_QUERIES queries (long context keeps the `tl` backward's memory), nor
+    with ATTNLANG_GLUON=0."""
     causal, window, other = _module("causal"), _module("window(100, 0)"), \
-        _module("window(512) | global(0..128)")
+        _module("causal & stride(4)")
+    longformer, wide = _module("window(512) | global(0..128)"), \
+        _module("window(2048) | rows(0..64) | cols(..32)")
     assert causal.BAND == (None, 0) and window.BAND == (100, 0) and other.BAND is None
+    assert causal.BANDED is None and other.BANDED is None and longformer.BAND is None
+    assert longformer.BANDED == ((512, 512), (0, 128), (0, 128))
+    assert longformer.GLUON_BAND == (512, 512)
+    assert longformer.GLUON_GLOBALS == dict(rows=(0, 128), cols=(0, 128))
+    assert wide.GLUON_GLOBALS == dict(rows=(0, 64), cols=(None, 32))
+    assert causal.GLUON_GLOBALS == {}
     assert "gluon_backward" in causal._LAZY_SUPPORT and other._LAZY_SUPPORT == []
+    assert longformer._LAZY_SUPPORT == causal._LAZY_SUPPORT
     capability = [(9, 0)]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
     monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
@@ -179,8 +189,12 @@ def test_which_calls_take_the_gluon_backward(monkeypatch):
     assert window._gluon_ok(*_fake(), NO_EXTRAS, False)
     assert not window._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # rows of 101 keys at d = 64
     assert not other._gluon_ok(*_fake(), NO_EXTRAS, False)
-    assert not other._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # before its band's width
+    assert not other._gluon_ok(*_fake(D=64), NO_EXTRAS, False)
+    assert longformer._gluon_ok(*_fake(), NO_EXTRAS, False)
+    assert not longformer._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # a band of 1025 keys
+    assert wide._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # 4097 keys
     for flag in NO_EXTRAS:
+        assert not longformer._gluon_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}), False)
         assert not causal._gluon_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}), False)
     assert not causal._gluon_ok(*_fake(), NO_EXTRAS, True)  # dBias
     assert not causal._gluon_ok(*_fake(torch.float32), NO_EXTRAS, False)
@@ -259,7 +273,8 @@ def test_which_calls_take_the_gluon_forward(monkeypatch):
     widths where the Gluon forward was faster: d = 64 on rows of at least GLUON_MIN_KEYS_64 keys,
     d = 128 on every band."""
     causal, window, other = _module("causal"), _module("window(100, 0)"), \
-        _module("window(512) | global(0..128)")
+        _module("causal & stride(4)")
+    longformer = _module("window(512) | global(0..128)")
     assert "gluon_forward" in causal._LAZY_SUPPORT and "gluon_hopper" in causal._LAZY_SUPPORT
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
@@ -275,6 +290,9 @@ def test_which_calls_take_the_gluon_forward(monkeypatch):
     assert not window._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
     assert not other._gluon_forward_ok(*_fake(), NO_EXTRAS)
     assert not other._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
+    assert longformer._gluon_forward_ok(*_fake(), NO_EXTRAS)
+    assert not longformer._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)  # a band of 1025 keys
+    assert not longformer._gluon_forward_ok(*_fake(D=80), NO_EXTRAS)
     for flag in NO_EXTRAS:
         assert not window._gluon_forward_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}))
     assert not window._gluon_forward_ok(*_fake(torch.float32), NO_EXTRAS)

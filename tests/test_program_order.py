@@ -121,3 +121,38 @@ def test_the_gluon_forward_grid(monkeypatch, D, back, ahead, persistent, group):
     named = dict(zip(gf.band_forward_kernel.arg_names, args))
     assert named["group"] == min(group, B * H)
     assert options["PINGPONG"] == (D == 128) and options["EARLY"] == (D == 128)
+
+
+@pytest.mark.parametrize("rows,cols", [((0, 128), (0, 128)), (None, (None, 200)), ((300, None), None)])
+def test_the_gluon_grids_of_global_rows_and_columns(monkeypatch, rows, cols):
+    """With global rows or columns (`band.banded_of`) the Gluon forward takes one program a tile
+    (never persistent: a few tiles are long) and both kernels are given the bounds and the spans
+    of long tiles (key blocks) that they take first (`gluon_hopper.heavy_span`)."""
+    gf = pytest.importorskip("attnlang.gluon_forward")
+    gb = pytest.importorskip("attnlang.gluon_backward")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(gf, "_SMS", {0: 7})
+    launches = []
+
+    def launch(kernel, grid, args, options, key=()):
+        launches.append((kernel, grid, dict(zip(kernel.arg_names, args)), options))
+    B, H, L, D = 1, 3, 1000, 128
+    q, k, v, out, do = (torch.randn(B, H, L, D, dtype=torch.bfloat16) for _ in range(5))
+    gf.forward(q, k, v, 0.1, 512, 512, rows=rows, cols=cols, launch=launch)
+    gb.backward(q, k, v, out, do, torch.zeros(B, H, L), 0.1, 512, 512, rows=rows, cols=cols,
+                launch=launch)
+    (_, fgrid, fwd, fopt), _, (_, bgrid, bwd, bopt) = launches
+    rows_bounds = {((0, 128)): (0, 128), None: (0, 0), ((300, None)): (300, 2000)}[rows]
+    cols_bounds = {((0, 128)): (0, 128), None: (0, 0), ((None, 200)): (0, 200)}[cols]
+    tile = 64 * gf.CONFIGS[D]["NUM_WG"]
+    assert fgrid == (-(-L // tile) * B * H,) and fopt["GLOBAL"] and bopt["GLOBAL"]
+    assert (fwd["ra"], fwd["rb"], fwd["ca"], fwd["cb"]) == rows_bounds + cols_bounds
+    assert (bwd["ra"], bwd["rb"], bwd["ca"], bwd["cb"]) == rows_bounds + cols_bounds
+    assert (fwd["t0"], fwd["t1"]) == {(0, 128): (0, 1), (0, 0): (0, 0),
+                                      (300, 2000): (300 // tile, -(-L // tile))}[rows_bounds]
+    assert (bwd["c0"], bwd["c1"]) == {(0, 128): (0, 1), (0, 0): (0, 0), (0, 200): (0, 2)}[
+        cols_bounds]
+    launches.clear()
+    gf.forward(q, k, v, 0.1, 512, 512, launch=launch)  # a band alone: as before
+    [(_, grid, args, options)] = launches
+    assert grid == (7,) and not options["GLOBAL"]
