@@ -6,10 +6,12 @@ on the generated module in turn (`_GLUON`), three interleaved rounds on the same
     git archive HEAD attnlang templates grammar | tar -x -C _old     # a tree to compare with
     python benchmarks/ab_trees.py --tree old=_old [--tree name=DIR ...] [--module gluon_backward]
         [--dims 128,64] [--lengths 8192,32768] [--only TEXT] [--rounds 3] [--tl] [--docs-min N]
-        [--docs-dims 64,128]
+        [--docs-dims 64,128] [--pattern TEXT ...]
 
 A tree's ``attnlang`` package is imported as ``attnlang_<name>``; its modules must take the same
-calls as this tree's.  Where the module does not serve a call (the `tl` kernels run: documents
+calls as this tree's.  ``--module`` may name several modules (``gluon_forward,gluon_backward``):
+a variant sets them all, and ``--tl`` unsets them all.  ``--pattern`` replaces the band patterns
+and the documents.  Where the module does not serve a call (the `tl` kernels run: documents
 below GLUON_DOCS's lengths, narrow d = 64 bands), every tree times the same.
 """
 import argparse
@@ -53,18 +55,20 @@ def main():
                         help="the fewest queries of the documents' Gluon backward at every head "
                              "dim (the generated modules' GLUON_DOCS; 0: documents run "
                              "the Gluon module at every length)")
+    parser.add_argument("--pattern", action="append", help="time these patterns instead")
     parser.add_argument("--docs-dims", default=None,
                         help="the head dims of the generated modules' GLUON_DOCS: those whose "
                              "documents may run the Gluon module, e.g. 64,128")
     args = parser.parse_args()
-    trees = {name: load_tree(name, root, args.module)
+    names = args.module.split(",")
+    trees = {name: [load_tree(name, root, module) for module in names]
              for name, root in (entry.split("=", 1) for entry in args.tree)}
     for D in (int(x) for x in args.dims.split(",")):
         for L in (int(x) for x in args.lengths.split(",")):
             B, H = max(1, 16384 // L), 16
             q, k, v, do, grads = _inputs(B, H, L, D)
             ids = random_documents(L, 64, "cuda", torch.Generator().manual_seed(0))
-            for text in BANDS + ["causal & segment"]:
+            for text in args.pattern or BANDS + ["causal & segment"]:
                 if args.only not in text:
                     continue
                 pattern = attnlang.parse(f"pattern x = {text}")["x"]
@@ -76,12 +80,12 @@ def main():
                                             for x in args.docs_dims.split(",")}
                 if args.docs_min is not None:
                     generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, args.docs_min)
-                mods = {"this": generated._gluon_module(args.module), **trees}
+                mods = {"this": [generated._gluon_module(m) for m in names], **trees}
                 if args.tl:
-                    mods["tl"] = None
+                    mods["tl"] = [None] * len(names)
 
                 def set_variant(gen, name):
-                    gen._GLUON[args.module] = mods[name]
+                    gen._GLUON.update(zip(names, mods[name]))
 
                 ms, res = _medians(pattern, list(mods), set_variant,
                                    _step_runner(module, grads, do, extra), args.rounds)

@@ -5,6 +5,7 @@ patterns, in one run on the same inputs, with PyTorch SDPA (causal, or full for 
     python benchmarks/gluon_fwd.py 128 --set 128:PERSISTENT=0,OVERLAP=1   # another configuration
     python benchmarks/gluon_fwd.py --variants [128] [64]   # the kernel's configurations
     python benchmarks/gluon_fwd.py 128 --lengths 1024,2048   # other lengths than 8k and 32k
+    python benchmarks/gluon_fwd.py 128 --pattern "window(512) | global(0..128)"  # other patterns
 
 The first form times the generated module's forward with ATTNLANG_GLUON=1 and =0 (with its
 rules lifted, so that every pattern runs the Gluon kernel) and compares their outputs, then the
@@ -142,6 +143,10 @@ def main():
     if "--lengths" in sys.argv:
         lengths = [int(n) for n in sys.argv[sys.argv.index("--lengths") + 1].split(",")]
     chosen = {D: dict(gf.CONFIGS[D]) for D in dims}
+    patterns = [value for flag, value in zip(sys.argv, sys.argv[1:]) if flag == "--pattern"]
+    if variants and patterns:
+        print("--variants times the band patterns alone")
+        return 2
     if variants and not all(check(D) for D in dims):
         return 1
     for D in dims:
@@ -150,9 +155,9 @@ def main():
             H = 16
             q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
                        for _ in range(3))
-            for text in PATTERNS:
+            for text in patterns or PATTERNS:
                 pattern = attnlang.parse(f"pattern x = {text}")["x"]
-                back, ahead = band_of(pattern.ir)
+                back, ahead = band_of(pattern.ir) or (None, None)  # (--variants: bands alone)
                 mod = pattern.module(backend="triton")
                 generated = load_module(pattern)
                 generated.GLUON_MIN_KEYS_64 = 0
