@@ -5,8 +5,11 @@ For a pattern that is one band of distances (``band.band_of``: causal, ``all``, 
 intersections), the generated modules compute dQ, dK and dV with this kernel on an sm_90 GPU
 instead of their two-kernel ``tl`` backward (a dK/dV kernel and a dQ kernel, seven matrix
 products per tile; this kernel does five); document masks (a band and one document) too, with
-each key block's query tiles taken from their layout kernel's bounds (``SEGMENTS``).  One
-program per (block of BN keys, batch and head), BN = 128 for bands and 64 for documents:
+each key block's query tiles taken from their layout kernel's bounds (``SEGMENTS``); and bands
+with global rows and columns (``band.banded_of``, Longformer's; GLOBAL: a key block's query
+tiles are the band's and the global rows', or every tile for a block of global columns, and
+those blocks of every head come first).  One program per (block of BN keys, batch and head),
+BN = 128 for bands and 64 for documents:
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
   queries whose band meets the block through a ring of two stages, by TMA (rank-4 descriptors
@@ -330,11 +333,9 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     n_k = gl.cdiv(Lk, BN)
     if GLOBAL:
         globs = (ra, rb, ca, cb, c0, c1)
-    else:  # (not handed to the partitions: each of their arguments takes shared memory)
-        globs = (0, 0, 0, 0, 0, 0)
-    if GLOBAL:
         bh, block = heavy_first(gl.program_id(0), n_k, group, BH, c0, c1)
     else:
+        globs = (0, 0, 0, 0, 0, 0)  # (not handed to the partitions as arguments: shared memory)
         bh, block = grouped(gl.program_id(0), n_k, group, BH)
         if reverse:
             block = n_k - 1 - block
@@ -472,10 +473,11 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound, the global ``rows`` and ``cols`` where given (as
     `gluon_forward.forward` takes them; not with ``docs``), and ``lse`` [B, H, Lq] float32
-    (contiguous) the forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one dtype in DTYPES, D in
-    HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, with the head dimension
-    contiguous and the base addresses and every other stride multiples of 16 bytes (what TMA
-    descriptors read; the generated modules check it with their `_descriptors_ok`).
+    (contiguous) the forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one
+    dtype in DTYPES, D in HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, with the
+    head dimension contiguous and the base addresses and every other stride multiples of 16
+    bytes (what TMA descriptors read; the generated modules check it with their
+    `_descriptors_ok`).
     ``docs``: for a document mask (the band and one document), (bounds, flag, seg_q, seg_k,
     per_batch) as `band_backward_kernel` takes them with SEGMENTS (int32 tensors); ``launch``:
     how to launch a kernel (`gluon_hopper.jit_launch`'s arguments)."""

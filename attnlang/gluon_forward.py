@@ -2,9 +2,12 @@
 
 For a pattern that is one band of distances (``band.band_of``), the generated modules compute
 the output and log-sum-exp with this kernel on an sm_90 GPU where it beats their ``tl`` forward
-(the template's ``_gluon_forward_ok``: d = 64 on long rows, d = 128 on every band).  A program
-takes tiles of 64 * NUM_WG queries of one head (a head's tiles in turn -- on causal rows
-HEAD_GROUP heads' in turn -- the longest rows first):
+(the template's ``_gluon_forward_ok``: d = 64 on long rows, d = 128 on every band), and for a
+band with global rows and columns (``band.banded_of``, Longformer's; GLOBAL: a tile's key blocks
+are the band's and the global columns', or every block where the tile has global rows, and
+those tiles of every head come first, one program a tile).  A program takes tiles of 64 *
+NUM_WG queries of one head (a head's tiles in turn -- on causal rows HEAD_GROUP heads' in turn --
+the longest rows first):
 
 * a loader warp reads the tile's Q once (TMA, rank-4 descriptors over [B, H, L, D], so that rows
   past a sequence's end read zeros), then streams blocks of BN keys and values through a ring of

@@ -159,6 +159,17 @@ def test_the_kernels_keep_exactly_the_patterns_pairs(expr, lengths):
 TILES = st.sampled_from([(4, 4), (8, 4), (4, 8), (8, 16), (12, 8)])  # (query tile, key block)
 
 
+def _case(expr, lengths, tile):
+    """(mask, back, ahead, globs, n_q, n_k) of a drawn case as the kernels get it (globs' last two
+    for the caller), or None where the pattern is not such a band."""
+    found = banded_of(expr)
+    if found is None:
+        return None
+    Lq, Lk = lengths
+    back, ahead, globs = _globs(found, Lq, Lk)
+    return dense_mask(expr, Lq, Lk)[0], back, ahead, globs, -(-Lq // tile[0]), -(-Lk // tile[1])
+
+
 @settings(max_examples=150, deadline=None)
 @given(_banded(starting=True), _lengths(), TILES, st.integers(1, 3), st.integers(1, 2))
 def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengths, tile, BH,
@@ -167,15 +178,13 @@ def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengt
     global rows of every head first; each tile's key blocks distinct, within the keys, and every
     block with a pair the tile keeps among them; and `partial_tile` false (the block unmasked)
     only where every pair of the warpgroup's rows and the block's keys is kept."""
-    found = banded_of(expr)
-    if found is None:
+    case = _case(expr, lengths, tile)
+    if case is None:
         return
+    mask, back, ahead, globs, n_q, n_k = case
     Lq, Lk = lengths
     BM, BN = tile
     off = Lk - Lq
-    mask = dense_mask(expr, Lq, Lk)[0]
-    n_q, n_k = -(-Lq // BM), -(-Lk // BN)
-    back, ahead, globs = _globs(found, Lq, Lk)
     t0, t1 = gh.heavy_span(globs[0], globs[1], off, BM, n_q)
     globs = globs[:4] + (t0, t1)
     shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, globs)
@@ -208,15 +217,13 @@ def test_backward_key_blocks_visit_every_kept_tile_once_global_columns_first(
     (head, key block) once, those blocks of every head first; `_query_tiles` gives each block
     distinct query tiles within the queries, every tile with a kept pair among them, and
     `partial_tile` is false only where the tile's pairs with the block are all kept."""
-    found = banded_of(expr)
-    if found is None:
+    case = _case(expr, lengths, tile)
+    if case is None:
         return
+    mask, back, ahead, globs, n_q, n_k = case
     Lq, Lk = lengths
     BM, BN = tile
     off = Lk - Lq
-    mask = dense_mask(expr, Lq, Lk)[0]
-    n_q, n_k = -(-Lq // BM), -(-Lk // BN)
-    back, ahead, globs = _globs(found, Lq, Lk)
     c0, c1 = gh.heavy_span(globs[2], globs[3], 0, BN, n_k)
     globs = globs[:4] + (c0, c1)
     order = _python(gh.heavy_first)
