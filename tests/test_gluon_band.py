@@ -191,8 +191,9 @@ def test_which_calls_take_the_gluon_backward(monkeypatch):
     assert not other._gluon_ok(*_fake(), NO_EXTRAS, False)
     assert not other._gluon_ok(*_fake(D=64), NO_EXTRAS, False)
     assert longformer._gluon_ok(*_fake(), NO_EXTRAS, False)
-    assert not longformer._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # a band of 1025 keys
-    assert wide._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # 4097 keys
+    # d = 64: a band with global rows and columns, whatever its band's width or the length
+    assert longformer._gluon_ok(*_fake(D=64, L=1000), NO_EXTRAS, False)
+    assert wide._gluon_ok(*_fake(D=64), NO_EXTRAS, False)
     for flag in NO_EXTRAS:
         assert not longformer._gluon_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}), False)
         assert not causal._gluon_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}), False)
@@ -271,7 +272,8 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
 def test_which_calls_take_the_gluon_forward(monkeypatch):
     """The forward's rule is the backward's checks less its own (dBias, long context), with the
     widths where the Gluon forward was faster: d = 64 on rows of at least GLUON_MIN_KEYS_64 keys,
-    d = 128 on every band."""
+    d = 128 on every band; bands with global rows and columns at d = 64 from
+    GLUON_GLOBALS_FWD_64 keys."""
     causal, window, other = _module("causal"), _module("window(100, 0)"), \
         _module("causal & stride(4)")
     longformer = _module("window(512) | global(0..128)")
@@ -291,7 +293,11 @@ def test_which_calls_take_the_gluon_forward(monkeypatch):
     assert not other._gluon_forward_ok(*_fake(), NO_EXTRAS)
     assert not other._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
     assert longformer._gluon_forward_ok(*_fake(), NO_EXTRAS)
-    assert not longformer._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)  # a band of 1025 keys
+    assert longformer._gluon_forward_ok(*_fake(L=1000), NO_EXTRAS)
+    # d = 64: from GLUON_GLOBALS_FWD_64 keys, whatever its band's width
+    assert longformer.GLUON_GLOBALS_FWD_64 == 32768
+    assert not longformer._gluon_forward_ok(*_fake(D=64, L=32767), NO_EXTRAS)
+    assert longformer._gluon_forward_ok(*_fake(D=64, L=32768), NO_EXTRAS)
     assert not longformer._gluon_forward_ok(*_fake(D=80), NO_EXTRAS)
     for flag in NO_EXTRAS:
         assert not window._gluon_forward_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}))
