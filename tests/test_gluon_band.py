@@ -495,8 +495,9 @@ def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
 
 def test_the_gluon_kernels_compile_for_sm90():
     """`benchmarks/gluon_compile.py` with this machine's Triton (CI's), outside the
-    interpreter: the three kernels compile to cubins at both head dimensions and dtypes; the
-    forward's warpgroups take turns (named barriers) at d = 128, not at d = 64."""
+    interpreter: the three kernels compile to cubins at both head dimensions and dtypes (the
+    band kernels with global rows and columns too, in bf16); the forward's warpgroups take turns
+    (named barriers) at d = 128, not at d = 64."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     pytest.importorskip("triton.experimental.gluon")
@@ -507,3 +508,5 @@ def test_the_gluon_kernels_compile_for_sm90():
     for line in result.stdout.splitlines()[1:]:
         turns = int(line.split("; forward ")[1].split("ping-pong barriers ")[1].split(";")[0])
         assert (turns > 0) == (" D=128:" in line), line
+        assert ("with global rows and columns: backward shared" in line) == \
+            line.startswith("bfloat16"), line
