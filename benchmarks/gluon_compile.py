@@ -4,7 +4,7 @@ whether it serialised the wgmma instructions (and why: C7512, C7514...).  Run it
 image's Triton (3.6) and with CI's:
 
     python -m venv /tmp/v36 && /tmp/v36/bin/pip install torch==2.13.0 triton==3.6.0 numpy
-    /tmp/v36/bin/python benchmarks/gluon_compile.py
+    /tmp/v36/bin/python benchmarks/gluon_compile.py [--fp16]   # --fp16: fp16 kernels too
 """
 import os
 import re
@@ -122,8 +122,9 @@ def _report(compiled):
 
 
 def main():
+    """Every kernel in bf16 at both head dimensions (``--fp16``: in fp16 too)."""
     print("triton", triton.__version__)
-    for dtype in (torch.bfloat16, torch.float16):
+    for dtype in (torch.bfloat16, torch.float16)[:2 if "--fp16" in sys.argv else 1]:
         for D in gb.HEAD_DIMS:
             backward, rows, forward = compile_bwd(D, dtype), compile_rows(D, dtype), \
                 compile_fwd(D, dtype)

@@ -495,16 +495,17 @@ def test_the_document_backward_visits_the_right_tiles(monkeypatch, text, ids):
 
 def test_the_gluon_kernels_compile_for_sm90():
     """`benchmarks/gluon_compile.py` with this machine's Triton (CI's), outside the
-    interpreter: the three kernels compile to cubins at both head dimensions and dtypes (the
-    band kernels with global rows and columns too, in bf16); the forward's warpgroups take turns
-    (named barriers) at d = 128, not at d = 64."""
+    interpreter: the three kernels compile to cubins at both head dimensions in bf16 (fp16
+    differs in the element type alone: `--fp16` compiles it too; the GPU checks run both), the
+    band kernels with global rows and columns too; the forward's warpgroups take turns (named
+    barriers) at d = 128, not at d = 64."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     pytest.importorskip("triton.experimental.gluon")
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/gluon_compile.py")],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("cubins ") == 4, result.stdout
+    assert result.stdout.count("cubins ") == 2, result.stdout
     for line in result.stdout.splitlines()[1:]:
         turns = int(line.split("; forward ")[1].split("ping-pong barriers ")[1].split(";")[0])
         assert (turns > 0) == (" D=128:" in line), line

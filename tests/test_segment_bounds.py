@@ -396,7 +396,7 @@ def test_the_order_flag_needs_no_zeroed_memory(fill, tmp_path, monkeypatch):
         assert rel_err(got, want) < 5e-5
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), length=st.integers(17, 48))
 def test_new_ids_take_the_launches_of_an_earlier_call_of_their_shape(tmp_path_factory, data, text,
                                                                      length):
