@@ -72,7 +72,7 @@ def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constex
     `all` at d = 128 ran 15% slower), a group's tiles longest rows (causal) first, its heads in
     turn; with GLOBAL, the tiles of global rows of every head first (`heavy_first`)."""
     tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
-    ra, rb, ca, cb, t0, t1 = globs
+    ra, rb, ca, cb, t0, t1 = globs  # tiles [t0, t1) have global rows (`gluon_hopper.heavy_span`)
     if GLOBAL:
         bh, j = heavy_first(tile, n_q, group, BH, t0, t1)
         m0 = j * BM
@@ -86,7 +86,7 @@ def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constex
     lo = k_lo // BN
     hi = gl.maximum(gl.cdiv(k_hi, BN), lo)
     if GLOBAL:
-        every = (m0 + off < rb) & (rows_end - 1 + off >= ra)  # the tile has global rows
+        every = (j >= t0) & (j < t1)  # the tile has global rows: every key block
         seq, n = two_ranges(gl.where(every, 0, lo), gl.where(every, gl.cdiv(Lk, BN), hi),
                             ca // BN, gl.cdiv(gl.minimum(cb, Lk), BN))
     else:

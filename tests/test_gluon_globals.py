@@ -159,15 +159,20 @@ def test_the_kernels_keep_exactly_the_patterns_pairs(expr, lengths):
 TILES = st.sampled_from([(4, 4), (8, 4), (4, 8), (8, 16), (12, 8)])  # (query tile, key block)
 
 
-def _case(expr, lengths, tile):
-    """(mask, back, ahead, globs, n_q, n_k) of a drawn case as the kernels get it (globs' last two
-    for the caller), or None where the pattern is not such a band."""
+def _case(expr, lengths, tile, forward):
+    """(mask, back, ahead, globs, n_q, n_k, off) of a drawn case as a kernel gets it -- globs' last
+    two the span of long tiles the host gives it: the forward's query tiles of global rows, the
+    backward's key blocks of global columns (`heavy_span`) -- or None where the pattern is not
+    such a band."""
     found = banded_of(expr)
     if found is None:
         return None
-    Lq, Lk = lengths
+    (Lq, Lk), (BM, BN) = lengths, tile
+    off, n_q, n_k = Lk - Lq, -(-Lq // BM), -(-Lk // BN)
     back, ahead, globs = _globs(found, Lq, Lk)
-    return dense_mask(expr, Lq, Lk)[0], back, ahead, globs, -(-Lq // tile[0]), -(-Lk // tile[1])
+    span = gh.heavy_span(globs[0], globs[1], off, BM, n_q) if forward else \
+        gh.heavy_span(globs[2], globs[3], 0, BN, n_k)
+    return dense_mask(expr, Lq, Lk)[0], back, ahead, globs[:4] + span, n_q, n_k, off
 
 
 @settings(max_examples=150, deadline=None)
@@ -178,15 +183,11 @@ def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengt
     global rows of every head first; each tile's key blocks distinct, within the keys, and every
     block with a pair the tile keeps among them; and `partial_tile` false (the block unmasked)
     only where every pair of the warpgroup's rows and the block's keys is kept."""
-    case = _case(expr, lengths, tile)
+    case = _case(expr, lengths, tile, forward=True)
     if case is None:
         return
-    mask, back, ahead, globs, n_q, n_k = case
-    Lq, Lk = lengths
-    BM, BN = tile
-    off = Lk - Lq
-    t0, t1 = gh.heavy_span(globs[0], globs[1], off, BM, n_q)
-    globs = globs[:4] + (t0, t1)
+    mask, back, ahead, globs, n_q, n_k, off = case
+    (Lq, Lk), (BM, BN), (t0, t1) = lengths, tile, globs[4:]
     shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, globs)
     tile_of = _python(gf._tile_of)
     block_at = _python(gh.block_at)
@@ -217,15 +218,11 @@ def test_backward_key_blocks_visit_every_kept_tile_once_global_columns_first(
     (head, key block) once, those blocks of every head first; `_query_tiles` gives each block
     distinct query tiles within the queries, every tile with a kept pair among them, and
     `partial_tile` is false only where the tile's pairs with the block are all kept."""
-    case = _case(expr, lengths, tile)
+    case = _case(expr, lengths, tile, forward=False)
     if case is None:
         return
-    mask, back, ahead, globs, n_q, n_k = case
-    Lq, Lk = lengths
-    BM, BN = tile
-    off = Lk - Lq
-    c0, c1 = gh.heavy_span(globs[2], globs[3], 0, BN, n_k)
-    globs = globs[:4] + (c0, c1)
+    mask, back, ahead, globs, n_q, n_k, off = case
+    (Lq, Lk), (BM, BN), (c0, c1) = lengths, tile, globs[4:]
     order = _python(gh.heavy_first)
     query_tiles = _python(gb._query_tiles)
     block_at = _python(gh.block_at)
