@@ -8,6 +8,7 @@ offset from the query, which is what the generated modules' warp-specialised bac
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 from . import ir
@@ -131,3 +132,45 @@ def _joined(spans):
             return False
         stop = None if stop is None or hi is None else max(stop, hi)
     return start, stop
+
+
+Strided = Tuple[int, Band]  # (step s, band of distances)
+
+
+def strided_band_of(expr) -> Optional[Strided]:
+    """``(s, (back, ahead))`` when the bound, simplified pattern ``expr`` keeps exactly the
+    pairs of a band (``band_of``; ``all`` where it has none) whose distance is a multiple of
+    ``s > 1``: an intersection of ``stride`` terms with band terms, the dilated window
+    ``window(2048) & stride(4)``.  In the residue classes of s (queries and keys ``r, r + s,
+    ...``; with ``Lk - Lq`` a multiple of s a class's queries meet only its own keys) it is
+    the band `gluon_hopper.class_band` of the classes' own positions; None otherwise, for a band alone,
+    and where no distance is kept."""
+    factors = list(_factors(expr))
+    steps = [int(ir.const(f.s)) for f in factors if isinstance(f, ir.Stride)]
+    rest = [f for f in factors if not isinstance(f, ir.Stride)]
+    if not steps or any(s < 1 for s in steps):
+        return None
+    step = math.lcm(*steps)
+    if step == 1:
+        return None
+    if rest:
+        band = rest[0]
+        for other in rest[1:]:
+            band = ir.Intersect(band, other)
+        found = band_of(band)
+    else:
+        found = (None, None)
+    if found is None:
+        return None
+    back, ahead = found
+    if back is not None and ahead is not None and back // step + ahead // step < 0:
+        return None  # no multiple of the step in the band (`gluon_hopper.class_band`)
+    return step, found
+
+
+def _factors(expr):
+    if isinstance(expr, ir.Intersect):
+        yield from _factors(expr.left)
+        yield from _factors(expr.right)
+    else:
+        yield expr

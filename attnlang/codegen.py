@@ -40,10 +40,11 @@ def _template_version() -> str:
 # attnlang modules copied into generated code (standard library and torch only); ``layout`` may
 # be split into ``layout_*.py`` helpers, which come along.
 SUPPORT_MODULES = ("ir", "errors", "printer", "predicate", "layout", "plan", "validate")
-# ... and, in modules of band patterns (``band.band_of``, and bands with global rows and columns:
-# ``band.banded_of``), the Gluon forward and backward, which
-# they load only when they are about to use them (they import Triton's Gluon, which not every
-# Triton has); document masks (``layout_segment.band_of``) take the first two, the backward.
+# ... and, in modules of band patterns (``band.band_of``, bands with global rows and columns:
+# ``band.banded_of``, and strided bands: ``band.strided_band_of``), the Gluon forward and
+# backward, which they load only when they are about to use them (they import Triton's Gluon,
+# which not every Triton has); document masks (``layout_segment.band_of``) take the first two,
+# the backward.
 LAZY_SUPPORT_MODULES = ("gluon_hopper", "gluon_backward", "gluon_forward")
 
 
@@ -201,7 +202,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     import jinja2
 
     from . import layout_segment
-    from .band import band_of, banded_of
+    from .band import band_of, banded_of, strided_band_of
     from .plan import IDENTITY, decompose, one_pass
 
     expr = pattern.ir
@@ -223,9 +224,11 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     band = band_of(expr) if one else None
     # a band with global rows and columns (Longformer's) takes both Gluon kernels too
     banded = banded_of(expr) if one and band is None else None
+    # ... and a band with stride(s) (the dilated window), each residue class a band of its own
+    strided = strided_band_of(expr) if band is None and banded is None else None
     # document masks (one band and one document) take the Gluon backward only
     documents = one and band is None and layout_segment.band_of(expr) is not None
-    lazy = LAZY_SUPPORT_MODULES if band is not None or banded is not None else \
+    lazy = LAZY_SUPPORT_MODULES if (band, banded, strided) != (None, None, None) else \
         LAZY_SUPPORT_MODULES[:2] if documents else ()
     source = template.render(
         pattern_source=str(pattern.decl) if hasattr(pattern, "decl") else str(pattern),
@@ -241,6 +244,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
         lazy_support=list(lazy),
         band=repr(band),
         banded=repr(banded),
+        strided=repr(strided),
         block_m=block_m or 0,
         block_n=block_n or 0,
     )

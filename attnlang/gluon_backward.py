@@ -62,9 +62,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, descriptor, \
-    global_bounds, grouped, heavy_first, heavy_span, host_descriptor, jit_launch, kept, \
-    partial_tile, reinterpret, tma_add, tma_load, tma_store, two_ranges, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, class_band, \
+    descriptor, global_bounds, grouped, heavy_first, heavy_span, host_descriptor, jit_launch, \
+    kept, partial_tile, reinterpret, residue_classes, tma_add, tma_load, tma_store, two_ranges, \
+    wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
            "band_backward_kernel", "row_terms", "rows_descriptor", "tile"]
@@ -416,12 +417,12 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
 
 
 @triton.jit
-def _rows_kernel(O, DO, LSE, LSE2, DELTA, DQ, sob, soh, som, sdob, sdoh, sdom, H, Lq, lq_pad,
-                 ROWS: tl.constexpr, D: tl.constexpr):
+def _rows_kernel(O, DO, LSE, LSE2, DELTA, DQ, sob, soh, som, sdob, sdoh, sdom, slb, slh, slm,
+                 sqb, sqh, sqm, H, Lq, lq_pad, dq_rows, ROWS: tl.constexpr, D: tl.constexpr):
     """Per query row, padded to lq_pad rows per head: delta = rowsum(O * dO) (0 on padding) and
     lse2 = lse * log2(e), +inf where the row keeps nothing (lse -inf) or is padding, so that
-    the band kernel's P is 0 there without masks; and the row's float32 dQ (DQ: [B * H * lq_pad,
-    D]), zeroed for the band kernel's sums."""
+    the band kernel's P is 0 there without masks; and the first dq_rows rows of the float32
+    dQ (DQ: [B, H, dq_rows, D] at strides sqb, sqh, sqm), zeroed for the band kernel's sums."""
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -431,24 +432,31 @@ def _rows_kernel(O, DO, LSE, LSE2, DELTA, DQ, sob, soh, som, sdob, sdoh, sdom, H
                 mask=valid[:, None], other=0.0)
     do = tl.load(DO + b.to(tl.int64) * sdob + h * sdoh + rows[:, None] * sdom + cols[None, :],
                  mask=valid[:, None], other=0.0)
-    lse = tl.load(LSE + bh.to(tl.int64) * Lq + rows, mask=valid, other=float("-inf"))
+    lse = tl.load(LSE + b.to(tl.int64) * slb + h * slh + rows * slm, mask=valid,
+                  other=float("-inf"))
     out = bh.to(tl.int64) * lq_pad + rows
     tl.store(DELTA + out, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1))
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     tl.store(LSE2 + out, lse2)
-    tl.store(DQ + out[:, None] * D + cols[None, :], tl.zeros([ROWS, D], tl.float32))
+    tl.store(DQ + b.to(tl.int64) * sqb + h * sqh + rows[:, None] * sqm + cols[None, :],
+             tl.zeros([ROWS, D], tl.float32), mask=(rows < dq_rows)[:, None])
 
 
-def row_terms(out, do, lse, launch=jit_launch):
+def row_terms(out, do, lse, launch=jit_launch, dq=None):
     """`_rows_kernel`'s lse2 and delta, as one [2, B * H, Lq rounded up to BM] float32 tensor,
-    and a zeroed float32 dQ [B, H, Lq rounded up to BM, D] (``launch``: as `backward`'s)."""
+    and the float32 dQ zeroed: ``dq`` (a [B, H, Lq, D] float32 tensor of any strides, the head
+    dimension contiguous) where given, else a new [B, H, Lq rounded up to BM, D] (``launch``:
+    as `backward`'s); out, do [B, H, Lq, D] and lse [B, H, Lq] of any strides (the head
+    dimension contiguous)."""
     B, H, Lq, D = out.shape
     lq_pad = triton.cdiv(Lq, BM) * BM
     rows = torch.empty((2, B * H, lq_pad), dtype=torch.float32, device=out.device)
-    dq = torch.empty((B, H, lq_pad, D), dtype=torch.float32, device=out.device)
+    if dq is None:
+        dq = torch.empty((B, H, lq_pad, D), dtype=torch.float32, device=out.device)
     launch(_rows_kernel, (lq_pad // BM, B * H),
            (out, do, lse, rows[0], rows[1], dq, out.stride(0), out.stride(1), out.stride(2),
-            do.stride(0), do.stride(1), do.stride(2), H, Lq, lq_pad), dict(ROWS=BM, D=D))
+            do.stride(0), do.stride(1), do.stride(2), *lse.stride(), *dq.stride()[:3], H, Lq,
+            lq_pad, dq.shape[2]), dict(ROWS=BM, D=D))
     return rows, dq
 
 
@@ -469,28 +477,37 @@ SEGQ_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, ra
 
 
 def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, cols=None,
-             launch=jit_launch):
+             step=1, launch=jit_launch):
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
-    ``back``/``ahead`` None for no bound, the global ``rows`` and ``cols`` where given (as
-    `gluon_forward.forward` takes them; not with ``docs``), and ``lse`` [B, H, Lq] float32
-    (contiguous) the forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of one
-    dtype in DTYPES, D in HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU, with the
-    head dimension contiguous and the base addresses and every other stride multiples of 16
-    bytes (what TMA descriptors read; the generated modules check it with their
+    ``back``/``ahead`` None for no bound, the global ``rows`` and ``cols`` or the ``step`` where
+    given (as `gluon_forward.forward` takes them; not with ``docs``), and ``lse`` [B, H, Lq]
+    float32 (contiguous) the forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of
+    one dtype in DTYPES, D in HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU,
+    with the head dimension contiguous and the base addresses and every other stride multiples
+    of 16 bytes (what TMA descriptors read; the generated modules check it with their
     `_descriptors_ok`).
     ``docs``: for a document mask (the band and one document), (bounds, flag, seg_q, seg_k,
     per_batch) as `band_backward_kernel` takes them with SEGMENTS (int32 tensors); ``launch``:
     how to launch a kernel (`gluon_hopper.jit_launch`'s arguments)."""
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    grads, dq = (dk, dv), None
+    if step > 1:  # the residue classes as heads of their own (`gluon_forward.forward`), dQ's
+        # float32 sums in the rows' natural order (cast as they are, at the end)
+        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        grads = dq, dk, dv
+        q, k, v, out, do, dk, dv, dq = (residue_classes(t, step)
+                                        for t in (q, k, v, out, do, dk, dv, dq))
+        lse = lse.reshape(-1, lse.shape[2] // step, step).transpose(1, 2)
+        back, ahead = class_band(back, ahead, step)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     back, ahead = band_bounds(back, ahead, Lq, Lk)
     glob = rows is not None or cols is not None
     assert not (glob and docs is not None)
     ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
-    terms, dq = row_terms(out, do, lse, launch)
+    terms, dq = row_terms(out, do, lse, launch, dq)
     rows_desc = rows_descriptor(terms)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
@@ -510,4 +527,6 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
             *(docs or (terms, terms, rows_desc, terms, 0))),  # (bands: unread)
            dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=docs is not None, GLOBAL=glob,
                 num_warps=bn // 16, maxnreg=MAXNREG[bn]), (q.dtype,))
+    if step > 1:
+        return grads[0].to(q.dtype), *grads[1:]
     return dq[:, :, :Lq].to(q.dtype), dk, dv

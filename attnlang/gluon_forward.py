@@ -42,9 +42,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, descriptor, \
-    global_bounds, grouped, heavy_first, heavy_span, jit_launch, kept, named_barrier, \
-    partial_tile, tma_load, tma_store, two_ranges, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, class_band, \
+    descriptor, global_bounds, grouped, heavy_first, heavy_span, jit_launch, kept, \
+    named_barrier, partial_tile, residue_classes, row_offset, tma_load, tma_store, two_ranges, \
+    wgmma_layout
 
 ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
 TURNS = gl.constexpr(14)  # the ping-pong's named barriers: 14, 15 (Triton's own take the first)
@@ -200,7 +201,7 @@ def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows,
 @gluon.jit
 def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
               D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-              EARLY: gl.constexpr, GLOBAL: gl.constexpr):
+              EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr):
     tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
     q_bufs, o_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
@@ -297,7 +298,7 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
         m_use = gl.where(m_i == float("-inf"), 0.0, m_i) * qk_scale
         lse = gl.where(empty_row, float("-inf"), (m_use + gl.log2(l_i)) * 0.6931471805599453)
         inv = gl.convert_layout(gl.where(empty_row, 0.0, 1.0 / l_i), row_o)
-        gl.store(lse_ptr + bh.to(gl.int64) * Lq + rows, lse, mask=rows < Lq)
+        gl.store(lse_ptr + row_offset(b, h, bh, rows, H, Lq, CLASSES), lse, mask=rows < Lq)
         tma.store_wait(0)  # the last tile's store has read the buffer
         o_buf.reshape([ROWS, D]).store((acc * inv[:, None]).to(dtype))
         fence_async_shared()
@@ -314,11 +315,13 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
                         ahead, ra, rb, ca, cb, t0, t1, qk_scale, BN: gl.constexpr,
                         D: gl.constexpr, STAGES: gl.constexpr, NUM_WG: gl.constexpr,
                         OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, EARLY: gl.constexpr,
-                        GLOBAL: gl.constexpr, REGS: gl.constexpr):
+                        GLOBAL: gl.constexpr, CLASSES: gl.constexpr, REGS: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
     -ahead <= p - k <= back (p = q + Lk - Lq), and with GLOBAL those with ra <= p < rb or
     ca <= k < cb (the tiles [t0, t1) of each head have such rows: `gluon_hopper.heavy_span`);
-    programs take the tiles of ROWS * NUM_WG queries in turn."""
+    programs take the tiles of ROWS * NUM_WG queries in turn.  With CLASSES the descriptors read
+    residue classes (`gluon_hopper.residue_classes`: H the step, Lq and Lk a class's lengths)
+    and the log-sum-exp goes to the rows' natural order (`gluon_hopper.row_offset`)."""
     n_q = gl.cdiv(Lq, ROWS * NUM_WG)
     dtype: gl.constexpr = k_desc.block_type.element_ty
     q_bufs = gl.allocate_shared_memory(dtype, [NUM_WG, 1, 1, ROWS, D], q_desc.layout)
@@ -352,19 +355,19 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
     if NUM_WG == 2:
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
             (_loader, loads)], [4, 1], [REGS, 24])
     else:
         gl.static_assert(NUM_WG == 3)
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
             (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
             (_loader, loads)], [4, 4, 1], [REGS, REGS, 24])
 
 
@@ -377,16 +380,25 @@ _SMS = {}  # multiprocessors per device
 HEAD_GROUP = {64: 1, 128: 2}
 
 
-def forward(q, k, v, scale, back, ahead, rows=None, cols=None, launch=jit_launch):
+def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=jit_launch):
     """(out, lse) of softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound, and with the global ``rows`` and ``cols`` where given
     (`band.banded_of`'s intervals of positions: queries at p in rows keep every key, keys in
-    cols every query); lse [B, H, Lq] float32, natural log, -inf (and out 0) on rows that keep
-    nothing.  q, k, v: [B, H, L, D] of one dtype in DTYPES, D in HEAD_DIMS, as
-    many key heads as query heads, on an sm_90 GPU, read by TMA descriptors (the head dimension
+    cols every query), or with ``step`` > 1 only the pairs whose distance p - k is a multiple of
+    it (`band.strided_band_of`: each residue class a band of its own, read through
+    `gluon_hopper.residue_classes`; Lq and Lk multiples of the step, and B and H of q, k and v
+    one dimension in memory); lse [B, H, Lq] float32, natural log, -inf (and out 0) on rows
+    that keep nothing.  q, k, v: [B, H, L, D] of one dtype in DTYPES, D in HEAD_DIMS, as many
+    key heads as query heads, on an sm_90 GPU, read by TMA descriptors (the head dimension
     contiguous, base addresses and other strides multiples of 16 bytes: the generated modules
     check it with their `_descriptors_ok`); ``launch``: how to launch the kernel
     (`gluon_hopper.jit_launch`'s arguments)."""
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    o_view = out
+    if step > 1:  # the classes as heads of their own: B * H "batches" of step "heads"
+        q, k, v, o_view = (residue_classes(t, step) for t in (q, k, v, out))
+        back, ahead = class_band(back, ahead, step)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     config = CONFIGS[D]
@@ -397,8 +409,6 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, launch=jit_launch
     back, ahead = band_bounds(back, ahead, Lq, Lk)
     ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
     n_q = triton.cdiv(Lq, ROWS.value * config["NUM_WG"])
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
     programs = n_q * B * H
     if persistent:
         device = q.device.index if q.device.index is not None else torch.cuda.current_device()
@@ -409,10 +419,10 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, launch=jit_launch
     group = min(HEAD_GROUP[D], B * H) if grows else 1
     launch(band_forward_kernel, (programs,),
            (descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN),
-            descriptor(out, ROWS.value), lse, B * H, H, group, Lq, Lk, back, ahead, ra, rb, ca,
-            cb, *heavy_span(ra, rb, Lk - Lq, ROWS.value * config["NUM_WG"], n_q),
+            descriptor(o_view, ROWS.value), lse, B * H, H, group, Lq, Lk, back, ahead, ra, rb,
+            ca, cb, *heavy_span(ra, rb, Lk - Lq, ROWS.value * config["NUM_WG"], n_q),
             scale * LOG2E),
            dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
                 OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
-                GLOBAL=glob, REGS=config["REGS"], num_warps=4), (q.dtype,))
+                GLOBAL=glob, CLASSES=step > 1, REGS=config["REGS"], num_warps=4), (q.dtype,))
     return out, lse

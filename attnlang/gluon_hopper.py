@@ -75,6 +75,13 @@ def band_bounds(back, ahead, Lq, Lk):
     return tuple(reach if x is None else max(-reach, min(x, reach)) for x in (back, ahead))
 
 
+def class_band(back, ahead, step):
+    """The band -ahead <= d <= back (None: no bound) of distances that are multiples of
+    ``step``, in units of the step (the band of `residue_classes`' positions): ``step * x`` is
+    in it for -(ahead // step) <= x <= back // step."""
+    return tuple(None if x is None else x // step for x in (back, ahead))
+
+
 def global_bounds(rows, cols, Lq, Lk):
     """(ra, rb, ca, cb) as the kernels take a band's global rows and columns (`band.banded_of`):
     the queries at positions p in [ra, rb) keep every key, the keys in [ca, cb) every query;
@@ -179,6 +186,28 @@ def shared_layout(rows, D, dtype):
     for the backward's dQ sums)."""
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], {
         **DTYPES, torch.float32: gl.float32}[dtype])
+
+
+def residue_classes(t, step):
+    """The [B, H, L, D] tensor ``t`` (B and H one dimension in memory: ``t.view`` can merge
+    them) as the residue classes of ``step``, a view [B * H, step, L / step, D]: "head" r of
+    batch b * H + h holds the rows r, r + step, ... of head h of batch b.  Each class is a
+    band of its own for a band with ``stride(step)`` (`band.strided_band_of`), which the kernels
+    read through descriptors of this view (its strides are multiples of 16 bytes where ``t``'s
+    are), writing their outputs into the natural order."""
+    B, H, L, D = t.shape
+    return t.view(B * H, L // step, step, D).transpose(1, 2)
+
+
+@gluon.jit
+def row_offset(b, h, bh, rows, H, Lq, CLASSES: gl.constexpr):
+    """Where the forward's log-sum-exp of ``rows`` of (b, h) go in its [B * H, Lq] rows: at
+    bh * Lq + rows, or with CLASSES (`residue_classes`: h a class of H = step, Lq its length),
+    in the natural order of the original head's rows, b * H * Lq + rows * H + h."""
+    if CLASSES:
+        return b.to(gl.int64) * H * Lq + rows * H + h
+    else:
+        return bh.to(gl.int64) * Lq + rows
 
 
 def descriptor(t, rows):

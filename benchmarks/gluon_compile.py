@@ -58,9 +58,10 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False):
                           options=dict(num_warps=BN // 16, maxnreg=gb.MAXNREG[BN]))
 
 
-def compile_fwd(D=128, dtype=torch.bfloat16, glob=False):
+def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False):
     """The forward's kernel with its configuration at head dimension D (`gf.CONFIGS`), for
-    bands or (``glob``) bands with global rows and columns."""
+    bands, (``glob``) bands with global rows and columns or (``classes``) a strided band's
+    residue classes."""
     name = NAMES[dtype]
     config = gf.CONFIGS[D]
     rows, BN = gf.ROWS.value, config["BN"]
@@ -71,8 +72,8 @@ def compile_fwd(D=128, dtype=torch.bfloat16, glob=False):
                     + GLOBALS + ("t0", "t1")},
                  "qk_scale": "fp32", **{n: "constexpr" for n in (
                      "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "GLOBAL",
-                     "REGS")}}
-    constexprs = {"D": D, "GLOBAL": glob, **{n: config[n] for n in (
+                     "CLASSES", "REGS")}}
+    constexprs = {"D": D, "GLOBAL": glob, "CLASSES": classes, **{n: config[n] for n in (
         "BN", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "REGS")}}
     source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
                             {(4,): [["tt.divisibility", 16]]})
@@ -85,8 +86,9 @@ def compile_rows(D=128, dtype=torch.bfloat16):
     name = "*" + NAMES[dtype]
     signature = {"O": name, "DO": name, "LSE": "*fp32", "LSE2": "*fp32", "DELTA": "*fp32",
                  "DQ": "*fp32",
-                 **{s: "i32" for s in ("sob", "soh", "som", "sdob", "sdoh", "sdom", "H", "Lq",
-                                       "lq_pad")},
+                 **{s: "i32" for s in ("sob", "soh", "som", "sdob", "sdoh", "sdom", "slb",
+                                       "slh", "slm", "sqb", "sqh", "sqm", "H", "Lq", "lq_pad",
+                                       "dq_rows")},
                  "ROWS": "constexpr", "D": "constexpr"}
     source = ASTSource(gb._rows_kernel, signature, {"ROWS": gb.BM, "D": D})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
@@ -133,7 +135,8 @@ def main():
             if dtype == torch.bfloat16:  # (the bounds' code is the same in either dtype)
                 globs = (f"; with global rows and columns: backward "
                          f"{_report(compile_bwd(D, dtype, glob=True))}, forward "
-                         f"{_report(compile_fwd(D, dtype, glob=True))}")
+                         f"{_report(compile_fwd(D, dtype, glob=True))}; the forward of "
+                         f"residue classes {_report(compile_fwd(D, dtype, classes=True))}")
             print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' backward "
                   f"{_report(documents)}; forward {_report(forward)}{globs}; cubins "
                   f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "

@@ -167,7 +167,7 @@ def test_which_calls_take_the_gluon_backward(monkeypatch):
     more than GLUON_MAX_QUERIES queries (long context keeps the `tl` backward's memory), nor
     with ATTNLANG_GLUON=0."""
     causal, window, other = _module("causal"), _module("window(100, 0)"), \
-        _module("causal & stride(4)")
+        _module("causal & (window(127, 0) | stride(128))")
     longformer, wide = _module("window(512) | global(0..128)"), \
         _module("window(2048) | rows(0..64) | cols(..32)")
     assert causal.BAND == (None, 0) and window.BAND == (100, 0) and other.BAND is None
@@ -275,7 +275,7 @@ def test_which_calls_take_the_gluon_forward(monkeypatch):
     d = 128 on every band; bands with global rows and columns at d = 64 from
     GLUON_GLOBALS_FWD_64 keys."""
     causal, window, other = _module("causal"), _module("window(100, 0)"), \
-        _module("causal & stride(4)")
+        _module("causal & (window(127, 0) | stride(128))")
     longformer = _module("window(512) | global(0..128)")
     assert "gluon_forward" in causal._LAZY_SUPPORT and "gluon_hopper" in causal._LAZY_SUPPORT
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))

@@ -8,8 +8,6 @@ scalar calls of ``gl`` they make (where, minimum, maximum, cdiv) given by Python
 division there has operands of 0 or more, where Python's floor and the GPU's truncation agree.
 The kernels themselves run on sm_90 GPUs only: `benchmarks/gpu_check.py --gluon` checks them
 against the float64 reference."""
-import types
-
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -24,24 +22,7 @@ from strategies import primitives
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
 gb = pytest.importorskip("attnlang.gluon_backward")
-from triton.runtime.jit import JITFunction  # noqa: E402
-
-SCALAR_GL = types.SimpleNamespace(where=lambda c, a, b: a if c else b, minimum=min, maximum=max,
-                                  cdiv=lambda a, b: -(-a // b))
-
-
-def _python(jit_fn, done=None):
-    """The Gluon function's own code as a Python function, ``gl`` its scalar calls and the
-    Gluon functions it calls made Python the same way."""
-    done = {} if done is None else done
-    if jit_fn not in done:
-        fn = jit_fn.fn
-        scope = dict(fn.__globals__, gl=SCALAR_GL)
-        done[jit_fn] = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__)
-        for name, value in fn.__globals__.items():
-            if isinstance(value, JITFunction):
-                scope[name] = _python(value, done)
-    return done[jit_fn]
+from gluon_python import as_python as _python  # noqa: E402
 
 
 def _bands():
