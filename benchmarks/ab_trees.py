@@ -6,7 +6,7 @@ on the generated module in turn (`_GLUON`), three interleaved rounds on the same
     git archive HEAD attnlang templates grammar | tar -x -C _old     # a tree to compare with
     python benchmarks/ab_trees.py --tree old=_old [--tree name=DIR ...] [--module gluon_backward]
         [--dims 128,64] [--lengths 8192,32768] [--only TEXT] [--rounds 3] [--tl] [--docs-min N]
-        [--docs-dims 64,128] [--pattern TEXT ...]
+        [--docs-dims 64,128] [--pattern TEXT ...] [--min-keys-64 N]
 
 A tree's ``attnlang`` package is imported as ``attnlang_<name>``; its modules must take the same
 calls as this tree's.  ``--module`` may name several modules (``gluon_forward,gluon_backward``):
@@ -56,6 +56,9 @@ def main():
                              "dim (the generated modules' GLUON_DOCS; 0: documents run "
                              "the Gluon module at every length)")
     parser.add_argument("--pattern", action="append", help="time these patterns instead")
+    parser.add_argument("--min-keys-64", type=int, default=None,
+                        help="the generated modules' GLUON_MIN_KEYS_64 (0: bands of any width "
+                             "may run the Gluon modules at d = 64)")
     parser.add_argument("--docs-dims", default=None,
                         help="the head dims of the generated modules' GLUON_DOCS: those whose "
                              "documents may run the Gluon module, e.g. 64,128")
@@ -78,6 +81,8 @@ def main():
                 if args.docs_dims:
                     generated.GLUON_DOCS = {int(x): generated.GLUON_DOCS.get(int(x), 0)
                                             for x in args.docs_dims.split(",")}
+                if args.min_keys_64 is not None:
+                    generated.GLUON_MIN_KEYS_64 = args.min_keys_64
                 if args.docs_min is not None:
                     generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, args.docs_min)
                 mods = {"this": [generated._gluon_module(m) for m in names], **trees}

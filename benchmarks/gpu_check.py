@@ -42,6 +42,8 @@ CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 8192, 1, 2, 1, 64),
     ("window(512) | global(0..128)", 8192, 8192, 1, 2, 2, 128),
     ("causal & segment", 8192, 8192, 1, 2, 2, 128),
+    # the dilated window: residue classes on the Gluon kernels at d = 128, `tl`'s at d = 64
+    ("window(2048) & stride(4)", 8192, 8192, 1, 2, 2, 128),
     ("window(2048) & stride(4)", 16384, 16384, 1, 2, 2, 64),
     ("causal & stride(96)", 6000, 6000, 1, 2, 2, 128),
     ("causal", 1000, 3000, 2, 4, 1, 80),
@@ -124,6 +126,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     gluon_fwd_runs = _gluon_counted(generated, "_gluon_forward")
     if gluon_everywhere:
         generated.GLUON_MIN_KEYS_64 = 0
+        generated.GLUON_GLOBALS_FWD_64 = 0
         generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, 0)
     gluon_before, gluon_fwd_before = gluon_runs.counts, gluon_fwd_runs.counts
     before = {key for key, hit in direct.items() if hit}  # an earlier case of the same pattern's
@@ -168,7 +171,9 @@ def band_cases(n, gen):
     dtypes and both head dimensions; every third one a document mask (the backward's kernel
     with the document bounds: 1 to 201 documents, ids in order or reversed), and every third
     (from the second) a band with global rows or columns (`band.banded_of`; some with more
-    queries than keys, whose first queries sit before the first key)."""
+    queries than keys, whose first queries sit before the first key); then n // 4 (at least one)
+    strided bands (`band.strided_band_of`: each residue class a band of the Gluon kernels),
+    lengths multiples of the step."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
@@ -197,6 +202,16 @@ def band_cases(n, gen):
             Lk = Lq
             kw = dict(documents=pick([0, 3, 31, 200]), unsorted=i % 5 == 4)
         cases.append(((text, Lq, Lk, B, H, H, D), dtype, i % 4 == 3, kw))
+    for i in range(max(n // 4, 1)):
+        step = pick([2, 3, 4, 8])
+        back, ahead = pick([0, 5, 64, 300, 2048]), pick([0, 7, 256, 2048, -1])
+        band = pick(["causal", "all", f"window({back}, {max(ahead, -back)})",
+                     f"causal & window({back}, 0)"])
+        Lq = step * pick([1, 9, 50, 257, 512])
+        Lk = pick([Lq, Lq + step * pick([1, 40])])
+        B, H = pick([1, 2]), pick([1, 3])
+        cases.append(((f"{band} & stride({step})", Lq, Lk, B, H, H, pick([64, 128])),
+                      pick([torch.bfloat16, torch.float16]), False, {}))
     # one shape in both dtypes, one after the other: the second must not take the first's
     # compiled kernels (the generated modules launch them directly after a first launch)
     return cases + [(("causal & window(300, 20)", 1000, 1000, 1, 2, 2, 128), dtype, False, {})
@@ -215,7 +230,7 @@ def main():
         plan = band_cases(bands, gen)
     else:
         plan = [(case, dtype, False, {}) for dtype in (torch.bfloat16, torch.float16)
-                for case in CASES[: 7 if quick else None]]
+                for case in CASES[: 8 if quick else None]]
         plan += [(case, torch.float32, False, {}) for case in FP32_CASES]
     for case, dtype, bshd, kw in plan:
         if (only and not any(word in case[0] for word in only)) or (dims and case[-1] not in dims):

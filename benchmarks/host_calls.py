@@ -1,8 +1,8 @@
 """Host time and GPU time per call of the benchmark's module calls at 8k tokens (documents and
 causal, d = 64 and 128; the inference forward and the training step), on the GPU machine:
 host = calls back to back, the GPU never waited for; GPU = CUDA events with the calls queued
-behind matrix products.  With --profile, cProfile of the document calls at the first head
-dimension of --dims (by each function's own time, and with --cumulative by the time under it
+behind matrix products.  With --profile, cProfile of the calls at the first head dimension of
+--dims (by each function's own time, and with --cumulative by the time under it
 too); with --docs-min N, the fewest queries of the documents' Gluon backward at every head dimension
 (the generated modules' GLUON_DOCS; 0: at 8k too); --dims and --patterns choose the calls.
 
@@ -63,7 +63,7 @@ def main():
                     fn()
                 print(f"{text:18s} d={d} {name:8s} host {_host_ms(fn, reps=300, wait=False) * 1000:7.1f} us  gpu "
                       f"{_gpu_ms(fn) * 1000:7.1f} us", flush=True)
-                if profiling and d == dims[0] and "segment" in text:
+                if profiling and d == dims[0]:
                     profiler = cProfile.Profile()
                     profiler.enable()
                     for _ in range(300):
