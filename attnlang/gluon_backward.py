@@ -8,7 +8,9 @@ products per tile; this kernel does five); document masks (a band and one docume
 each key block's query tiles taken from their layout kernel's bounds (``SEGMENTS``); and bands
 with global rows and columns (``band.banded_of``, Longformer's; GLOBAL: a key block's query
 tiles are the band's and the global rows', or every tile for a block of global columns, and
-those blocks of every head come first).  One program per (block of BN keys, batch and head),
+those blocks of every head come first); and bands with ``stride(s)`` (``band.strided_band_of``:
+each residue class a head of its own, `gluon_hopper.residue_classes`, dQ's float32 sums kept in
+the rows' natural order).  One program per (block of BN keys, batch and head),
 BN = 128 for bands and 64 for documents:
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64

@@ -5,7 +5,10 @@ the output and log-sum-exp with this kernel on an sm_90 GPU where it beats their
 (the template's ``_gluon_forward_ok``: d = 64 on long rows, d = 128 on every band), and for a
 band with global rows and columns (``band.banded_of``, Longformer's; GLOBAL: a tile's key blocks
 are the band's and the global columns', or every block where the tile has global rows, and
-those tiles of every head come first, one program a tile).  A program takes tiles of 64 *
+those tiles of every head come first, one program a tile), and for a band with ``stride(s)``
+(``band.strided_band_of``, the dilated window: each residue class of s a band of its own, read
+as a head of its own through descriptors of a strided view, `gluon_hopper.residue_classes`;
+CLASSES: the log-sum-exp stored in the rows' natural order).  A program takes tiles of 64 *
 NUM_WG queries of one head (a head's tiles in turn -- on causal rows HEAD_GROUP heads' in turn --
 the longest rows first):
 
