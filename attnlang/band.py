@@ -74,7 +74,7 @@ def banded_of(expr) -> Optional[Banded]:
     with no start (``..b``) has start None: with ``Lq > Lk`` the first queries sit at positions
     below 0."""
     bands, rows, cols = [], [], []
-    for term in _union_terms(expr):
+    for term in _operands(expr, ir.Union):
         if isinstance(term, (ir.Rows, ir.Cols, ir.Global)):
             span = _interval(term.set)
             if span is None:
@@ -101,10 +101,12 @@ def banded_of(expr) -> Optional[Banded]:
     return found, rows, cols
 
 
-def _union_terms(expr):
-    if isinstance(expr, ir.Union):
-        yield from _union_terms(expr.left)
-        yield from _union_terms(expr.right)
+def _operands(expr, node):
+    """The operands of a chain of binary ``node`` (``ir.Union``, ``ir.Intersect``): ``a | b | c``
+    -> a, b, c."""
+    if isinstance(expr, node):
+        yield from _operands(expr.left, node)
+        yield from _operands(expr.right, node)
     else:
         yield expr
 
@@ -145,7 +147,7 @@ def strided_band_of(expr) -> Optional[Strided]:
     ...``; with ``Lk - Lq`` a multiple of s a class's queries meet only its own keys) it is
     the band `gluon_hopper.class_band` of the classes' own positions; None otherwise, for a band alone,
     and where no distance is kept."""
-    factors = list(_factors(expr))
+    factors = list(_operands(expr, ir.Intersect))
     steps = [int(ir.const(f.s)) for f in factors if isinstance(f, ir.Stride)]
     rest = [f for f in factors if not isinstance(f, ir.Stride)]
     if not steps or any(s < 1 for s in steps):
@@ -166,11 +168,3 @@ def strided_band_of(expr) -> Optional[Strided]:
     if back is not None and ahead is not None and back // step + ahead // step < 0:
         return None  # no multiple of the step in the band (`gluon_hopper.class_band`)
     return step, found
-
-
-def _factors(expr):
-    if isinstance(expr, ir.Intersect):
-        yield from _factors(expr.left)
-        yield from _factors(expr.right)
-    else:
-        yield expr

@@ -252,6 +252,13 @@ def primitives(kind: str):
     return _primitive(kind, _Args())
 
 
+def band_intersections(max_leaves: int = 3):
+    """Intersections of ``all``, ``causal`` and windows: patterns that are one band."""
+    leaves = st.one_of(st.just(ir.All()), st.just(ir.Causal()), primitives("window"))
+    return st.recursive(leaves, lambda kids: st.builds(ir.Intersect, kids, kids),
+                        max_leaves=max_leaves)
+
+
 def _combine(children):
     return st.one_of(
         st.builds(ir.Union, children, children),

@@ -17,17 +17,12 @@ from attnlang import ir
 from attnlang.band import band_of, banded_of
 from attnlang.reference import mask as dense_mask
 
-from strategies import primitives
+from strategies import band_intersections as _bands
 
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
 gb = pytest.importorskip("attnlang.gluon_backward")
 from gluon_python import as_python as _python  # noqa: E402
-
-
-def _bands():
-    leaves = st.one_of(st.just(ir.All()), st.just(ir.Causal()), primitives("window"))
-    return st.recursive(leaves, lambda kids: st.builds(ir.Intersect, kids, kids), max_leaves=3)
 
 
 def _bound():

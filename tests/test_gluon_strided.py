@@ -20,17 +20,12 @@ from attnlang.band import band_of, strided_band_of
 from attnlang.cache import load_module
 from attnlang.reference import mask as dense_mask
 
-from strategies import primitives
+from strategies import band_intersections as _bands
 
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
 gb = pytest.importorskip("attnlang.gluon_backward")
 from gluon_python import as_python  # noqa: E402
-
-
-def _bands():
-    leaves = st.one_of(st.just(ir.All()), st.just(ir.Causal()), primitives("window"))
-    return st.recursive(leaves, lambda kids: st.builds(ir.Intersect, kids, kids), max_leaves=3)
 
 
 def _strided():
