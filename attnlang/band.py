@@ -145,8 +145,8 @@ def strided_band_of(expr) -> Optional[Strided]:
     ``s > 1``: an intersection of ``stride`` terms with band terms, the dilated window
     ``window(2048) & stride(4)``.  In the residue classes of s (queries and keys ``r, r + s,
     ...``; with ``Lk - Lq`` a multiple of s a class's queries meet only its own keys) it is
-    the band `gluon_hopper.class_band` of the classes' own positions; None otherwise, for a band alone,
-    and where no distance is kept."""
+    the band `gluon_hopper.class_band` of the classes' own positions; None otherwise, for a
+    band alone, and where no distance is kept."""
     factors = list(_operands(expr, ir.Intersect))
     steps = [int(ir.const(f.s)) for f in factors if isinstance(f, ir.Stride)]
     rest = [f for f in factors if not isinstance(f, ir.Stride)]

@@ -123,7 +123,7 @@ def _loader(descs, bufs, bars, b, h, key0, seq, n, BM: gl.constexpr, IN_STAGE: g
 @gluon.jit
 def _dq_writer(dq_desc, dq_bufs, bars, b, h, seq, n, BM: gl.constexpr, IN_STAGE: gl.constexpr,
                GLOBAL: gl.constexpr):
-    """Adds each query tile's dQ_part into the float32 dQ (padded to whole query tiles) by one
+    """Adds each query tile's dQ_part into the float32 dQ (a TMA clips a tile past its end) by one
     TMA reduction, from ``dq_bufs.index(i % STAGES)``.  IN_STAGE: those are the bytes of the
     tile's (Q, dO) stage, which the writer frees for the loader (``free``) once the TMA has read
     them.  Else they are two buffers of their own, and the writer's arrival on ``ready`` for tile
@@ -318,7 +318,7 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
                          qk_scale, sm_scale, bounds_ptr, flag_ptr, segq_desc, segk_ptr,
                          per_batch, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
                          STAGES: gl.constexpr, SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr):
-    """dQ (added into dq_desc's float32 [B, H, Lq rounded up to BM, D]), dK and dV of the pairs
+    """dQ (added into dq_desc's float32 [B, H, Lq or more, D]), dK and dV of the pairs
     (query q, key k) with -ahead <= q + Lk - Lq - k <= back; rows_desc reads `_rows_kernel`'s
     [2, BH, Lq rounded up to BM] lse2 and delta.  One program per key block of BN keys (64 or
     128: one warpgroup of compute warps per 64) of one batch and head, the grid taking ``group``

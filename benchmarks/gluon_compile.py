@@ -44,7 +44,8 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False):
                  "dv_desc": kd, "dq_desc": dqd,
                  "rows_desc": f"tensordesc<fp32[2, 1, {BM}],{gb.ROWS_LAYOUT!r}>", "BH": "i32",
                  "H": "i32", "Lq": "i32", "Lk": "i32", "back": "i32",
-                 "ahead": "i32", **{n: "i32" for n in GLOBALS + ("c0", "c1")}, "group": "i32", "reverse": "i32", "qk_scale": "fp32",
+                 "ahead": "i32", **{n: "i32" for n in GLOBALS + ("c0", "c1")},
+                 "group": "i32", "reverse": "i32", "qk_scale": "fp32",
                  "sm_scale": "fp32", "bounds_ptr": "*i32", "flag_ptr": "*i32",
                  "segq_desc": (f"tensordesc<i32[{BM}],{gb.SEGQ_LAYOUT!r}>" if segments
                                else f"tensordesc<fp32[2, 1, {BM}],{gb.ROWS_LAYOUT!r}>"),
@@ -131,14 +132,14 @@ def main():
             backward, rows, forward = compile_bwd(D, dtype), compile_rows(D, dtype), \
                 compile_fwd(D, dtype)
             documents = compile_bwd(D, dtype, segments=True)
-            globs = ""
+            extra = ""
             if dtype == torch.bfloat16:  # (the bounds' code is the same in either dtype)
-                globs = (f"; with global rows and columns: backward "
+                extra = (f"; with global rows and columns: backward "
                          f"{_report(compile_bwd(D, dtype, glob=True))}, forward "
                          f"{_report(compile_fwd(D, dtype, glob=True))}; the forward of "
                          f"residue classes {_report(compile_fwd(D, dtype, classes=True))}")
             print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' backward "
-                  f"{_report(documents)}; forward {_report(forward)}{globs}; cubins "
+                  f"{_report(documents)}; forward {_report(forward)}{extra}; cubins "
                   f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "
                   f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
 

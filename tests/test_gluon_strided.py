@@ -117,14 +117,15 @@ def test_residue_classes_are_views_of_the_natural_rows():
     assert torch.all(t[1, 2, 1::4] == -1) and (t == -1).sum() == 3 * 4
 
 
-def _dense(expr, q, k, v, scale):
-    """(out, lse) of the pattern in float64, and its p (rows that keep nothing: lse -inf, out
-    and p 0)."""
+def _reference(expr, q, k, v, do, scale):
+    """(out, lse, (dq, dk, dv)) of the pattern in float64, dO = ``do`` (rows that keep nothing:
+    lse -inf, out 0, no gradient)."""
     keep = dense_mask(expr, q.shape[2], k.shape[2])[0]
-    s = (q.double() @ k.double().transpose(-1, -2) * scale).masked_fill(~keep, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
-    return p @ v.double(), lse, p
+    qs, ks, vs = (t.double().requires_grad_(True) for t in (q, k, v))
+    s = (qs @ ks.transpose(-1, -2) * scale).masked_fill(~keep, float("-inf"))
+    out = torch.nan_to_num(torch.softmax(s, -1)) @ vs  # rows that keep nothing: 0
+    out.backward(do.double())
+    return out.detach(), torch.logsumexp(s, -1).detach(), (qs.grad, ks.grad, vs.grad)
 
 
 def _emulate(kernel, grid, args, options, key=()):
@@ -195,17 +196,12 @@ def test_the_gluon_host_functions_of_residue_classes_match_the_reference(case, B
     do = torch.randn(B, H, Lq, 64)
     scale = 0.125
     out, lse = gf.forward(q, k, v, scale, back, ahead, step=step, launch=_emulate)
-    want_out, want_lse, p = _dense(expr, q, k, v, scale)
+    want_out, want_lse, want_grads = _reference(expr, q, k, v, do, scale)
     torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse.double(), want_lse.float().double(), rtol=1e-5, atol=1e-5)
     dq, dk, dv = gb.backward(q, k, v, out, do, lse, scale, back, ahead, step=step,
                              launch=_emulate)
-    qs, ks, vs = (t.double().requires_grad_(True) for t in (q, k, v))
-    keep = dense_mask(expr, Lq, Lk)[0]
-    s = (qs @ ks.transpose(-1, -2) * scale).masked_fill(~keep, float("-inf"))
-    probs = torch.nan_to_num(torch.softmax(s, -1))  # rows that keep nothing: 0
-    (probs @ vs).backward(do.double())
-    for got, want in ((dq, qs.grad), (dk, ks.grad), (dv, vs.grad)):
+    for got, want in zip((dq, dk, dv), want_grads):
         assert got.shape == want.shape and got.is_contiguous()
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 
@@ -250,13 +246,9 @@ def test_a_training_step_of_a_strided_band_through_the_gluon_paths(monkeypatch):
         qs, ks, vs = (t.clone().requires_grad_(True) for t in (q, k, v))
         out = module.attention(qs, ks, vs)
         out.backward(do)
-        want_out, _, _ = _dense(expr, q, k, v, 64 ** -0.5)
+        want_out, _, want_grads = _reference(expr, q, k, v, do, 64 ** -0.5)
         torch.testing.assert_close(out.double(), want_out, rtol=1e-4, atol=1e-4)
-        rs, ks2, vs2 = (t.double().requires_grad_(True) for t in (q, k, v))
-        keep = dense_mask(expr, L, L)[0]
-        s = (rs @ ks2.transpose(-1, -2) * 64 ** -0.5).masked_fill(~keep, float("-inf"))
-        (torch.softmax(s, -1) @ vs2).backward(do.double())
-        for got, want in ((qs.grad, rs.grad), (ks.grad, ks2.grad), (vs.grad, vs2.grad)):
+        for got, want in zip((qs.grad, ks.grad, vs.grad), want_grads):
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
         if L == 24 and layout == "bhld":
             assert ran == ["band_forward_kernel", "band_backward_kernel"]
