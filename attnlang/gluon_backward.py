@@ -70,7 +70,7 @@ from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_
     wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
-           "band_backward_kernel", "row_terms", "rows_descriptor", "tile"]
+           "band_backward_kernel", "gather_backward", "row_terms", "rows_descriptor", "tile"]
 BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring: bands
 # documents: 64-key blocks, one compute warpgroup (the docstring).  Training steps on the
 # benchmark's documents at 32k, d = 128: 1.03-1.05x round 27's 128-key kernel (which had a dQ
@@ -190,7 +190,7 @@ def _dpt(v_smem, do_s, BN: gl.constexpr, BM: gl.constexpr, layout: gl.constexpr)
 @gluon.jit
 def _tile(i, seq, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
           BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, SEGMENTS: gl.constexpr,
-          GLOBAL: gl.constexpr):
+          GLOBAL: gl.constexpr, FIRST: gl.constexpr):
     """Query tile i of this key block: its five products, dQ_part handed to the writer warp (in
     the bytes of the tile's (Q, dO) stage where BN = 64: `band_backward_kernel`).  (Issuing the
     next tile's S^T before waiting for this tile's products, carried across iterations, made
@@ -235,6 +235,10 @@ def _tile(i, seq, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
             keep = _band_keep(rows, key0, band, BN, s_layout, False) & \
                 (qseg[None, :] == kseg[:, None])
             pt = gl.where(keep, pt, 0.0)
+    elif FIRST:  # a gather component's keys: tiles before full_lo are masked
+        full_lo, _, kfirst = docs
+        if tile < full_lo:
+            pt = gl.where(rows[None, :] >= kfirst[:, None], pt, 0.0)
     else:  # partial: some pair of the tile not kept, or past the keys' end
         Lq, Lk, off, back, ahead, globs = band
         if partial_tile(m0 + off, BM, key0, BN, back, ahead, globs, GLOBAL) | (key0 + BN > Lk):
@@ -280,7 +284,7 @@ def _tile(i, seq, dk, dv, bufs, bars, key0, band, docs, qk_scale, sm_scale,
 @gluon.jit
 def _compute(bufs, bars, dk_desc, dv_desc, b, h, key0, seq, n, band, docs,
              qk_scale, sm_scale, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
-             SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr):
+             SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr, FIRST: gl.constexpr):
     k_smem, v_smem, qdo, ds_smem, dq_bufs, rows_smem, segq_smem = bufs
     kv_bar, ready, done, free = bars
     dtype: gl.constexpr = k_smem.dtype
@@ -293,10 +297,16 @@ def _compute(bufs, bars, dk_desc, dv_desc, b, h, key0, seq, n, band, docs,
         keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
         Lk = band[1]
         docs = (full_lo, full_hi, gl.load(segk_ptr + keys, mask=keys < Lk, other=-1))
+    if FIRST:  # the key block's first queries, read once (keys past the end: none)
+        full_lo, unused, first_ptr = docs
+        s_layout: gl.constexpr = wgmma_layout(BN // 16, 1, BM)
+        keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(1, s_layout))
+        Lq, Lk = band[0], band[1]
+        docs = (full_lo, unused, gl.load(first_ptr + keys, mask=keys < Lk, other=Lq))
     mbarrier.wait(kv_bar, 0)
     for i in range(n):
         dk, dv = _tile(i, seq, dk, dv, bufs, bars, key0, band, docs, qk_scale,
-                       sm_scale, BM, BN, D, SEGMENTS, GLOBAL)
+                       sm_scale, BM, BN, D, SEGMENTS, GLOBAL, FIRST)
     dk = dk * sm_scale
     # K and V are no longer read: their buffers stage dK and dV for the TMA stores
     k_out = k_smem.reshape([1, 1, BN, D])
@@ -317,7 +327,8 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
                          BH, H, Lq, Lk, back, ahead, ra, rb, ca, cb, c0, c1, group, reverse,
                          qk_scale, sm_scale, bounds_ptr, flag_ptr, segq_desc, segk_ptr,
                          per_batch, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
-                         STAGES: gl.constexpr, SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr):
+                         STAGES: gl.constexpr, SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr,
+                         FIRST: gl.constexpr = False):
     """dQ (added into dq_desc's float32 [B, H, Lq or more, D]), dK and dV of the pairs
     (query q, key k) with -ahead <= q + Lk - Lq - k <= back; rows_desc reads `_rows_kernel`'s
     [2, BH, Lq rounded up to BM] lse2 and delta.  One program per key block of BN keys (64 or
@@ -330,6 +341,10 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     query tiles come from bounds_ptr, the template's `_segment_bounds` table for BN-key blocks
     and BM-query blocks (lo, full_lo, full_hi, hi per block; tiles outside [full_lo, full_hi)
     masked), unless flag_ptr's pair marks the batch's ids unsorted: then every tile, masked.
+    With FIRST, the pairs (q, k) with q >= first[k] instead, segk_ptr pointing to int32 first
+    [Lk] (a gather component's packed keys, each seen by the queries from its first on: Lq for
+    none); a key block's query tiles are those from its least first, the tiles before its
+    greatest first masked.
     With GLOBAL, the pairs with ra <= p < rb or ca <= k < cb too, the key blocks [c0, c1) (those
     of global columns, which every query tile meets: `gluon_hopper.heavy_span`) of every head
     first."""
@@ -359,6 +374,15 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
         segq0 = bb * Lq
         seq = (lo, 0, 0)
         n = hi - lo
+    elif FIRST:
+        keys = key0 + gl.arange(0, BN, layout=gl.BlockedLayout([1], [32], [BN // 16], [0]))
+        first = gl.load(segk_ptr + keys, mask=keys < Lk, other=Lq)
+        lo = gl.min(first, 0) // BM
+        last = gl.max(gl.where(keys < Lk, first, 0), 0)  # tiles from cdiv(last, BM): all kept
+        docs = (gl.cdiv(last, BM), 0, segk_ptr)
+        segq0 = 0
+        seq = (lo, 0, 0)
+        n = gl.cdiv(Lq, BM) - lo
     else:
         seq, n = _query_tiles(block, Lq, Lk, back, ahead, globs, BM, BN, GLOBAL)
         docs = (0, 0, segk_ptr)
@@ -410,7 +434,7 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     gl.warp_specialize([
         (_compute, ((k_flat, v_flat, qdo, ds_smem, dq_bufs, rows_flat, segq_smem), bars, dk_desc,
                     dv_desc, b, h, key0, seq, n, band, docs, qk_scale, sm_scale, BM, BN, D,
-                    SEGMENTS, GLOBAL)),
+                    SEGMENTS, GLOBAL, FIRST)),
         (_loader, ((q_desc, k_desc, v_desc, do_desc, rows_desc, bh, segq_desc, segq0),
                    (k_smem, v_smem, qdo, rows_smem, segq_smem), bars, b, h, key0, seq, n, BM,
                    IN_STAGE, SEGMENTS, GLOBAL)),
@@ -447,19 +471,20 @@ def _rows_kernel(O, DO, LSE, LSE2, DELTA, DQ, sob, soh, som, sdob, sdoh, sdom, s
 def row_terms(out, do, lse, launch=jit_launch, dq=None):
     """`_rows_kernel`'s lse2 and delta, as one [2, B * H, Lq rounded up to BM] float32 tensor,
     and the float32 dQ zeroed: ``dq`` (a [B, H, Lq, D] float32 tensor of any strides, the head
-    dimension contiguous) where given, else a new [B, H, Lq rounded up to BM, D] (``launch``:
-    as `backward`'s); out, do [B, H, Lq, D] and lse [B, H, Lq] of any strides (the head
-    dimension contiguous)."""
+    dimension contiguous) where given, else a new [B, H, Lq rounded up to BM, D], or none
+    (``dq`` False: the terms only); ``launch``: as `backward`'s; out, do [B, H, Lq, D] and lse
+    [B, H, Lq] of any strides (the head dimension contiguous)."""
     B, H, Lq, D = out.shape
     lq_pad = triton.cdiv(Lq, BM) * BM
     rows = torch.empty((2, B * H, lq_pad), dtype=torch.float32, device=out.device)
     if dq is None:
         dq = torch.empty((B, H, lq_pad, D), dtype=torch.float32, device=out.device)
+    sums = rows if dq is False else dq  # (rows: unwritten, as dQ's 0 rows)
     launch(_rows_kernel, (lq_pad // BM, B * H),
-           (out, do, lse, rows[0], rows[1], dq, out.stride(0), out.stride(1), out.stride(2),
-            do.stride(0), do.stride(1), do.stride(2), *lse.stride(), *dq.stride()[:3], H, Lq,
-            lq_pad, dq.shape[2]), dict(ROWS=BM, D=D))
-    return rows, dq
+           (out, do, lse, rows[0], rows[1], sums, out.stride(0), out.stride(1), out.stride(2),
+            do.stride(0), do.stride(1), do.stride(2), *lse.stride(), *sums.stride()[:3], H, Lq,
+            lq_pad, 0 if dq is False else dq.shape[2]), dict(ROWS=BM, D=D))
+    return rows, (None if dq is False else dq)
 
 
 # the rows' tiles in shared memory: [2, 1, BM] float32 (lse2 and delta of a query tile), read
@@ -509,7 +534,6 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
     assert not (glob and docs is not None)
     ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
     terms, dq = row_terms(out, do, lse, launch, dq)
-    rows_desc = rows_descriptor(terms)
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
@@ -521,14 +545,50 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
             flat = flat.clone()
         docs = (bounds, flag, host_descriptor(flat, (BM,), SEGQ_LAYOUT),
                 seg_k, per_batch)
-    launch(band_backward_kernel, (triton.cdiv(Lk, bn) * B * H,),
-           (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
-            descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), rows_desc, B * H, H,
-            Lq, Lk, back, ahead, ra, rb, ca, cb, *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)),
-            group, int(back < ahead), scale * LOG2E, scale,
-            *(docs or (terms, terms, rows_desc, terms, 0))),  # (bands: unread)
-           dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=docs is not None, GLOBAL=glob,
-                num_warps=bn // 16, maxnreg=MAXNREG[bn]), (q.dtype,))
+    _launch_kernel(launch, (q, k, v, do, dk, dv, dq), terms, bn,
+                   (back, ahead, ra, rb, ca, cb, *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)),
+                    group, int(back < ahead)), docs, scale, dict(SEGMENTS=docs is not None,
+                                                                 GLOBAL=glob))
     if step > 1:
         return grads[0].to(q.dtype), *grads[1:]
     return dq[:, :, :Lq].to(q.dtype), dk, dv
+
+
+def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch):
+    """dK and dV of a gather component's packed keys, its share of dQ added into ``dq``: the
+    pairs (query q, packed key j) with q >= first[j], of a pattern whose output and log-sum-exp
+    gave `row_terms`' ``terms`` (every component's: this is one component's share of the
+    gradients).  kp, vp: [B, H, keys, D], the keys' K and V in order (the template's
+    `_packed`); ``first``: int32 [keys], the first query that keeps each key (Lq for none; the
+    caller has checked that each key's queries are exactly those from it on); ``dq``: float32
+    [B, H, Lq, D] (any strides, the head dimension contiguous) holding the other components'
+    dQ.  Other arguments as `backward`'s."""
+    dk = torch.empty(kp.shape, dtype=kp.dtype, device=kp.device)
+    dv = torch.empty(vp.shape, dtype=vp.dtype, device=vp.device)
+    B, H = q.shape[:2]
+    # (the key blocks of the earliest keys visit the most tiles, and start first in key order)
+    _launch_kernel(launch, (q, kp, vp, do, dk, dv, dq), terms, BN,
+                   (0, 0, 0, 0, 0, 0, 0, 0, min(HEAD_GROUP, B * H), 0),
+                   (terms, terms, None, first, 0), scale,
+                   dict(SEGMENTS=False, GLOBAL=False, FIRST=True))
+    return dk, dv
+
+
+def _launch_kernel(launch, tensors, terms, bn, bounds, docs, scale, modes):
+    """One launch of `band_backward_kernel` over ``tensors`` (q, k, v, do, dk, dv, dq), the
+    rows kernel's ``terms``, BN = ``bn``: ``bounds`` (back, ahead, ra, rb, ca, cb, c0, c1,
+    group, reverse), ``docs`` (bounds_ptr, flag_ptr, segq_desc, segk_ptr, per_batch; None for
+    bands: unread) and ``modes`` its SEGMENTS, GLOBAL and FIRST."""
+    q, k, v, do, dk, dv, dq = tensors
+    B, H, Lq, D = q.shape
+    rows_desc = rows_descriptor(terms)
+    if docs is None:
+        docs = (terms, terms, rows_desc, terms, 0)
+    elif docs[2] is None:  # (no query ids: unread)
+        docs = (*docs[:2], rows_desc, *docs[3:])
+    launch(band_backward_kernel, (triton.cdiv(k.shape[2], bn) * B * H,),
+           (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
+            descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), rows_desc, B * H, H,
+            Lq, k.shape[2], *bounds, scale * LOG2E, scale, *docs),
+           dict(BM=BM, BN=bn, D=D, STAGES=STAGES, **modes, num_warps=bn // 16,
+                maxnreg=MAXNREG[bn]), (q.dtype,))

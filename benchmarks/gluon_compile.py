@@ -30,10 +30,10 @@ NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the
 GLOBALS = ("ra", "rb", "ca", "cb")  # a band's global rows and columns (`band.banded_of`)
 
 
-def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False):
-    """The backward's kernel at head dimension D, for bands, (``segments``) document masks or
-    (``glob``) bands with global rows and columns, with the key block and ring that
-    `gb.backward` gives them."""
+def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=False):
+    """The backward's kernel at head dimension D, for bands, (``segments``) document masks,
+    (``glob``) bands with global rows and columns or (``first``) a gather component's keys, with
+    the key block and ring that `gb.backward` and `gb.gather_backward` give them."""
     name = NAMES[dtype]
     BM, BN = gb.tile(segments)
     lq, lk = shared_layout(BM, D, dtype), shared_layout(BN, D, dtype)
@@ -51,9 +51,9 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False):
                                else f"tensordesc<fp32[2, 1, {BM}],{gb.ROWS_LAYOUT!r}>"),
                  "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
-                 "SEGMENTS": "constexpr", "GLOBAL": "constexpr"}
+                 "SEGMENTS": "constexpr", "GLOBAL": "constexpr", "FIRST": "constexpr"}
     constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments,
-                  "GLOBAL": glob}
+                  "GLOBAL": glob, "FIRST": first}
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=BN // 16, maxnreg=gb.MAXNREG[BN]))
@@ -137,7 +137,9 @@ def main():
                 extra = (f"; with global rows and columns: backward "
                          f"{_report(compile_bwd(D, dtype, glob=True))}, forward "
                          f"{_report(compile_fwd(D, dtype, glob=True))}; the forward of "
-                         f"residue classes {_report(compile_fwd(D, dtype, classes=True))}")
+                         f"residue classes {_report(compile_fwd(D, dtype, classes=True))}; "
+                         f"the backward of a gather component's keys "
+                         f"{_report(compile_bwd(D, dtype, first=True))}")
             print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' backward "
                   f"{_report(documents)}; forward {_report(forward)}{extra}; cubins "
                   f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "

@@ -498,7 +498,8 @@ def test_the_gluon_kernels_compile_for_sm90():
     interpreter: the three kernels compile to cubins at both head dimensions in bf16 (fp16
     differs in the element type alone: `--fp16` compiles it too; the GPU checks run both), the
     band kernels with global rows and columns too; the forward's warpgroups take turns (named
-    barriers) at d = 128, not at d = 64."""
+    barriers) at d = 128, not at d = 64; the backward of a gather component's keys (FIRST)
+    too."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     pytest.importorskip("triton.experimental.gluon")
@@ -510,4 +511,6 @@ def test_the_gluon_kernels_compile_for_sm90():
         turns = int(line.split("; forward ")[1].split("ping-pong barriers ")[1].split(";")[0])
         assert (turns > 0) == (" D=128:" in line), line
         assert ("with global rows and columns: backward shared" in line) == \
+            line.startswith("bfloat16"), line
+        assert ("the backward of a gather component's keys shared" in line) == \
             line.startswith("bfloat16"), line
