@@ -203,7 +203,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
 
     from . import layout_segment
     from .band import band_of, banded_of, strided_band_of
-    from .plan import IDENTITY, decompose, one_pass
+    from .plan import GATHER, IDENTITY, decompose, one_pass
 
     expr = pattern.ir
     specs = decompose(expr)
@@ -228,15 +228,22 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     strided = strided_band_of(expr) if band is None and banded is None else None
     # document masks (one band and one document) take the Gluon backward only
     documents = one and band is None and layout_segment.band_of(expr) is not None
+    # a gather component whose forward and dQ run in one pass with identity ones (the fixed
+    # pattern) may take the Gluon backward for its own share (the template's GLUON_GATHER)
+    fused = one_pass(spec.kind for spec in specs)
+    gathers = [i for i, spec in enumerate(specs) if spec.kind == GATHER]
+    gluon_gather = gathers[0] if fused and len(gathers) == 1 and not uses_segment and \
+        not _uses_heads(specs[gathers[0]].predicate) else None
     lazy = LAZY_SUPPORT_MODULES if (band, banded, strided) != (None, None, None) else \
-        LAZY_SUPPORT_MODULES[:2] if documents else ()
+        LAZY_SUPPORT_MODULES[:2] if documents or gluon_gather is not None else ()
     source = template.render(
         pattern_source=str(pattern.decl) if hasattr(pattern, "decl") else str(pattern),
         expr_source=str(expr),
         expr_repr=repr(expr),
         name=getattr(pattern, "name", "pattern"),
         components=components,
-        fused=one_pass(spec.kind for spec in specs),
+        fused=fused,
+        gluon_gather=repr(gluon_gather),
         uses_segment=uses_segment,
         layout_picture=layout_picture,
         template_version=TEMPLATE_VERSION,
@@ -250,6 +257,13 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     )
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     return source.replace("@@DIGEST@@", digest)
+
+
+def _uses_heads(expr) -> bool:
+    """Whether a predicate keeps different pairs in different heads (``heads(...)``, or ``h`` in
+    a ``where``)."""
+    return any(isinstance(node, ir.Heads) or (isinstance(node, ir.Var) and node.name == "h")
+               for node in expr.walk())
 
 
 def _layout_picture(pattern) -> str:

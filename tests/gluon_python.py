@@ -1,7 +1,8 @@
 """Gluon helpers run as Python: a Gluon function's own code with the few calls of ``gl`` the
 kernels' index arithmetic makes (where, minimum, maximum, cdiv, int64) given by Python's and
 torch's, so that tests without a GPU check that arithmetic itself (every division there has
-operands of 0 or more, where Python's floor and the GPU's truncation agree)."""
+operands of 0 or more, where Python's floor and the GPU's truncation agree); and the band
+backward kernel's writes emulated in float64 (`emulate_backward`)."""
 import types
 
 import torch
@@ -23,3 +24,19 @@ def as_python(jit_fn, done=None):
             if isinstance(value, JITFunction):
                 scope[name] = as_python(value, done)
     return done[jit_fn]
+
+
+def emulate_backward(a, keep):
+    """What `band_backward_kernel` writes, in float64, given its arguments by name (``a``) and
+    the pairs it keeps (``keep``, [Lq, Lk] bool): dK and dV, and dQ added to its float32 sums,
+    from the rows kernel's terms, on the tensors its descriptors read and write."""
+    q, k, v, do, dk, dv, dq = (a[n].base for n in (
+        "q_desc", "k_desc", "v_desc", "do_desc", "dk_desc", "dv_desc", "dq_desc"))
+    B, H, Lq, _ = q.shape
+    terms = a["rows_desc"].base.view(2, B, H, -1)[:, :, :, :Lq].double()
+    s2 = (q.double() @ k.double().transpose(-1, -2)) * a["qk_scale"]
+    p = torch.exp2(s2 - terms[0][..., None]).masked_fill(~keep, 0.0)
+    dv.copy_(p.transpose(-1, -2) @ do.double())
+    ds = p * (do.double() @ v.double().transpose(-1, -2) - terms[1][..., None])
+    dk.copy_(ds.transpose(-1, -2) @ q.double() * a["sm_scale"])
+    dq[:, :, :Lq] += (ds @ k.double() * a["sm_scale"]).float()

@@ -25,7 +25,7 @@ from strategies import band_intersections as _bands
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
 gb = pytest.importorskip("attnlang.gluon_backward")
-from gluon_python import as_python  # noqa: E402
+from gluon_python import as_python, emulate_backward  # noqa: E402
 
 
 def _strided():
@@ -128,6 +128,19 @@ def _reference(expr, q, k, v, do, scale):
     return out.detach(), torch.logsumexp(s, -1).detach(), (qs.grad, ks.grad, vs.grad)
 
 
+def _check_step(module, expr, q, k, v, do):
+    """A training step of the generated ``module`` (scale 1/sqrt(D)) gives the float64
+    reference's output and gradients of ``expr``."""
+    qs, ks, vs = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = module.attention(qs, ks, vs)
+    out.backward(do)
+    want_out, _, want_grads = _reference(expr, q, k, v, do, q.shape[3] ** -0.5)
+    torch.testing.assert_close(out.double(), want_out, rtol=1e-4, atol=1e-4)
+    for got, want in zip((qs.grad, ks.grad, vs.grad), want_grads):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
 def _emulate(kernel, grid, args, options, key=()):
     """A launch of the Gluon band kernels emulated in float64 on the tensors their descriptors
     read and write (the band they are given, on [B, H, L, D] descriptors' tensors, here views of
@@ -154,17 +167,7 @@ def _emulate(kernel, grid, args, options, key=()):
                         options["CLASSES"])
             flat[at] = lse[b, h].float()
     elif name == "band_backward_kernel":
-        q, k, v, do, dk, dv, dq = (a[n].base for n in (
-            "q_desc", "k_desc", "v_desc", "do_desc", "dk_desc", "dv_desc", "dq_desc"))
-        B, H, Lq, _ = q.shape
-        terms = a["rows_desc"].base.view(2, B, H, -1)[:, :, :, :Lq].double()
-        keep = _kept(a["back"], a["ahead"], Lq, a["Lk"])
-        s2 = (q.double() @ k.double().transpose(-1, -2)) * a["qk_scale"]
-        p = torch.exp2(s2 - terms[0][..., None]).masked_fill(~keep, 0.0)
-        dv.copy_(p.transpose(-1, -2) @ do.double())
-        ds = p * (do.double() @ v.double().transpose(-1, -2) - terms[1][..., None])
-        dk.copy_(ds.transpose(-1, -2) @ q.double() * a["sm_scale"])
-        dq[:, :, :Lq] += (ds @ k.double() * a["sm_scale"]).float()
+        emulate_backward(a, _kept(a["back"], a["ahead"], a["Lq"], a["Lk"]))
     else:
         gh.jit_launch(kernel, grid, args, options)
 
@@ -242,14 +245,7 @@ def test_a_training_step_of_a_strided_band_through_the_gluon_paths(monkeypatch):
             if layout == "blhd":  # batches and heads apart in memory: no residue view
                 return torch.randn(2, L, 2, 64).transpose(1, 2)
             return torch.randn(2, 2, L, 64)
-        q, k, v, do = tensor(), tensor(), tensor(), tensor()
-        qs, ks, vs = (t.clone().requires_grad_(True) for t in (q, k, v))
-        out = module.attention(qs, ks, vs)
-        out.backward(do)
-        want_out, _, want_grads = _reference(expr, q, k, v, do, 64 ** -0.5)
-        torch.testing.assert_close(out.double(), want_out, rtol=1e-4, atol=1e-4)
-        for got, want in zip((qs.grad, ks.grad, vs.grad), want_grads):
-            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+        _check_step(module, expr, tensor(), tensor(), tensor(), tensor())
         if L == 24 and layout == "bhld":
             assert ran == ["band_forward_kernel", "band_backward_kernel"]
         else:

@@ -1,0 +1,141 @@
+"""A gather component's backward on the Gluon kernel (the fixed pattern's summary columns), as far
+as a machine without a GPU can check it.
+
+Which modules have such a component (GLUON_GATHER), each key's first query (`_gather_first`,
+against the component's own predicate and the dense masks), and a generated module's training
+step through `_gluon_gather_backward` -- the `tl` kernels of the other components in Triton's
+interpreter, `gluon_backward.gather_backward`'s kernel emulated in float64 on the tensors its
+descriptors read and write (`_emulate`) -- against the dense float64 reference, with the
+routing rules.  The kernel itself runs on sm_90 GPUs only: `benchmarks/gpu_check.py --gluon`
+checks it there."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import attnlang
+from attnlang.cache import load_module
+from attnlang.predicate import evaluate
+from attnlang.plan import decompose
+
+gb = pytest.importorskip("attnlang.gluon_backward")
+from gluon_python import emulate_backward  # noqa: E402
+from test_gluon_strided import _check_step  # noqa: E402
+
+FIXED = "causal & (chunk({c}) | cols(every({c}, {a}..{c})))"
+
+
+def _module(text):
+    return load_module(attnlang.parse(f"pattern x = {text}")["x"])
+
+
+def _gather_keys(module, Lq, Lk):
+    """The module's gather component's packed keys at these lengths, as its launches take them."""
+    q, k = torch.zeros(1, 1, Lq, 64), torch.zeros(1, 1, Lk, 64)
+    return module._prepare(q, k, "dq", None, None, None)[3][module.GLUON_GATHER]["kindex"]
+
+
+def test_which_modules_have_a_gluon_gather_component():
+    """A gather component run in one pass with identity ones; not a lone gather, a pattern of
+    residue classes, a band, or a gather component that keeps other pairs in other heads."""
+    assert _module(FIXED.format(c=128, a=112)).GLUON_GATHER == 1
+    assert _module("window(4, 0) | cols(every(16, 12..16))").GLUON_GATHER == 1
+    for text in ("causal & window(1023, 0)", "causal & (window(127, 0) | stride(128))",
+                 "cols(every(16, 12..16))", "causal & segment",
+                 "window(4, 0) | (cols(every(16, 12..16)) & heads(0..1))"):
+        assert _module(text).GLUON_GATHER is None, text
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([4, 8, 16]), st.integers(1, 4), st.integers(1, 80), st.integers(0, 20),
+       st.booleans())
+def test_gather_first_names_exactly_each_keys_queries(c, width, Lq, extra, windowed):
+    """Where `_gather_first` gives first queries, the component keeps exactly the pairs (q, key)
+    with q >= first[key], and the whole pattern keeps them too; where it gives None, some key's
+    queries are not those from its first on.  Lengths of any size, Lk >= Lq (queries at the
+    bottom right)."""
+    text = FIXED.format(c=c, a=c - width)
+    if windowed:  # each summary column seen for c + 3 queries only: not from a first one on
+        text = f"(causal & chunk({c})) | (cols(every({c}, {c - width}..{c})) & window({c + 3}, 0))"
+    module = _module(text)
+    Lk = Lq + extra
+    keys = _gather_keys(module, Lq, Lk)
+    module._FIRSTS.clear()
+    first = module._gather_first(keys, Lq, Lk)
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    predicate = decompose(expr)[module.GLUON_GATHER].predicate
+    rows = torch.arange(Lq)[:, None]
+    keep = evaluate(predicate, rows, keys.long()[None, :], q_len=Lq, k_len=Lk)
+    whole = evaluate(expr, rows, keys.long()[None, :], q_len=Lq, k_len=Lk)
+    if first is None:
+        assert windowed
+        assert (keep[:-1] & ~keep[1:]).any()
+    else:
+        assert first.dtype == torch.int32
+        assert torch.equal(keep, rows >= first.long()[None, :])
+        assert not (keep & ~whole).any()
+        if not windowed:  # the fixed pattern: a column is seen from the next chunk on
+            want = torch.clamp((keys.long() // c + 1) * c - (Lk - Lq), 0, Lq)
+            assert torch.equal(first.long(), want)
+
+
+def _emulate(kernel, grid, args, options, extra=()):
+    """`band_backward_kernel` with FIRST emulated in float64 on the tensors its descriptors read
+    and write: the packed keys' dK and dV, and dQ added to its float32 sums, from the rows
+    kernel's terms.  Other kernels launch as they are (the interpreter)."""
+    from attnlang import gluon_hopper as gh
+    if getattr(getattr(kernel, "fn", None), "__name__", "") != "band_backward_kernel":
+        return gh.jit_launch(kernel, grid, args, options)
+    assert options["FIRST"] and not options["SEGMENTS"] and not options["GLOBAL"]
+    a = dict(zip(kernel.arg_names, args))
+    emulate_backward(a, torch.arange(a["Lq"])[:, None] >= a["segk_ptr"].long()[None, :])
+
+def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monkeypatch):
+    """A generated fixed pattern's backward gives its summary columns to `gather_backward` (the
+    kernel emulated) and the chunks to the `tl` kernels; its gradients are the reference's, at
+    lengths that are and are not multiples of the tiles, Lk > Lq included."""
+    module = _module(FIXED.format(c=16, a=12))
+    if module._gluon_module("gluon_backward") is None:
+        pytest.skip("this Triton has no Gluon")
+    ran = []
+    launch = module._launch
+
+    def emulate(kernel, grid, args, options, extra=()):
+        if getattr(getattr(kernel, "fn", None), "__name__", "") == "band_backward_kernel":
+            ran.append(options["FIRST"])
+            return _emulate(kernel, grid, args, options)
+        return launch(kernel, grid, args, options, extra)
+    monkeypatch.setattr(module, "_launch", emulate)
+    monkeypatch.setattr(module, "_gluon_gather_ok", lambda q, *rest: q.shape[2] >= 40)
+    monkeypatch.setattr(module, "_CALLS", {})
+    expr = attnlang.parse(f"pattern x = {FIXED.format(c=16, a=12)}")["x"].ir
+    for Lq, Lk in ((64, 64), (50, 61), (24, 24)):
+        torch.manual_seed(Lq + Lk)
+        ran.clear()
+        _check_step(module, expr, torch.randn(2, 2, Lq, 64), torch.randn(2, 2, Lk, 64),
+                    torch.randn(2, 2, Lk, 64), torch.randn(2, 2, Lq, 64))
+        assert ran == ([True] if Lq >= 40 else [])
+
+
+def test_which_calls_of_the_fixed_pattern_take_the_gluon_gather_path(monkeypatch):
+    """From GLUON_GATHER_MIN queries up to GLUON_MAX_QUERIES, on sm_90 with 16-bit inputs, no
+    dBias, dropout, masks, padding or grouped heads, and not with ATTNLANG_GLUON=0."""
+    from test_gluon_band import NO_EXTRAS, _fake
+    module = _module(FIXED.format(c=128, a=112))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("ATTNLANG_GLUON", raising=False)
+    if module._gluon_module("gluon_backward") is None:
+        pytest.skip("this Triton has no Gluon")
+    ok = module._gluon_gather_ok
+    for D in (64, 128):
+        least = module.GLUON_GATHER_MIN[D]
+        assert ok(*_fake(D=D, L=least), NO_EXTRAS, False)
+        assert not ok(*_fake(D=D, L=least - 128), NO_EXTRAS, False)
+        assert not ok(*_fake(D=D, L=module.GLUON_MAX_QUERIES + 128), NO_EXTRAS, False)
+    assert not ok(*_fake(L=32768), NO_EXTRAS, True)  # dBias
+    assert not ok(*_fake(L=32768, dtype=torch.float32), NO_EXTRAS, False)
+    assert not ok(*_fake(L=32768, Hk=2), NO_EXTRAS, False)
+    assert not ok(*_fake(L=32768), dict(NO_EXTRAS, HAS_DROPOUT=True), False)
+    monkeypatch.setenv("ATTNLANG_GLUON", "0")
+    assert not ok(*_fake(L=32768), NO_EXTRAS, False)
+    assert not _module("causal & window(1023, 0)")._gluon_gather_ok(*_fake(L=32768), NO_EXTRAS,
+                                                                    False)
