@@ -6,7 +6,7 @@ on the generated module in turn (`_GLUON`), three interleaved rounds on the same
     git archive HEAD attnlang templates grammar | tar -x -C _old     # a tree to compare with
     python benchmarks/ab_trees.py --tree old=_old [--tree name=DIR ...] [--module gluon_backward]
         [--dims 128,64] [--lengths 8192,32768] [--only TEXT] [--rounds 3] [--tl] [--docs-min N]
-        [--docs-dims 64,128] [--pattern TEXT ...] [--min-keys-64 N]
+        [--docs-dims 64,128] [--pattern TEXT ...] [--min-keys-64 N] [--gather-min N]
 
 A tree's ``attnlang`` package is imported as ``attnlang_<name>``; its modules must take the same
 calls as this tree's.  ``--module`` may name several modules (``gluon_forward,gluon_backward``):
@@ -59,6 +59,9 @@ def main():
     parser.add_argument("--min-keys-64", type=int, default=None,
                         help="the generated modules' GLUON_MIN_KEYS_64 (0: bands of any width "
                              "may run the Gluon modules at d = 64)")
+    parser.add_argument("--gather-min", type=int, default=None,
+                        help="the fewest queries of a gather component's Gluon backward at "
+                             "every head dim (the generated modules' GLUON_GATHER_MIN)")
     parser.add_argument("--docs-dims", default=None,
                         help="the head dims of the generated modules' GLUON_DOCS: those whose "
                              "documents may run the Gluon module, e.g. 64,128")
@@ -85,6 +88,9 @@ def main():
                     generated.GLUON_MIN_KEYS_64 = args.min_keys_64
                 if args.docs_min is not None:
                     generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, args.docs_min)
+                if args.gather_min is not None:
+                    generated.GLUON_GATHER_MIN = dict.fromkeys(generated.GLUON_GATHER_MIN,
+                                                               args.gather_min)
                 mods = {"this": [generated._gluon_module(m) for m in names], **trees}
                 if args.tl:
                     mods["tl"] = [None] * len(names)

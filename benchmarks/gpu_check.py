@@ -55,6 +55,9 @@ CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
     ("causal & segment", 8192, 8192, 1, 2, 2, 64),
     # the fixed pattern's packed keys through the host's descriptors (at least 2048 programs)
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 8192, 2, 8, 8, 128),
+    # ... and its summary columns' backward on the Gluon kernel (GLUON_GATHER_MIN)
+    ("causal & (chunk(128) | cols(every(128, 112..128)))", 16384, 16384, 1, 2, 2, 128),
+    ("causal & (chunk(128) | cols(every(128, 112..128)))", 16384, 16384, 1, 2, 2, 64),
 ]
 
 # float32 above head dimension 64 takes its own small tiles (TILES_FP32): checked once each
@@ -123,12 +126,15 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     generated = load_module(pattern)
     direct = generated._DIRECT
     gluon_runs = _gluon_counted(generated, "_gluon_backward")
+    gather_runs = _gluon_counted(generated, "_gluon_gather_backward")
     gluon_fwd_runs = _gluon_counted(generated, "_gluon_forward")
     if gluon_everywhere:
         generated.GLUON_MIN_KEYS_64 = 0
         generated.GLUON_GLOBALS_FWD_64 = 0
         generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, 0)
-    gluon_before, gluon_fwd_before = gluon_runs.counts, gluon_fwd_runs.counts
+        generated.GLUON_GATHER_MIN = dict.fromkeys(generated.GLUON_GATHER_MIN, 0)
+    gluon_before = gluon_runs.counts + gather_runs.counts
+    gluon_fwd_before = gluon_fwd_runs.counts
     before = {key for key, hit in direct.items() if hit}  # an earlier case of the same pattern's
     runs = []
     for _ in range(2):  # the second call launches the compiled kernels directly (`_launch`)
@@ -139,7 +145,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     torch.cuda.synchronize()
     # the Gluon backward adds dQ up with atomics, in no fixed order: its dQ may differ in the last
     # bits between calls; everything else must repeat bit for bit
-    results["gluon"] = gluon_runs.counts - gluon_before
+    results["gluon"] = gluon_runs.counts + gather_runs.counts - gluon_before
     results["gluon_fwd"] = gluon_fwd_runs.counts - gluon_fwd_before
     repeat_same = all(torch.equal(a, b) for a, b in zip(*runs))
     if results["gluon"]:
@@ -173,7 +179,9 @@ def band_cases(n, gen):
     (from the second) a band with global rows or columns (`band.banded_of`; some with more
     queries than keys, whose first queries sit before the first key); then n // 4 (at least one)
     strided bands (`band.strided_band_of`: each residue class a band of the Gluon kernels),
-    lengths multiples of the step."""
+    lengths multiples of the step; then n // 8 (at least one) fixed patterns (chunks and
+    summary columns of random sizes: the summary columns' backward on the Gluon kernel,
+    GLUON_GATHER)."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
@@ -212,6 +220,14 @@ def band_cases(n, gen):
         B, H = pick([1, 2]), pick([1, 3])
         cases.append(((f"{band} & stride({step})", Lq, Lk, B, H, H, pick([64, 128])),
                       pick([torch.bfloat16, torch.float16]), False, {}))
+    for i in range(max(n // 8, 1)):  # the fixed pattern: its summary columns' backward
+        c = pick([16, 64, 128])
+        a = c - pick([1, 16, c // 2])
+        Lq = pick([100, 1000, 1531, 4096])
+        Lk = pick([Lq, Lq + 40])
+        B, H = pick([1, 2]), pick([1, 3])
+        cases.append(((f"causal & (chunk({c}) | cols(every({c}, {a}..{c})))", Lq, Lk, B, H, H,
+                       pick([64, 128])), pick([torch.bfloat16, torch.float16]), i % 2 == 1, {}))
     # one shape in both dtypes, one after the other: the second must not take the first's
     # compiled kernels (the generated modules launch them directly after a first launch)
     return cases + [(("causal & window(300, 20)", 1000, 1000, 1, 2, 2, 128), dtype, False, {})
@@ -238,8 +254,9 @@ def main():
         t = time.time()
         res, ok = run_case(*case, dtype, gen, bshd=bshd, gluon_everywhere=bool(bands), **kw)
         all_gluon = res["gluon"] == 2 and res["gluon_fwd"] == 2  # no `tl` kernel: none direct
-        # (document masks: Gluon's backward, the `tl` forward)
-        everywhere = res["gluon"] == 2 if "segment" in case[0] else all_gluon
+        # (document masks and the fixed pattern: Gluon's backward, the `tl` forward)
+        everywhere = res["gluon"] == 2 if "segment" in case[0] or "cols(" in case[0] \
+            else all_gluon
         ok = ok and (res["direct"] > 0 or all_gluon) and (not bands or everywhere)
         a, s = res["attnlang"], res["sdpa"]
         # (a side with no error in either: not counted; none in SDPA's alone: infinite)
