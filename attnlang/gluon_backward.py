@@ -10,7 +10,9 @@ with global rows and columns (``band.banded_of``, Longformer's; GLOBAL: a key bl
 tiles are the band's and the global rows', or every tile for a block of global columns, and
 those blocks of every head come first); and bands with ``stride(s)`` (``band.strided_band_of``:
 each residue class a head of its own, `gluon_hopper.residue_classes`, dQ's float32 sums kept in
-the rows' natural order).  One program per (block of BN keys, batch and head),
+the rows' natural order); and (FIRST, `gather_backward`) a gather component's packed keys, each
+seen by the queries from its first one on (the fixed pattern's summary columns: the template's
+GLUON_GATHER), that component's share of the gradients.  One program per (block of BN keys, batch and head),
 BN = 128 for bands and 64 for documents:
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
@@ -328,7 +330,7 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
                          qk_scale, sm_scale, bounds_ptr, flag_ptr, segq_desc, segk_ptr,
                          per_batch, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
                          STAGES: gl.constexpr, SEGMENTS: gl.constexpr, GLOBAL: gl.constexpr,
-                         FIRST: gl.constexpr = False):
+                         FIRST: gl.constexpr):
     """dQ (added into dq_desc's float32 [B, H, Lq or more, D]), dK and dV of the pairs
     (query q, key k) with -ahead <= q + Lk - Lq - k <= back; rows_desc reads `_rows_kernel`'s
     [2, BH, Lq rounded up to BM] lse2 and delta.  One program per key block of BN keys (64 or
@@ -547,8 +549,8 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
                 seg_k, per_batch)
     _launch_kernel(launch, (q, k, v, do, dk, dv, dq), terms, bn,
                    (back, ahead, ra, rb, ca, cb, *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)),
-                    group, int(back < ahead)), docs, scale, dict(SEGMENTS=docs is not None,
-                                                                 GLOBAL=glob))
+                    group, int(back < ahead)), docs, scale,
+                   dict(SEGMENTS=docs is not None, GLOBAL=glob, FIRST=False))
     if step > 1:
         return grads[0].to(q.dtype), *grads[1:]
     return dq[:, :, :Lq].to(q.dtype), dk, dv
