@@ -116,6 +116,29 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monk
         assert ran == ([True] if Lq >= 40 else [])
 
 
+def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatch):
+    """At lengths where the component's column set has no key (columns 60..63 of every 64 at 40
+    tokens), there is nothing for the Gluon kernel: the `tl` backward runs, and its gradients
+    are the reference's."""
+    text = "causal & (chunk(16) | cols(every(64, 60..64)))"
+    module = _module(text)
+    launched = []
+    launch = module._launch
+
+    def record(kernel, grid, args, options, extra=()):
+        launched.append(getattr(getattr(kernel, "fn", None), "__name__", ""))
+        return launch(kernel, grid, args, options, extra)
+    monkeypatch.setattr(module, "_launch", record)
+    monkeypatch.setattr(module, "_gluon_gather_ok", lambda *args: True)
+    monkeypatch.setattr(module, "_CALLS", {})
+    assert not _gather_keys(module, 40, 40).numel()
+    torch.manual_seed(0)
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    _check_step(module, expr, *(torch.randn(1, 2, 40, 64) for _ in range(4)))
+    assert "band_backward_kernel" not in launched and "_rows_kernel" not in launched
+    assert "_bwd_dq_fused" in launched
+
+
 def test_which_calls_of_the_fixed_pattern_take_the_gluon_gather_path(monkeypatch):
     """From GLUON_GATHER_MIN queries up to GLUON_MAX_QUERIES, on sm_90 with 16-bit inputs, no
     dBias, dropout, masks, padding or grouped heads, and not with ATTNLANG_GLUON=0."""
