@@ -69,6 +69,7 @@ class MaskEmitter:
         if isinstance(e, ir.Int):
             return f"({e.value})"
         if isinstance(e, ir.Var):
+            self.uses_heads |= e.name == "h"
             # where: int64, so products of positions stay exact
             q, k, lq, lk = "qp.to(tl.int64)", "kp.to(tl.int64)", "Lq.to(tl.int64)", "Lk.to(tl.int64)"
             return {"q": q, "k": k, "p": f"({q} + ({lk} - {lq}))",
@@ -209,10 +210,12 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     specs = decompose(expr)
     components = []
     uses_segment = False
+    per_head = []  # components whose pairs differ between heads (`heads(...)`, `h`)
     for i, spec in enumerate(specs):
         emitter = MaskEmitter()
         mask = emitter.pattern(spec.predicate)
         uses_segment |= emitter.uses_segment
+        per_head.append(emitter.uses_heads)
         components.append(dict(index=i, kind=spec.kind, modulus=spec.modulus,
                                predicate=str(spec.predicate), mask=mask))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
@@ -233,7 +236,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     fused = one_pass(spec.kind for spec in specs)
     gathers = [i for i, spec in enumerate(specs) if spec.kind == GATHER]
     gluon_gather = gathers[0] if fused and len(gathers) == 1 and not uses_segment and \
-        not _uses_heads(specs[gathers[0]].predicate) else None
+        not per_head[gathers[0]] else None
     lazy = LAZY_SUPPORT_MODULES if (band, banded, strided) != (None, None, None) else \
         LAZY_SUPPORT_MODULES[:2] if documents or gluon_gather is not None else ()
     source = template.render(
@@ -257,13 +260,6 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     )
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     return source.replace("@@DIGEST@@", digest)
-
-
-def _uses_heads(expr) -> bool:
-    """Whether a predicate keeps different pairs in different heads (``heads(...)``, or ``h`` in
-    a ``where``)."""
-    return any(isinstance(node, ir.Heads) or (isinstance(node, ir.Var) and node.name == "h")
-               for node in expr.walk())
 
 
 def _layout_picture(pattern) -> str:

@@ -12,8 +12,8 @@ those blocks of every head come first); and bands with ``stride(s)`` (``band.str
 each residue class a head of its own, `gluon_hopper.residue_classes`, dQ's float32 sums kept in
 the rows' natural order); and (FIRST, `gather_backward`) a gather component's packed keys, each
 seen by the queries from its first one on (the fixed pattern's summary columns: the template's
-GLUON_GATHER), that component's share of the gradients.  One program per (block of BN keys, batch and head),
-BN = 128 for bands and 64 for documents:
+GLUON_GATHER), that component's share of the gradients.  One program per (block of BN keys,
+batch and head), BN = 128 for bands and 64 for documents:
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
   queries whose band meets the block through a ring of two stages, by TMA (rank-4 descriptors

@@ -41,7 +41,8 @@ def test_which_modules_have_a_gluon_gather_component():
     assert _module("window(4, 0) | cols(every(16, 12..16))").GLUON_GATHER == 1
     for text in ("causal & window(1023, 0)", "causal & (window(127, 0) | stride(128))",
                  "cols(every(16, 12..16))", "causal & segment",
-                 "window(4, 0) | (cols(every(16, 12..16)) & heads(0..1))"):
+                 "window(4, 0) | (cols(every(16, 12..16)) & heads(0..1))",
+                 "window(4, 0) | (cols(every(16, 12..16)) & where(h == 0))"):
         assert _module(text).GLUON_GATHER is None, text
 
 
