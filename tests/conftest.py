@@ -24,3 +24,8 @@ except ImportError:  # pragma: no cover
 
 import sys
 sys.path.insert(0, os.path.dirname(__file__))
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    import interpreter_patches
+
+    interpreter_patches.install()

@@ -1,0 +1,44 @@
+"""The test suite's faster Triton interpreter (tests/interpreter_patches.py) computes what the
+interpreter computes, and leaves triton.language as it found it."""
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="Triton's interpreter only")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def _twice_plus(x, y):
+    return x * 2 + y
+
+
+@triton.jit
+def _nested(X, Y, OUT, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    x = tl.load(X + offs)
+    acc = tl.zeros([N], tl.float32)
+    for i in range(3):  # a device function called in a loop, as the generated kernels do
+        acc = _twice_plus(x, acc) + tl.load(Y + offs) * i
+    tl.store(OUT + offs, acc)
+
+
+def test_device_function_calls_inside_a_launch_compute_the_same_and_restore_the_language():
+    from triton.runtime import interpreter
+    import interpreter_patches
+
+    assert getattr(interpreter, "_attnlang", 0) == 1  # installed by conftest.py
+    assert not interpreter_patches.install()  # once only
+    before = {name: getattr(tl, name) for name in ("range", "static_range", "arange", "load")}
+    x, y = torch.arange(16.0), torch.arange(16.0).flip(0)
+    out = torch.empty(16)
+    _nested[(1,)](x, y, out, N=16)
+    want = torch.zeros(16)
+    for i in range(3):
+        want = x * 2 + want + y * i
+    assert torch.equal(out, want)
+    assert {name: getattr(tl, name) for name in before} == before
