@@ -80,6 +80,29 @@ class Axis:
     def is_identity(self) -> bool:
         return self.index is None and self.start == 0 and self.step == 1
 
+    def runs(self) -> Optional[Tuple[int, int, int, int]]:
+        """A gather axis's positions as runs of equal width at a fixed period: ``(start,
+        period, width, count)`` where they are exactly ``start + period * i + j`` for ``i <
+        count``, ``j < width`` in that order (``every(128, 112..128)``'s columns: runs of 16
+        keys every 128), so that a tensor's rows at them are a strided view of it; else None
+        (and for arithmetic axes, and gather axes without positions)."""
+        index = self.index
+        if index is None or index.numel() == 0:
+            return None
+        index = index.to(torch.int64).cpu()
+        breaks = torch.nonzero(index[1:] != index[:-1] + 1)
+        width = int(breaks[0]) + 1 if breaks.numel() else index.numel()
+        if index.numel() % width:
+            return None
+        rows = index.view(-1, width)
+        if not torch.equal(rows - rows[:, :1], torch.arange(width).expand_as(rows)):
+            return None
+        starts = rows[:, 0]
+        period = int(starts[1] - starts[0]) if starts.numel() > 1 else width
+        if not bool((starts[1:] - starts[:-1] == period).all()):
+            return None
+        return int(starts[0]), period, width, rows.shape[0]
+
 
 # ---------------------------------------------------------------- the layout
 

@@ -163,3 +163,35 @@ def test_which_calls_of_the_fixed_pattern_take_the_gluon_gather_path(monkeypatch
     assert not ok(*_fake(L=32768), NO_EXTRAS, False)
     assert not _module("causal & window(1023, 0)")._gluon_gather_ok(*_fake(L=32768), NO_EXTRAS,
                                                                     False)
+
+
+@pytest.mark.parametrize("layout", ["rows", "heads inside", "offset"])
+@pytest.mark.parametrize("d", [8, 6])
+def test_packed_keys_in_runs_are_what_index_select_gives(layout, d):
+    """Keys in runs at a period (`Axis.runs`: every(16, 12..16) over 64 keys) are packed from a
+    strided view, and the packed keys' gradients added back through one; both equal
+    `index_select` and `index_add` on tensors in any layout (rows of a head in order, heads
+    inside a row, a view that starts into its storage; rows of whole int64 words, which the copy
+    moves as words, and not), and keys not in such runs (61 keys: the last run cut short) keep
+    `index_select`."""
+    module = _module(FIXED.format(c=16, a=12))
+    for Lk, expect_runs in ((64, (12, 16, 4, 4)), (61, None)):
+        q = torch.zeros(2, 3, Lk, d)
+        tables = module._prepare(q, q, "fwd", None, None, None)[3][module.GLUON_GATHER]
+        index, runs = tables["kindex"], tables["kruns"]
+        assert runs == expect_runs
+        g = torch.Generator().manual_seed(Lk)
+        base = torch.randn(2, Lk + 1, 3, d, generator=g).to(torch.bfloat16)
+        k = {"rows": base[:, :Lk].transpose(1, 2).contiguous(),
+             "heads inside": base[:, :Lk].transpose(1, 2),
+             "offset": base.transpose(1, 2)[:, :, 1:]}[layout]
+        v = k * 2 + 1
+        kp, vp = module._packed((index, runs), k, v)
+        assert kp.is_contiguous() and vp.is_contiguous()
+        assert torch.equal(kp, k.index_select(2, index.long()))
+        assert torch.equal(vp, v.index_select(2, index.long()))
+        if runs is not None:
+            grad = k.clone()
+            view = module._strided_keys(grad, runs)
+            view.add_(kp.view(view.shape))
+            assert torch.equal(grad, k.index_add(2, index.long(), kp))

@@ -381,3 +381,33 @@ def test_classify_subset_of_heads_and_axis_errors():
         classify(expr, Axis(10), Axis(4, step=0), block_m=16, block_n=16, q_len=40, k_len=40)
     with pytest.raises(ValueError, match="heads"):
         classify(expr, Axis(10), Axis(4), block_m=16, block_n=16, q_len=40, k_len=40, heads=[])
+
+
+@given(st.integers(0, 40), st.integers(1, 12), st.integers(0, 6), st.integers(1, 9),
+       st.integers(0, 4))
+def test_gather_axis_runs_are_exactly_its_positions(start, width, gap, count, noise):
+    """`Axis.runs` gives (start, period, width, count) only where the positions are exactly the
+    runs ``start + period * i + j`` (j < width), and finds them wherever they are; a run cut
+    short, split or moved, or a stray position, are not runs at a period (the index sets of `every`
+    and of ranges)."""
+    period = width + gap
+    runs = [start + period * i + j for i in range(count) for j in range(width)]
+    positions = list(runs)
+    if noise == 1 and count > 1:  # the last run cut short
+        positions = positions[:-1]
+    elif noise == 2:  # a stray position after the runs
+        positions.append(positions[-1] + period + 2)
+    elif noise == 3 and count > 2 and gap:  # the last run moved one later
+        positions = positions[:-width] + [p + 1 for p in positions[-width:]]
+    elif noise == 4 and count > 1 and gap:  # the last position one later: a run split
+        positions[-1] += 1
+    got = Axis(len(positions), index=torch.tensor(positions)).runs()
+    if got is not None:  # sound: exactly the positions
+        s, p, w, n = got
+        assert [s + p * i + j for i in range(n) for j in range(w)] == positions
+    if positions == runs:  # complete: runs that touch (no gap) are one run
+        assert got == ((start, period, width, count) if gap and count > 1 else
+                       (start, width * count, width * count, 1))
+    elif gap and width > 1:  # (runs of one position: a stray or a dropped one may be runs too)
+        assert got is None, (positions, got)
+    assert Axis(5).runs() is None and Axis(0, index=torch.tensor([])).runs() is None
