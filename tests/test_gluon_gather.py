@@ -90,28 +90,20 @@ def _emulate(kernel, grid, args, options, extra=()):
     a = dict(zip(kernel.arg_names, args))
     emulate_backward(a, torch.arange(a["Lq"])[:, None] >= a["segk_ptr"].long()[None, :])
 
-@pytest.mark.parametrize("chunks_add_dq", [None, "32x16:4:1:t:a"])
-def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monkeypatch,
-                                                                            chunks_add_dq):
+def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monkeypatch):
     """A generated fixed pattern's backward gives its summary columns to `gather_backward` (the
-    kernel emulated) and the chunks to the `tl` kernels (FUSED's dQ kernel and their dK/dV, or
-    dK/dV tiles that add their dQ too: GATHER_OTHERS_DKDV); its gradients are the reference's,
-    at lengths that are and are not multiples of the tiles, Lk > Lq included."""
+    kernel emulated) and the chunks to the `tl` kernels; its gradients are the reference's, at
+    lengths that are and are not multiples of the tiles, Lk > Lq included."""
     module = _module(FIXED.format(c=16, a=12))
-    monkeypatch.setattr(module, "GATHER_OTHERS_DKDV", {64: chunks_add_dq} if chunks_add_dq
-                        else {})
     if module._gluon_module("gluon_backward") is None:
         pytest.skip("this Triton has no Gluon")
     ran = []
     launch = module._launch
 
     def emulate(kernel, grid, args, options, extra=()):
-        name = getattr(getattr(kernel, "fn", None), "__name__", "")
-        if name == "band_backward_kernel":
+        if getattr(getattr(kernel, "fn", None), "__name__", "") == "band_backward_kernel":
             ran.append(options["FIRST"])
             return _emulate(kernel, grid, args, options)
-        if name == "_bwd_dq_fused" or options.get("ATOMIC_DQ"):
-            ran.append(name)
         return launch(kernel, grid, args, options, extra)
     monkeypatch.setattr(module, "_launch", emulate)
     monkeypatch.setattr(module, "_gluon_gather_ok", lambda q, *rest: q.shape[2] >= 40)
@@ -122,12 +114,7 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monk
         ran.clear()
         _check_step(module, expr, torch.randn(2, 2, Lq, 64), torch.randn(2, 2, Lk, 64),
                     torch.randn(2, 2, Lk, 64), torch.randn(2, 2, Lq, 64))
-        if Lq < 40:  # the `tl` backward
-            assert ran == ["_bwd_dq_fused"]
-        elif chunks_add_dq:  # no dQ kernel: the chunks' dK/dV adds their dQ
-            assert ran == [True, "_bwd_dkdv_0"], ran
-        else:
-            assert ran == ["_bwd_dq_fused", True]
+        assert ran == ([True] if Lq >= 40 else [])
 
 
 def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatch):
