@@ -30,6 +30,24 @@ def main():
         profile_length(n, args.d, args.pattern or DEFAULT, args.docs_min)
 
 
+def kernel_times(step, reps=10, width=60):
+    """{kernel name (its first ``width`` characters): (GPU µs, launches)} over ``reps`` calls of
+    ``step``, after three calls to warm up."""
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA":
+            total, count = rows.get(e.name[:width], (0.0, 0))
+            rows[e.name[:width]] = (total + e.device_time, count + 1)
+    return rows
+
+
 def profile_length(n, d, patterns, docs_min=None):
     """Print the kernels of one forward+backward step of each pattern at length n."""
     batch = max(1, TOKENS_PER_BATCH // n)
@@ -50,20 +68,8 @@ def profile_length(n, d, patterns, docs_min=None):
             for t in (qg, kg, vg):
                 t.grad = None
             mod(qg, kg, vg, **kw).backward(do)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
         reps = 10
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(reps):
-                step()
-            torch.cuda.synchronize()
-        rows = {}
-        for e in prof.events():
-            if e.device_type.name == "CUDA":
-                name = e.name[:60]
-                total, count = rows.get(name, (0.0, 0))
-                rows[name] = (total + e.device_time, count + 1)
+        rows = kernel_times(step, reps)
         print(f"== {text}  n={n} d={d} B={batch} (per step, us)")
         step_total = 0.0
         for name, (total, count) in sorted(rows.items(), key=lambda x: -x[1][0]):

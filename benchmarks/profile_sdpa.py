@@ -4,9 +4,14 @@ attnlang's (`benchmarks/profile_kernels.py`): `all` at 8k and causal at 8k and 3
 
     python benchmarks/profile_sdpa.py
 """
+import os
+import sys
+
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from profile_kernels import kernel_times  # noqa: E402
 
 CASES = [(8192, 64, False), (8192, 64, True), (32768, 64, True)]  # (length, head dim, causal)
 
@@ -22,18 +27,7 @@ def profile_case(n, d, causal, reps=10):
         for t in leaves:
             t.grad = None
         F.scaled_dot_product_attention(*leaves, is_causal=causal).backward(do)
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            step()
-        torch.cuda.synchronize()
-    rows = {}
-    for e in prof.events():
-        if e.device_type.name == "CUDA":
-            total, count = rows.get(e.name[:70], (0.0, 0))
-            rows[e.name[:70]] = (total + e.device_time, count + 1)
+    rows = kernel_times(step, reps, width=70)
     print(f"== SDPA causal={causal} n={n} d={d}")
     for name, (total, count) in sorted(rows.items(), key=lambda x: -x[1][0]):
         print(f"   {total / reps:9.1f} x{count // reps} {name}")
