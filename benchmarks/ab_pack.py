@@ -2,69 +2,73 @@
 `index_select`, on the GPU: the packing of K and V and one gradient's scatter at 32k tokens,
 d = 128, alone; then the fixed pattern's forward and training step at 8k and 32k, d = 128 and
 64, with each variant set on the generated module (its tables built again without runs for
-"index"), three interleaved rounds on the same inputs, `do_bench` medians, gradients compared.
+"index"), three rounds on the same inputs (`head_order._medians`), `do_bench` medians,
+gradients compared.
 
     python benchmarks/ab_pack.py
 """
-import sys, torch
-sys.path.insert(0, "benchmarks")
+import os
+import sys
+
+import torch
 from triton.testing import do_bench
-import attnlang
-from attnlang.cache import load_module
-from head_order import _inputs
-from gluon_bwd import max_rel
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import attnlang  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
+from gluon_bwd import max_rel  # noqa: E402
+from head_order import _inputs, _medians, _step_runner  # noqa: E402
 
 TEXT = "causal & (chunk(128) | cols(every(128, 112..128)))"
-pattern = attnlang.parse(f"pattern x = {TEXT}")["x"]
-mod = pattern.module(backend="triton")
-gen = load_module(pattern)
-Axis = gen._support.layout.Axis
-new_runs = Axis.runs
 
-def set_variant(name):
-    Axis.runs = new_runs if name == "runs" else (lambda self: None)
-    for cache in ("_CALLS", "_SHAPES", "_SEG_MEMO", "_TABLES"):
-        getattr(gen, cache).clear()
 
-# packing alone, 32k d=128
-k = torch.randn(1, 16, 32768, 128, device="cuda", dtype=torch.bfloat16)
-idx = torch.arange(32768, device="cuda").view(-1, 128)[:, 112:].flatten()
-runs = (112, 128, 16, 256)
-assert torch.equal(gen._packed((idx, runs), k, k)[0], k.index_select(2, idx))
-t_new = do_bench(lambda: gen._packed((idx, runs), k, k), warmup=25, rep=200)
-t_old = do_bench(lambda: gen._packed((idx, None), k, k), warmup=25, rep=200)
-dkp = torch.randn(1, 16, 4096, 128, device="cuda", dtype=torch.bfloat16)
-def scat_new():
-    view = gen._strided_keys(k, runs); view.add_(dkp.view(view.shape))
-def scat_old():
-    k.index_copy_(2, idx, k.index_select(2, idx).add_(dkp))
-s_new = do_bench(scat_new, warmup=25, rep=200)
-s_old = do_bench(scat_old, warmup=25, rep=200)
-print(f"pack K,V 32k d=128: runs {t_new*1e3:.1f} us, index_select {t_old*1e3:.1f} us; "
-      f"scatter one: runs {s_new*1e3:.1f} us, index {s_old*1e3:.1f} us", flush=True)
+def packing_alone(gen):
+    """Print the packing of K and V, and one gradient's scatter, each way (32k, d = 128)."""
+    k = torch.randn(1, 16, 32768, 128, device="cuda", dtype=torch.bfloat16)
+    idx = torch.arange(32768, device="cuda").view(-1, 128)[:, 112:].flatten()
+    runs = (112, 128, 16, 256)
+    assert torch.equal(gen._packed((idx, runs), k, k)[0], k.index_select(2, idx))
+    dkp = torch.randn(1, 16, 4096, 128, device="cuda", dtype=torch.bfloat16)
 
-for D in (128, 64):
-    for L in (32768, 8192):
-        B = max(1, 16384 // L)
-        q, k, v, do, leaves = _inputs(B, 16, L, D)
-        times = {"runs": {"fwd": [], "step": []}, "index": {"fwd": [], "step": []}}
-        grads = {}
-        for rnd in range(3):
-            for name in (("runs", "index") if rnd % 2 == 0 else ("index", "runs")):
-                set_variant(name)
-                for t in leaves:
-                    t.grad = None
-                mod(*leaves).backward(do)
-                grads[name] = [t.grad.clone() for t in leaves]
-                times[name]["fwd"].append(do_bench(lambda: mod(q, k, v), warmup=25, rep=150))
-                def step():
-                    mod(*leaves).backward(do)
-                times[name]["step"].append(do_bench(step, warmup=25, rep=150, grad_to_none=leaves))
-        err = max(max_rel(a, b) for a, b in zip(grads["runs"], grads["index"]))
-        med = {n: {m: sorted(x)[1] for m, x in d.items()} for n, d in times.items()}
-        print(f"L={L} D={D}: fwd runs {med['runs']['fwd']:.4f} index {med['index']['fwd']:.4f} "
-              f"({med['index']['fwd'] / med['runs']['fwd']:.3f}x); step runs "
-              f"{med['runs']['step']:.4f} index {med['index']['step']:.4f} "
-              f"({med['index']['step'] / med['runs']['step']:.3f}x); grads max rel {err:.2e}",
-              flush=True)
-set_variant("runs")
+    def scatter_runs():
+        view = gen._strided_keys(k, runs)
+        view.add_(dkp.view(view.shape))
+    us = {name: do_bench(call, warmup=25, rep=200) * 1e3 for name, call in (
+        ("pack runs", lambda: gen._packed((idx, runs), k, k)),
+        ("pack index", lambda: gen._packed((idx, None), k, k)),
+        ("scatter runs", scatter_runs),
+        ("scatter index", lambda: k.index_copy_(2, idx, k.index_select(2, idx).add_(dkp))))}
+    print(f"pack K,V 32k d=128: runs {us['pack runs']:.1f} us, index_select "
+          f"{us['pack index']:.1f} us; scatter one: runs {us['scatter runs']:.1f} us, index "
+          f"{us['scatter index']:.1f} us", flush=True)
+
+
+def main():
+    pattern = attnlang.parse(f"pattern x = {TEXT}")["x"]
+    mod = pattern.module(backend="triton")
+    gen = load_module(pattern)
+    axis = gen._support.layout.Axis
+    runs = axis.runs
+
+    def set_variant(generated, name):  # "index": the tables built again without runs
+        axis.runs = runs if name == "runs" else (lambda self: None)
+        generated._TABLES.clear()
+    packing_alone(gen)
+    for D in (128, 64):
+        for L in (32768, 8192):
+            B = max(1, 16384 // L)
+            q, k, v, do, leaves = _inputs(B, 16, L, D)
+            fwd, _ = _medians(pattern, ("runs", "index"), set_variant,
+                              lambda: (None, do_bench(lambda: mod(q, k, v), warmup=25, rep=150)))
+            step, grads = _medians(pattern, ("runs", "index"), set_variant,
+                                   _step_runner(mod, leaves, do, {}))
+            err = max(max_rel(a, b) for a, b in zip(grads["runs"], grads["index"]))
+            print(f"L={L} D={D}: fwd runs {fwd['runs']:.4f} index {fwd['index']:.4f} "
+                  f"({fwd['index'] / fwd['runs']:.3f}x); step runs {step['runs']:.4f} index "
+                  f"{step['index']:.4f} ({step['index'] / step['runs']:.3f}x); grads max rel "
+                  f"{err:.2e}", flush=True)
+    set_variant(gen, "runs")
+
+
+if __name__ == "__main__":
+    main()
