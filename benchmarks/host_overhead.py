@@ -20,12 +20,12 @@ import time
 import warnings
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
 import attnlang
 from attnlang.bench import HEADS, TOKENS_PER_BATCH, random_documents
 from attnlang.cache import load_module
+from profile_kernels import kernel_times  # (this script's folder is on the path)
 
 DEFAULT = ["causal & segment", "causal & (window(127, 0) | stride(128))", "window(512)"]
 
@@ -44,13 +44,7 @@ def host_us(fn, reps=200):
 
 def gpu_us(fn, reps=20):
     """Kernel time per call (sum of the CUDA kernels' durations, torch.profiler)."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    return sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA") / reps
+    return sum(total for total, _ in kernel_times(fn, reps, warmup=1).values()) / reps
 
 
 def main():

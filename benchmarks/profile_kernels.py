@@ -30,10 +30,10 @@ def main():
         profile_length(n, args.d, args.pattern or DEFAULT, args.docs_min)
 
 
-def kernel_times(step, reps=10, width=60):
+def kernel_times(step, reps=10, width=60, warmup=3):
     """{kernel name (its first ``width`` characters): (GPU µs, launches)} over ``reps`` calls of
-    ``step``, after three calls to warm up."""
-    for _ in range(3):
+    ``step``, after ``warmup`` calls."""
+    for _ in range(warmup):
         step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
