@@ -5,7 +5,7 @@ show -- a kernel Triton cannot compile for the GPU, a tile whose shared memory d
 shows here before any GPU time is spent.  It checks compilation only: the numbers come from
 `benchmarks/gpu_check.py` on the GPU.  The local Triton may be newer than a GPU image's.
 
-    python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:j"] [--pattern TEXT ...]
+    python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:j"] [--pattern TEXT ...] [--ptxas]
 
 How: the module's launches are recorded instead of run (CPU tensors), with `_tiles` answering as
 on a GPU; each distinct (kernel, argument types, constexprs, warps, stages) is then compiled
@@ -124,8 +124,9 @@ def compile_launch(kernel, args, options, stages=None):
     return triton.compile(source, target=target, options=launch.__dict__)
 
 
-def compile_one(kernel, args, options):
-    """Compile one launch for sm_90; None if it compiled and fits, else what went wrong."""
+def compile_one(kernel, args, options, report=None):
+    """Compile one launch for sm_90; None if it compiled and fits, else what went wrong.
+    ``report``: a list that takes ptxas's registers and spill stores of the kernel (`--ptxas`)."""
     try:
         compiled = compile_launch(kernel, args, options)
         if compiled.metadata.shared > SHARED and options.get("num_stages", 1) > 1:
@@ -135,6 +136,11 @@ def compile_one(kernel, args, options):
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
     if compiled.metadata.shared > SHARED:
         return f"needs {compiled.metadata.shared} bytes of shared memory, over sm_90's {SHARED}"
+    if report is not None:
+        from gluon_compile import ptxas_report  # (imports Triton: only when asked)
+        spills, _, registers = ptxas_report(compiled.asm["ptx"])
+        report.append(f"registers {registers}, spill stores {spills} bytes, "
+                      f"shared {compiled.metadata.shared} bytes")
     return None
 
 
@@ -143,6 +149,8 @@ def main():
     parser.add_argument("--tiles", help="ATTNLANG_TILES for the run (e.g. an experiment's flag)")
     parser.add_argument("--pattern", action="append", help="instead of the built-in cases "
                         "(at 8k tokens, d = 128 and 64, bf16)")
+    parser.add_argument("--ptxas", action="store_true", help="also report each kernel's "
+                        "registers and spill stores from ptxas (Triton's own, for sm_90a)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("compile_check: unset TRITON_INTERPRET (interpreted kernels do not compile)")
@@ -158,12 +166,13 @@ def main():
             if key in seen:
                 continue
             seen.add(key)
-            error = compile_one(kernel, kargs, options)
+            report = [] if args.ptxas else None
+            error = compile_one(kernel, kargs, options, report)
             failed += error is not None
             tile = f"{options.get('BLOCK_M', '')}x{options.get('BLOCK_N', '')}"
             print(f"{'FAIL' if error else 'ok  '} {text:52s} L={length} d={d} {str(dtype)[6:]:8s} "
-                  f"{kernel.__name__:18s} {tile:8s}" + (f"\n     {error}" if error else ""),
-                  flush=True)
+                  f"{kernel.__name__:18s} {tile:8s}" + (f"\n     {error}" if error else "")
+                  + "".join(f"\n     {line}" for line in report or ()), flush=True)
     print(f"{len(seen)} kernels compiled for sm_90, {failed} failed")
     sys.exit(1 if failed else 0)
 

@@ -105,16 +105,18 @@ def ptxas_report(ptx):
                              capture_output=True, text=True)
     text = out.stdout + out.stderr
     spills = re.search(r"(\d+) bytes spill stores", text)
+    registers = re.search(r"Used (\d+) registers", text)
     if out.returncode:  # a Triton whose PTX is newer than its bundled ptxas (3.9): no report
-        return "unknown (ptxas: " + text.strip().splitlines()[0][-60:] + ")", "unknown"
+        return "unknown (ptxas: " + text.strip().splitlines()[0][-60:] + ")", "unknown", None
     # C7510-C7520: the reasons ptxas gives for serialising them (C7514: a non-wgmma instruction
     # reads an accumulator mid-pipeline; C7512: too few registers)
     serialised = sorted(set(re.findall(r"\((C75\d\d)\)[^\n]*serialized", text)))
-    return (int(spills.group(1)) if spills else None), ", ".join(serialised) or "no"
+    return ((int(spills.group(1)) if spills else None), ", ".join(serialised) or "no",
+            int(registers.group(1)) if registers else None)
 
 
 def _report(compiled):
-    spills, serialised = ptxas_report(compiled.asm["ptx"])
+    spills, serialised, _ = ptxas_report(compiled.asm["ptx"])
     regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
                                  compiled.asm["ptx"])))
     # `gluon_hopper.named_barrier`'s (the forward's ping-pong): a barrier number in a register,

@@ -93,28 +93,38 @@ def _emulate(kernel, grid, args, options, extra=()):
 def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monkeypatch):
     """A generated fixed pattern's backward gives its summary columns to `gather_backward` (the
     kernel emulated) and the chunks to the `tl` kernels; its gradients are the reference's, at
-    lengths that are and are not multiples of the tiles, Lk > Lq included."""
+    lengths that are and are not multiples of the tiles, Lk > Lq included.  Where each chunk
+    query block meets one key block (`_pairs_launches`: equal lengths here), the chunks' dK/dV
+    launch writes their dQ too (OWN_DQ) and no dQ kernel runs; elsewhere FUSED's dQ kernel."""
     module = _module(FIXED.format(c=16, a=12))
     if module._gluon_module("gluon_backward") is None:
         pytest.skip("this Triton has no Gluon")
-    ran = []
+    ran, owned = [], []
     launch = module._launch
 
     def emulate(kernel, grid, args, options, extra=()):
-        if getattr(getattr(kernel, "fn", None), "__name__", "") == "band_backward_kernel":
+        name = getattr(getattr(kernel, "fn", None), "__name__", "")
+        if name == "band_backward_kernel":
             ran.append(options["FIRST"])
             return _emulate(kernel, grid, args, options)
+        if name.startswith("_bwd_dkdv") or name == "_bwd_dq_fused":
+            owned.append(options.get("OWN_DQ", "dq"))
         return launch(kernel, grid, args, options, extra)
     monkeypatch.setattr(module, "_launch", emulate)
     monkeypatch.setattr(module, "_gluon_gather_ok", lambda q, *rest: q.shape[2] >= 40)
     monkeypatch.setattr(module, "_CALLS", {})
     expr = attnlang.parse(f"pattern x = {FIXED.format(c=16, a=12)}")["x"].ir
-    for Lq, Lk in ((64, 64), (50, 61), (24, 24)):
+    for Lq, Lk, pairs in ((64, 64, True), (50, 50, True), (50, 61, False), (24, 24, False)):
         torch.manual_seed(Lq + Lk)
         ran.clear()
+        owned.clear()
         _check_step(module, expr, torch.randn(2, 2, Lq, 64), torch.randn(2, 2, Lk, 64),
                     torch.randn(2, 2, Lk, 64), torch.randn(2, 2, Lq, 64))
         assert ran == ([True] if Lq >= 40 else [])
+        if pairs:
+            assert owned == [True]
+        elif Lq >= 40:
+            assert owned == ["dq", False]
 
 
 def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatch):

@@ -1,0 +1,64 @@
+"""The fixed pattern's chunks on the Gluon gather path: one dK/dV launch that writes their dQ too
+(`_pairs_launches`, OWN_DQ, round 36) against FUSED's dQ kernel and a dK/dV kernel, on the GPU.
+Training steps at the lengths the path takes (d = 128 from 16k, d = 64 from 32k), each variant
+set on the generated module in turn -- "kernels": `_pairs_launches` off; a tile spec: its
+``pairs=`` tile through ATTNLANG_TILES -- three rounds on the same inputs
+(`head_order._medians`), `do_bench` medians, gradients compared with the "kernels" variant's.
+
+    python benchmarks/ab_pairs.py [--d128 SPEC,SPEC] [--d64 SPEC,SPEC]  (an empty list: that
+        head dim not timed)
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import attnlang  # noqa: E402
+from gluon_bwd import max_rel  # noqa: E402
+from head_order import _inputs, _medians, _step_runner  # noqa: E402
+
+TEXT = "causal & (chunk(128) | cols(every(128, 112..128)))"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--d128", default="32x128:8:2:d:t,32x128:8:1:d:t,64x128:8:2:d:t")
+    parser.add_argument("--d64", default="32x128:8:2:d:t,64x128:8:2:d:t,32x128:4:2:d:t")
+    args = parser.parse_args()
+    pattern = attnlang.parse(f"pattern x = {TEXT}")["x"]
+    mod = pattern.module(backend="triton")
+    saved = os.environ.get("ATTNLANG_TILES")
+    pairs_launches = None
+
+    def set_variant(generated, name):
+        nonlocal pairs_launches
+        pairs_launches = pairs_launches or generated._pairs_launches
+        generated._pairs_launches = (lambda *a: None) if name == "kernels" else pairs_launches
+        if name == "kernels":
+            os.environ.pop("ATTNLANG_TILES", None)
+        else:
+            os.environ["ATTNLANG_TILES"] = f"pairs={name}"
+    for D, lengths, specs in ((128, (32768, 16384), args.d128), (64, (32768,), args.d64)):
+        if not specs:
+            continue
+        variants = ("kernels", *specs.split(","))
+        for L in lengths:
+            B = max(1, 16384 // L)
+            q, k, v, do, leaves = _inputs(B, 16, L, D)
+            step, grads = _medians(pattern, variants, set_variant,
+                                   _step_runner(mod, leaves, do, {}))
+            line = [f"L={L} D={D}: kernels {step['kernels']:.4f} ms"]
+            for name in variants[1:]:
+                err = max(max_rel(a, b) for a, b in zip(grads[name], grads["kernels"]))
+                line.append(f"{name} {step[name]:.4f} ({step['kernels'] / step[name]:.3f}x, "
+                            f"grads max rel {err:.2e})")
+            print("; ".join(line), flush=True)
+    if saved is None:
+        os.environ.pop("ATTNLANG_TILES", None)
+    else:
+        os.environ["ATTNLANG_TILES"] = saved
+
+
+if __name__ == "__main__":
+    main()
