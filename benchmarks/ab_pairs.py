@@ -1,12 +1,16 @@
-"""The fixed pattern's chunks on the Gluon gather path: one dK/dV launch that writes their dQ too
-(`_pairs_launches`, OWN_DQ, round 36) against FUSED's dQ kernel and a dK/dV kernel, on the GPU.
-Training steps at the lengths the path takes (d = 128 from 16k, d = 64 from 32k), each variant
-set on the generated module in turn -- "kernels": `_pairs_launches` off; a tile spec: its
-``pairs=`` tile through ATTNLANG_TILES -- three rounds on the same inputs
-(`head_order._medians`), `do_bench` medians, gradients compared with the "kernels" variant's.
+"""The fixed pattern's chunks on the Gluon gather path (`_pairs_launches`, round 36), on the GPU:
+training steps at the lengths the path takes (d = 128 from 16k, d = 64 from 32k), each variant
+set on the generated module in turn, three rounds on the same inputs (`head_order._medians`),
+`do_bench` medians, gradients compared with the "kernels" variant's.  Variants:
 
-    python benchmarks/ab_pairs.py [--d128 SPEC,SPEC] [--d64 SPEC,SPEC]  (an empty list: that
-        head dim not timed)
+- "kernels": FUSED's dQ kernel and a dK/dV kernel (`_pairs_launches` off);
+- "pairs:SPEC": the PAIRS kernel, tile SPEC.
+
+(Round 36's first try, one program per key block writing dQ, is in ab_pairs_r36a-c.log, from
+the tree of commit 4e4cbca.)
+
+    python benchmarks/ab_pairs.py [--d128 VARIANT,VARIANT] [--d64 VARIANT,...]  (an empty list:
+        that head dim not timed)
 """
 import argparse
 import os
@@ -23,22 +27,22 @@ TEXT = "causal & (chunk(128) | cols(every(128, 112..128)))"
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--d128", default="32x128:8:2:d:t,32x128:8:1:d:t,64x128:8:2:d:t")
-    parser.add_argument("--d64", default="32x128:8:2:d:t,64x128:8:2:d:t,32x128:4:2:d:t")
+    parser.add_argument("--d128", default="pairs:32x128:8:2:d:t")
+    parser.add_argument("--d64", default="pairs:32x128:8:2:d:t,pairs:64x128:8:2:d:t")
     args = parser.parse_args()
     pattern = attnlang.parse(f"pattern x = {TEXT}")["x"]
     mod = pattern.module(backend="triton")
     saved = os.environ.get("ATTNLANG_TILES")
-    pairs_launches = None
+    pairs_launches = []
 
     def set_variant(generated, name):
-        nonlocal pairs_launches
-        pairs_launches = pairs_launches or generated._pairs_launches
-        generated._pairs_launches = (lambda *a: None) if name == "kernels" else pairs_launches
-        if name == "kernels":
-            os.environ.pop("ATTNLANG_TILES", None)
+        pairs_launches[:] = pairs_launches or [generated._pairs_launches]
+        kind, _, spec = name.partition(":")
+        generated._pairs_launches = (lambda *a: None) if kind == "kernels" else pairs_launches[0]
+        if spec:
+            os.environ["ATTNLANG_TILES"] = f"pairs={spec}"
         else:
-            os.environ["ATTNLANG_TILES"] = f"pairs={name}"
+            os.environ.pop("ATTNLANG_TILES", None)
     for D, lengths, specs in ((128, (32768, 16384), args.d128), (64, (32768,), args.d64)):
         if not specs:
             continue

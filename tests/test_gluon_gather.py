@@ -90,16 +90,26 @@ def _emulate(kernel, grid, args, options, extra=()):
     a = dict(zip(kernel.arg_names, args))
     emulate_backward(a, torch.arange(a["Lq"])[:, None] >= a["segk_ptr"].long()[None, :])
 
-def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monkeypatch):
+@pytest.mark.parametrize("pairs_tile, routes", [
+    (None, {(64, 64): "pairs 1", (50, 50): "pairs 1", (50, 61): "kernels"}),
+    ("16x32:4:1:t", {(64, 64): "pairs 2", (40, 40): "pairs 2", (50, 61): "kernels"}),
+])
+def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(
+        monkeypatch, pairs_tile, routes):
     """A generated fixed pattern's backward gives its summary columns to `gather_backward` (the
     kernel emulated) and the chunks to the `tl` kernels; its gradients are the reference's, at
-    lengths that are and are not multiples of the tiles, Lk > Lq included.  Where each chunk
-    query block meets one key block (`_pairs_launches`: equal lengths here), the chunks' dK/dV
-    launch writes their dQ too (OWN_DQ) and no dQ kernel runs; elsewhere FUSED's dQ kernel."""
+    lengths that are and are not multiples of the tiles, Lk > Lq included.  The chunks' route
+    (`_pairs_launches`): where each chunk query block meets one key block, the PAIRS kernel
+    ("pairs R", R the most query blocks a key block meets: the CPU's 32x32 tile gives R = 1, a
+    16x32 one R = 2, summing dK and dV over a key block's pairs; at 40 tokens the last key
+    block has one pair, the other not live); elsewhere FUSED's dQ kernel and a dK/dV kernel
+    ("kernels")."""
+    if pairs_tile:
+        monkeypatch.setenv("ATTNLANG_TILES", f"pairs={pairs_tile}")
     module = _module(FIXED.format(c=16, a=12))
     if module._gluon_module("gluon_backward") is None:
         pytest.skip("this Triton has no Gluon")
-    ran, owned = [], []
+    ran, chunks = [], []
     launch = module._launch
 
     def emulate(kernel, grid, args, options, extra=()):
@@ -107,24 +117,44 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(monk
         if name == "band_backward_kernel":
             ran.append(options["FIRST"])
             return _emulate(kernel, grid, args, options)
-        if name.startswith("_bwd_dkdv") or name == "_bwd_dq_fused":
-            owned.append(options.get("OWN_DQ", "dq"))
+        if name.startswith("_bwd_pairs"):
+            chunks.append(f"pairs {options['PAIRS_PER']}")
+        elif name.startswith("_bwd_dkdv"):
+            chunks.append("dkdv")
+        elif name == "_bwd_dq_fused":
+            chunks.append("dq")
         return launch(kernel, grid, args, options, extra)
     monkeypatch.setattr(module, "_launch", emulate)
     monkeypatch.setattr(module, "_gluon_gather_ok", lambda q, *rest: q.shape[2] >= 40)
     monkeypatch.setattr(module, "_CALLS", {})
     expr = attnlang.parse(f"pattern x = {FIXED.format(c=16, a=12)}")["x"].ir
-    for Lq, Lk, pairs in ((64, 64, True), (50, 50, True), (50, 61, False), (24, 24, False)):
+    for (Lq, Lk), route in routes.items():
         torch.manual_seed(Lq + Lk)
         ran.clear()
-        owned.clear()
+        chunks.clear()
         _check_step(module, expr, torch.randn(2, 2, Lq, 64), torch.randn(2, 2, Lk, 64),
                     torch.randn(2, 2, Lk, 64), torch.randn(2, 2, Lq, 64))
-        assert ran == ([True] if Lq >= 40 else [])
-        if pairs:
-            assert owned == [True]
-        elif Lq >= 40:
-            assert owned == ["dq", False]
+        assert ran == [True]
+        assert chunks == (["dq", "dkdv"] if route == "kernels" else [route]), (Lq, Lk)
+
+
+def test_short_calls_of_the_fixed_pattern_run_the_tl_backward(monkeypatch):
+    """Below the path's lengths (here 40 queries) the `tl` backward runs, and its gradients are
+    the reference's."""
+    module = _module(FIXED.format(c=16, a=12))
+    ran = []
+    launch = module._launch
+
+    def record(kernel, grid, args, options, extra=()):
+        ran.append(getattr(getattr(kernel, "fn", None), "__name__", ""))
+        return launch(kernel, grid, args, options, extra)
+    monkeypatch.setattr(module, "_launch", record)
+    monkeypatch.setattr(module, "_gluon_gather_ok", lambda q, *rest: q.shape[2] >= 40)
+    monkeypatch.setattr(module, "_CALLS", {})
+    expr = attnlang.parse(f"pattern x = {FIXED.format(c=16, a=12)}")["x"].ir
+    torch.manual_seed(0)
+    _check_step(module, expr, *(torch.randn(2, 2, 24, 64) for _ in range(4)))
+    assert "band_backward_kernel" not in ran and "_bwd_dq_fused" in ran
 
 
 def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatch):
