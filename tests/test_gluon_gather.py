@@ -138,30 +138,9 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(
         assert chunks == (["dq", "dkdv"] if route == "kernels" else [route]), (Lq, Lk)
 
 
-def test_short_calls_of_the_fixed_pattern_run_the_tl_backward(monkeypatch):
-    """Below the path's lengths (here 40 queries) the `tl` backward runs, and its gradients are
-    the reference's."""
-    module = _module(FIXED.format(c=16, a=12))
-    ran = []
-    launch = module._launch
-
-    def record(kernel, grid, args, options, extra=()):
-        ran.append(getattr(getattr(kernel, "fn", None), "__name__", ""))
-        return launch(kernel, grid, args, options, extra)
-    monkeypatch.setattr(module, "_launch", record)
-    monkeypatch.setattr(module, "_gluon_gather_ok", lambda q, *rest: q.shape[2] >= 40)
-    monkeypatch.setattr(module, "_CALLS", {})
-    expr = attnlang.parse(f"pattern x = {FIXED.format(c=16, a=12)}")["x"].ir
-    torch.manual_seed(0)
-    _check_step(module, expr, *(torch.randn(2, 2, 24, 64) for _ in range(4)))
-    assert "band_backward_kernel" not in ran and "_bwd_dq_fused" in ran
-
-
-def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatch):
-    """At lengths where the component's column set has no key (columns 60..63 of every 64 at 40
-    tokens), there is nothing for the Gluon kernel: the `tl` backward runs, and its gradients
-    are the reference's."""
-    text = "causal & (chunk(16) | cols(every(64, 60..64)))"
+def _kernels_of_a_step(monkeypatch, text, gather_ok, shape):
+    """The names of the kernels one training step of ``text`` launches (its gradients checked
+    against the reference), with ``gather_ok`` as the module's `_gluon_gather_ok`."""
     module = _module(text)
     launched = []
     launch = module._launch
@@ -170,12 +149,29 @@ def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatc
         launched.append(getattr(getattr(kernel, "fn", None), "__name__", ""))
         return launch(kernel, grid, args, options, extra)
     monkeypatch.setattr(module, "_launch", record)
-    monkeypatch.setattr(module, "_gluon_gather_ok", lambda *args: True)
+    monkeypatch.setattr(module, "_gluon_gather_ok", gather_ok)
     monkeypatch.setattr(module, "_CALLS", {})
-    assert not _gather_keys(module, 40, 40).numel()
     torch.manual_seed(0)
     expr = attnlang.parse(f"pattern x = {text}")["x"].ir
-    _check_step(module, expr, *(torch.randn(1, 2, 40, 64) for _ in range(4)))
+    _check_step(module, expr, *(torch.randn(*shape) for _ in range(4)))
+    return launched
+
+
+def test_short_calls_of_the_fixed_pattern_run_the_tl_backward(monkeypatch):
+    """Below the path's lengths (here 40 queries) the `tl` backward runs, and its gradients are
+    the reference's."""
+    launched = _kernels_of_a_step(monkeypatch, FIXED.format(c=16, a=12),
+                                  lambda q, *rest: q.shape[2] >= 40, (2, 2, 24, 64))
+    assert "band_backward_kernel" not in launched and "_bwd_dq_fused" in launched
+
+
+def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatch):
+    """At lengths where the component's column set has no key (columns 60..63 of every 64 at 40
+    tokens), there is nothing for the Gluon kernel: the `tl` backward runs, and its gradients
+    are the reference's."""
+    text = "causal & (chunk(16) | cols(every(64, 60..64)))"
+    assert not _gather_keys(_module(text), 40, 40).numel()
+    launched = _kernels_of_a_step(monkeypatch, text, lambda *args: True, (1, 2, 40, 64))
     assert "band_backward_kernel" not in launched and "_rows_kernel" not in launched
     assert "_bwd_dq_fused" in launched
 
