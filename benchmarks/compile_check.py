@@ -8,8 +8,10 @@ shows here before any GPU time is spent.  It checks compilation only: the number
     python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:j"] [--pattern TEXT ...] [--ptxas]
 
 How: the module's launches are recorded instead of run (CPU tensors), with `_tiles` answering as
-on a GPU; each distinct (kernel, argument types, constexprs, warps, stages) is then compiled
-with `triton.compile` for `GPUTarget("cuda", 90, 32)`.  Exits 1 if any fails.
+on a GPU (and the PAIRS kernel's launch, which only a GPU's Gluon gather path makes, built
+directly: `record_pairs_launch`); each distinct (kernel, argument types, constexprs, warps,
+stages) is then compiled with `triton.compile` for `GPUTarget("cuda", 90, 32)`.  Exits 1 if any
+fails.  ``--ptxas`` adds each kernel's registers and spill stores.
 """
 import argparse
 import contextlib
@@ -103,6 +105,38 @@ def record_launches(text, length, d, dtype):
     return launches
 
 
+def record_pairs_launch(text, length, d, dtype):
+    """The PAIRS kernel's launch of ``text`` (`_pairs_launches`: the fixed pattern's chunks at
+    d = 128) as a GPU step on the Gluon gather path makes it, or None where the module has none
+    at this head dim.  That path itself runs only on a GPU, so the launch is built directly:
+    the tile a GPU takes (TILES_PAIRS), descriptors, and dQ stored through one (TMA_REDUCE)."""
+    import attnlang
+    from attnlang.cache import load_module
+
+    mod = load_module(attnlang.parse(f"pattern x = {text}")["x"])
+    if not getattr(mod, "PAIRS", None):
+        return None
+    launches = []
+    real_tile = mod._pair_tile
+    with as_on_gpu(mod, lambda kernel, grid, args, options: launches.append((kernel, args,
+                                                                            options))):
+        mod._pair_tile = lambda q: real_tile(_OnGpu(q))
+        try:
+            q, k, v, do = (torch.randn(1, 2, length, d, dtype=dtype) for _ in range(4))
+            shared = mod._call_args(q, k, 1 / math.sqrt(d), None, None, None, None, None, 0.0, 0)
+            pairs = mod._pairs_launches(q, k, shared)
+            if pairs is None:
+                return None
+            rows = torch.zeros(1, 2, length)
+            dq = torch.zeros(1, 2, length, d)
+            mod._launch_kv(pairs[0], q, k, v, do, rows, rows, torch.empty_like(k),
+                           torch.empty_like(v), dq, True)
+        finally:
+            mod._pair_tile = real_tile
+    kernel, args, options = launches[0]
+    return kernel, args, dict(options, TMA_REDUCE=bool(options["DESC"]))
+
+
 def compile_launch(kernel, args, options, stages=None):
     """The kernel compiled for sm_90 as a GPU launch with these arguments would compile it:
     Triton's own binder specialises the arguments (16-byte alignment of pointers, divisibility
@@ -160,7 +194,9 @@ def main():
         if args.pattern else CASES
     seen, failed = set(), 0
     for text, length, d, dtype in cases:
-        for kernel, kargs, options in record_launches(text, length, d, dtype):
+        pairs = record_pairs_launch(text, length, d, dtype)
+        for kernel, kargs, options in record_launches(text, length, d, dtype) + \
+                ([pairs] if pairs else []):
             key = (kernel, tuple(_type(a) if a is not None else None for a in kargs),
                    tuple(sorted(options.items())))
             if key in seen:
