@@ -10,7 +10,7 @@ routing rules.  The kernel itself runs on sm_90 GPUs only: `benchmarks/gpu_check
 checks it there."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import attnlang
 from attnlang.cache import load_module
@@ -90,6 +90,7 @@ def _emulate(kernel, grid, args, options, extra=()):
     a = dict(zip(kernel.arg_names, args))
     emulate_backward(a, torch.arange(a["Lq"])[:, None] >= a["segk_ptr"].long()[None, :])
 
+
 @pytest.mark.parametrize("pairs_tile, routes", [
     (None, {(64, 64): "pairs 1", (50, 50): "pairs 1", (50, 61): "kernels"}),
     ("16x32:4:1:t", {(64, 64): "pairs 2", (40, 40): "pairs 2", (50, 61): "kernels"}),
@@ -138,12 +139,51 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(
         assert chunks == (["dq", "dkdv"] if route == "kernels" else [route]), (Lq, Lk)
 
 
-def _kernels_of_a_step(monkeypatch, text, gather_ok, shape):
+def _one_key_block(chunk, length, block_m, block_n):
+    """Whether every query block of `causal & chunk(chunk)` at these tiles meets one key block:
+    a query q keeps the keys from its chunk's first to itself."""
+    for start in range(0, length, block_m):
+        last = min(start + block_m, length) - 1
+        if (start - start % chunk) // block_n != last // block_n:
+            return False
+    return True
+
+
+@settings(max_examples=5, deadline=None)
+@given(chunk=st.sampled_from([8, 16, 32, 64]), length=st.integers(33, 96),
+       tile=st.sampled_from([(32, 32, None), (16, 32, "16x32:4:1:t"), (32, 64, "32x64:4:1:t")]))
+@example(chunk=64, length=70, tile=(32, 32, None))  # a chunk query block meets two key blocks
+@example(chunk=8, length=41, tile=(16, 32, "16x32:4:1:t"))  # the last key block: one live pair
+def test_the_chunks_route_and_gradients_at_random_chunks_lengths_and_tiles(chunk, length, tile):
+    """Fixed patterns of random chunk sizes through the gather path at random lengths and pairs
+    tiles: the chunks take the PAIRS kernel exactly where every chunk query block meets one key
+    block (found here from the chunks' bounds), and the gradients are the reference's either
+    way."""
+    block_m, block_n, spec = tile
+    text = FIXED.format(c=chunk, a=chunk - 4)
+    module = _module(text)
+    if module._gluon_module("gluon_backward") is None:
+        pytest.skip("this Triton has no Gluon")
+    with pytest.MonkeyPatch.context() as patch:
+        if spec:
+            patch.setenv("ATTNLANG_TILES", f"pairs={spec}")
+        else:
+            patch.delenv("ATTNLANG_TILES", raising=False)
+        launched = _kernels_of_a_step(patch, text, lambda *args: True, (1, 2, length, 16),
+                                      launch=_emulate)
+    pairs = any(name.startswith("_bwd_pairs") for name in launched)
+    has_columns = length > chunk - 4  # (else the `tl` backward: nothing for the Gluon kernel)
+    assert pairs == (has_columns and _one_key_block(chunk, length, block_m, block_n))
+    assert ("_bwd_dq_fused" in launched) == (not pairs)
+
+
+def _kernels_of_a_step(monkeypatch, text, gather_ok, shape, launch=None):
     """The names of the kernels one training step of ``text`` launches (its gradients checked
-    against the reference), with ``gather_ok`` as the module's `_gluon_gather_ok`."""
+    against the reference), with ``gather_ok`` as the module's `_gluon_gather_ok` and every
+    launch through ``launch`` (default: the module's `_launch`)."""
     module = _module(text)
     launched = []
-    launch = module._launch
+    launch = launch or module._launch
 
     def record(kernel, grid, args, options, extra=()):
         launched.append(getattr(getattr(kernel, "fn", None), "__name__", ""))
