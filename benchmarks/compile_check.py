@@ -81,7 +81,8 @@ def as_on_gpu(mod, launch):
 
 
 def record_launches(text, length, d, dtype):
-    """The launches of one forward+backward of ``text`` as a GPU call would make them."""
+    """The launches of one forward+backward of ``text`` as a GPU call would make them, and the
+    PAIRS kernel's (`record_pairs_launch`)."""
     import attnlang
     from attnlang.bench import random_documents
     from attnlang.cache import load_module
@@ -102,39 +103,32 @@ def record_launches(text, length, d, dtype):
         out, lse = mod.attention_forward(q, k, v, scale, seg, seg, None, None, None, 0.0, 0)
         mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None, None, 0.0, 0,
                                False)
+        record_pairs_launch(mod, q, k, v, do, scale, launches)
     return launches
 
 
-def record_pairs_launch(text, length, d, dtype):
-    """The PAIRS kernel's launch of ``text`` (`_pairs_launches`: the fixed pattern's chunks at
-    d = 128) as a GPU step on the Gluon gather path makes it, or None where the module has none
-    at this head dim.  That path itself runs only on a GPU, so the launch is built directly:
-    the tile a GPU takes (TILES_PAIRS), descriptors, and dQ stored through one (TMA_REDUCE)."""
-    import attnlang
-    from attnlang.cache import load_module
-
-    mod = load_module(attnlang.parse(f"pattern x = {text}")["x"])
+def record_pairs_launch(mod, q, k, v, do, scale, launches):
+    """Append to ``launches`` the PAIRS kernel's launch of the generated module ``mod``
+    (`_pairs_launches`: the fixed pattern's chunks at d = 128) as a GPU step on the Gluon gather
+    path makes it, where the module has one at this head dim.  That path itself runs only on a
+    GPU, so the launch is built directly: the tile a GPU takes (TILES_PAIRS), descriptors, and
+    dQ stored through one (TMA_REDUCE)."""
     if not getattr(mod, "PAIRS", None):
-        return None
-    launches = []
+        return
     real_tile = mod._pair_tile
-    with as_on_gpu(mod, lambda kernel, grid, args, options: launches.append((kernel, args,
-                                                                            options))):
-        mod._pair_tile = lambda q: real_tile(_OnGpu(q))
-        try:
-            q, k, v, do = (torch.randn(1, 2, length, d, dtype=dtype) for _ in range(4))
-            shared = mod._call_args(q, k, 1 / math.sqrt(d), None, None, None, None, None, 0.0, 0)
-            pairs = mod._pairs_launches(q, k, shared)
-            if pairs is None:
-                return None
-            rows = torch.zeros(1, 2, length)
-            dq = torch.zeros(1, 2, length, d)
-            mod._launch_kv(pairs[0], q, k, v, do, rows, rows, torch.empty_like(k),
-                           torch.empty_like(v), dq, True)
-        finally:
-            mod._pair_tile = real_tile
-    kernel, args, options = launches[0]
-    return kernel, args, dict(options, TMA_REDUCE=bool(options["DESC"]))
+    mod._pair_tile = lambda q: real_tile(_OnGpu(q))
+    try:
+        shared = mod._call_args(q, k, scale, None, None, None, None, None, 0.0, 0)
+        pairs = mod._pairs_launches(q, k, shared)
+        if pairs is None:
+            return
+        rows = torch.zeros(q.shape[:3])
+        mod._launch_kv(pairs[0], q, k, v, do, rows, rows, torch.empty_like(k),
+                       torch.empty_like(v), torch.zeros(q.shape), True)
+    finally:
+        mod._pair_tile = real_tile
+    kernel, args, options = launches[-1]
+    launches[-1] = kernel, args, dict(options, TMA_REDUCE=bool(options["DESC"]))
 
 
 def compile_launch(kernel, args, options, stages=None):
@@ -194,9 +188,7 @@ def main():
         if args.pattern else CASES
     seen, failed = set(), 0
     for text, length, d, dtype in cases:
-        pairs = record_pairs_launch(text, length, d, dtype)
-        for kernel, kargs, options in record_launches(text, length, d, dtype) + \
-                ([pairs] if pairs else []):
+        for kernel, kargs, options in record_launches(text, length, d, dtype):
             key = (kernel, tuple(_type(a) if a is not None else None for a in kargs),
                    tuple(sorted(options.items())))
             if key in seen:
