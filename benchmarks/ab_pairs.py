@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import attnlang  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
 from gluon_bwd import max_rel  # noqa: E402
 from head_order import _inputs, _medians, _step_runner  # noqa: E402
 
@@ -33,12 +34,11 @@ def main():
     pattern = attnlang.parse(f"pattern x = {TEXT}")["x"]
     mod = pattern.module(backend="triton")
     saved = os.environ.get("ATTNLANG_TILES")
-    pairs_launches = []
+    pairs_launches = load_module(pattern)._pairs_launches  # (`_medians` sets variants on it)
 
     def set_variant(generated, name):
-        pairs_launches[:] = pairs_launches or [generated._pairs_launches]
         kind, _, spec = name.partition(":")
-        generated._pairs_launches = (lambda *a: None) if kind == "kernels" else pairs_launches[0]
+        generated._pairs_launches = (lambda *a: None) if kind == "kernels" else pairs_launches
         if spec:
             os.environ["ATTNLANG_TILES"] = f"pairs={spec}"
         else:
@@ -58,6 +58,7 @@ def main():
                 line.append(f"{name} {step[name]:.4f} ({step['kernels'] / step[name]:.3f}x, "
                             f"grads max rel {err:.2e})")
             print("; ".join(line), flush=True)
+    load_module(pattern)._pairs_launches = pairs_launches
     if saved is None:
         os.environ.pop("ATTNLANG_TILES", None)
     else:
