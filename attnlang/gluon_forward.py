@@ -40,7 +40,6 @@ rounds 21 and 31.  Triton's interpreter cannot run Gluon, so the kernel is check
 """
 import torch
 import triton
-import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -65,34 +64,21 @@ CONFIGS = {
     128: dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PINGPONG=True, EARLY=True,
               PERSISTENT=True, REGS=240),
 }
-__all__ = ["CONFIGS", "DTYPES", "HEAD_DIMS", "PIECE_BLOCKS", "band_forward_kernel", "forward",
-           "merge_pieces", "pieces"]
+__all__ = ["CONFIGS", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
 
 
 @gluon.jit
-def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constexpr,
-             SPLIT: gl.constexpr):
-    """(b, h, bh, m0, seq, n, piece): the tile's batch and head, first query row and its n key
-    blocks (`gluon_hopper.block_at` of seq: the band's blocks [lo, hi), and with GLOBAL the global
-    columns' too, or every block where the tile has global rows), and which piece of its tile
-    the program takes (-1: all of it).  Heads come ``group`` at a time (they share their K and V
-    in L2: ordered by tile first, the heads' K and V did not fit and `all` at d = 128 ran 15%
-    slower), a group's tiles longest rows (causal) first, its heads in turn; with GLOBAL, the
-    tiles of global rows of every head first (`heavy_first`).  With SPLIT, each of those tiles
-    is ``split`` programs, piece i taking its key blocks [i * per, (i + 1) * per), and they come
-    last, after every other tile (a tile's pieces in turn, the heads in turn): their partial
-    results are merged after the kernel (`merge_pieces`)."""
-    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs, pieces = shape
+def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constexpr):
+    """(b, h, bh, m0, seq, n): the tile's batch and head, first query row and its n key blocks
+    (`gluon_hopper.block_at` of seq: the band's blocks [lo, hi), and with GLOBAL the global
+    columns' too, or every block where the tile has global rows).  Heads come ``group`` at a time
+    (they share their K and V in L2: ordered by tile first, the heads' K and V did not fit and
+    `all` at d = 128 ran 15% slower), a group's tiles longest rows (causal) first, its heads in
+    turn; with GLOBAL, the tiles of global rows of every head first (`heavy_first`)."""
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
     ra, rb, ca, cb, t0, t1 = globs  # tiles [t0, t1) have global rows (`gluon_hopper.heavy_span`)
-    piece = -1
     if GLOBAL:
-        index = tile
-        if SPLIT:  # the other tiles first, then the pieces (index: `heavy_first`'s)
-            split, per = pieces
-            rest = (n_q - (t1 - t0)) * BH
-            piece = gl.where(tile >= rest, (tile - rest) % split, -1)
-            index = gl.where(tile >= rest, (tile - rest) // split, tile + (t1 - t0) * BH)
-        bh, j = heavy_first(index, n_q, group, BH, t0, t1)
+        bh, j = heavy_first(tile, n_q, group, BH, t0, t1)
         m0 = j * BM
     else:
         bh, j = grouped(tile, n_q, group, BH)
@@ -105,25 +91,17 @@ def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constex
     hi = gl.maximum(gl.cdiv(k_hi, BN), lo)
     if GLOBAL:
         every = (j >= t0) & (j < t1)  # the tile has global rows: every key block
-        c_lo = ca // BN
-        c_hi = gl.cdiv(gl.minimum(cb, Lk), BN)
-        if SPLIT:  # a piece: its share of every block (the global columns' among them)
-            split, per = pieces
-            lo = gl.where(piece >= 0, piece * per, lo)
-            hi = gl.where(piece >= 0, gl.minimum(piece * per + per, gl.cdiv(Lk, BN)), hi)
-            every = every & (piece < 0)
-            c_hi = gl.where(piece >= 0, c_lo, c_hi)
-        seq, n = two_ranges(gl.where(every, 0, lo), gl.where(every, gl.cdiv(Lk, BN), hi), c_lo,
-                            c_hi)
+        seq, n = two_ranges(gl.where(every, 0, lo), gl.where(every, gl.cdiv(Lk, BN), hi),
+                            ca // BN, gl.cdiv(gl.minimum(cb, Lk), BN))
     else:
         seq = (lo, 0, 0)
         n = hi - lo
-    return bh // H, bh % H, bh, m0, seq, n, piece
+    return bh // H, bh % H, bh, m0, seq, n
 
 
 @gluon.jit
 def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
-            GLOBAL: gl.constexpr, SPLIT: gl.constexpr):
+            GLOBAL: gl.constexpr):
     tiles = shape[0]
     q_desc, k_desc, v_desc = descs
     q_bufs, k_bufs, v_bufs = bufs
@@ -133,7 +111,7 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
     c = 0  # blocks loaded so far: the ring's position
     t = 0  # tiles so far
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, _ = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL, SPLIT)
+        b, h, bh, m0, seq, n = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL)
         mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for w in gl.static_range(NUM_WG):
@@ -224,11 +202,10 @@ def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows,
 
 
 @gluon.jit
-def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, parts, shape, qk_scale,
-              BN: gl.constexpr, D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-              EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr,
-              SPLIT: gl.constexpr):
-    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs, pieces = shape
+def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
+              D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
+              EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr):
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
     q_bufs, o_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     dtype: gl.constexpr = q_bufs.dtype
@@ -248,7 +225,7 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, parts, shape, qk_sc
     c = 0
     t = 0
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, piece = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL, SPLIT)
+        b, h, bh, m0, seq, n = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL)
         r0 = m0 + wg * ROWS
         rows = r0 + gl.arange(0, ROWS, layout=row_s)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
@@ -324,16 +301,12 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, parts, shape, qk_sc
         m_use = gl.where(m_i == float("-inf"), 0.0, m_i) * qk_scale
         lse = gl.where(empty_row, float("-inf"), (m_use + gl.log2(l_i)) * 0.6931471805599453)
         inv = gl.convert_layout(gl.where(empty_row, 0.0, 1.0 / l_i), row_o)
-        if SPLIT:
-            if piece >= 0:  # a piece of a tile: its partial results, in float32
-                _store_piece(parts, piece, bh, r0 - globs[4] * ROWS * NUM_WG, acc, inv, lse, BH,
-                             (globs[5] - globs[4]) * ROWS * NUM_WG, D, o_layout)
-            else:
-                _store_out(o_desc, o_buf, lse_ptr, acc, inv, lse, b, h, bh, rows, r0, H, Lq,
-                           CLASSES)
-        else:
-            _store_out(o_desc, o_buf, lse_ptr, acc, inv, lse, b, h, bh, rows, r0, H, Lq,
-                       CLASSES)
+        gl.store(lse_ptr + row_offset(b, h, bh, rows, H, Lq, CLASSES), lse, mask=rows < Lq)
+        tma.store_wait(0)  # the last tile's store has read the buffer
+        o_buf.reshape([ROWS, D]).store((acc * inv[:, None]).to(dtype))
+        fence_async_shared()
+        barrier()
+        tma_store(o_desc, [b, h, r0, 0], o_buf)
     if PINGPONG:
         if wg == 0:
             _turn(0, True)  # meets warpgroup 1's last pass: no arrival left at the exit
@@ -341,49 +314,17 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, parts, shape, qk_sc
 
 
 @gluon.jit
-def _store_out(o_desc, o_buf, lse_ptr, acc, inv, lse, b, h, bh, rows, r0, H, Lq,
-               CLASSES: gl.constexpr):
-    """The warpgroup's rows of O = acc * inv (by a TMA store through its buffer, clipped at the
-    sequence's end) and of the log-sum-exp."""
-    gl.store(lse_ptr + row_offset(b, h, bh, rows, H, Lq, CLASSES), lse, mask=rows < Lq)
-    tma.store_wait(0)  # the last tile's store has read the buffer
-    o_buf.reshape([ROWS, acc.shape[1]]).store((acc * inv[:, None]).to(o_buf.dtype))
-    fence_async_shared()
-    barrier()
-    tma_store(o_desc, [b, h, r0, 0], o_buf)
-
-
-@gluon.jit
-def _store_piece(parts, piece, bh, row, acc, inv, lse, BH, R, D: gl.constexpr,
-                 o_layout: gl.constexpr):
-    """A piece's O = acc * inv (normalised by its own sums) and natural log-sum-exp of the
-    warpgroup's rows,
-    in float32, at rows ``row`` ... of its slot in ``parts`` = (o [split, BH, R, D],
-    lse [split, BH, R]): R rows for the tiles of global rows, from the first one's."""
-    part_o, part_lse = parts
-    first = (piece * BH + bh).to(gl.int64) * R + row
-    gl.store(part_lse + first + gl.arange(0, ROWS, layout=lse.type.layout), lse)
-    at = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
-    cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-    gl.store(part_o + at[:, None] * D + cols[None, :], acc * inv[:, None])
-
-
-@gluon.jit
 def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, Lq, Lk, back,
-                        ahead, ra, rb, ca, cb, t0, t1, part_o, part_lse, split, per, qk_scale,
-                        BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                        NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-                        EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr,
-                        SPLIT: gl.constexpr, REGS: gl.constexpr):
+                        ahead, ra, rb, ca, cb, t0, t1, qk_scale, BN: gl.constexpr,
+                        D: gl.constexpr, STAGES: gl.constexpr, NUM_WG: gl.constexpr,
+                        OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, EARLY: gl.constexpr,
+                        GLOBAL: gl.constexpr, CLASSES: gl.constexpr, REGS: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
     -ahead <= p - k <= back (p = q + Lk - Lq), and with GLOBAL those with ra <= p < rb or
     ca <= k < cb (the tiles [t0, t1) of each head have such rows: `gluon_hopper.heavy_span`);
     programs take the tiles of ROWS * NUM_WG queries in turn.  With CLASSES the descriptors read
     residue classes (`gluon_hopper.residue_classes`: H the step, Lq and Lk a class's lengths)
-    and the log-sum-exp goes to the rows' natural order (`gluon_hopper.row_offset`).  With SPLIT
-    (and GLOBAL) each tile of global rows is ``split`` programs, each taking ``per`` of its key
-    blocks and writing its partial results to part_o and part_lse (`_store_piece`), which
-    `merge_pieces` merges into O and the log-sum-exp after the kernel."""
+    and the log-sum-exp goes to the rows' natural order (`gluon_hopper.row_offset`)."""
     n_q = gl.cdiv(Lq, ROWS * NUM_WG)
     dtype: gl.constexpr = k_desc.block_type.element_ty
     q_bufs = gl.allocate_shared_memory(dtype, [NUM_WG, 1, 1, ROWS, D], q_desc.layout)
@@ -409,36 +350,27 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
         globs = (ra, rb, ca, cb, t0, t1)
     else:  # (not handed to the partitions: each of their arguments takes shared memory)
         globs = (0, 0, 0, 0, 0, 0)
-    tiles = n_q * BH
-    if SPLIT:
-        gl.static_assert(GLOBAL)
-        pieces = (split, per)
-        parts = (part_o, part_lse)
-        tiles += (t1 - t0) * BH * (split - 1)
-    else:
-        pieces = (1, 0)
-        parts = (0, 0)
-    shape = (tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs, pieces)
+    shape = (n_q * BH, BH, H, n_q, group, Lq, Lk, back, ahead, globs)
     bufs = (q_bufs, o_bufs, k_bufs, v_bufs)
     loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN, EARLY,
-             GLOBAL, SPLIT)
+             GLOBAL)
     gl.static_assert((NUM_WG == 2) | (not PINGPONG))  # the ping-pong is of two warpgroups
     if NUM_WG == 2:
         gl.warp_specialize([
-            (_consumer, (0, o_desc, bufs, bars, lse_ptr, parts, shape, qk_scale, BN, D,
-                         OVERLAP, PINGPONG, EARLY, GLOBAL, CLASSES, SPLIT)),
-            (_consumer, (1, o_desc, bufs, bars, lse_ptr, parts, shape, qk_scale, BN, D,
-                         OVERLAP, PINGPONG, EARLY, GLOBAL, CLASSES, SPLIT)),
+            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
             (_loader, loads)], [4, 1], [REGS, 24])
     else:
         gl.static_assert(NUM_WG == 3)
         gl.warp_specialize([
-            (_consumer, (0, o_desc, bufs, bars, lse_ptr, parts, shape, qk_scale, BN, D,
-                         OVERLAP, PINGPONG, EARLY, GLOBAL, CLASSES, SPLIT)),
-            (_consumer, (1, o_desc, bufs, bars, lse_ptr, parts, shape, qk_scale, BN, D,
-                         OVERLAP, PINGPONG, EARLY, GLOBAL, CLASSES, SPLIT)),
-            (_consumer, (2, o_desc, bufs, bars, lse_ptr, parts, shape, qk_scale, BN, D,
-                         OVERLAP, PINGPONG, EARLY, GLOBAL, CLASSES, SPLIT)),
+            (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+            (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+            (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
+                         PINGPONG, EARLY, GLOBAL, CLASSES)),
             (_loader, loads)], [4, 4, 1], [REGS, REGS, 24])
 
 
@@ -449,10 +381,6 @@ _SMS = {}  # multiprocessors per device
 # 1.046x with two at 8k, 1.013x at 32k (four: 1.030x, 1.004x); d = 64 1.013x / 1.007x with two,
 # within the rounds' spread, and 0.977x at 32k in round 23 (results/ab_fwd_r23d.log): one.
 HEAD_GROUP = {64: 1, 128: 2}
-# The most key blocks one program takes of a tile of global rows (`pieces`), per head dimension:
-# such a tile meets every key block (256 at 32k tokens) where the band's tiles meet ~10, so
-# whole, those tiles' programs end last.
-PIECE_BLOCKS = {64: 64, 128: 64}
 
 
 def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=jit_launch):
@@ -492,80 +420,12 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=ji
         programs = min(programs, _SMS[device])
     BN = config["BN"]
     group = min(HEAD_GROUP[D], B * H) if grows else 1
-    BM = ROWS.value * config["NUM_WG"]
-    t0, t1 = heavy_span(ra, rb, Lk - Lq, BM, n_q)
-    split, per = pieces(t1 - t0, triton.cdiv(Lk, BN), PIECE_BLOCKS[D]) if glob else (1, 1)
-    part_o = part_lse = lse  # (not read without pieces)
-    if split > 1:
-        part_o = torch.empty((split, B * H, (t1 - t0) * BM, D), dtype=torch.float32,
-                             device=q.device)
-        part_lse = torch.empty(part_o.shape[:3], dtype=torch.float32, device=q.device)
-        programs += (t1 - t0) * B * H * (split - 1)
     launch(band_forward_kernel, (programs,),
            (descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN),
             descriptor(o_view, ROWS.value), lse, B * H, H, group, Lq, Lk, back, ahead, ra, rb,
-            ca, cb, t0, t1, part_o, part_lse, split, per, scale * LOG2E),
+            ca, cb, *heavy_span(ra, rb, Lk - Lq, ROWS.value * config["NUM_WG"], n_q),
+            scale * LOG2E),
            dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
                 OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
-                GLOBAL=glob, CLASSES=step > 1, SPLIT=split > 1, REGS=config["REGS"],
-                num_warps=4), (q.dtype,))
-    if split > 1:
-        merge_pieces(part_o, part_lse, out.view(B * H, Lq, D), lse.view(B * H, Lq), t0 * BM,
-                     launch)
+                GLOBAL=glob, CLASSES=step > 1, REGS=config["REGS"], num_warps=4), (q.dtype,))
     return out, lse
-
-
-def pieces(tiles, blocks, most):
-    """(split, per): the programs that each tile of global rows is cut into, and the key blocks
-    each takes, for ``tiles`` such tiles a head over ``blocks`` key blocks: pieces of at most
-    ``most`` blocks, as even as can be, none empty; (1, 1) -- whole tiles -- where one piece
-    would do or no tile has global rows."""
-    if tiles <= 0 or blocks <= most:
-        return 1, 1
-    per = -(-blocks // -(-blocks // most))
-    return -(-blocks // per), per
-
-
-def merge_pieces(part_o, part_lse, out, lse, row0, launch=jit_launch):
-    """Merges the pieces' partial results (`_store_piece`: part_o [split, BH, R, D] and part_lse
-    [split, BH, R], each piece's O normalised by its own sums and its natural log-sum-exp, -inf
-    where it kept nothing) into the rows row0 ... of out [BH, Lq, D] and lse [BH, Lq] (both
-    contiguous), by `_merge_kernel`."""
-    split, BH, R, D = part_o.shape
-    rows = min(R, out.shape[1] - row0)
-    launch(_merge_kernel, (BH, triton.cdiv(rows, MERGE_ROWS)),
-           (part_o, part_lse, out, lse, split, BH, R, out.shape[1], row0, rows),
-           dict(BLOCK=MERGE_ROWS, D=D, num_warps=4))
-
-
-MERGE_ROWS = 64  # rows per program of `_merge_kernel`
-
-
-@triton.jit
-def _merge_kernel(part_o, part_lse, out, lse, split, BH, R, Lq, row0, rows, BLOCK: tl.constexpr,
-                  D: tl.constexpr):
-    """Rows row0 + r (r < rows) of head bh: the log-sum-exp of the pieces' log-sum-exps, and the
-    pieces' O weighted by their share of the row's sum (rows that keep nothing: -inf and 0)."""
-    bh = tl.program_id(0)
-    r = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    live = r < rows
-    cols = tl.arange(0, D)
-    m = tl.full([BLOCK], float("-inf"), tl.float32)
-    for s in range(split):
-        at = (s * BH + bh).to(tl.int64) * R + r
-        m = tl.maximum(m, tl.load(part_lse + at, mask=live, other=float("-inf")))
-    m = tl.where(m == float("-inf"), 0.0, m)
-    total = tl.zeros([BLOCK], tl.float32)
-    acc = tl.zeros([BLOCK, D], tl.float32)
-    for s in range(split):
-        at = (s * BH + bh).to(tl.int64) * R + r
-        w = tl.exp(tl.load(part_lse + at, mask=live, other=float("-inf")) - m)
-        total += w
-        acc += w[:, None] * tl.load(part_o + at[:, None] * D + cols[None, :], mask=live[:, None],
-                                    other=0.0)
-    empty = total == 0.0
-    to = bh.to(tl.int64) * Lq + row0 + r
-    tl.store(lse + to, tl.where(empty, float("-inf"), m + tl.log(tl.where(empty, 1.0, total))),
-             mask=live)
-    o = acc / tl.where(empty, 1.0, total)[:, None]
-    tl.store(out + to[:, None] * D + cols[None, :], o.to(out.dtype.element_ty), mask=live[:, None])

@@ -59,10 +59,10 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=F
                           options=dict(num_warps=BN // 16, maxnreg=gb.MAXNREG[BN]))
 
 
-def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False, split=False):
+def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False):
     """The forward's kernel with its configuration at head dimension D (`gf.CONFIGS`), for
-    bands, (``glob``) bands with global rows and columns -- (``split``) their tiles of global
-    rows in pieces -- or (``classes``) a strided band's residue classes."""
+    bands, (``glob``) bands with global rows and columns or (``classes``) a strided band's
+    residue classes."""
     name = NAMES[dtype]
     config = gf.CONFIGS[D]
     rows, BN = gf.ROWS.value, config["BN"]
@@ -71,12 +71,10 @@ def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False, split=Fa
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "o_desc": qd, "lse_ptr": "*fp32",
                  **{n: "i32" for n in ("BH", "H", "group", "Lq", "Lk", "back", "ahead")
                     + GLOBALS + ("t0", "t1")},
-                 "part_o": "*fp32", "part_lse": "*fp32", "split": "i32", "per": "i32",
                  "qk_scale": "fp32", **{n: "constexpr" for n in (
                      "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "GLOBAL",
-                     "CLASSES", "SPLIT", "REGS")}}
-    constexprs = {"D": D, "GLOBAL": glob or split, "CLASSES": classes, "SPLIT": split,
-                  **{n: config[n] for n in (
+                     "CLASSES", "REGS")}}
+    constexprs = {"D": D, "GLOBAL": glob, "CLASSES": classes, **{n: config[n] for n in (
         "BN", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "REGS")}}
     source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
                             {(4,): [["tt.divisibility", 16]]})
@@ -140,8 +138,7 @@ def main():
             if dtype == torch.bfloat16:  # (the bounds' code is the same in either dtype)
                 extra = (f"; with global rows and columns: backward "
                          f"{_report(compile_bwd(D, dtype, glob=True))}, forward "
-                         f"{_report(compile_fwd(D, dtype, glob=True))}, forward in pieces "
-                         f"{_report(compile_fwd(D, dtype, split=True))}; the forward of "
+                         f"{_report(compile_fwd(D, dtype, glob=True))}; the forward of "
                          f"residue classes {_report(compile_fwd(D, dtype, classes=True))}; "
                          f"the backward of a gather component's keys "
                          f"{_report(compile_bwd(D, dtype, first=True))}")

@@ -41,9 +41,6 @@ CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
     ("causal & (window(127, 0) | stride(128))", 16384, 16384, 1, 2, 2, 128),
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 8192, 1, 2, 1, 64),
     ("window(512) | global(0..128)", 8192, 8192, 1, 2, 2, 128),
-    # ... whose forward cuts its tiles of global rows into pieces from 64 key blocks
-    # (`gluon_forward.pieces`): two here
-    ("window(512) | global(0..128)", 16384, 16384, 1, 2, 2, 128),
     ("causal & segment", 8192, 8192, 1, 2, 2, 128),
     # the dilated window: residue classes on the Gluon kernels at d = 128, `tl`'s at d = 64
     ("window(2048) & stride(4)", 8192, 8192, 1, 2, 2, 128),

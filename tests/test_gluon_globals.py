@@ -164,14 +164,13 @@ def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengt
         return
     mask, back, ahead, globs, n_q, n_k, off = case
     (Lq, Lk), (BM, BN), (t0, t1) = lengths, tile, globs[4:]
-    shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, globs, (1, 0))
+    shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, globs)
     tile_of = _python(gf._tile_of)
     block_at = _python(gh.block_at)
     partial = _python(gh.partial_tile)
     seen = []
     for index in range(n_q * BH):
-        b, h, bh, m0, seq, n, piece = tile_of(index, shape, BM, BN, True, False)
-        assert piece == -1
+        b, h, bh, m0, seq, n = tile_of(index, shape, BM, BN, True)
         seen.append((bh, m0))
         rows = mask[m0:m0 + BM]
         if index < (t1 - t0) * BH:  # a tile of global rows
@@ -186,98 +185,6 @@ def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengt
                     assert mask[r0:r0 + BM // 2, j * BN:(j + 1) * BN].all()
     assert sorted(seen) == [(bh, t * BM) for bh in range(BH) for t in range(n_q)]
 
-
-@settings(max_examples=150, deadline=None)
-@given(_banded(starting=True), _lengths(), TILES, st.integers(1, 3), st.integers(1, 3))
-def test_forward_pieces_of_global_rows_give_the_reference(expr, lengths, tile, BH, most):
-    """With SPLIT, each tile of global rows is `pieces` programs (of at most ``most`` key blocks
-    each), after every other tile; the pieces of a tile take distinct blocks within the keys
-    that together are every block, the other tiles what they take without SPLIT.  Their results
-    computed in float64 as the kernel's programs do -- each piece normalised by its own sums
-    and stored with its log-sum-exp (-inf where it keeps nothing) -- and merged by
-    `merge_pieces` are the reference's output and log-sum-exp."""
-    case = _case(expr, lengths, tile, forward=True)
-    if case is None:
-        return
-    mask, back, ahead, globs, n_q, n_k, off = case
-    (Lq, Lk), (BM, BN), (t0, t1) = lengths, tile, globs[4:]
-    split, per = gf.pieces(t1 - t0, n_k, most)
-    if split == 1:
-        return
-    assert (split - 1) * per < n_k <= split * per and per <= most
-    heavy = (t1 - t0) * BH
-    tiles = n_q * BH + heavy * (split - 1)
-    shape = (tiles, BH, BH, n_q, 1, Lq, Lk, back, ahead, globs, (split, per))
-    whole = (n_q * BH, BH, BH, n_q, 1, Lq, Lk, back, ahead, globs, (1, 0))
-    tile_of, block_at = _python(gf._tile_of), _python(gh.block_at)
-    torch.manual_seed(0)
-    D = 16
-    q, k, v = (torch.randn(BH, L, D, dtype=torch.float64) for L in (Lq, Lk, Lk))
-    s = (q @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
-    out = torch.full((BH, Lq, D), float("nan"), dtype=torch.float64)
-    lse = torch.full((BH, Lq), float("nan"), dtype=torch.float32)
-    R = (t1 - t0) * BM
-    part_o = torch.zeros((split, BH, R, D), dtype=torch.float32)
-    part_lse = torch.full((split, BH, R), float("-inf"), dtype=torch.float32)
-    blocks_of = {}
-    for index in range(tiles):
-        b, h, bh, m0, seq, n, piece = tile_of(index, shape, BM, BN, True, True)
-        assert (piece >= 0) == (index >= tiles - heavy * split)
-        blocks = [block_at(seq, i, True) for i in range(n)]
-        assert len(set(blocks)) == n and all(0 <= j < n_k for j in blocks)
-        if piece < 0:  # as without pieces
-            unsplit = tile_of(index + heavy, whole, BM, BN, True, False)
-            assert (unsplit[2], unsplit[3]) == (bh, m0)
-            assert [block_at(unsplit[4], i, True) for i in range(unsplit[5])] == blocks
-        else:
-            assert t0 <= m0 // BM < t1
-        keys = torch.zeros(Lk, dtype=torch.bool)
-        for j in blocks:
-            keys[j * BN:(j + 1) * BN] = True
-        sc = s[bh, m0:m0 + BM].masked_fill(~keys, float("-inf"))
-        total = torch.logsumexp(sc, -1)
-        o = torch.exp(sc - total.masked_fill(total == float("-inf"), 0)[:, None]) @ v[bh]
-        if piece < 0:
-            out[bh, m0:m0 + BM], lse[bh, m0:m0 + BM] = o, total.float()
-        else:
-            blocks_of.setdefault((bh, m0), []).extend(blocks)
-            rows = slice(m0 - t0 * BM, m0 - t0 * BM + o.shape[0])
-            part_o[piece, bh, rows], part_lse[piece, bh, rows] = o.float(), total.float()
-    assert all(sorted(b) == list(range(n_k)) for b in blocks_of.values())
-    assert len(blocks_of) == heavy
-    out = out.float()
-    gf.merge_pieces(part_o, part_lse, out, lse, t0 * BM)
-    want_lse = torch.logsumexp(s, -1)
-    want = torch.exp(s - want_lse.masked_fill(want_lse == float("-inf"), 0)[..., None]) @ v
-    assert torch.equal(torch.isinf(lse), torch.isinf(want_lse))
-    assert torch.allclose(lse.double(), want_lse, atol=1e-5) and \
-        torch.allclose(out.double(), want, atol=1e-5)
-
-
-
-def test_merge_pieces_weighs_each_piece_by_its_share_and_leaves_empty_rows_empty():
-    """`merge_pieces` against the log-sum-exp of the pieces computed directly: rows that no piece
-    keeps anything of get -inf and 0, a piece that keeps nothing of a row weighs nothing, and
-    rows past the queries' end (R past Lq) are not written."""
-    torch.manual_seed(1)
-    split, BH, R, D, Lq, row0 = 3, 2, 70, 16, 90, 30  # rows 30 ... 89: the last 10 of R dropped
-    part_o = torch.randn(split, BH, R, D)
-    part_lse = torch.randn(split, BH, R) * 4
-    part_lse[:, 0, 5] = float("-inf")  # kept by no piece
-    part_lse[1, 1, :20] = float("-inf")  # piece 1 keeps nothing of these rows
-    part_o[1, 1, :20] = 0.0
-    out = torch.full((BH, Lq, D), 7.0)
-    lse = torch.full((BH, Lq), 7.0)
-    gf.merge_pieces(part_o, part_lse, out, lse, row0)
-    total = torch.logsumexp(part_lse, 0)
-    weight = torch.exp(part_lse - total.masked_fill(torch.isinf(total), 0))
-    want = (weight[..., None] * part_o).sum(0)
-    assert torch.allclose(out[:, row0:], want[:, :Lq - row0], atol=1e-5)
-    assert torch.equal(lse[:, row0:].isinf(), total[:, :Lq - row0].isinf())
-    assert torch.allclose(lse[:, row0:][~lse[:, row0:].isinf()],
-                          total[:, :Lq - row0][~total[:, :Lq - row0].isinf()], atol=1e-5)
-    assert lse[0, row0 + 5] == float("-inf") and (out[0, row0 + 5] == 0).all()
-    assert (out[:, :row0] == 7.0).all() and (lse[:, :row0] == 7.0).all()
 
 @settings(max_examples=150, deadline=None)
 @given(_banded(starting=True), _lengths(), TILES, st.integers(1, 3), st.integers(1, 4))
