@@ -161,6 +161,7 @@ def main():
                 mod = pattern.module(backend="triton")
                 generated = load_module(pattern)
                 generated.GLUON_MIN_KEYS_64 = 0
+                generated.GLUON_GLOBALS_FWD_64 = 0  # (bands with global rows at d = 64)
                 copy = generated._gluon_module("gluon_forward")  # the module's own copy
                 copy.CONFIGS[D].update(sets.get(D, {}))
                 flops = 4.0 * D * pattern.plan(L, L).kept_pairs * B * H
