@@ -64,7 +64,20 @@ CONFIGS = {
     128: dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PINGPONG=True, EARLY=True,
               PERSISTENT=True, REGS=240),
 }
-__all__ = ["CONFIGS", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
+# ... but a band with global rows and columns (GLOBAL) at d = 64 takes two warpgroups, with EARLY:
+# Longformer's `window(512) | global(0..128)` at 32k 0.617 -> 0.546 ms, at 8k 0.315 -> 0.273
+# (results/ab_wg64_r38b.log, five variants alternated over three rounds in one process).  Its
+# tile of global rows is then exactly the 128 global rows: with three warpgroups the third one's
+# rows (128-191) visited every key block too, masked all but a few.  (Without EARLY 0.548.)
+CONFIGS_GLOBAL = {64: dict(CONFIGS[64], NUM_WG=2, EARLY=True, REGS=240)}
+
+
+def config_of(D, glob):
+    """The configuration of the forward at head dimension D, ``glob``: with global rows and
+    columns."""
+    return CONFIGS_GLOBAL.get(D, CONFIGS[D]) if glob else CONFIGS[D]
+
+__all__ = ["CONFIGS", "CONFIGS_GLOBAL", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
 
 
 @gluon.jit
@@ -404,9 +417,9 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=ji
         back, ahead = class_band(back, ahead, step)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    config = CONFIGS[D]
     grows = (back is None) != (ahead is None)  # rows whose lengths grow along the sequence
     glob = rows is not None or cols is not None
+    config = config_of(D, glob)
     # (global rows make a few tiles long: one program a tile, those first, evens out the end)
     persistent = config["PERSISTENT"] and not grows and not glob
     back, ahead = band_bounds(back, ahead, Lq, Lk)

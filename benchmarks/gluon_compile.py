@@ -60,11 +60,11 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=F
 
 
 def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False):
-    """The forward's kernel with its configuration at head dimension D (`gf.CONFIGS`), for
+    """The forward's kernel with its configuration at head dimension D (`gf.config_of`), for
     bands, (``glob``) bands with global rows and columns or (``classes``) a strided band's
     residue classes."""
     name = NAMES[dtype]
-    config = gf.CONFIGS[D]
+    config = gf.config_of(D, glob)
     rows, BN = gf.ROWS.value, config["BN"]
     qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{shared_layout(BN, D, dtype)!r}>"

@@ -11,12 +11,12 @@ The first form times the generated module's forward with ATTNLANG_GLUON=1 and =0
 rules lifted, so that every pattern runs the Gluon kernel) and compares their outputs, then the
 training step (forward and backward, the backward Gluon's where it runs) with the forward's Gluon
 kernel and without it: what the forward's gain is worth in a step; `--set D:KEY=VALUE,...`
-changes the generated modules' `CONFIGS[D]` first (values are integers; 0/1 for flags).  The
-second
-first checks each configuration of `VARIANTS` against a float32 reference on small shapes
-(lengths not multiples of the tiles, `Lq != Lk`, empty rows, [B, L, H, D] views), then times the
-kernel in each configuration (`gluon_forward.CONFIGS` replaced) against the `tl` forward: the
-measurements that chose CONFIGS (benchmarks/NOTES.md round 21).
+changes the generated modules' `CONFIGS[D]` (and `CONFIGS_GLOBAL[D]`) first (values are
+integers; 0/1 for flags).  The second first checks each configuration of `VARIANTS` against a
+float32 reference on small shapes (lengths not multiples of the tiles, `Lq != Lk`, empty rows,
+[B, L, H, D] views), then times the kernel in each configuration (`gluon_forward.CONFIGS`
+replaced) against the `tl` forward: the measurements that chose CONFIGS (benchmarks/NOTES.md
+round 21).
 """
 import os
 import sys
@@ -164,6 +164,8 @@ def main():
                 generated.GLUON_GLOBALS_FWD_64 = 0  # (bands with global rows at d = 64)
                 copy = generated._gluon_module("gluon_forward")  # the module's own copy
                 copy.CONFIGS[D].update(sets.get(D, {}))
+                if D in copy.CONFIGS_GLOBAL:  # (bands with global rows' own configuration)
+                    copy.CONFIGS_GLOBAL[D].update(sets.get(D, {}))
                 flops = 4.0 * D * pattern.plan(L, L).kept_pairs * B * H
                 causal = text != "all"
                 with torch.no_grad():

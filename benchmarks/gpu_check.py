@@ -183,7 +183,7 @@ def band_cases(n, gen):
     strided bands (`band.strided_band_of`: each residue class a band of the Gluon kernels),
     lengths multiples of the step; then n // 8 (at least one) fixed patterns (chunks and
     summary columns of random sizes: the summary columns' backward on the Gluon kernel,
-    GLUON_GATHER)."""
+    GLUON_GATHER); then four bands with global rows at d = 64."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
@@ -230,6 +230,13 @@ def band_cases(n, gen):
         B, H = pick([1, 2]), pick([1, 3])
         cases.append(((f"causal & (chunk({c}) | cols(every({c}, {a}..{c})))", Lq, Lk, B, H, H,
                        pick([64, 128])), pick([torch.bfloat16, torch.float16]), i % 2 == 1, {}))
+    # bands with global rows at d = 64, whose forward takes tiles of 128 queries there
+    # (`gluon_forward.CONFIGS_GLOBAL`): rows from the start, in the middle, to the end
+    cases += [((text, Lq, Lk, B, H, H, 64), torch.bfloat16, False, {}) for text, Lq, Lk, B, H in [
+        ("window(512) | global(0..128)", 4096, 4096, 1, 2),
+        ("window(100, 3) | rows(130..250)", 1531, 1531, 2, 3),
+        ("window(64) | rows(..300) | cols(150..350)", 2048, 2300, 1, 3),
+        ("window(64, 0) | rows(100..)", 1000, 1000, 1, 2)]]
     # one shape in both dtypes, one after the other: the second must not take the first's
     # compiled kernels (the generated modules launch them directly after a first launch)
     return cases + [(("causal & window(300, 20)", 1000, 1000, 1, 2, 2, 128), dtype, False, {})

@@ -123,6 +123,28 @@ def test_the_gluon_forward_grid(monkeypatch, D, back, ahead, persistent, group):
     assert options["PINGPONG"] == (D == 128) and options["EARLY"] == (D == 128)
 
 
+def test_the_d64_gluon_forward_gives_global_rows_tiles_of_their_own(monkeypatch):
+    """At d = 64 a band with global rows and columns takes tiles of two warpgroups (128 queries)
+    where a band alone takes three (192): Longformer's 128 global rows are then one tile, the
+    only one that visits every key block (`gluon_forward.CONFIGS_GLOBAL`)."""
+    gf = pytest.importorskip("attnlang.gluon_forward")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(gf, "_SMS", {0: 7})
+    launches = []
+
+    def launch(kernel, grid, args, options, key=()):
+        launches.append((grid, dict(zip(kernel.arg_names, args)), options))
+    B, H, L, D = 2, 3, 1000, 64
+    q, k, v = (torch.randn(B, H, L, D, dtype=torch.bfloat16) for _ in range(3))
+    gf.forward(q, k, v, 0.1, 512, 512, rows=(0, 128), cols=(0, 128), launch=launch)
+    gf.forward(q, k, v, 0.1, 512, 512, launch=launch)
+    (grid, args, options), (band_grid, _, band_options) = launches
+    assert options["NUM_WG"] == 2 and options["EARLY"] and options["GLOBAL"]
+    assert grid == (-(-L // 128) * B * H,) and (args["t0"], args["t1"]) == (0, 1)
+    assert band_options["NUM_WG"] == 3 and not band_options["EARLY"]
+    assert band_grid == (-(-L // 192) * B * H,)  # one program a tile (not persistent) at d = 64
+
+
 @pytest.mark.parametrize("rows,cols", [((0, 128), (0, 128)), (None, (None, 200)), ((300, None), None)])
 def test_the_gluon_grids_of_global_rows_and_columns(monkeypatch, rows, cols):
     """With global rows or columns (`band.banded_of`) the Gluon forward takes one program a tile

@@ -1,0 +1,89 @@
+"""Configurations of the d = 64 Gluon forward (`attnlang/gluon_forward.py`) on bands with and
+without global rows, as attnlang runs it (the generated module's own copy of the kernel, its
+rules lifted so that the Gluon forward runs at every length), in one process on the same inputs:
+the forward and the training step of each variant, the variants alternated over rounds (the
+order reversed every other round), `do_bench` medians, and the `tl` forward beside them.  Each
+variant is set on both `CONFIGS[64]` and `CONFIGS_GLOBAL[64]` as changes to `CONFIGS[64]`.
+
+    python benchmarks/ab_configs64.py [--lengths 8192,32768] [--rounds 3]
+        [--patterns "window(512) | global(0..128);window(512)"]
+
+(results/ab_wg64_r38b.log: the measurement that chose `CONFIGS_GLOBAL`, NOTES round 38.)
+"""
+import argparse
+import os
+
+import torch
+from triton.testing import do_bench
+
+import attnlang
+from attnlang.cache import load_module
+
+VARIANTS = {  # changes to CONFIGS[64]
+    "wg3": {},
+    "wg2": dict(NUM_WG=2, REGS=240),
+    "wg2e": dict(NUM_WG=2, REGS=240, EARLY=True),
+    "wg2pp": dict(NUM_WG=2, REGS=240, EARLY=True, PINGPONG=True),
+    "wg2s2": dict(NUM_WG=2, REGS=240, STAGES=2),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", default="8192,32768")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--patterns", default="window(512) | global(0..128);window(512)")
+    args = ap.parse_args()
+    D, H = 64, 16
+    for L in [int(x) for x in args.lengths.split(",")]:
+        B = max(1, 16384 // L)
+        q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
+                       for _ in range(4))
+        g = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        for text in args.patterns.split(";"):
+            pattern = attnlang.parse(f"pattern x = {text}")["x"]
+            mod = pattern.module(backend="triton")
+            gen = load_module(pattern)
+            gen.GLUON_GLOBALS_FWD_64 = 0
+            gen.GLUON_MIN_KEYS_64 = 0
+            copy = gen._gluon_module("gluon_forward")
+            base = dict(copy.CONFIGS[D])
+            base_global = dict(copy.CONFIGS_GLOBAL[D])
+            os.environ["ATTNLANG_GLUON"] = "0"
+            with torch.no_grad():
+                want = mod(q, k, v).float()
+                t_tl = do_bench(lambda: mod(q, k, v), warmup=25, rep=150, return_mode="median")
+            os.environ["ATTNLANG_GLUON"] = "1"
+            names = list(VARIANTS)
+            fwd = {n: [] for n in names}
+            step = {n: [] for n in names}
+            diffs = {}
+            for r in range(args.rounds):
+                for name in (names if r % 2 == 0 else names[::-1]):
+                    copy.CONFIGS[D] = copy.CONFIGS_GLOBAL[D] = dict(base, **VARIANTS[name])
+                    gen._CALLS.clear()
+                    with torch.no_grad():
+                        out = mod(q, k, v).float()
+                        diffs[name] = ((out - want).abs().max() / want.abs().max()).item()
+                        fwd[name].append(do_bench(lambda: mod(q, k, v), warmup=25, rep=150,
+                                                  return_mode="median"))
+
+                    def run():
+                        mod(*g).backward(do)
+                    step[name].append(do_bench(run, warmup=10, rep=150, grad_to_none=g,
+                                               return_mode="median"))
+            copy.CONFIGS[D], copy.CONFIGS_GLOBAL[D] = base, base_global
+            med = {n: sorted(t)[len(t) // 2] for n, t in fwd.items()}
+            smed = {n: sorted(t)[len(t) // 2] for n, t in step.items()}
+            print(f"{text:30s} L={L} D={D} fwd tl {t_tl:.4f} | " + " | ".join(
+                f"{n} {med[n]:.4f} ({diffs[n]:.0e})" for n in names), flush=True)
+            print(f"{'':30s} step | " + " | ".join(f"{n} {smed[n]:.4f}" for n in names),
+                  flush=True)
+            print(f"   rounds fwd {fwd} step {step}", flush=True)
+        del q, k, v, do, g
+        torch.cuda.empty_cache()
+    os.environ.pop("ATTNLANG_GLUON", None)
+
+
+if __name__ == "__main__":
+    main()
