@@ -295,9 +295,9 @@ def test_which_calls_take_the_gluon_forward(monkeypatch):
     assert longformer._gluon_forward_ok(*_fake(), NO_EXTRAS)
     assert longformer._gluon_forward_ok(*_fake(L=1000), NO_EXTRAS)
     # d = 64: from GLUON_GLOBALS_FWD_64 keys, whatever its band's width
-    assert longformer.GLUON_GLOBALS_FWD_64 == 32768
-    assert not longformer._gluon_forward_ok(*_fake(D=64, L=32767), NO_EXTRAS)
-    assert longformer._gluon_forward_ok(*_fake(D=64, L=32768), NO_EXTRAS)
+    assert longformer.GLUON_GLOBALS_FWD_64 == 16384
+    assert not longformer._gluon_forward_ok(*_fake(D=64, L=16383), NO_EXTRAS)
+    assert longformer._gluon_forward_ok(*_fake(D=64, L=16384), NO_EXTRAS)
     assert not longformer._gluon_forward_ok(*_fake(D=80), NO_EXTRAS)
     for flag in NO_EXTRAS:
         assert not window._gluon_forward_ok(*_fake(), dict(NO_EXTRAS, **{flag: True}))
