@@ -225,10 +225,8 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     layout_picture = _layout_picture(pattern)
     one = len(specs) == 1 and specs[0].kind == IDENTITY
     band = band_of(expr) if one else None
-    # a band with global rows and columns (Longformer's) takes both Gluon kernels too (its plan:
-    # identity components, the band's, the global rows' and the global columns')
-    identity = all(spec.kind == IDENTITY for spec in specs)
-    banded = banded_of(expr) if identity and band is None else None
+    # a band with global rows and columns (Longformer's) takes both Gluon kernels too
+    banded = banded_of(expr) if one and band is None else None
     # ... and a band with stride(s) (the dilated window), each residue class a band of its own
     strided = strided_band_of(expr) if band is None and banded is None else None
     # document masks (one band and one document) take the Gluon backward only

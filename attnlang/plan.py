@@ -96,30 +96,6 @@ def _term_kind(term):
     return IDENTITY, 1, None
 
 
-def _global_side(term):
-    """"rows" or "cols" for an identity term with a ``rows(S)`` or ``cols(S)`` factor of plain
-    ranges (global tokens: Longformer's ``global(0..g)`` is both), else None."""
-    for f in _factors(term):
-        if isinstance(f, (ir.Rows, ir.Cols)) and not _is_scattered(f.set):
-            return "rows" if isinstance(f, ir.Rows) else "cols"
-    return None
-
-
-def _identity_groups(terms):
-    """The identity terms as components: the global rows' terms and the global columns' terms
-    apart from the rest (where there is more than one kind), so that each component's block rows
-    and block columns stay contiguous runs -- a band's, a whole row's, a column's -- which the
-    kernels walk by their bounds (`_band_ranges`) instead of by index lists: a band's union with
-    global columns puts a gap in every row between the columns and the band, and with global
-    rows a gap in every block column."""
-    parts = {}
-    for term in terms:
-        parts.setdefault(_global_side(term), []).append(term)
-    if len(parts) == 1:
-        return [terms]
-    return [parts[side] for side in (None, "rows", "cols") if side in parts]
-
-
 def _union_of(terms):
     out = terms[0]
     for t in terms[1:]:
@@ -136,14 +112,12 @@ def decompose(expr) -> Tuple[ComponentSpec, ...]:
     specs, earlier = [], []
     for key in order:
         kind, modulus, gather_set = key
-        parts = _identity_groups(groups[key]) if kind == IDENTITY else [groups[key]]
-        for terms in parts:
-            own = _union_of(terms)
-            predicate = own
-            for prev in earlier:
-                predicate = ir.Difference(predicate, prev)
-            specs.append(ComponentSpec(kind, predicate, modulus, gather_set))
-            earlier.append(own)
+        own = _union_of(groups[key])
+        predicate = own
+        for prev in earlier:
+            predicate = ir.Difference(predicate, prev)
+        specs.append(ComponentSpec(kind, predicate, modulus, gather_set))
+        earlier.append(own)
     return tuple(specs)
 
 
