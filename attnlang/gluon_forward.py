@@ -68,7 +68,8 @@ CONFIGS = {
 # Longformer's `window(512) | global(0..128)` at 32k 0.617 -> 0.546 ms, at 8k 0.315 -> 0.273
 # (results/ab_wg64_r38b.log, five variants alternated over three rounds in one process).  Its
 # tile of global rows is then exactly the 128 global rows: with three warpgroups the third one's
-# rows (128-191) visited every key block too, masked all but a few.  (Without EARLY 0.548.)
+# rows (128-191) visited every key block too, masked all but a few.  (Without EARLY 0.548.  A
+# band alone gained too, `window(512)` 0.499 -> 0.459, but its `tl` forward takes 0.390.)
 CONFIGS_GLOBAL = {64: dict(CONFIGS[64], NUM_WG=2, EARLY=True, REGS=240)}
 
 
