@@ -78,6 +78,7 @@ def config_of(D, glob):
     columns."""
     return CONFIGS_GLOBAL.get(D, CONFIGS[D]) if glob else CONFIGS[D]
 
+
 __all__ = ["CONFIGS", "CONFIGS_GLOBAL", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
 
 

@@ -12,12 +12,15 @@ variant is set on both `CONFIGS[64]` and `CONFIGS_GLOBAL[64]` as changes to `CON
 """
 import argparse
 import os
+import sys
 
 import torch
 from triton.testing import do_bench
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import attnlang
-from attnlang.cache import load_module
+import attnlang  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
+from head_order import _inputs, variant_rounds  # noqa: E402
 
 VARIANTS = {  # changes to CONFIGS[64]
     "wg3": {},
@@ -36,10 +39,7 @@ def main():
     args = ap.parse_args()
     D, H = 64, 16
     for L in [int(x) for x in args.lengths.split(",")]:
-        B = max(1, 16384 // L)
-        q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
-                       for _ in range(4))
-        g = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        q, k, v, do, g = _inputs(max(1, 16384 // L), H, L, D)
         for text in args.patterns.split(";"):
             pattern = attnlang.parse(f"pattern x = {text}")["x"]
             mod = pattern.module(backend="triton")
@@ -54,25 +54,17 @@ def main():
                 want = mod(q, k, v).float()
                 t_tl = do_bench(lambda: mod(q, k, v), warmup=25, rep=150, return_mode="median")
             os.environ["ATTNLANG_GLUON"] = "1"
-            names = list(VARIANTS)
-            fwd = {n: [] for n in names}
-            step = {n: [] for n in names}
-            diffs = {}
-            for r in range(args.rounds):
-                for name in (names if r % 2 == 0 else names[::-1]):
-                    copy.CONFIGS[D] = copy.CONFIGS_GLOBAL[D] = dict(base, **VARIANTS[name])
-                    gen._CALLS.clear()
-                    with torch.no_grad():
-                        out = mod(q, k, v).float()
-                        diffs[name] = ((out - want).abs().max() / want.abs().max()).item()
-                        fwd[name].append(do_bench(lambda: mod(q, k, v), warmup=25, rep=150,
-                                                  return_mode="median"))
 
-                    def run():
-                        mod(*g).backward(do)
-                    step[name].append(do_bench(run, warmup=10, rep=150, grad_to_none=g,
-                                               return_mode="median"))
+            def set_variant(name):
+                copy.CONFIGS[D] = copy.CONFIGS_GLOBAL[D] = dict(base, **VARIANTS[name])
+                gen._CALLS.clear()
+            names = list(VARIANTS)
+            fwd, step, results = variant_rounds(
+                names, args.rounds, set_variant, lambda: mod(q, k, v),
+                lambda: mod(*g).backward(do), g)
             copy.CONFIGS[D], copy.CONFIGS_GLOBAL[D] = base, base_global
+            diffs = {n: ((results[n][0] - want).abs().max() / want.abs().max()).item()
+                     for n in names}
             med = {n: sorted(t)[len(t) // 2] for n, t in fwd.items()}
             smed = {n: sorted(t)[len(t) // 2] for n, t in step.items()}
             print(f"{text:30s} L={L} D={D} fwd tl {t_tl:.4f} | " + " | ".join(

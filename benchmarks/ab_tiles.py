@@ -13,12 +13,15 @@ decides (the band, gather, short- and long-row tables take precedence where they
 (results/ab_dilated_r38c.log: the dilated window's variants below, NOTES round 38.)
 """
 import argparse
+import os
+import sys
 
 import torch
-from triton.testing import do_bench
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import attnlang
-from attnlang.cache import load_module
+import attnlang  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
+from head_order import _inputs, variant_rounds  # noqa: E402
 
 VARIANTS = ("cap=fwd:64x64:4:2:d:j:n96;cap+dq32=fwd:64x64:4:2:d:j:n96,dq:64x32:4:3:d;"
             "cap+dqj=fwd:64x64:4:2:d:j:n96,dq:64x64:4:3:d:j")
@@ -57,39 +60,20 @@ def main():
         gen._CALLS.clear()
 
     for L in [int(x) for x in args.lengths.split(",")]:
-        B = max(1, 16384 // L)
-        q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
-                       for _ in range(4))
-        g = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        q, k, v, do, g = _inputs(max(1, 16384 // L), H, L, D)
         names = list(chosen)
-        fwd = {n: [] for n in names}
-        step = {n: [] for n in names}
-        outs, grads = {}, {}
-        for r in range(args.rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                setv(name)
-                with torch.no_grad():
-                    outs[name] = mod(q, k, v).float()
-                    fwd[name].append(do_bench(lambda: mod(q, k, v), warmup=25, rep=150,
-                                              return_mode="median"))
-
-                def run():
-                    mod(*g).backward(do)
-                for t in g:
-                    t.grad = None
-                run()
-                grads[name] = [t.grad.float().clone() for t in g]
-                step[name].append(do_bench(run, warmup=10, rep=150, grad_to_none=g,
-                                           return_mode="median"))
+        fwd, step, results = variant_rounds(names, args.rounds, setv, lambda: mod(q, k, v),
+                                            lambda: mod(*g).backward(do), g)
         setv("own")
 
         def rel(a, b):
             return ((a - b).abs().max() / b.abs().max()).item()
         med = {n: sorted(t)[len(t) // 2] for n, t in fwd.items()}
         smed = {n: sorted(t)[len(t) // 2] for n, t in step.items()}
+        own_out, own_grads = results["own"]
         print(f"{args.pattern} L={L} D={D} fwd | " + " | ".join(
-            f"{n} {med[n]:.4f} (out {rel(outs[n], outs['own']):.0e}, grads "
-            f"{max(rel(a, b) for a, b in zip(grads[n], grads['own'])):.0e})" for n in names),
+            f"{n} {med[n]:.4f} (out {rel(results[n][0], own_out):.0e}, grads "
+            f"{max(rel(a, b) for a, b in zip(results[n][1], own_grads)):.0e})" for n in names),
             flush=True)
         print(f"{'':30s} step | " + " | ".join(f"{n} {smed[n]:.4f}" for n in names), flush=True)
         print(f"   rounds fwd {fwd} step {step}", flush=True)

@@ -65,6 +65,27 @@ def alternating(runs, rounds, rep=150):
     return times
 
 
+def variant_rounds(names, rounds, set_variant, forward, step, params):
+    """Forwards and training steps of each variant of ``names`` (set by ``set_variant(name)``),
+    alternated as `alternating` does: ({name: [forward ms per round]}, {name: [step ms per
+    round]}, {name: (its last output, its last gradients of ``params``)}); ``forward()`` returns
+    the output (run without autograd), ``step()`` runs a forward and its backward."""
+    fwd, steps, results = {name: [] for name in names}, {name: [] for name in names}, {}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            set_variant(name)
+            with torch.no_grad():
+                out = forward().float()
+                fwd[name].append(do_bench(forward, warmup=25, rep=150, return_mode="median"))
+            for t in params:
+                t.grad = None
+            step()
+            results[name] = out, [t.grad.float().clone() for t in params]
+            steps[name].append(do_bench(step, warmup=10, rep=150, grad_to_none=params,
+                                        return_mode="median"))
+    return fwd, steps, results
+
+
 def _step_runner(module, grads, do, extra):
     """A `_medians` run of training steps: one step's gradients, and do_bench's time."""
     def run():
