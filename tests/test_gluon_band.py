@@ -294,8 +294,10 @@ def test_which_calls_take_the_gluon_forward(monkeypatch):
     assert not other._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
     assert longformer._gluon_forward_ok(*_fake(), NO_EXTRAS)
     assert longformer._gluon_forward_ok(*_fake(L=1000), NO_EXTRAS)
-    # d = 64: from GLUON_GLOBALS_FWD_64 keys, whatever its band's width
-    assert longformer.GLUON_GLOBALS_FWD_64 == 16384
+    # d = 64: from GLUON_GLOBALS_FWD_64 keys (since round 39 none: the `tl` forward's global
+    # rows in pieces were faster), whatever its band's width
+    assert not longformer._gluon_forward_ok(*_fake(D=64, L=1 << 20), NO_EXTRAS)
+    monkeypatch.setattr(longformer, "GLUON_GLOBALS_FWD_64", 16384)
     assert not longformer._gluon_forward_ok(*_fake(D=64, L=16383), NO_EXTRAS)
     assert longformer._gluon_forward_ok(*_fake(D=64, L=16384), NO_EXTRAS)
     assert not longformer._gluon_forward_ok(*_fake(D=80), NO_EXTRAS)
