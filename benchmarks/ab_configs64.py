@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import attnlang  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
-from head_order import _inputs, variant_rounds  # noqa: E402
+from head_order import _inputs, print_variants, variant_rounds  # noqa: E402
 
 VARIANTS = {  # changes to CONFIGS[64]
     "wg3": {},
@@ -63,15 +63,9 @@ def main():
                 names, args.rounds, set_variant, lambda: mod(q, k, v),
                 lambda: mod(*g).backward(do), g)
             copy.CONFIGS[D], copy.CONFIGS_GLOBAL[D] = base, base_global
-            diffs = {n: ((results[n][0] - want).abs().max() / want.abs().max()).item()
+            diffs = {n: f"{((results[n][0] - want).abs().max() / want.abs().max()).item():.0e}"
                      for n in names}
-            med = {n: sorted(t)[len(t) // 2] for n, t in fwd.items()}
-            smed = {n: sorted(t)[len(t) // 2] for n, t in step.items()}
-            print(f"{text:30s} L={L} D={D} fwd tl {t_tl:.4f} | " + " | ".join(
-                f"{n} {med[n]:.4f} ({diffs[n]:.0e})" for n in names), flush=True)
-            print(f"{'':30s} step | " + " | ".join(f"{n} {smed[n]:.4f}" for n in names),
-                  flush=True)
-            print(f"   rounds fwd {fwd} step {step}", flush=True)
+            print_variants(f"{text:30s} L={L} D={D} fwd tl {t_tl:.4f}", fwd, step, diffs)
         del q, k, v, do, g
         torch.cuda.empty_cache()
     os.environ.pop("ATTNLANG_GLUON", None)

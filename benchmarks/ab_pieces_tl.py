@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import attnlang  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
-from head_order import _inputs, variant_rounds  # noqa: E402
+from head_order import _inputs, print_variants, variant_rounds  # noqa: E402
 
 CASES = [("window(512) | global(0..128)", 1000, 1000), ("window(512) | global(0..128)", 1000, 1300),
          ("window(64) | global(300..400)", 2085, 2085), ("window(200, 0) | global(1900..2048)",
@@ -114,13 +114,9 @@ def compare(text, L, D, pieces, rounds, tile, H=16):
     gen._CALLS.clear()
     os.environ.pop("ATTNLANG_TILES", None)
     want = results["whole"][0]
-    diffs = {n: ((results[n][0] - want).abs().max() / want.abs().max()).item() for n in names}
-    med = {n: sorted(t)[len(t) // 2] for n, t in fwd.items()}
-    smed = {n: sorted(t)[len(t) // 2] for n, t in step.items()}
-    print(f"{text:30s} L={L} D={D} fwd | " + " | ".join(
-        f"{n} {med[n]:.4f} ({diffs[n]:.0e})" for n in names), flush=True)
-    print(f"{'':30s} step | " + " | ".join(f"{n} {smed[n]:.4f}" for n in names), flush=True)
-    print(f"   rounds fwd {fwd} step {step}", flush=True)
+    diffs = {n: f"{((results[n][0] - want).abs().max() / want.abs().max()).item():.0e}"
+             for n in names}
+    print_variants(f"{text:30s} L={L} D={D} fwd", fwd, step, diffs)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import attnlang  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
-from head_order import _inputs, variant_rounds  # noqa: E402
+from head_order import _inputs, print_variants, variant_rounds  # noqa: E402
 
 VARIANTS = ("cap=fwd:64x64:4:2:d:j:n96;cap+dq32=fwd:64x64:4:2:d:j:n96,dq:64x32:4:3:d;"
             "cap+dqj=fwd:64x64:4:2:d:j:n96,dq:64x64:4:3:d:j")
@@ -68,15 +68,10 @@ def main():
 
         def rel(a, b):
             return ((a - b).abs().max() / b.abs().max()).item()
-        med = {n: sorted(t)[len(t) // 2] for n, t in fwd.items()}
-        smed = {n: sorted(t)[len(t) // 2] for n, t in step.items()}
         own_out, own_grads = results["own"]
-        print(f"{args.pattern} L={L} D={D} fwd | " + " | ".join(
-            f"{n} {med[n]:.4f} (out {rel(results[n][0], own_out):.0e}, grads "
-            f"{max(rel(a, b) for a, b in zip(results[n][1], own_grads)):.0e})" for n in names),
-            flush=True)
-        print(f"{'':30s} step | " + " | ".join(f"{n} {smed[n]:.4f}" for n in names), flush=True)
-        print(f"   rounds fwd {fwd} step {step}", flush=True)
+        print_variants(f"{args.pattern} L={L} D={D} fwd", fwd, step, {
+            n: f"out {rel(results[n][0], own_out):.0e}, grads "
+               f"{max(rel(a, b) for a, b in zip(results[n][1], own_grads)):.0e}" for n in names})
         del q, k, v, do, g
         torch.cuda.empty_cache()
 

@@ -86,6 +86,16 @@ def variant_rounds(names, rounds, set_variant, forward, step, params):
     return fwd, steps, results
 
 
+def print_variants(head, fwd, steps, notes):
+    """Print what `variant_rounds` measured: ``head``, then each variant's median forward with
+    ``notes[name]`` beside it; each variant's median step; every round's times."""
+    med = {name: sorted(t)[len(t) // 2] for name, t in fwd.items()}
+    smed = {name: sorted(t)[len(t) // 2] for name, t in steps.items()}
+    print(f"{head} | " + " | ".join(f"{n} {med[n]:.4f} ({notes[n]})" for n in fwd), flush=True)
+    print(f"{'':30s} step | " + " | ".join(f"{n} {smed[n]:.4f}" for n in steps), flush=True)
+    print(f"   rounds fwd {fwd} step {steps}", flush=True)
+
+
 def _step_runner(module, grads, do, extra):
     """A `_medians` run of training steps: one step's gradients, and do_bench's time."""
     def run():
