@@ -13,7 +13,9 @@ each residue class a head of its own, `gluon_hopper.residue_classes`, dQ's float
 the rows' natural order); and (FIRST, `gather_backward`) a gather component's packed keys, each
 seen by the queries from its first one on (the fixed pattern's summary columns: the template's
 GLUON_GATHER), that component's share of the gradients.  One program per (block of BN keys,
-batch and head), BN = 128 for bands and 64 for documents:
+batch and head), BN = 128 for bands and 64 for documents (and for bands where the caller asks:
+the generated modules' narrow bands and bands with global rows at d = 64, `backward`'s
+``keys``):
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
   queries whose band meets the block through a ring of two stages, by TMA (rank-4 descriptors
@@ -36,9 +38,12 @@ warps are through with both; so a tile costs the compute warps one wait, one arr
 barriers among themselves (one before dQ_part's product reads dS, one closing the tile).
 
 Documents take key blocks of 64 and one compute warpgroup: on the benchmark's 64 random
-documents per sequence a block of 128 keys meets more of the pairs between documents.  There
-dQ_part goes into the bytes of its tile's (Q, dO) stage (exactly its size) once every product
-has read them, so that without dQ buffers a program's 104 KiB of shared memory and 232
+documents per sequence a block of 128 keys meets more of the pairs between documents.  So do
+bands at d = 64 where the caller asks (``keys=64``): there two programs per multiprocessor ran
+training steps on bands of ~1k keys at 16k-32k tokens 1.06-1.09x faster than 128-key blocks, but
+at d = 128 1.15-1.28x slower (NOTES rounds 28 and 40).  With 64-key blocks dQ_part goes into
+the bytes of its tile's (Q, dO) stage (exactly its size) once every product has read them, so
+that without dQ buffers a program's 104 KiB of shared memory (57 KiB at d = 64) and 232
 registers per compute thread (MAXNREG) let two programs share a multiprocessor, which hides one
 program's waits for its stages behind the other's products (NOTES round 28).  A third mbarrier
 per stage, ``free``, tells the loader that the writer's TMA has read the stage; a tile costs one
@@ -506,7 +511,7 @@ SEGQ_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, ra
 
 
 def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, cols=None,
-             step=1, launch=jit_launch):
+             step=1, launch=jit_launch, keys=BN):
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound, the global ``rows`` and ``cols`` or the ``step`` where
     given (as `gluon_forward.forward` takes them; not with ``docs``), and ``lse`` [B, H, Lq]
@@ -517,7 +522,10 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
     `_descriptors_ok`).
     ``docs``: for a document mask (the band and one document), (bounds, flag, seg_q, seg_k,
     per_batch) as `band_backward_kernel` takes them with SEGMENTS (int32 tensors); ``launch``:
-    how to launch a kernel (`gluon_hopper.jit_launch`'s arguments)."""
+    how to launch a kernel (`gluon_hopper.jit_launch`'s arguments); ``keys``: a band's key block,
+    BN or DOCS_BN (documents always take DOCS_BN)."""
+    if keys not in (BN, DOCS_BN):
+        raise ValueError(f"keys: a band's key block is {BN} or {DOCS_BN}, not {keys!r}")
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     grads, dq = (dk, dv), None
@@ -539,7 +547,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
-    _, bn = tile(docs is not None)
+    bn = DOCS_BN if docs is not None else keys
     if docs is not None:  # the query ids by TMA (rows past a batch's end read the next batch's)
         bounds, flag, seg_q, seg_k, per_batch = docs
         flat = seg_q.reshape(-1)

@@ -30,12 +30,15 @@ NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the
 GLOBALS = ("ra", "rb", "ca", "cb")  # a band's global rows and columns (`band.banded_of`)
 
 
-def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=False):
+def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=False,
+                keys=None):
     """The backward's kernel at head dimension D, for bands, (``segments``) document masks,
     (``glob``) bands with global rows and columns or (``first``) a gather component's keys, with
-    the key block and ring that `gb.backward` and `gb.gather_backward` give them."""
+    the key block and ring that `gb.backward` and `gb.gather_backward` give them (``keys``: a
+    band's key block where given, `gb.backward`'s ``keys``)."""
     name = NAMES[dtype]
     BM, BN = gb.tile(segments)
+    BN = keys or BN
     lq, lk = shared_layout(BM, D, dtype), shared_layout(BN, D, dtype)
     qd = f"tensordesc<{name}[1, 1, {BM}, {D}],{lq!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{lk!r}>"
@@ -142,6 +145,11 @@ def main():
                          f"residue classes {_report(compile_fwd(D, dtype, classes=True))}; "
                          f"the backward of a gather component's keys "
                          f"{_report(compile_bwd(D, dtype, first=True))}")
+            if dtype == torch.bfloat16 and D == 64:  # (bands' 64-key blocks: at d = 64 only)
+                narrow = _report(compile_bwd(D, dtype, keys=gb.DOCS_BN))
+                banded = _report(compile_bwd(D, dtype, glob=True, keys=gb.DOCS_BN))
+                extra += (f"; bands' backward with 64-key blocks {narrow}, with global rows and "
+                          f"columns {banded}")
             print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' backward "
                   f"{_report(documents)}; forward {_report(forward)}{extra}; cubins "
                   f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "

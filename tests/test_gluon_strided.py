@@ -141,6 +141,9 @@ def _check_step(module, expr, q, k, v, do):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 
 
+_BLOCKS = []  # the key block of each emulated backward launch
+
+
 def _emulate(kernel, grid, args, options, key=()):
     """A launch of the Gluon band kernels emulated in float64 on the tensors their descriptors
     read and write (the band they are given, on [B, H, L, D] descriptors' tensors, here views of
@@ -166,7 +169,10 @@ def _emulate(kernel, grid, args, options, key=()):
             at = offset(torch.tensor(b), h, torch.tensor(bh), rows, a["H"], a["Lq"],
                         options["CLASSES"])
             flat[at] = lse[b, h].float()
-    elif name == "band_backward_kernel":
+    elif name == "band_backward_kernel":  # (one program per key block of BN, batch and head)
+        assert grid == (-(-a["Lk"] // options["BN"]) * a["BH"],)
+        assert options["num_warps"] == options["BN"] // 16
+        _BLOCKS.append(options["BN"])
         emulate_backward(a, _kept(a["back"], a["ahead"], a["Lq"], a["Lk"]))
     else:
         gh.jit_launch(kernel, grid, args, options)
@@ -185,10 +191,11 @@ def _strided_case(draw):
 
 
 @settings(max_examples=12, deadline=None)
-@given(_strided_case(), st.integers(1, 2), st.integers(1, 2))
-def test_the_gluon_host_functions_of_residue_classes_match_the_reference(case, B, H):
+@given(_strided_case(), st.integers(1, 2), st.integers(1, 2), st.sampled_from([128, 64]))
+def test_the_gluon_host_functions_of_residue_classes_match_the_reference(case, B, H, keys):
     """`gluon_forward.forward` and `gluon_backward.backward` with ``step`` (the kernels
-    emulated: `_emulate`) give the pattern's output, natural log-sum-exp and gradients."""
+    emulated: `_emulate`) give the pattern's output, natural log-sum-exp and gradients, with
+    either key block of the backward."""
     expr, found, Lq, Lk = case
     if found is None:
         return
@@ -203,7 +210,8 @@ def test_the_gluon_host_functions_of_residue_classes_match_the_reference(case, B
     torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse.double(), want_lse.float().double(), rtol=1e-5, atol=1e-5)
     dq, dk, dv = gb.backward(q, k, v, out, do, lse, scale, back, ahead, step=step,
-                             launch=_emulate)
+                             launch=_emulate, keys=keys)
+    assert _BLOCKS[-1] == keys
     for got, want in zip((dq, dk, dv), want_grads):
         assert got.shape == want.shape and got.is_contiguous()
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
