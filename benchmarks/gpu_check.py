@@ -19,7 +19,8 @@ each line's "gluon" counts the case's forwards and backwards that ran Gluon's ke
 "forwards/backwards"): its dQ is added up with atomics in no fixed order, so its repeat need only
 match to 1e-3, not bit for bit.  Their forward is Gluon's (`attnlang/gluon_forward.py`) at
 d = 64 on long rows and at d = 128 on narrow bands; `--gluon` sends every case's forward and
-backward to Gluon, and fails a case where one did not run it.
+backward to Gluon (at d = 64 the backward of rows of fewer than 4096 keys with 64-key blocks,
+GLUON_KEYS_64), and fails a case where one did not run it.
 """
 import json
 import math
@@ -133,6 +134,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     if gluon_everywhere:
         generated.GLUON_MIN_KEYS_64 = 0
         generated.GLUON_GLOBALS_FWD_64 = 0
+        generated.GLUON_NARROW_BWD_64 = 0
         generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, 0)
         generated.GLUON_GATHER_MIN = dict.fromkeys(generated.GLUON_GATHER_MIN, 0)
     gluon_before = gluon_runs.counts + gather_runs.counts

@@ -188,6 +188,9 @@ def test_which_calls_take_the_gluon_backward(monkeypatch):
     assert causal._gluon_ok(*_fake(torch.float16, 64), NO_EXTRAS, False)  # 8192 keys per row
     assert window._gluon_ok(*_fake(), NO_EXTRAS, False)
     assert not window._gluon_ok(*_fake(D=64), NO_EXTRAS, False)  # rows of 101 keys at d = 64
+    # ... from GLUON_NARROW_BWD_64 queries on (16k), with 64-key blocks (`_gluon_keys`)
+    assert window._gluon_ok(*_fake(D=64, L=16384), NO_EXTRAS, False)
+    assert not window._gluon_ok(*_fake(D=64, L=16383), NO_EXTRAS, False)
     assert not other._gluon_ok(*_fake(), NO_EXTRAS, False)
     assert not other._gluon_ok(*_fake(D=64), NO_EXTRAS, False)
     assert longformer._gluon_ok(*_fake(), NO_EXTRAS, False)
@@ -211,6 +214,23 @@ def test_which_calls_take_the_gluon_backward(monkeypatch):
     cpu = torch.zeros(1, 4, 64, 128, dtype=torch.bfloat16)
     monkeypatch.delenv("ATTNLANG_GLUON")
     assert not causal._gluon_ok(cpu, cpu, NO_EXTRAS, False)
+
+
+def test_the_gluon_backward_key_block():
+    """`_gluon_keys`: 64-key blocks at d = 64 on rows of fewer than GLUON_KEYS_64 keys (a strided
+    band: its classes' rows) and on bands with global rows and columns, else 128."""
+    causal, window = _module("causal"), _module("window(100, 0)")
+    longformer, dilated = _module("window(512) | global(0..128)"), \
+        _module("window(2048) & stride(4)")
+    assert window.GLUON_KEYS_64 == 4096
+    assert window._gluon_keys(*_fake(D=64, L=32768)) == 64
+    assert window._gluon_keys(*_fake(D=128, L=32768)) == 128
+    assert causal._gluon_keys(*_fake(D=64, L=4095)) == 64  # rows clipped to the keys
+    assert causal._gluon_keys(*_fake(D=64, L=4096)) == 128
+    assert longformer._gluon_keys(*_fake(D=64, L=32768)) == 64
+    assert longformer._gluon_keys(*_fake(D=128, L=32768)) == 128
+    assert dilated._row_keys(_fake(D=64, L=32768)[1]) == 1025  # classes' band (512, 512)
+    assert dilated._gluon_keys(*_fake(D=64, L=32768)) == 64
 
 
 def _grads(module, q, k, v, do):
@@ -243,8 +263,9 @@ def test_the_tl_backward_takes_over_where_gluon_cannot_run(monkeypatch, failure)
 
     class Fake:
         @staticmethod
-        def backward(*args, launch):
+        def backward(*args, launch, keys):
             calls.append(args)
+            assert keys == 128  # (d = 32)
             if failure == "memory":
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory")
             raise RuntimeError("PassManager::run failed\nmore lines")
@@ -501,7 +522,7 @@ def test_the_gluon_kernels_compile_for_sm90():
     differs in the element type alone: `--fp16` compiles it too; the GPU checks run both), the
     band kernels with global rows and columns too; the forward's warpgroups take turns (named
     barriers) at d = 128, not at d = 64; the backward of a gather component's keys (FIRST)
-    too."""
+    too; at d = 64 the bands' backward with 64-key blocks (with and without global rows)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     pytest.importorskip("triton.experimental.gluon")
@@ -516,3 +537,6 @@ def test_the_gluon_kernels_compile_for_sm90():
             line.startswith("bfloat16"), line
         assert ("the backward of a gather component's keys shared" in line) == \
             line.startswith("bfloat16"), line
+        assert ("bands' backward with 64-key blocks shared" in line and
+                "with global rows and columns shared" in line.split("64-key blocks")[1]) == \
+            line.startswith("bfloat16 D=64:"), line
