@@ -2,8 +2,8 @@
 Gluon kernel with 128-key blocks and with 64-key blocks (`gluon_backward.backward`'s ``keys``,
 set through the generated module's `_gluon_keys`); training steps with the forward as attnlang
 runs it, three interleaved rounds on the same inputs, `do_bench` medians, each variant's
-gradients compared with the `tl` kernels'.  The generated module's GLUON_NARROW_BWD_64 is set
-to 0, so that narrow bands run the Gluon variants at every length.
+gradients compared with the `tl` kernels'.  The generated module's GLUON_NARROW_BWD_64 and
+GLUON_CLASSES_BWD_64 are set to 0, so that narrow bands run the Gluon variants at every length.
 
     python benchmarks/ab_bands64.py [--lengths 32768,16384,8192] [--rounds 3] [--pattern TEXT ...]
         [--forwards]
@@ -35,7 +35,7 @@ def steps(text, q, k, do, grads, rounds):
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
     module = pattern.module(backend="triton")
     generated = load_module(pattern)
-    generated.GLUON_NARROW_BWD_64 = 0
+    generated.GLUON_NARROW_BWD_64 = generated.GLUON_CLASSES_BWD_64 = 0
     gluon = generated._gluon_module("gluon_backward")
     own_keys = generated._gluon_keys
 

@@ -134,7 +134,7 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     if gluon_everywhere:
         generated.GLUON_MIN_KEYS_64 = 0
         generated.GLUON_GLOBALS_FWD_64 = 0
-        generated.GLUON_NARROW_BWD_64 = 0
+        generated.GLUON_NARROW_BWD_64 = generated.GLUON_CLASSES_BWD_64 = 0
         generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, 0)
         generated.GLUON_GATHER_MIN = dict.fromkeys(generated.GLUON_GATHER_MIN, 0)
     gluon_before = gluon_runs.counts + gather_runs.counts

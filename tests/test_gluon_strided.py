@@ -263,7 +263,8 @@ def test_a_training_step_of_a_strided_band_through_the_gluon_paths(monkeypatch):
 def test_which_calls_of_a_strided_band_take_the_gluon_kernels(monkeypatch):
     """The band rules on the residue classes: at d = 128 every strided band whose lengths are
     multiples of its step; at d = 64 where the classes' rows (the classes' band, clipped to a
-    class's keys) have at least GLUON_MIN_KEYS_64 keys; and the usual checks."""
+    class's keys) have at least GLUON_MIN_KEYS_64 keys, and the backward of narrower ones from
+    GLUON_CLASSES_BWD_64 queries; and the usual checks."""
     from test_gluon_band import NO_EXTRAS, _fake
     dilated, strided = _module("window(2048) & stride(4)"), _module("causal & stride(4)")
     assert "gluon_forward" in dilated._LAZY_SUPPORT and "gluon_backward" in dilated._LAZY_SUPPORT
@@ -276,10 +277,14 @@ def test_which_calls_of_a_strided_band_take_the_gluon_kernels(monkeypatch):
         assert not ok(*_fake(L=8190), NO_EXTRAS, False)  # not a multiple of 4
     for ok in (dilated._gluon_forward_ok, strided._gluon_forward_ok):
         assert ok(*_fake(), NO_EXTRAS) and not ok(*_fake(L=8190), NO_EXTRAS)
-    # d = 64: the dilated window's classes keep 1025 keys; causal's classes 2048 at 8k
-    assert not dilated._gluon_ok(*_fake(D=64), NO_EXTRAS, False)
+    # d = 64: the dilated window's classes keep 1025 keys; causal's classes 2048 at 8k: the
+    # backward from GLUON_CLASSES_BWD_64 (8k) queries on, the forward on wide rows only
+    assert dilated.GLUON_CLASSES_BWD_64 == 8192
+    assert dilated._gluon_ok(*_fake(D=64), NO_EXTRAS, False)
+    assert not dilated._gluon_ok(*_fake(D=64, L=8188), NO_EXTRAS, False)
     assert not dilated._gluon_forward_ok(*_fake(D=64, L=65536), NO_EXTRAS)
-    assert not strided._gluon_ok(*_fake(D=64), NO_EXTRAS, False)
+    assert not strided._gluon_ok(*_fake(D=64, L=4096), NO_EXTRAS, False)
+    assert not strided._gluon_forward_ok(*_fake(D=64), NO_EXTRAS)
     assert strided._gluon_ok(*_fake(D=64, L=16384), NO_EXTRAS, False)
     assert strided._gluon_forward_ok(*_fake(D=64, L=16384), NO_EXTRAS)
     assert not dilated._gluon_ok(*_fake(), dict(NO_EXTRAS, HAS_KPM=True), False)
