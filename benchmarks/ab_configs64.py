@@ -6,7 +6,7 @@ order reversed every other round), `do_bench` medians, and the `tl` forward besi
 variant is set on both `CONFIGS[64]` and `CONFIGS_GLOBAL[64]` as changes to `CONFIGS[64]`.
 
     python benchmarks/ab_configs64.py [--lengths 8192,32768] [--rounds 3]
-        [--patterns "window(512) | global(0..128);window(512)"]
+        [--patterns "window(512) | global(0..128);window(512)"] [--variants wg3,wg2b64e]
 
 (results/ab_wg64_r38b.log: the measurement that chose `CONFIGS_GLOBAL`, NOTES round 38.)
 """
@@ -28,6 +28,11 @@ VARIANTS = {  # changes to CONFIGS[64]
     "wg2e": dict(NUM_WG=2, REGS=240, EARLY=True),
     "wg2pp": dict(NUM_WG=2, REGS=240, EARLY=True, PINGPONG=True),
     "wg2s2": dict(NUM_WG=2, REGS=240, STAGES=2),
+    # 64-key blocks (round 40): less of a narrow band's edges in each tile
+    "wg3b64": dict(BN=64),
+    "wg2b64e": dict(NUM_WG=2, REGS=240, BN=64, EARLY=True),
+    "wg2b64e4": dict(NUM_WG=2, REGS=240, BN=64, EARLY=True, STAGES=4),
+    "wg2b64ep": dict(NUM_WG=2, REGS=240, BN=64, EARLY=True, PERSISTENT=True),
 }
 
 
@@ -36,6 +41,7 @@ def main():
     ap.add_argument("--lengths", default="8192,32768")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--patterns", default="window(512) | global(0..128);window(512)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="the VARIANTS to time")
     args = ap.parse_args()
     D, H = 64, 16
     for L in [int(x) for x in args.lengths.split(",")]:
@@ -58,7 +64,7 @@ def main():
             def set_variant(name):
                 copy.CONFIGS[D] = copy.CONFIGS_GLOBAL[D] = dict(base, **VARIANTS[name])
                 gen._CALLS.clear()
-            names = list(VARIANTS)
+            names = args.variants.split(",")
             fwd, step, results = variant_rounds(
                 names, args.rounds, set_variant, lambda: mod(q, k, v),
                 lambda: mod(*g).backward(do), g)
