@@ -17,16 +17,7 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-
-@triton.jit
-def _step(s, m_i, l_i, acc, v, qk_scale):
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s * qk_scale - m_use[:, None])
-    alpha = tl.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc
+from ab_band_loop import _step  # one online-softmax step (benchmarks/ on the path)
 
 
 @triton.jit
