@@ -29,27 +29,62 @@ def _mask(s, offs_m, sq, SEG, n, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def docs_forward(Q, K, V, O, SEG, BOUNDS, N, NQB, qk_scale, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, D: tl.constexpr, LOOP: tl.constexpr, G: tl.constexpr,
-                 FLATTEN: tl.constexpr, REV: tl.constexpr = True):
-    base = tl.program_id(1).to(tl.int64) * N * D
+def _key_block(q, offs_m, sq, SEG, k_desc, v_desc, n, flo, fhi, N, m_i, l_i, acc, qk_scale,
+               BLOCK_N: tl.constexpr):
+    """Key block n's step, masked where it lies outside the full blocks [flo, fhi)."""
+    k = k_desc.load([n * BLOCK_N, 0])
+    v = v_desc.load([n * BLOCK_N, 0])
+    s = tl.dot(q, tl.trans(k))
+    if (n < flo) | (n >= fhi):
+        s = _mask(s, offs_m, sq, SEG, n, N, BLOCK_N)
+    return _step(s, m_i, l_i, acc, v, qk_scale)
+
+
+@triton.jit
+def _kv_descriptors(K, V, base, N, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """One head's K and V ([N, D] from ``base``) as descriptors of BLOCK_N-key tiles."""
     k_desc = tl.make_tensor_descriptor(K + base, shape=[N, D], strides=[D, 1],
                                        block_shape=[BLOCK_N, D])
     v_desc = tl.make_tensor_descriptor(V + base, shape=[N, D], strides=[D, 1],
                                        block_shape=[BLOCK_N, D])
+    return k_desc, v_desc
+
+
+@triton.jit
+def _query_block(Q, SEG, BOUNDS, base, m, N, BLOCK_M: tl.constexpr, D: tl.constexpr):
+    """Query block m's rows, Q tile, segment ids and key-block bounds (`bounds`)."""
+    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
+    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < N,
+                other=0.0)
+    sq = tl.load(SEG + offs_m, mask=offs_m < N, other=-2)
+    lo = tl.load(BOUNDS + 4 * m)
+    flo = tl.load(BOUNDS + 4 * m + 1)
+    fhi = tl.load(BOUNDS + 4 * m + 2)
+    hi = tl.load(BOUNDS + 4 * m + 3)
+    return offs_m, q, sq, lo, flo, fhi, hi
+
+
+@triton.jit
+def _store_block(O, base, offs_m, acc, l_i, N, D: tl.constexpr):
+    """Query block offs_m's output, acc / l_i."""
+    offs_d = tl.arange(0, D)
+    out = acc / l_i[:, None]
+    tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=offs_m[:, None] < N)
+
+
+@triton.jit
+def docs_forward(Q, K, V, O, SEG, BOUNDS, N, NQB, qk_scale, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, D: tl.constexpr, LOOP: tl.constexpr, G: tl.constexpr,
+                 FLATTEN: tl.constexpr, REV: tl.constexpr = True):
+    base = tl.program_id(1).to(tl.int64) * N * D
+    k_desc, v_desc = _kv_descriptors(K, V, base, N, BLOCK_N, D)
     for g in tl.range(0, G, flatten=FLATTEN):
         m = tl.program_id(0) * G + g
         if REV:
             m = tl.maximum(NQB - 1 - m, 0)  # longest rows first (past the end: block 0 again)
-        offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
-        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < N,
-                    other=0.0)
-        sq = tl.load(SEG + offs_m, mask=offs_m < N, other=-2)
-        lo = tl.load(BOUNDS + 4 * m)
-        flo = tl.load(BOUNDS + 4 * m + 1)
-        fhi = tl.load(BOUNDS + 4 * m + 2)
-        hi = tl.load(BOUNDS + 4 * m + 3)
+        offs_m, q, sq, lo, flo, fhi, hi = _query_block(Q, SEG, BOUNDS, base, m, N, BLOCK_M, D)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -67,15 +102,9 @@ def docs_forward(Q, K, V, O, SEG, BOUNDS, N, NQB, qk_scale, BLOCK_M: tl.constexp
                 m_i, l_i, acc = _step(s, m_i, l_i, acc, v, qk_scale)
         else:
             for n in range(lo, hi):
-                k = k_desc.load([n * BLOCK_N, 0])
-                v = v_desc.load([n * BLOCK_N, 0])
-                s = tl.dot(q, tl.trans(k))
-                if (n < flo) | (n >= fhi):
-                    s = _mask(s, offs_m, sq, SEG, n, N, BLOCK_N)
-                m_i, l_i, acc = _step(s, m_i, l_i, acc, v, qk_scale)
-        out = acc / l_i[:, None]
-        tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=offs_m[:, None] < N)
+                m_i, l_i, acc = _key_block(q, offs_m, sq, SEG, k_desc, v_desc, n, flo, fhi, N,
+                                           m_i, l_i, acc, qk_scale, BLOCK_N)
+        _store_block(O, base, offs_m, acc, l_i, N, D)
 
 
 @triton.jit
@@ -84,11 +113,7 @@ def docs_forward_flat(Q, K, V, O, SEG, BOUNDS, N, NQB, qk_scale, BLOCK_M: tl.con
     """G query blocks a program in one flat loop over all their key blocks: the pipeline runs on
     across the blocks' boundaries."""
     base = tl.program_id(1).to(tl.int64) * N * D
-    k_desc = tl.make_tensor_descriptor(K + base, shape=[N, D], strides=[D, 1],
-                                       block_shape=[BLOCK_N, D])
-    v_desc = tl.make_tensor_descriptor(V + base, shape=[N, D], strides=[D, 1],
-                                       block_shape=[BLOCK_N, D])
-    offs_d = tl.arange(0, D)
+    k_desc, v_desc = _kv_descriptors(K, V, base, N, BLOCK_N, D)
     first = tl.program_id(0) * G
     last = tl.minimum(first + G, NQB)
     total = 0
@@ -96,39 +121,20 @@ def docs_forward_flat(Q, K, V, O, SEG, BOUNDS, N, NQB, qk_scale, BLOCK_M: tl.con
         mm = NQB - 1 - g
         total += tl.load(BOUNDS + 4 * mm + 3) - tl.load(BOUNDS + 4 * mm)
     m = NQB - 1 - first
-    lo = tl.load(BOUNDS + 4 * m)
-    flo = tl.load(BOUNDS + 4 * m + 1)
-    fhi = tl.load(BOUNDS + 4 * m + 2)
-    hi = tl.load(BOUNDS + 4 * m + 3)
+    offs_m, q, sq, lo, flo, fhi, hi = _query_block(Q, SEG, BOUNDS, base, m, N, BLOCK_M, D)
     n = lo
-    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < N,
-                other=0.0)
-    sq = tl.load(SEG + offs_m, mask=offs_m < N, other=-2)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     for t in range(0, total):
-        k = k_desc.load([n * BLOCK_N, 0])
-        v = v_desc.load([n * BLOCK_N, 0])
-        s = tl.dot(q, tl.trans(k))
-        if (n < flo) | (n >= fhi):
-            s = _mask(s, offs_m, sq, SEG, n, N, BLOCK_N)
-        m_i, l_i, acc = _step(s, m_i, l_i, acc, v, qk_scale)
+        m_i, l_i, acc = _key_block(q, offs_m, sq, SEG, k_desc, v_desc, n, flo, fhi, N,
+                                   m_i, l_i, acc, qk_scale, BLOCK_N)
         if n == hi - 1:  # this query block is done: its output, then the next block's start
-            out = acc / l_i[:, None]
-            tl.store(O + base + offs_m[:, None] * D + offs_d[None, :],
-                     out.to(O.dtype.element_ty), mask=offs_m[:, None] < N)
+            _store_block(O, base, offs_m, acc, l_i, N, D)
             m = tl.maximum(m - 1, 0)
-            lo = tl.load(BOUNDS + 4 * m)
-            flo = tl.load(BOUNDS + 4 * m + 1)
-            fhi = tl.load(BOUNDS + 4 * m + 2)
-            hi = tl.load(BOUNDS + 4 * m + 3)
+            offs_m, q, sq, lo, flo, fhi, hi = _query_block(Q, SEG, BOUNDS, base, m, N, BLOCK_M,
+                                                           D)
             n = lo
-            offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
-            q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :],
-                        mask=offs_m[:, None] < N, other=0.0)
-            sq = tl.load(SEG + offs_m, mask=offs_m < N, other=-2)
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, D], tl.float32)
