@@ -1,0 +1,195 @@
+"""Rows of one key block: the strided pattern's residue classes as a standalone Triton forward,
+one program per class against persistent programs that load the next class while computing this
+one (NOTES round 42; the 8k rows of `causal & (window(127, 0) | stride(128))`).
+
+`causal & stride(S)` at L tokens splits each head into S residue classes of C = L / S tokens
+(queries and keys r, r + S, r + 2S, ...), each a causal C x C attention: at 8k tokens and
+S = 128 that is 128 classes of 64 tokens a head, one 64 x 64 block each, 4096 blocks at the
+benchmark's 2 x 16 heads.  A class's tile of Q (K, V, O) is rows [bh C, bh C + C) and columns
+[r D, r D + D) of the tensor viewed as [B H C, S D], so it loads as one block (a pointer tile, or
+a tensor descriptor's box).  Variants:
+
+- ``one``: one program per class (the generated kernel's shape for such rows);
+- ``persistent``: a grid of ``PROGRAMS`` programs a multiprocessor, each looping over classes
+  (`tl.range`, ``STAGES`` stages: the next class's tiles load during this one's products);
+- ``:d`` of either: Q, K, V read and O written through tensor descriptors.
+
+Each is checked against SDPA with the dense mask (bf16, at the benchmark's shape) and against
+attnlang's own forward of the same pattern; then all are timed in interleaved rounds (`do_bench`
+medians):
+
+    python benchmarks/ab_short_rows.py [--n 8192] [--stride 128] [--dims 128,64] [--rounds 3]
+    python benchmarks/ab_short_rows.py --cpu     # the pointer variants in Triton's interpreter
+"""
+import argparse
+import math
+import os
+import sys
+
+if "--cpu" in sys.argv:  # before Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def _class_block(q, k, v, qk_scale, C: tl.constexpr):
+    """Causal attention of one class's C x C block: (out, log-sum-exp in natural units)."""
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    t = tl.arange(0, C)
+    s = tl.where(t[:, None] >= t[None, :], s, float("-inf"))
+    m = tl.max(s, 1)
+    p = tl.exp2(s - m[:, None])
+    l_i = tl.sum(p, 1)
+    out = tl.dot(p.to(v.dtype), v) / l_i[:, None]
+    return out, (m + tl.log2(l_i)) * 0.6931471805599453
+
+
+@triton.jit
+def _tile_ptrs(T, bh, r, S: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
+    """Pointers of class r's [C, D] tile of head bh in a contiguous [B, H, C S, D] tensor."""
+    rows = bh.to(tl.int64) * C + tl.arange(0, C)
+    return T + rows[:, None] * (S * D) + r * D + tl.arange(0, D)[None, :]
+
+
+@triton.jit
+def short_rows_forward(Q, K, V, O, LSE, tiles, qk_scale, S: tl.constexpr, C: tl.constexpr,
+                       D: tl.constexpr, DESC: tl.constexpr, PERSISTENT: tl.constexpr,
+                       STAGES: tl.constexpr):
+    if DESC:  # [B H C, S D] views: a class's tile is one box
+        q_desc = tl.make_tensor_descriptor(Q, shape=[tiles // S * C, S * D], strides=[S * D, 1],
+                                           block_shape=[C, D])
+        k_desc = tl.make_tensor_descriptor(K, shape=[tiles // S * C, S * D], strides=[S * D, 1],
+                                           block_shape=[C, D])
+        v_desc = tl.make_tensor_descriptor(V, shape=[tiles // S * C, S * D], strides=[S * D, 1],
+                                           block_shape=[C, D])
+        o_desc = tl.make_tensor_descriptor(O, shape=[tiles // S * C, S * D], strides=[S * D, 1],
+                                           block_shape=[C, D])
+    first, step = tl.program_id(0), 1
+    if PERSISTENT:
+        step = tl.num_programs(0)
+    else:
+        tiles = first + 1
+    for tile in tl.range(first, tiles, step, num_stages=STAGES):
+        bh = tile // S
+        r = tile % S
+        if DESC:
+            q = q_desc.load([bh * C, r * D])
+            k = k_desc.load([bh * C, r * D])
+            v = v_desc.load([bh * C, r * D])
+        else:
+            q = tl.load(_tile_ptrs(Q, bh, r, S, C, D))
+            k = tl.load(_tile_ptrs(K, bh, r, S, C, D))
+            v = tl.load(_tile_ptrs(V, bh, r, S, C, D))
+        out, lse = _class_block(q, k, v, qk_scale, C)
+        if DESC:
+            o_desc.store([bh * C, r * D], out.to(O.dtype.element_ty))
+        else:
+            tl.store(_tile_ptrs(O, bh, r, S, C, D), out.to(O.dtype.element_ty))
+        tl.store(LSE + bh.to(tl.int64) * C * S + r + tl.arange(0, C) * S, lse)
+
+
+def forward(q, k, v, stride, desc=False, programs=0, stages=1):
+    """Output and log-sum-exp of `causal & stride(stride)` (every class one block); programs: 0
+    for one program per class, else that many persistent programs a multiprocessor."""
+    B, H, L, D = q.shape
+    C = L // stride
+    assert C * stride == L and C in (16, 32, 64, 128), "each class must be one whole block"
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    tiles = B * H * stride
+    if programs:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
+        grid = (min(tiles, programs * sms),)
+    else:
+        grid = (tiles,)
+    short_rows_forward[grid](q, k, v, o, lse, tiles, 1.4426950408889634 / math.sqrt(D),
+                             S=stride, C=C, D=D, DESC=desc, PERSISTENT=programs > 0,
+                             STAGES=stages, num_warps=4)
+    return o, lse
+
+
+def reference(q, k, v, stride):
+    """float64 output and log-sum-exp of `causal & stride(stride)` from the dense mask."""
+    L = q.shape[2]
+    i = torch.arange(L, device=q.device)
+    keep = (i[:, None] >= i[None, :]) & ((i[:, None] - i[None, :]) % stride == 0)
+    s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(~keep, float("-inf"))
+    return torch.softmax(s, -1) @ v.double(), torch.logsumexp(s, -1)
+
+
+VARIANTS = [  # name, desc, persistent programs a multiprocessor, stages
+    ("one", False, 0, 1), ("one:d", True, 0, 1),
+    ("persistent 2x2", False, 2, 2), ("persistent 2x3", False, 2, 3),
+    ("persistent 3x2", False, 3, 2), ("persistent 4x2", False, 4, 2),
+    ("persistent:d 2x2", True, 2, 2), ("persistent:d 2x3", True, 2, 3),
+    ("persistent:d 3x2", True, 3, 2), ("persistent:d 4x2", True, 4, 2)]
+
+
+def cpu_check():
+    """The pointer variants in Triton's interpreter against the float64 reference."""
+    gen = torch.Generator().manual_seed(0)
+    for stride, L, D in ((8, 128, 32), (4, 64, 64)):
+        q, k, v = (torch.randn(1, 2, L, D, generator=gen) for _ in range(3))
+        ref_o, ref_lse = reference(q, k, v, stride)
+        for programs in (0, 1):
+            o, lse = forward(q, k, v, stride, programs=programs, stages=2)
+            err = max((o.double() - ref_o).abs().max().item(),
+                      (lse.double() - ref_lse).abs().max().item())
+            print(f"stride {stride} L {L} D {D} programs {programs}: max |error| {err:.1e}")
+            assert err < 1e-4
+
+
+def main():
+    from triton.testing import do_bench
+
+    import attnlang
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--stride", type=int, default=128)
+    parser.add_argument("--dims", default="128,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true")
+    args = parser.parse_args()
+    if args.cpu:
+        return cpu_check()
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
+                                                                 device="cuda"))
+    text = f"pattern x = causal & stride({args.stride})"
+    module = attnlang.parse(text)["x"].module(backend="triton")
+    for d in (int(x) for x in args.dims.split(",")):
+        batch = max(1, 16384 // args.n)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(batch, 16, args.n, d, device="cuda", dtype=torch.bfloat16,
+                               generator=gen) for _ in range(3))
+        ref_o, ref_lse = reference(q[:1, :2], k[:1, :2], v[:1, :2], args.stride)
+        base = module(q, k, v)
+        print(f"d = {d}: attnlang's max |error| against float64 "
+              f"{(base[:1, :2].double() - ref_o).abs().max().item():.2e}")
+        for name, *variant in VARIANTS:
+            o, lse = forward(q, k, v, args.stride, *variant)
+            err = (o[:1, :2].double() - ref_o).abs().max().item()
+            lse_err = (lse[:1, :2].double() - ref_lse).abs().max().item()
+            same = (o.float() - base.float()).abs().max().item()
+            print(f"  {name:18s} max |error| {err:.2e} (lse {lse_err:.1e}), against attnlang "
+                  f"{same:.1e}")
+        fns = {"attnlang": lambda: module(q, k, v)}
+        fns.update({name: (lambda variant=variant: forward(q, k, v, args.stride, *variant))
+                    for name, *variant in VARIANTS})
+        times = {name: [] for name in fns}
+        for _ in range(args.rounds):
+            for name, fn in fns.items():
+                times[name].append(do_bench(fn, warmup=50, rep=200))
+        gbytes = 4 * q.numel() * q.element_size() / 1e9  # Q, K, V read and O written once
+        print(f"ms at n={args.n}, d={d}, {batch} x 16 heads, rounds interleaved; TB/s if Q, K, "
+              f"V and O move once ({gbytes:.3f} GB):")
+        for name, ts in times.items():
+            print(f"  {name:18s} " + " ".join(f"{t:.3f}" for t in ts) +
+                  f"   best {min(ts):.3f}  {gbytes / min(ts):5.2f} TB/s")
+
+
+if __name__ == "__main__":
+    main()
