@@ -32,6 +32,7 @@ if "--cpu" in sys.argv:  # before Triton is imported
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from ab_band_loop import _step  # noqa: E402
 
 
 @triton.jit
@@ -91,6 +92,56 @@ def short_rows_forward(Q, K, V, O, LSE, tiles, qk_scale, S: tl.constexpr, C: tl.
         tl.store(LSE + bh.to(tl.int64) * C * S + r + tl.arange(0, C) * S, lse)
 
 
+@triton.jit
+def band_forward(Q, K, V, O, LSE, N, tiles, qk_scale, W: tl.constexpr, BLOCK: tl.constexpr,
+                 D: tl.constexpr, PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr):
+    """`causal & window(W, 0)` (the strided pattern's other component): each query block's
+    few key blocks, every one masked; persistent programs loop over query blocks (FLATTEN: the
+    two loops as one, so that the next query block's first tiles load during this one's last)."""
+    n_qb = N // BLOCK
+    first, step = tl.program_id(0), 1
+    if PERSISTENT:
+        step = tl.num_programs(0)
+    else:
+        tiles = first + 1
+    offs_d = tl.arange(0, D)
+    for tile in tl.range(first, tiles, step, flatten=FLATTEN):
+        base = (tile // n_qb).to(tl.int64) * N * D
+        m = tile % n_qb
+        offs_m = m * BLOCK + tl.arange(0, BLOCK)
+        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :])
+        m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK], tl.float32)
+        acc = tl.zeros([BLOCK, D], tl.float32)
+        for n in tl.range(tl.maximum(m * BLOCK - W, 0) // BLOCK, m + 1):  # (launch's stages)
+            offs_n = n * BLOCK + tl.arange(0, BLOCK)
+            k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :])
+            v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :])
+            s = tl.dot(q, tl.trans(k))
+            diff = offs_m[:, None] - offs_n[None, :]
+            s = tl.where((diff >= 0) & (diff <= W), s, float("-inf"))
+            m_i, l_i, acc = _step(s, m_i, l_i, acc, v, qk_scale)
+        tl.store(O + base + offs_m[:, None] * D + offs_d[None, :],
+                 (acc / l_i[:, None]).to(O.dtype.element_ty))
+        tl.store(LSE + (tile // n_qb).to(tl.int64) * N + offs_m,
+                 (m_i + tl.log2(l_i)) * 0.6931471805599453)
+
+
+def band(q, k, v, window, programs=0, stages=2, flatten=False):
+    """Output and log-sum-exp of `causal & window(window, 0)` (64-query blocks)."""
+    B, H, L, D = q.shape
+    assert L % 64 == 0
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    tiles = B * H * (L // 64)
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
+    grid = (min(tiles, programs * sms),) if programs else (tiles,)
+    band_forward[grid](q, k, v, o, lse, L, tiles, 1.4426950408889634 / math.sqrt(D), W=window,
+                       BLOCK=64, D=D, PERSISTENT=programs > 0, FLATTEN=flatten, num_warps=4,
+                       num_stages=stages)
+    return o, lse
+
+
 def forward(q, k, v, stride, desc=False, programs=0, stages=1):
     """Output and log-sum-exp of `causal & stride(stride)` (every class one block); programs: 0
     for one program per class, else that many persistent programs a multiprocessor."""
@@ -111,11 +162,13 @@ def forward(q, k, v, stride, desc=False, programs=0, stages=1):
     return o, lse
 
 
-def reference(q, k, v, stride):
-    """float64 output and log-sum-exp of `causal & stride(stride)` from the dense mask."""
+def reference(q, k, v, stride=None, window=None):
+    """float64 output and log-sum-exp of `causal & stride(stride)` (or of `causal &
+    window(window, 0)`) from the dense mask."""
     L = q.shape[2]
     i = torch.arange(L, device=q.device)
-    keep = (i[:, None] >= i[None, :]) & ((i[:, None] - i[None, :]) % stride == 0)
+    diff = i[:, None] - i[None, :]
+    keep = (diff >= 0) & (diff % stride == 0 if window is None else diff <= window)
     s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
     s = s.masked_fill(~keep, float("-inf"))
     return torch.softmax(s, -1) @ v.double(), torch.logsumexp(s, -1)
@@ -123,10 +176,9 @@ def reference(q, k, v, stride):
 
 VARIANTS = [  # name, desc, persistent programs a multiprocessor, stages
     ("one", False, 0, 1), ("one:d", True, 0, 1),
-    ("persistent 2x2", False, 2, 2), ("persistent 2x3", False, 2, 3),
-    ("persistent 3x2", False, 3, 2), ("persistent 4x2", False, 4, 2),
-    ("persistent:d 2x2", True, 2, 2), ("persistent:d 2x3", True, 2, 3),
-    ("persistent:d 3x2", True, 3, 2), ("persistent:d 4x2", True, 4, 2)]
+    ("persistent 2x2", False, 2, 2), ("persistent 3x2", False, 3, 2),
+    ("persistent:d 2x2", True, 2, 2), ("persistent:d 3x2", True, 3, 2),
+    ("persistent:d 2x3", True, 2, 3)]
 
 
 def cpu_check():
@@ -141,15 +193,56 @@ def cpu_check():
                       (lse.double() - ref_lse).abs().max().item())
             print(f"stride {stride} L {L} D {D} programs {programs}: max |error| {err:.1e}")
             assert err < 1e-4
+    for window, L, D in ((127, 384, 32), (20, 256, 16)):
+        q, k, v = (torch.randn(1, 2, L, D, generator=gen) for _ in range(3))
+        ref_o, ref_lse = reference(q, k, v, window=window)
+        for programs in (0, 1):
+            o, lse = band(q, k, v, window, programs=programs)
+            err = max((o.double() - ref_o).abs().max().item(),
+                      (lse.double() - ref_lse).abs().max().item())
+            print(f"window {window} L {L} D {D} programs {programs}: max |error| {err:.1e}")
+            assert err < 1e-4
+
+
+def compare(title, module, variants, ref, q, k, v, rounds):
+    """Check each variant (name -> fn giving output and log-sum-exp) against the float64
+    reference of the first two heads and attnlang's output, then time all in interleaved
+    rounds."""
+    from triton.testing import do_bench
+    ref_o, ref_lse = ref
+    base = module(q, k, v)
+    print(f"{title}: attnlang's max |error| against float64 "
+          f"{(base[:1, :2].double() - ref_o).abs().max().item():.2e}")
+    for name, fn in variants.items():
+        o, lse = fn()
+        err = (o[:1, :2].double() - ref_o).abs().max().item()
+        lse_err = (lse[:1, :2].double() - ref_lse).abs().max().item()
+        same = (o.float() - base.float()).abs().max().item()
+        print(f"  {name:24s} max |error| {err:.2e} (lse {lse_err:.1e}), against attnlang "
+              f"{same:.1e}")
+    fns = {"attnlang": lambda: module(q, k, v), **variants}
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(do_bench(fn, warmup=50, rep=200))
+    gbytes = 4 * q.numel() * q.element_size() / 1e9  # Q, K, V read and O written once
+    print(f"  ms, rounds interleaved; TB/s if Q, K, V and O move once ({gbytes:.3f} GB):")
+    for name, ts in times.items():
+        print(f"  {name:24s} " + " ".join(f"{t:.3f}" for t in ts) +
+              f"   best {min(ts):.3f}  {gbytes / min(ts):5.2f} TB/s")
+
+
+BAND_VARIANTS = [  # name, persistent programs a multiprocessor, stages, flatten
+    ("band one", 0, 2, False), ("band persistent 2x2", 2, 2, False),
+    ("band persistent 2x2 flat", 2, 2, True), ("band one 3", 0, 3, False)]
 
 
 def main():
-    from triton.testing import do_bench
-
     import attnlang
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--stride", type=int, default=128)
+    parser.add_argument("--window", type=int, default=127)
     parser.add_argument("--dims", default="128,64")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu", action="store_true")
@@ -158,37 +251,24 @@ def main():
         return cpu_check()
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
                                                                  device="cuda"))
-    text = f"pattern x = causal & stride({args.stride})"
-    module = attnlang.parse(text)["x"].module(backend="triton")
+    S, W = args.stride, args.window
+    strided = attnlang.parse(f"pattern x = causal & stride({S})")["x"].module(backend="triton")
+    window = attnlang.parse(f"pattern x = causal & window({W}, 0)")["x"].module(backend="triton")
     for d in (int(x) for x in args.dims.split(",")):
         batch = max(1, 16384 // args.n)
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(batch, 16, args.n, d, device="cuda", dtype=torch.bfloat16,
                                generator=gen) for _ in range(3))
-        ref_o, ref_lse = reference(q[:1, :2], k[:1, :2], v[:1, :2], args.stride)
-        base = module(q, k, v)
-        print(f"d = {d}: attnlang's max |error| against float64 "
-              f"{(base[:1, :2].double() - ref_o).abs().max().item():.2e}")
-        for name, *variant in VARIANTS:
-            o, lse = forward(q, k, v, args.stride, *variant)
-            err = (o[:1, :2].double() - ref_o).abs().max().item()
-            lse_err = (lse[:1, :2].double() - ref_lse).abs().max().item()
-            same = (o.float() - base.float()).abs().max().item()
-            print(f"  {name:18s} max |error| {err:.2e} (lse {lse_err:.1e}), against attnlang "
-                  f"{same:.1e}")
-        fns = {"attnlang": lambda: module(q, k, v)}
-        fns.update({name: (lambda variant=variant: forward(q, k, v, args.stride, *variant))
-                    for name, *variant in VARIANTS})
-        times = {name: [] for name in fns}
-        for _ in range(args.rounds):
-            for name, fn in fns.items():
-                times[name].append(do_bench(fn, warmup=50, rep=200))
-        gbytes = 4 * q.numel() * q.element_size() / 1e9  # Q, K, V read and O written once
-        print(f"ms at n={args.n}, d={d}, {batch} x 16 heads, rounds interleaved; TB/s if Q, K, "
-              f"V and O move once ({gbytes:.3f} GB):")
-        for name, ts in times.items():
-            print(f"  {name:18s} " + " ".join(f"{t:.3f}" for t in ts) +
-                  f"   best {min(ts):.3f}  {gbytes / min(ts):5.2f} TB/s")
+        small = [t[:1, :2] for t in (q, k, v)]
+        print(f"n = {args.n}, d = {d}, {batch} x 16 heads")
+        compare(f"causal & stride({S})", strided,
+                {name: (lambda variant=variant: forward(q, k, v, S, *variant))
+                 for name, *variant in VARIANTS}, reference(*small, stride=S), q, k, v,
+                args.rounds)
+        compare(f"causal & window({W}, 0)", window,
+                {name: (lambda variant=variant: band(q, k, v, W, *variant))
+                 for name, *variant in BAND_VARIANTS}, reference(*small, window=W), q, k, v,
+                args.rounds)
 
 
 if __name__ == "__main__":
