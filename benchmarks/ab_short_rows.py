@@ -14,9 +14,13 @@ a tensor descriptor's box).  Variants:
   (`tl.range`, ``STAGES`` stages: the next class's tiles load during this one's products);
 - ``:d`` of either: Q, K, V read and O written through tensor descriptors.
 
-Each is checked against SDPA with the dense mask (bf16, at the benchmark's shape) and against
-attnlang's own forward of the same pattern; then all are timed in interleaved rounds (`do_bench`
-medians):
+The strided pattern's other component, `causal & window(127, 0)` (three key blocks a 64-query
+block), runs as ``band one`` (one program per query block, every block masked) and ``band
+persistent`` (programs looping over query blocks; ``flat`` asks Triton to flatten the two loops).
+
+Each is checked against a float64 reference from the dense mask (two heads) and against
+attnlang's own forward of the same pattern; then all are timed in interleaved rounds
+(`do_bench` medians):
 
     python benchmarks/ab_short_rows.py [--n 8192] [--stride 128] [--dims 128,64] [--rounds 3]
     python benchmarks/ab_short_rows.py --cpu     # the pointer variants in Triton's interpreter
