@@ -18,11 +18,16 @@ The strided pattern's other component, `causal & window(127, 0)` (three key bloc
 block), runs as ``band one`` (one program per query block, every block masked) and ``band
 persistent`` (programs looping over query blocks; ``flat`` asks Triton to flatten the two loops).
 
+The whole pattern, `causal & (window(127, 0) | stride(128))`, runs as the lean band followed by
+the classes without their diagonal (``MERGE``: merged into the band's output and log-sum-exp),
+against attnlang's forward of the pattern (``--groups`` picks the comparisons).
+
 Each is checked against a float64 reference from the dense mask (two heads) and against
 attnlang's own forward of the same pattern; then all are timed in interleaved rounds
 (`do_bench` medians):
 
     python benchmarks/ab_short_rows.py [--n 8192] [--stride 128] [--dims 128,64] [--rounds 3]
+        [--groups stride,window,union]
     python benchmarks/ab_short_rows.py --cpu     # the pointer variants in Triton's interpreter
 """
 import argparse
@@ -40,16 +45,19 @@ from ab_band_loop import _step  # noqa: E402
 
 
 @triton.jit
-def _class_block(q, k, v, qk_scale, C: tl.constexpr):
-    """Causal attention of one class's C x C block: (out, log-sum-exp in natural units)."""
+def _class_block(q, k, v, qk_scale, C: tl.constexpr, STRICT: tl.constexpr):
+    """Causal attention of one class's C x C block (STRICT: without its diagonal, which another
+    component holds): (out, log-sum-exp in natural units; -inf on rows with no key)."""
     s = tl.dot(q, tl.trans(k)) * qk_scale
     t = tl.arange(0, C)
-    s = tl.where(t[:, None] >= t[None, :], s, float("-inf"))
+    keep = t[:, None] > t[None, :] if STRICT else t[:, None] >= t[None, :]
+    s = tl.where(keep, s, float("-inf"))
     m = tl.max(s, 1)
+    m = tl.where(m == float("-inf"), 0.0, m)
     p = tl.exp2(s - m[:, None])
     l_i = tl.sum(p, 1)
-    out = tl.dot(p.to(v.dtype), v) / l_i[:, None]
-    return out, (m + tl.log2(l_i)) * 0.6931471805599453
+    out = tl.dot(p.to(v.dtype), v) / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    return out, tl.where(l_i == 0.0, float("-inf"), (m + tl.log2(l_i)) * 0.6931471805599453)
 
 
 @triton.jit
@@ -62,7 +70,9 @@ def _tile_ptrs(T, bh, r, S: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
 @triton.jit
 def short_rows_forward(Q, K, V, O, LSE, tiles, qk_scale, S: tl.constexpr, C: tl.constexpr,
                        D: tl.constexpr, DESC: tl.constexpr, PERSISTENT: tl.constexpr,
-                       STAGES: tl.constexpr):
+                       STAGES: tl.constexpr, MERGE: tl.constexpr):
+    """MERGE: O and LSE hold another component's result (rows with keys at every position),
+    which this one's, without the diagonal, is merged into."""
     if DESC:  # [B H C, S D] views: a class's tile is one box
         q_desc = tl.make_tensor_descriptor(Q, shape=[tiles // S * C, S * D], strides=[S * D, 1],
                                            block_shape=[C, D])
@@ -88,12 +98,21 @@ def short_rows_forward(Q, K, V, O, LSE, tiles, qk_scale, S: tl.constexpr, C: tl.
             q = tl.load(_tile_ptrs(Q, bh, r, S, C, D))
             k = tl.load(_tile_ptrs(K, bh, r, S, C, D))
             v = tl.load(_tile_ptrs(V, bh, r, S, C, D))
-        out, lse = _class_block(q, k, v, qk_scale, C)
+        out, lse = _class_block(q, k, v, qk_scale, C, MERGE)
+        lse_ptrs = LSE + bh.to(tl.int64) * C * S + r + tl.arange(0, C) * S
+        if MERGE:
+            lse_old = tl.load(lse_ptrs)
+            top = tl.maximum(lse_old, lse)
+            a = tl.exp(lse_old - top)
+            b = tl.exp(lse - top)
+            o_old = tl.load(_tile_ptrs(O, bh, r, S, C, D)).to(tl.float32)
+            out = (o_old * a[:, None] + out * b[:, None]) / (a + b)[:, None]
+            lse = top + tl.log(a + b)
         if DESC:
             o_desc.store([bh * C, r * D], out.to(O.dtype.element_ty))
         else:
             tl.store(_tile_ptrs(O, bh, r, S, C, D), out.to(O.dtype.element_ty))
-        tl.store(LSE + bh.to(tl.int64) * C * S + r + tl.arange(0, C) * S, lse)
+        tl.store(lse_ptrs, lse)
 
 
 @triton.jit
@@ -146,14 +165,15 @@ def band(q, k, v, window, programs=0, stages=2, flatten=False):
     return o, lse
 
 
-def forward(q, k, v, stride, desc=False, programs=0, stages=1):
+def forward(q, k, v, stride, desc=False, programs=0, stages=1, into=None):
     """Output and log-sum-exp of `causal & stride(stride)` (every class one block); programs: 0
-    for one program per class, else that many persistent programs a multiprocessor."""
+    for one program per class, else that many persistent programs a multiprocessor.  ``into``:
+    (out, lse) of a component holding the diagonal, which this one is merged into."""
     B, H, L, D = q.shape
     C = L // stride
     assert C * stride == L and C in (16, 32, 64, 128), "each class must be one whole block"
-    o = torch.empty_like(q)
-    lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    o, lse = into if into is not None else (torch.empty_like(q), torch.empty(
+        B, H, L, device=q.device, dtype=torch.float32))
     tiles = B * H * stride
     if programs:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
@@ -162,17 +182,28 @@ def forward(q, k, v, stride, desc=False, programs=0, stages=1):
         grid = (tiles,)
     short_rows_forward[grid](q, k, v, o, lse, tiles, 1.4426950408889634 / math.sqrt(D),
                              S=stride, C=C, D=D, DESC=desc, PERSISTENT=programs > 0,
-                             STAGES=stages, num_warps=4)
+                             STAGES=stages, MERGE=into is not None, num_warps=4)
     return o, lse
 
 
+def strided(q, k, v, stride, window, band_stages=2):
+    """`causal & (window(window, 0) | stride(stride))` on the two lean kernels: the band, then
+    the classes without their diagonal merged into it."""
+    return forward(q, k, v, stride, into=band(q, k, v, window, stages=band_stages))
+
+
 def reference(q, k, v, stride=None, window=None):
-    """float64 output and log-sum-exp of `causal & stride(stride)` (or of `causal &
-    window(window, 0)`) from the dense mask."""
+    """float64 output and log-sum-exp of `causal & stride(stride)`, `causal & window(window,
+    0)` or, given both, `causal & (window(window, 0) | stride(stride))`, from the dense mask."""
     L = q.shape[2]
     i = torch.arange(L, device=q.device)
     diff = i[:, None] - i[None, :]
-    keep = (diff >= 0) & (diff % stride == 0 if window is None else diff <= window)
+    keep = torch.zeros_like(diff, dtype=torch.bool)
+    if stride is not None:
+        keep |= diff % stride == 0
+    if window is not None:
+        keep |= diff <= window
+    keep &= diff >= 0
     s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
     s = s.masked_fill(~keep, float("-inf"))
     return torch.softmax(s, -1) @ v.double(), torch.logsumexp(s, -1)
@@ -197,6 +228,14 @@ def cpu_check():
                       (lse.double() - ref_lse).abs().max().item())
             print(f"stride {stride} L {L} D {D} programs {programs}: max |error| {err:.1e}")
             assert err < 1e-4
+    for stride, window, L, D in ((16, 15, 256, 32), (8, 5, 128, 16)):
+        q, k, v = (torch.randn(1, 2, L, D, generator=gen) for _ in range(3))
+        ref_o, ref_lse = reference(q, k, v, stride, window)
+        o, lse = strided(q, k, v, stride, window)
+        err = max((o.double() - ref_o).abs().max().item(),
+                  (lse.double() - ref_lse).abs().max().item())
+        print(f"stride {stride} | window {window} L {L} D {D}: max |error| {err:.1e}")
+        assert err < 1e-4
     for window, L, D in ((127, 384, 32), (20, 256, 16)):
         q, k, v = (torch.randn(1, 2, L, D, generator=gen) for _ in range(3))
         ref_o, ref_lse = reference(q, k, v, window=window)
@@ -249,6 +288,8 @@ def main():
     parser.add_argument("--window", type=int, default=127)
     parser.add_argument("--dims", default="128,64")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--groups", default="stride,window,union",
+                        help="which comparisons: the residue classes, the band, the pattern")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
     if args.cpu:
@@ -256,8 +297,10 @@ def main():
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
                                                                  device="cuda"))
     S, W = args.stride, args.window
-    strided = attnlang.parse(f"pattern x = causal & stride({S})")["x"].module(backend="triton")
+    classes = attnlang.parse(f"pattern x = causal & stride({S})")["x"].module(backend="triton")
     window = attnlang.parse(f"pattern x = causal & window({W}, 0)")["x"].module(backend="triton")
+    union = attnlang.parse(f"pattern x = causal & (window({W}, 0) | stride({S}))")["x"].module(
+        backend="triton")
     for d in (int(x) for x in args.dims.split(",")):
         batch = max(1, 16384 // args.n)
         gen = torch.Generator(device="cuda").manual_seed(0)
@@ -265,14 +308,22 @@ def main():
                                generator=gen) for _ in range(3))
         small = [t[:1, :2] for t in (q, k, v)]
         print(f"n = {args.n}, d = {d}, {batch} x 16 heads")
-        compare(f"causal & stride({S})", strided,
-                {name: (lambda variant=variant: forward(q, k, v, S, *variant))
-                 for name, *variant in VARIANTS}, reference(*small, stride=S), q, k, v,
-                args.rounds)
-        compare(f"causal & window({W}, 0)", window,
-                {name: (lambda variant=variant: band(q, k, v, W, *variant))
-                 for name, *variant in BAND_VARIANTS}, reference(*small, window=W), q, k, v,
-                args.rounds)
+        groups = args.groups.split(",")
+        if "stride" in groups:
+            compare(f"causal & stride({S})", classes,
+                    {name: (lambda variant=variant: forward(q, k, v, S, *variant))
+                     for name, *variant in VARIANTS}, reference(*small, stride=S), q, k, v,
+                    args.rounds)
+        if "window" in groups:
+            compare(f"causal & window({W}, 0)", window,
+                    {name: (lambda variant=variant: band(q, k, v, W, *variant))
+                     for name, *variant in BAND_VARIANTS}, reference(*small, window=W), q, k,
+                    v, args.rounds)
+        if "union" in groups:
+            compare(f"causal & (window({W}, 0) | stride({S}))", union,
+                    {"lean band + classes": lambda: strided(q, k, v, S, W),
+                     "lean band 3 + classes": lambda: strided(q, k, v, S, W, 3)},
+                    reference(*small, stride=S, window=W), q, k, v, args.rounds)
 
 
 if __name__ == "__main__":
