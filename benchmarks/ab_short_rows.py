@@ -68,20 +68,24 @@ def _tile_ptrs(T, bh, r, S: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
+def _class_view(T, tiles, S: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
+    """A descriptor over a [B, H, C S, D] tensor viewed as [B H C, S D]: a class's tile is one
+    box."""
+    return tl.make_tensor_descriptor(T, shape=[tiles // S * C, S * D], strides=[S * D, 1],
+                                     block_shape=[C, D])
+
+
+@triton.jit
 def short_rows_forward(Q, K, V, O, LSE, tiles, qk_scale, S: tl.constexpr, C: tl.constexpr,
                        D: tl.constexpr, DESC: tl.constexpr, PERSISTENT: tl.constexpr,
                        STAGES: tl.constexpr, MERGE: tl.constexpr):
     """MERGE: O and LSE hold another component's result (rows with keys at every position),
     which this one's, without the diagonal, is merged into."""
-    if DESC:  # [B H C, S D] views: a class's tile is one box
-        q_desc = tl.make_tensor_descriptor(Q, shape=[tiles // S * C, S * D], strides=[S * D, 1],
-                                           block_shape=[C, D])
-        k_desc = tl.make_tensor_descriptor(K, shape=[tiles // S * C, S * D], strides=[S * D, 1],
-                                           block_shape=[C, D])
-        v_desc = tl.make_tensor_descriptor(V, shape=[tiles // S * C, S * D], strides=[S * D, 1],
-                                           block_shape=[C, D])
-        o_desc = tl.make_tensor_descriptor(O, shape=[tiles // S * C, S * D], strides=[S * D, 1],
-                                           block_shape=[C, D])
+    if DESC:
+        q_desc = _class_view(Q, tiles, S, C, D)
+        k_desc = _class_view(K, tiles, S, C, D)
+        v_desc = _class_view(V, tiles, S, C, D)
+        o_desc = _class_view(O, tiles, S, C, D)
     first, step = tl.program_id(0), 1
     if PERSISTENT:
         step = tl.num_programs(0)
@@ -150,6 +154,14 @@ def band_forward(Q, K, V, O, LSE, N, tiles, qk_scale, W: tl.constexpr, BLOCK: tl
                  (m_i + tl.log2(l_i)) * 0.6931471805599453)
 
 
+def _launch_grid(q, tiles, programs):
+    """One program per tile, or ``programs`` persistent programs a multiprocessor."""
+    if not programs:
+        return (tiles,)
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
+    return (min(tiles, programs * sms),)
+
+
 def band(q, k, v, window, programs=0, stages=2, flatten=False):
     """Output and log-sum-exp of `causal & window(window, 0)` (64-query blocks)."""
     B, H, L, D = q.shape
@@ -157,11 +169,9 @@ def band(q, k, v, window, programs=0, stages=2, flatten=False):
     o = torch.empty_like(q)
     lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     tiles = B * H * (L // 64)
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
-    grid = (min(tiles, programs * sms),) if programs else (tiles,)
-    band_forward[grid](q, k, v, o, lse, L, tiles, 1.4426950408889634 / math.sqrt(D), W=window,
-                       BLOCK=64, D=D, PERSISTENT=programs > 0, FLATTEN=flatten, num_warps=4,
-                       num_stages=stages)
+    band_forward[_launch_grid(q, tiles, programs)](
+        q, k, v, o, lse, L, tiles, 1.4426950408889634 / math.sqrt(D), W=window, BLOCK=64, D=D,
+        PERSISTENT=programs > 0, FLATTEN=flatten, num_warps=4, num_stages=stages)
     return o, lse
 
 
@@ -175,14 +185,9 @@ def forward(q, k, v, stride, desc=False, programs=0, stages=1, into=None):
     o, lse = into if into is not None else (torch.empty_like(q), torch.empty(
         B, H, L, device=q.device, dtype=torch.float32))
     tiles = B * H * stride
-    if programs:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
-        grid = (min(tiles, programs * sms),)
-    else:
-        grid = (tiles,)
-    short_rows_forward[grid](q, k, v, o, lse, tiles, 1.4426950408889634 / math.sqrt(D),
-                             S=stride, C=C, D=D, DESC=desc, PERSISTENT=programs > 0,
-                             STAGES=stages, MERGE=into is not None, num_warps=4)
+    short_rows_forward[_launch_grid(q, tiles, programs)](
+        q, k, v, o, lse, tiles, 1.4426950408889634 / math.sqrt(D), S=stride, C=C, D=D,
+        DESC=desc, PERSISTENT=programs > 0, STAGES=stages, MERGE=into is not None, num_warps=4)
     return o, lse
 
 
@@ -216,33 +221,31 @@ VARIANTS = [  # name, desc, persistent programs a multiprocessor, stages
     ("persistent:d 2x3", True, 2, 3)]
 
 
+def _max_error(result, ref):
+    """The larger of the output's and the log-sum-exp's max |error| against a reference."""
+    return max((x.double() - r).abs().max().item() for x, r in zip(result, ref))
+
+
 def cpu_check():
     """The pointer variants in Triton's interpreter against the float64 reference."""
     gen = torch.Generator().manual_seed(0)
     for stride, L, D in ((8, 128, 32), (4, 64, 64)):
         q, k, v = (torch.randn(1, 2, L, D, generator=gen) for _ in range(3))
-        ref_o, ref_lse = reference(q, k, v, stride)
+        ref = reference(q, k, v, stride)
         for programs in (0, 1):
-            o, lse = forward(q, k, v, stride, programs=programs, stages=2)
-            err = max((o.double() - ref_o).abs().max().item(),
-                      (lse.double() - ref_lse).abs().max().item())
+            err = _max_error(forward(q, k, v, stride, programs=programs, stages=2), ref)
             print(f"stride {stride} L {L} D {D} programs {programs}: max |error| {err:.1e}")
             assert err < 1e-4
     for stride, window, L, D in ((16, 15, 256, 32), (8, 5, 128, 16)):
         q, k, v = (torch.randn(1, 2, L, D, generator=gen) for _ in range(3))
-        ref_o, ref_lse = reference(q, k, v, stride, window)
-        o, lse = strided(q, k, v, stride, window)
-        err = max((o.double() - ref_o).abs().max().item(),
-                  (lse.double() - ref_lse).abs().max().item())
+        err = _max_error(strided(q, k, v, stride, window), reference(q, k, v, stride, window))
         print(f"stride {stride} | window {window} L {L} D {D}: max |error| {err:.1e}")
         assert err < 1e-4
     for window, L, D in ((127, 384, 32), (20, 256, 16)):
         q, k, v = (torch.randn(1, 2, L, D, generator=gen) for _ in range(3))
-        ref_o, ref_lse = reference(q, k, v, window=window)
+        ref = reference(q, k, v, window=window)
         for programs in (0, 1):
-            o, lse = band(q, k, v, window, programs=programs)
-            err = max((o.double() - ref_o).abs().max().item(),
-                      (lse.double() - ref_lse).abs().max().item())
+            err = _max_error(band(q, k, v, window, programs=programs), ref)
             print(f"window {window} L {L} D {D} programs {programs}: max |error| {err:.1e}")
             assert err < 1e-4
 
