@@ -544,6 +544,10 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert fwd64(0.0, docs) == (64, 32, 3, True) and fwd64(0.0, docs, "dq") == (64, 32, 3, False)
     assert fwd64(0.0, docs, "dkdv") == (64, 64, 3, False)
     assert docs._tiles(Aligned(), 128, "dq", 256, k)[:2] == (64, 32)  # as its forward's
+    assert docs._tiles(Aligned(), 128, "fwd", 256, k)[:2] == (64, 32)
+    for role in ("fwd", "dq"):
+        bm, bn, opts = docs._tiles(Aligned(), 128, role, 256, k[..., 1:])
+        assert (bm, bn, opts["num_stages"], opts["DESC"]) == (64, 32, 3, False)
 
     # ... until the backward is the Gluon kernel's (GLUON_DOCS): then the d = 64 forward takes
     # 64 keys per step (TILES_SEGMENT_LONG, round 42); d = 128 and dQ keep theirs
@@ -559,10 +563,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert (bm, bn, opts["num_stages"], opts["DESC"]) == (64, 64, 3, True)
     assert docs._tiles(Long64(), 64, "dq", 32768, k_long)[:2] == (64, 32)
     assert docs._tiles(Long64(), 64, "fwd", 32768, k_long[..., 1:])[:2] == (64, 64)  # plain
-    assert docs._tiles(Aligned(), 128, "fwd", 256, k)[:2] == (64, 32)
-    for role in ("fwd", "dq"):
-        bm, bn, opts = docs._tiles(Aligned(), 128, role, 256, k[..., 1:])
-        assert (bm, bn, opts["num_stages"], opts["DESC"]) == (64, 32, 3, False)
+
     # a row's partial blocks in one loop (':j') where round 12 measured it faster
     # (None: each launch decides, `test_default_partial_join_skips_residue_classes`)
     assert docs._tiles(Aligned(), 128, "dkdv", 256, k)[2]["JOIN_PARTIAL"] is None
