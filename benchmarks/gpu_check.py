@@ -47,6 +47,8 @@ CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
     ("window(2048) & stride(4)", 8192, 8192, 1, 2, 2, 128),
     ("window(2048) & stride(4)", 16384, 16384, 1, 2, 2, 64),
     ("causal & stride(96)", 6000, 6000, 1, 2, 2, 128),
+    # residue classes of one block (`_fwd_one_*`, `_bwd_one_*`): 128 classes of 64, grouped heads
+    ("causal & (window(127, 0) | stride(128))", 8192, 8192, 1, 4, 2, 64),
     ("causal", 1000, 3000, 2, 4, 1, 80),
     ("random(0.1, block = 128, seed = 3) | causal & window(255, 0)", 4096, 4096, 1, 2, 2, 96),
     ("prefix(300) | causal", 2000, 2000, 2, 2, 2, 256),

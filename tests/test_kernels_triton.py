@@ -62,15 +62,47 @@ def test_structured_patterns_match_reference(text, tmp_path):
                             dtype=torch.float32)
 
 
+@pytest.mark.parametrize("text, Lq, Lk, heads", [
+    ("causal & (window(15, 0) | stride(8))", 128, 128, (2, 1)),  # classes that fill 16x16
+    ("causal & stride(6)", 50, 61, (4, 2)),  # one component; uneven classes; Lq != Lk
+    ("(causal & stride(4)) - window(0)", 44, 44, (2, 2)),  # empty rows
+    ("stride(3) | window(2)", 40, 33, (2, 1)),
+])
+def test_classes_of_one_block(text, Lq, Lk, heads, tmp_path, monkeypatch):
+    """Residue classes of at most ONE_BLOCK_MAX tokens run on their own kernels, one program per
+    class: the forward, and dQ, dK and dV in one backward launch instead of two; not with key
+    padding (the general kernels then), both against the reference."""
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    launched = record_launches(mod, monkeypatch)
+    check_against_reference(mod.attention, expr, B=2, Hq=heads[0], Hkv=heads[1], Lq=Lq, Lk=Lk,
+                            D=16, dtype=torch.float32)
+    (index, (fwd_one, bwd_one)), = mod.ONE_BLOCK.items()
+    fwd, dkdv, dq = mod.KERNELS[index]
+    assert fwd_one in launched and bwd_one in launched
+    assert not {fwd, dkdv, dq} & set(launched)
+    assert mod._bwd_delta not in launched  # (the first one-block launch computes delta)
+    launched.clear()
+    kpm = torch.rand(2, Lk, generator=torch.Generator().manual_seed(1)) > 0.2
+    check_against_reference(mod.attention, expr, B=2, Hq=heads[0], Hkv=heads[1], Lq=Lq, Lk=Lk,
+                            D=16, dtype=torch.float32, key_padding_mask=kpm)
+    assert {fwd, dkdv, dq} <= set(launched) and not {fwd_one, bwd_one} & set(launched)
+
+
 @settings(max_examples=8)
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
-       dtype=st.sampled_from([torch.float32, torch.float16]))
-def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype):
+       dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans())
+def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype,
+                                         one_block):
+    """Random patterns and shapes; residue classes (at most 40 tokens here) on the kernels of
+    classes of one block or (one_block False) on the general ones."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
-    check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq, Lk=Lk,
-                            D=d, dtype=dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mod, "ONE_BLOCK_MAX", 64 if one_block else 0)
+        check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq,
+                                Lk=Lk, D=d, dtype=dtype)
 
 
 @settings(max_examples=6, deadline=None)
@@ -84,11 +116,13 @@ def test_random_patterns_with_the_gpu_tile_flags(tmp_path_factory, expr, shape, 
                                                  tiles):
     """Random patterns with dK/dV's scores as [keys, queries] (the GPU default at d = 128), with
     tensor-descriptor reads, with dQ added up in the dK/dV pass, and with the query blocks in
-    reverse order, against the reference."""
+    reverse order, against the reference (residue classes on the general kernels, which the
+    flags are for: at these lengths they would be classes of one block)."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:  # (a function-scoped fixture would be shared)
         patch.setenv("ATTNLANG_TILES", tiles)
+        patch.setattr(mod, "ONE_BLOCK_MAX", 0)
         check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq,
                                 Lk=Lk, D=d, dtype=torch.float32)
 

@@ -307,13 +307,19 @@ def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
     step()  # second: `_launch`'s direct path, filling each kept launch's own cache
     assert not through
     compiled.calls.clear()
-    keyed = []  # the argument lists a step's launches are keyed by
+    keyed = []  # the lengths of the argument lists a step's launches are keyed by
     monkeypatch.setattr(module, "_specialisation", lambda args, real=module._specialisation: (
         keyed.append(len(args)), real(args))[1])
+    prepared = []  # (the call's part, the launch's own part) of each prepared launch's arguments
+    monkeypatch.setattr(module, "_launch_prepared", lambda p, head, options,
+                        real=module._launch_prepared: (
+                            prepared.append((len(head), len(p.args))), real(p, head, options))[1])
     step()
     assert not through
     # only the call's own tensors and strides: the kept arguments' part of the key is kept too
-    assert keyed and max(keyed) < min(len(args) for _, _, args, _ in first)
+    assert keyed and prepared and all(own for _, own in prepared)
+    assert {head for head, _ in prepared} <= set(keyed)
+    assert not {head + own for head, own in prepared} & set(keyed)
     expected = []
     for kernel, grid, args, options in first:
         names = list(kernel.arg_names)[len(args):]

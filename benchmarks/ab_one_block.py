@@ -1,0 +1,146 @@
+"""Residue classes of one block (round 43) on the GPU: the generated module's forward and
+forward+backward with its classes on the one-block kernels (`_fwd_one_*`, `_bwd_one_*`, launched
+before the other components') against the general kernels (ONE_BLOCK_MAX = 0); the forward's
+one-block launch after the other components' instead (as the components come); the one-block
+kernels at 8 warps instead of 4; and tiles of ATTNLANG_TILES (``--tiles``, for the pattern's
+other components).  Each variant's output, log-sum-exp and gradients of the first two heads are
+checked against float64 first (max |error|), then all are timed in interleaved rounds
+(`do_bench` medians, CUDA events), and each variant's training step is profiled (GPU time of
+its kernels, torch.profiler: the host's time, which bounds d = 64 steps at 8k, left out):
+
+    python benchmarks/ab_one_block.py [--n 8192] [--dims 128,64] [--rounds 3]
+        [--pattern "causal & (window(127, 0) | stride(128))"] [--tiles "fwd=64x64:4:3" ...]
+    python benchmarks/ab_one_block.py --cpu --n 512 --dims 16 --pattern "causal & (window(7,
+        0) | stride(8))"     # the checks only, in Triton's interpreter
+"""
+import argparse
+import os
+import sys
+
+if "--cpu" in sys.argv:  # before Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+import attnlang  # noqa: E402
+from attnlang import reference  # noqa: E402
+from attnlang.bench import HEADS, TOKENS_PER_BATCH, time_in_rounds  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
+from profile_kernels import kernel_times  # noqa: E402
+
+
+def _variants(tiles):
+    """{name: (ONE_BLOCK_MAX, one-block warps or None, ATTNLANG_TILES or None, forward's
+    one-block launches first)}."""
+    out = {"general": (0, None, None, True), "one-block": (64, None, None, True),
+           "one-block, forward's last": (64, None, None, False),
+           "one-block 8 warps": (64, 8, None, True)}
+    for spec in tiles:
+        out[f"one-block, {spec}"] = (64, None, spec, True)
+    return out
+
+
+class _State:
+    """The generated module's variant now (its kept launches are that variant's)."""
+
+    def __init__(self, gen):
+        self.gen, self.now = gen, None
+        self.launch, self.first = gen._one_block_launch, gen._one_block_first
+
+    def set(self, variant):
+        if variant == self.now:
+            return
+        gen, (cap, warps, tiles, first) = self.gen, variant
+        gen._CALLS.clear()
+        gen.ONE_BLOCK_MAX = cap
+        gen._one_block_launch = self.launch if warps is None else (
+            lambda *a, **kw: _with_warps(self.launch(*a, **kw), warps))
+        # (the forward's launches in the components' order: the one-block ones last)
+        gen._one_block_first = self.first if first else (lambda launches, kernels: launches)
+        if tiles is None:
+            os.environ.pop("ATTNLANG_TILES", None)
+        else:
+            os.environ["ATTNLANG_TILES"] = tiles
+        self.now = variant
+
+
+def _with_warps(p, warps):
+    p.options = dict(p.options, num_warps=warps)
+    return p
+
+
+def _errors(mod, expr, q, k, v, do):
+    """Max |error| of out, lse, dq, dk, dv against float64 on the first two heads."""
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    out, lse = mod(qg, kg, vg, return_lse=True)
+    out.backward(do)
+    small = [t[:1, :2].detach().double().requires_grad_(True) for t in (q, k, v)]
+    mask = reference.mask(expr, q.shape[2], k.shape[2], num_heads=2).to(q.device)[None]
+    ref_out, ref_lse = reference.attention(*small, mask)
+    ref_out.backward(do[:1, :2].double())
+    got = [out[:1, :2], lse[:1, :2], qg.grad[:1, :2], kg.grad[:1, :2], vg.grad[:1, :2]]
+    want = [ref_out, ref_lse, *(t.grad for t in small)]
+    return [(g.double() - w).abs().max().item() for g, w in zip(got, want)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--dims", default="128,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pattern", default="causal & (window(127, 0) | stride(128))")
+    parser.add_argument("--tiles", action="append", default=[])
+    parser.add_argument("--cpu", action="store_true",
+                        help="the checks only, in Triton's interpreter (small --n)")
+    args = parser.parse_args()
+    device = "cpu" if args.cpu else "cuda"
+    pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
+    mod = pattern.module(backend="triton")
+    state = _State(load_module(pattern))
+    variants = _variants(args.tiles)
+    batch = 1 if args.cpu else max(1, TOKENS_PER_BATCH // args.n)
+    for d in (int(x) for x in args.dims.split(",")):
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v, do = (torch.randn(batch, HEADS, args.n, d, device=device,
+                                   dtype=torch.float16 if args.cpu else torch.bfloat16,
+                                   generator=g) for _ in range(4))
+        print(f"== {args.pattern}  n = {args.n}, d = {d}, {batch} x {HEADS} heads")
+        print("   max |error| against float64 (2 heads): out, lse, dq, dk, dv")
+        benches = {}
+        for name, variant in variants.items():
+            state.set(variant)
+            if args.n <= 16384:  # (longer: the float64 reference's scores would not fit)
+                errs = _errors(mod, pattern.ir, q, k, v, do)
+                print(f"   {name:34s} " + " ".join(f"{e:.1e}" for e in errs))
+            qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+            def fwd(variant=variant):
+                state.set(variant)
+                return mod(q, k, v)
+
+            def step(variant=variant, qg=qg, kg=kg, vg=vg):
+                state.set(variant)
+                for t in (qg, kg, vg):
+                    t.grad = None
+                mod(qg, kg, vg).backward(do)
+            benches[(name, "fwd")] = (fwd, None)
+            benches[(name, "fwd+bwd")] = (step, [qg, kg, vg])
+        if args.cpu:
+            continue
+        times = time_in_rounds(benches, args.rounds, 25, 150 * args.rounds, do_bench)
+        print("   ms (median per round, rounds interleaved):")
+        for (name, mode), ts in times.items():
+            print(f"   {name:34s} {mode:8s} " + " ".join(f"{t:.3f}" for t in ts) +
+                  f"   median {sorted(ts)[len(ts) // 2]:.3f}")
+        print("   GPU time of one step (us; torch.profiler, 10 steps), its kernels:")
+        for name, variant in variants.items():
+            rows = kernel_times(benches[(name, "fwd+bwd")][0], reps=10)
+            kernels = sorted(rows.items(), key=lambda x: -x[1][0])
+            print(f"   {name:34s} {sum(t for t, _ in rows.values()) / 10:7.1f}  " +
+                  ", ".join(f"{kernel[:14]} {total / 10:.1f}" for kernel, (total, _) in kernels))
+    state.set(variants["one-block"])
+
+
+if __name__ == "__main__":
+    main()
