@@ -523,8 +523,11 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(40.0, "dkdv") == (64, 64, 4, 2, False, True)  # not short: TILES_TUNED
     assert short(8.7, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_SHORT
     assert short(8.7, "fwd") == (64, 64, 4, 3, None, True)
-    assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)  # TILES_SHORT_PLAIN
-    assert short(1.3, "dq") == (64, 64, 4, 2, None, False)
+    assert short(1.3, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_FEW (no segments)
+    assert short(1.3, "dq") == (64, 64, 4, 2, None, False)  # TILES_SHORT_PLAIN
+    assert short(1.3, "fwd") == (64, 64, 4, 2, None, False)  # TILES_FEW
+    monkeypatch.setattr(mod, "USES_SEGMENT", True)  # with segments: TILES_SHORT_PLAIN
+    assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)
     assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
     assert short(0.0, "dkdv") == (32, 64, 4, 2, True, False)  # document masks
 
