@@ -1,15 +1,18 @@
 """Residue classes of one block (round 43) on the GPU: the generated module's forward and
 forward+backward with its classes on the one-block kernels (`_fwd_one_*`, `_bwd_one_*`, launched
 before the other components') against the general kernels (ONE_BLOCK_MAX = 0); the forward's
-one-block launch after the other components' instead (as the components come); the one-block
-kernels at 8 warps instead of 4; and tiles of ATTNLANG_TILES (``--tiles``, for the pattern's
-other components).  Each variant's output, log-sum-exp and gradients of the first two heads are
-checked against float64 first (max |error|), then all are timed in interleaved rounds
+or the backward's one-block launches after the other components' instead (as the components
+come; ONE_BLOCK_LAST_BWD); the forward's partial outputs in bf16 (PARTIAL_16); with
+``--warps`` the one-block kernels at 8 warps instead of 4; and tiles of ATTNLANG_TILES
+(``--tiles``, for the pattern's other components).  Each variant's output, log-sum-exp and
+gradients of the first two heads are checked against float64 first (max |error|), then all are
+timed in interleaved rounds
 (`do_bench` medians, CUDA events), and each variant's training step is profiled (GPU time of
 its kernels, torch.profiler: the host's time, which bounds d = 64 steps at 8k, left out):
 
     python benchmarks/ab_one_block.py [--n 8192] [--dims 128,64] [--rounds 3]
         [--pattern "causal & (window(127, 0) | stride(128))"] [--tiles "fwd=64x64:4:3" ...]
+        [--tiles-only] [--warps]
     python benchmarks/ab_one_block.py --cpu --n 512 --dims 16 --pattern "causal & (window(7,
         0) | stride(8))"     # the checks only, in Triton's interpreter
 """
@@ -30,14 +33,23 @@ from attnlang.cache import load_module  # noqa: E402
 from profile_kernels import kernel_times  # noqa: E402
 
 
+KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16")
+
+
 def _variants(tiles):
-    """{name: (ONE_BLOCK_MAX, one-block warps or None, ATTNLANG_TILES or None, forward's
-    one-block launches first)}."""
-    out = {"general": (0, None, None, True), "one-block": (64, None, None, True),
-           "one-block, forward's last": (64, None, None, False),
-           "one-block 8 warps": (64, 8, None, True)}
+    """{name: the generated module's settings (KNOBS), and ``warps`` (of the one-block kernels),
+    ``tiles`` (ATTNLANG_TILES), ``fwd_last`` (the forward's one-block launch after the others)}:
+    each from the module's own defaults."""
+    out = {"general": dict(ONE_BLOCK_MAX=0), "one-block": {},
+           "one-block, forward's last": dict(fwd_last=True),
+           "one-block, backward's last": dict(ONE_BLOCK_LAST_BWD=(64, 128)),
+           "one-block, 16-bit partials": dict(PARTIAL_16=True)}
+    if "--warps" in sys.argv:  # (round 43: lost at both head dims, twice)
+        out["one-block 8 warps"] = dict(warps=8)
+    if "--tiles-only" in sys.argv:  # the module as it is, against its tiles
+        out = {"one-block": {}}
     for spec in tiles:
-        out[f"one-block, {spec}"] = (64, None, spec, True)
+        out[f"one-block, {spec}"] = dict(tiles=spec)
     return out
 
 
@@ -47,21 +59,25 @@ class _State:
     def __init__(self, gen):
         self.gen, self.now = gen, None
         self.launch, self.first = gen._one_block_launch, gen._one_block_first
+        self.defaults = {name: getattr(gen, name) for name in KNOBS}
 
     def set(self, variant):
-        if variant == self.now:
+        if variant is self.now:
             return
-        gen, (cap, warps, tiles, first) = self.gen, variant
+        gen = self.gen
         gen._CALLS.clear()
-        gen.ONE_BLOCK_MAX = cap
+        for name in KNOBS:
+            setattr(gen, name, variant.get(name, self.defaults[name]))
+        warps = variant.get("warps")
         gen._one_block_launch = self.launch if warps is None else (
             lambda *a, **kw: _with_warps(self.launch(*a, **kw), warps))
         # (the forward's launches in the components' order: the one-block ones last)
-        gen._one_block_first = self.first if first else (lambda launches, kernels: launches)
-        if tiles is None:
+        gen._one_block_first = (lambda launches, kernels: launches) if variant.get(
+            "fwd_last") else self.first
+        if variant.get("tiles") is None:
             os.environ.pop("ATTNLANG_TILES", None)
         else:
-            os.environ["ATTNLANG_TILES"] = tiles
+            os.environ["ATTNLANG_TILES"] = variant["tiles"]
         self.now = variant
 
 
@@ -91,6 +107,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pattern", default="causal & (window(127, 0) | stride(128))")
     parser.add_argument("--tiles", action="append", default=[])
+    parser.add_argument("--warps", action="store_true",
+                        help="also the one-block kernels at 8 warps")
+    parser.add_argument("--tiles-only", action="store_true",
+                        help="only the module as it is and its --tiles variants")
     parser.add_argument("--cpu", action="store_true",
                         help="the checks only, in Triton's interpreter (small --n)")
     args = parser.parse_args()

@@ -82,6 +82,14 @@ def test_classes_of_one_block(text, Lq, Lk, heads, tmp_path, monkeypatch):
     assert fwd_one in launched and bwd_one in launched
     assert not {fwd, dkdv, dq} & set(launched)
     assert mod._bwd_delta not in launched  # (the first one-block launch computes delta)
+    if index:  # the backward's one-block launch after the other components' (as they come)
+        monkeypatch.setattr(mod, "ONE_BLOCK_LAST_BWD", (16,))
+        monkeypatch.setattr(mod, "_CALLS", {})  # (the first call's launches are kept)
+        launched.clear()
+        check_against_reference(mod.attention, expr, B=2, Hq=heads[0], Hkv=heads[1], Lq=Lq,
+                                Lk=Lk, D=16, dtype=torch.float32)
+        assert launched.index(bwd_one) > launched.index(mod.KERNELS[0][1])
+        monkeypatch.setattr(mod, "ONE_BLOCK_LAST_BWD", ())
     launched.clear()
     kpm = torch.rand(2, Lk, generator=torch.Generator().manual_seed(1)) > 0.2
     check_against_reference(mod.attention, expr, B=2, Hq=heads[0], Hkv=heads[1], Lq=Lq, Lk=Lk,
@@ -92,15 +100,18 @@ def test_classes_of_one_block(text, Lq, Lk, heads, tmp_path, monkeypatch):
 @settings(max_examples=8)
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
-       dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans())
+       dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans(),
+       partial_16=st.booleans())
 def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype,
-                                         one_block):
+                                         one_block, partial_16):
     """Random patterns and shapes; residue classes (at most 40 tokens here) on the kernels of
-    classes of one block or (one_block False) on the general ones."""
+    classes of one block or (one_block False) on the general ones; several components' partial
+    outputs in float32 or (partial_16, float16 inputs) in float16."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mod, "ONE_BLOCK_MAX", 64 if one_block else 0)
+        patch.setattr(mod, "PARTIAL_16", partial_16)
         check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq,
                                 Lk=Lk, D=d, dtype=dtype)
 
