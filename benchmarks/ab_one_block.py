@@ -36,7 +36,7 @@ from profile_kernels import kernel_times  # noqa: E402
 KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16")
 
 
-def _variants(tiles):
+def _variants(tiles, warps=False, tiles_only=False):
     """{name: the generated module's settings (KNOBS), and ``warps`` (of the one-block kernels),
     ``tiles`` (ATTNLANG_TILES), ``fwd_last`` (the forward's one-block launch after the others)}:
     each from the module's own defaults."""
@@ -44,9 +44,9 @@ def _variants(tiles):
            "one-block, forward's last": dict(fwd_last=True),
            "one-block, backward's last": dict(ONE_BLOCK_LAST_BWD=(64, 128)),
            "one-block, 16-bit partials": dict(PARTIAL_16=True)}
-    if "--warps" in sys.argv:  # (round 43: lost at both head dims, twice)
+    if warps:  # (round 43: lost at both head dims, twice)
         out["one-block 8 warps"] = dict(warps=8)
-    if "--tiles-only" in sys.argv:  # the module as it is, against its tiles
+    if tiles_only:  # the module as it is, against its tiles
         out = {"one-block": {}}
     for spec in tiles:
         out[f"one-block, {spec}"] = dict(tiles=spec)
@@ -118,7 +118,7 @@ def main():
     pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
     mod = pattern.module(backend="triton")
     state = _State(load_module(pattern))
-    variants = _variants(args.tiles)
+    variants = _variants(args.tiles, args.warps, args.tiles_only)
     batch = 1 if args.cpu else max(1, TOKENS_PER_BATCH // args.n)
     for d in (int(x) for x in args.dims.split(",")):
         g = torch.Generator(device=device).manual_seed(0)
