@@ -43,7 +43,9 @@ def _variants(tiles, warps=False, tiles_only=False):
     out = {"general": dict(ONE_BLOCK_MAX=0), "one-block": {},
            "one-block, forward's last": dict(fwd_last=True),
            "one-block, backward's last": dict(ONE_BLOCK_LAST_BWD=(64, 128)),
-           "one-block, 16-bit partials": dict(PARTIAL_16=True)}
+           "one-block, 16-bit partials": dict(PARTIAL_16=True),
+           "one-block, 16-bit partials, backward's last": dict(PARTIAL_16=True,
+                                                                ONE_BLOCK_LAST_BWD=(64, 128))}
     if warps:  # (round 43: lost at both head dims, twice)
         out["one-block 8 warps"] = dict(warps=8)
     if tiles_only:  # the module as it is, against its tiles

@@ -25,6 +25,8 @@ CASES = [  # (pattern, L, D, dtype): the benchmark's patterns at both head dimen
     ("causal", 8192, 128, torch.bfloat16), ("causal", 8192, 64, torch.bfloat16),
     ("window(512)", 8192, 128, torch.bfloat16), ("window(512)", 8192, 64, torch.bfloat16),
     ("causal & (window(127, 0) | stride(128))", 8192, 128, torch.bfloat16),
+    # (d = 64's tiles for rows of fewer than four blocks, TILES_FEW: round 44)
+    ("causal & (window(127, 0) | stride(128))", 8192, 64, torch.bfloat16),
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 64, torch.bfloat16),
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 128, torch.bfloat16),
     # (its long rows' forward tile: two programs per multiprocessor, round 37)
