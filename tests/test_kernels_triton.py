@@ -525,10 +525,12 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
 
     # short rows (mean visited key blocks at most SHORT_ROWS): the short tiles, with descriptor
     # reads only from DESC_MIN_ROWS blocks on (documents and residue classes read the plain way)
-    def short(blocks, role):
+    def short(blocks, role, dim=128, flag=None):
         monkeypatch.setattr(mod, "_row_blocks", lambda *args, **kw: blocks)
         monkeypatch.setattr(mod, "_GPU_TILES", {})  # kept per shape: forget them
-        bm, bn, opts = mod._tiles(Aligned(), 128, role, 256, k)
+        bm, bn, opts = mod._tiles(Aligned(), dim, role, 256, k)
+        if flag is not None:
+            return opts.get(flag)
         return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS"), opts["DESC"]
 
     assert short(40.0, "dkdv") == (64, 64, 4, 2, False, True)  # not short: TILES_TUNED
@@ -537,6 +539,11 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(1.3, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_FEW (no segments)
     assert short(1.3, "dq") == (64, 64, 4, 2, None, False)  # TILES_SHORT_PLAIN
     assert short(1.3, "fwd") == (64, 64, 4, 2, None, False)  # TILES_FEW
+    # ... at d = 64 (round 44): the forward's partial runs in one loop, dQ through descriptors
+    assert short(1.3, "fwd", 64) == (64, 64, 4, 3, None, False)
+    assert short(1.3, "fwd", 64, "JOIN_PARTIAL") is None  # ':j' (its launch: not for classes)
+    assert short(1.3, "fwd", 128, "JOIN_PARTIAL") is False
+    assert short(1.3, "dq", 64) == (64, 64, 4, 3, None, True)
     monkeypatch.setattr(mod, "USES_SEGMENT", True)  # with segments: TILES_SHORT_PLAIN
     assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)
     assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
