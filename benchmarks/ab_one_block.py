@@ -1,8 +1,9 @@
 """Residue classes of one block (round 43) on the GPU: the generated module's forward and
 forward+backward with its classes on the one-block kernels (`_fwd_one_*`, `_bwd_one_*`, launched
-before the other components') against the general kernels (ONE_BLOCK_MAX = 0); the forward's
-or the backward's one-block launches after the other components' instead (as the components
-come; ONE_BLOCK_LAST_BWD); the forward's partial outputs in bf16 (PARTIAL_16); with
+before the other components' -- at d = 64 the backward's after, ONE_BLOCK_LAST_BWD -- with
+16-bit partial outputs, PARTIAL_16: the module as it is) against the general kernels
+(ONE_BLOCK_MAX = 0); each of those settings the other way (the forward's one-block launch
+last, the backward's first or last at every head dimension, float32 partial outputs); with
 ``--warps`` the one-block kernels at 8 warps instead of 4; and tiles of ATTNLANG_TILES
 (``--tiles``, for the pattern's other components).  Each variant's output, log-sum-exp and
 gradients of the first two heads are checked against float64 first (max |error|), then all are
@@ -42,10 +43,9 @@ def _variants(tiles, warps=False, tiles_only=False):
     each from the module's own defaults."""
     out = {"general": dict(ONE_BLOCK_MAX=0), "one-block": {},
            "one-block, forward's last": dict(fwd_last=True),
+           "one-block, backward's first": dict(ONE_BLOCK_LAST_BWD=()),
            "one-block, backward's last": dict(ONE_BLOCK_LAST_BWD=(64, 128)),
-           "one-block, 16-bit partials": dict(PARTIAL_16=True),
-           "one-block, 16-bit partials, backward's last": dict(PARTIAL_16=True,
-                                                                ONE_BLOCK_LAST_BWD=(64, 128))}
+           "one-block, float32 partials": dict(PARTIAL_16=False)}
     if warps:  # (round 43: lost at both head dims, twice)
         out["one-block 8 warps"] = dict(warps=8)
     if tiles_only:  # the module as it is, against its tiles
