@@ -83,13 +83,14 @@ def test_classes_of_one_block(text, Lq, Lk, heads, tmp_path, monkeypatch):
     assert not {fwd, dkdv, dq} & set(launched)
     assert mod._bwd_delta not in launched  # (the first one-block launch computes delta)
     if index:  # the backward's one-block launch after the other components' (as they come)
+        last_bwd = mod.ONE_BLOCK_LAST_BWD
         monkeypatch.setattr(mod, "ONE_BLOCK_LAST_BWD", (16,))
         monkeypatch.setattr(mod, "_CALLS", {})  # (the first call's launches are kept)
         launched.clear()
         check_against_reference(mod.attention, expr, B=2, Hq=heads[0], Hkv=heads[1], Lq=Lq,
                                 Lk=Lk, D=16, dtype=torch.float32)
         assert launched.index(bwd_one) > launched.index(mod.KERNELS[0][1])
-        monkeypatch.setattr(mod, "ONE_BLOCK_LAST_BWD", ())
+        monkeypatch.setattr(mod, "ONE_BLOCK_LAST_BWD", last_bwd)
     launched.clear()
     kpm = torch.rand(2, Lk, generator=torch.Generator().manual_seed(1)) > 0.2
     check_against_reference(mod.attention, expr, B=2, Hq=heads[0], Hkv=heads[1], Lq=Lq, Lk=Lk,
