@@ -88,6 +88,9 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
                 dropout_p, seed):
+        # lse is not differentiable: no zero gradient made for it every backward (a tensor and a
+        # fill per step), and out's is None only where nothing reached it
+        ctx.set_materialize_grads(False)
         need_dbias = None  # no backward follows: no plan for it
         if any(ctx.needs_input_grad[1:4]) or ctx.needs_input_grad[9]:
             need_dbias = attn_bias is not None and ctx.needs_input_grad[9]
@@ -101,6 +104,8 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlse):
+        if dout is None:  # (no gradient reached the output: none for the inputs)
+            return (None,) * 12
         q, k, v, out, lse, seg_q, seg_k, kpm, attn_mask, attn_bias = ctx.saved_tensors
         need_dbias = attn_bias is not None and ctx.needs_input_grad[9]
         dq, dk, dv, dbias = _backward(ctx.impl, dout, q, k, v, out, lse, ctx.scale, seg_q, seg_k,
