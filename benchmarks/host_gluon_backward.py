@@ -1,0 +1,143 @@
+"""Host time of the pieces of a Gluon backward over residue classes (the dilated pattern
+`window(2048) & stride(4)` at 8k tokens, d = 64, where its training step is bound by the host),
+and of a training step with and without the zero gradient autograd makes for the log-sum-exp
+(`custom_ops._Eager`'s ``set_materialize_grads(False)``), on the GPU host.
+
+    taskset -c 11 python benchmarks/host_gluon_backward.py [--n 8192] [--d 64]
+
+Each piece is called back to back 100 times per round (fewer than the launch queue holds, so the
+host never waits for the GPU), median of five rounds; the steps as `host_overhead.py` times
+them, on the calling thread, and by `do_bench`, the two variants interleaved in five rounds.
+Results: benchmarks/results/host_gluon_bwd_r45a.log."""
+import argparse
+import math
+import time
+
+import torch
+from triton.testing import do_bench
+
+import attnlang
+from attnlang.bench import HEADS, TOKENS_PER_BATCH, random_documents
+from attnlang.cache import load_module
+
+
+def host_us(fn, reps=100, rounds=5):
+    """Median over rounds of the host's µs per call of ``fn`` (the round's wait outside it)."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - start) / reps * 1e6)
+        torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
+
+
+def pieces(n, d, batch):
+    text = "window(2048) & stride(4)"
+    gen = load_module(attnlang.parse(f"pattern x = {text}")["x"])
+    gb = gen._gluon_module("gluon_backward")
+    gh = gen._gluon_module("gluon_hopper")
+    q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(4))
+    scale = 1 / math.sqrt(d)
+    out, lse, plan = gen.attention_forward_with_plan(q, k, v, scale, None, None, None, None,
+                                                     None, 0.0, 0, False)
+    print(f"{text} n={n} d={d}: plan.gluon={plan.gluon}, GLUON_CLASSES={gen.GLUON_CLASSES}")
+    step = gen.GLUON_CLASSES.get("step", 1)
+    keys = gen._gluon_keys(q, k)
+    views = [gh.residue_classes(t, step) for t in (q, k, v, out, do)]
+    dq32 = torch.empty(q.shape, dtype=torch.float32, device="cuda")
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dqv, dkv, dvv = (gh.residue_classes(t, step) for t in (dq32, dk, dv))
+    lsev = lse.reshape(-1, lse.shape[2] // step, step).transpose(1, 2)
+    terms, _ = gb.row_terms(views[3], views[4], lsev, gen._launch, dqv)
+    back, ahead = gh.band_bounds(*gh.class_band(*gen.GLUON_BAND, step), n // step, n // step)
+    bounds = (back, ahead, 0, 0, 0, 0, 0, 0, min(gb.HEAD_GROUP, batch * HEADS * step),
+              int(back < ahead))
+    modes = dict(SEGMENTS=False, GLOBAL=False, FIRST=False)
+    tensors = (views[0], views[1], views[2], views[4], dkv, dvv, dqv)
+    rows = {
+        "backward, planned (template)": lambda: gen.attention_backward(
+            do, q, k, v, out, lse, scale, None, None, None, None, None, 0.0, 0, False, plan),
+        "gluon_backward.backward": lambda: gb.backward(
+            q, k, v, out, do, lse, scale, *gen.GLUON_BAND, launch=gen._launch, keys=keys,
+            **gen.GLUON_GLOBALS, **gen.GLUON_CLASSES),
+        "3 empty (dk, dv, dq f32)": lambda: (torch.empty(k.shape, dtype=k.dtype, device="cuda"),
+                                             torch.empty(v.shape, dtype=v.dtype, device="cuda"),
+                                             torch.empty(q.shape, dtype=torch.float32,
+                                                         device="cuda")),
+        "8 residue_classes views": lambda: [gh.residue_classes(t, step)
+                                            for t in (q, k, v, out, do, dq32, dk, dv)],
+        "lse class view": lambda: lse.reshape(-1, lse.shape[2] // step, step).transpose(1, 2),
+        "row_terms (empty + launch)": lambda: gb.row_terms(views[3], views[4], lsev,
+                                                           gen._launch, dqv),
+        "8 descriptors": lambda: ([gh.descriptor(t, gb.BM) for t in (views[0], views[4], dqv)]
+                                  + [gh.descriptor(t, keys) for t in (views[1], views[2], dkv,
+                                                                      dvv)]
+                                  + [gb.rows_descriptor(terms)]),
+        "band kernel launch (_launch_kernel)": lambda: gb._launch_kernel(
+            gen._launch, tensors, terms, keys, bounds, None, scale, modes),
+        "cast dq f32 -> bf16": lambda: dq32.to(q.dtype),
+        "one torch.empty": lambda: torch.empty(q.shape, dtype=q.dtype, device="cuda"),
+        "one view + transpose": lambda: q.view(batch * HEADS, n // step, step, d).transpose(1, 2),
+        "one as_strided": lambda: q.as_strided((batch * HEADS, step, n // step, d),
+                                               (n * d, d, step * d, 1)),
+        "one shape + stride + data_ptr": lambda: (q.shape, q.stride(), q.data_ptr()),
+    }
+    for name, fn in rows.items():
+        print(f"  {name:40s} {host_us(fn):8.1f} us", flush=True)
+
+
+def steps(n, d, batch):
+    """Training steps (module, calling thread) with and without the materialised zero dlse."""
+    from torch.autograd.function import FunctionCtx
+    real = FunctionCtx.set_materialize_grads
+    seg = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
+    q, k, v = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    do = torch.randn_like(q)
+    print(f"{'pattern':42s} {'variant':16s} {'host us (1 thread)':>19s} {'do_bench us':>12s}")
+    for text in ("causal & segment", "causal & (window(127, 0) | stride(128))",
+                 "window(2048) & stride(4)"):
+        module = attnlang.parse(f"pattern x = {text}")["x"].module(backend="triton")
+        kw = dict(segments=seg) if "segment" in text else {}
+
+        def step():
+            with torch.autograd.set_multithreading_enabled(False):
+                for t in (qg, kg, vg):
+                    t.grad = None
+                module(qg, kg, vg, **kw).backward(do)
+        found = {}
+        for _ in range(5):
+            for variant in ("zero dlse", "no zero dlse"):
+                FunctionCtx.set_materialize_grads = real if variant == "no zero dlse" else (
+                    lambda self, value: None)
+                try:
+                    found.setdefault(variant, []).append(
+                        (host_us(step, reps=50, rounds=1),
+                         do_bench(step, warmup=5, rep=40, return_mode="median") * 1000))
+                finally:
+                    FunctionCtx.set_materialize_grads = real
+        for variant, got in found.items():
+            hosts, benches = sorted(h for h, _ in got), sorted(b for _, b in got)
+            print(f"{text:42s} {variant:16s} {hosts[2]:19.1f} {benches[2]:12.1f}  "
+                  f"(min {hosts[0]:.1f} / {benches[0]:.1f})", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--d", type=int, default=64)
+    args = parser.parse_args()
+    batch = max(1, TOKENS_PER_BATCH // args.n)
+    pieces(args.n, args.d, batch)
+    steps(args.n, args.d, batch)
+
+
+if __name__ == "__main__":
+    main()
