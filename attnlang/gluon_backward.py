@@ -63,6 +63,8 @@ Triton's interpreter cannot run Gluon, so the band kernel is checked on the GPU 
 ``attnlang compile`` copies this module into generated modules, which load it only when they
 are about to use it (an import error there means: no Gluon, use the ``tl`` backward).
 """
+import collections
+
 import torch
 import triton
 import triton.language as tl
@@ -72,8 +74,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
 from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, class_band, \
-    descriptor, global_bounds, grouped, heavy_first, heavy_span, host_descriptor, jit_launch, \
-    kept, partial_tile, reinterpret, residue_classes, tma_add, tma_load, tma_store, two_ranges, \
+    descriptor, descriptor_fields, global_bounds, grouped, heavy_first, heavy_span, \
+    host_descriptor, jit_launch, shared_layout, with_base, \
+    kept, partial_tile, reinterpret, tma_add, tma_load, tma_store, two_ranges, \
     wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
@@ -515,53 +518,140 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
     """(dq, dk, dv) of out = softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound, the global ``rows`` and ``cols`` or the ``step`` where
     given (as `gluon_forward.forward` takes them; not with ``docs``), and ``lse`` [B, H, Lq]
-    float32 (contiguous) the forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of
+    float32 the forward's natural log-sum-exp.  q, k, v, out, do: [B, H, L, D] of
     one dtype in DTYPES, D in HEAD_DIMS, as many key heads as query heads, on an sm_90 GPU,
     with the head dimension contiguous and the base addresses and every other stride multiples
     of 16 bytes (what TMA descriptors read; the generated modules check it with their
-    `_descriptors_ok`).
+    `_descriptors_ok`), and with ``step`` each tensor's batches following one another at H
+    times its heads' stride (`residue_classes`).
     ``docs``: for a document mask (the band and one document), (bounds, flag, seg_q, seg_k,
     per_batch) as `band_backward_kernel` takes them with SEGMENTS (int32 tensors); ``launch``:
     how to launch a kernel (`gluon_hopper.jit_launch`'s arguments); ``keys``: a band's key block,
-    BN or DOCS_BN (documents always take DOCS_BN)."""
+    BN or DOCS_BN (documents always take DOCS_BN).
+    What depends only on the call's geometry -- the residue classes' shapes and strides, the
+    bounds, the descriptors' checked fields, both launches' arguments but the tensors -- is
+    worked out once per geometry (`_plan`); a call then makes its outputs and descriptors and
+    launches."""
     if keys not in (BN, DOCS_BN):
         raise ValueError(f"keys: a band's key block is {BN} or {DOCS_BN}, not {keys!r}")
+    tensors = (q, k, v, out, do)
+    if step > 1 and not _mergeable(lse):  # (a class view of lse needs B and H as one)
+        lse = lse.contiguous()
+    geometry = (tuple((t.shape, t.stride(), t.data_ptr() % 16) for t in tensors), lse.stride(),
+                q.dtype, scale, back, ahead, rows, cols, step, keys, docs is None)
+    plan = _PLANS.get(geometry)
+    if plan is None:
+        plan = _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, docs is not None)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    grads, dq = (dk, dv), None
-    if step > 1:  # the residue classes as heads of their own (`gluon_forward.forward`), dQ's
-        # float32 sums in the rows' natural order (cast as they are, at the end)
-        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-        grads = dq, dk, dv
-        q, k, v, out, do, dk, dv, dq = (residue_classes(t, step)
-                                        for t in (q, k, v, out, do, dk, dv, dq))
-        lse = lse.reshape(-1, lse.shape[2] // step, step).transpose(1, 2)
-        back, ahead = class_band(back, ahead, step)
-    B, H, Lq, D = q.shape
-    Lk = k.shape[2]
-    back, ahead = band_bounds(back, ahead, Lq, Lk)
-    glob = rows is not None or cols is not None
-    assert not (glob and docs is not None)
-    ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
-    terms, dq = row_terms(out, do, lse, launch, dq)
-    # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
-    # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
-    group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
-    bn = DOCS_BN if docs is not None else keys
-    if docs is not None:  # the query ids by TMA (rows past a batch's end read the next batch's)
+    dq = torch.empty(plan.dq_shape, dtype=torch.float32, device=q.device)
+    terms = torch.empty(plan.terms_shape, dtype=torch.float32, device=q.device)
+    bases = (q, k, v, do, dk, dv, dq, terms)
+    if plan.fields is None:  # a new geometry: its descriptors checked once, then kept
+        if len(_PLANS) >= 64:  # the geometries of a few shapes in use
+            _PLANS.clear()
+        plan = _PLANS[geometry] = plan._replace(fields=[
+            descriptor_fields(t, *spec) for t, spec in zip(bases, plan.specs)])
+    # (terms itself for lse2: the same address as its first row)
+    launch(_rows_kernel, plan.rows_grid, (out, do, lse, terms, terms[1], dq, *plan.rows_args),
+           plan.rows_options)
+    descs = [with_base(fields, t) for fields, t in zip(plan.fields, bases)]
+    if docs is None:  # (unread)
+        docs = (terms, terms, descs[7], terms, 0)
+    else:  # the query ids by TMA (rows past a batch's end read the next batch's)
         bounds, flag, seg_q, seg_k, per_batch = docs
         flat = seg_q.reshape(-1)
         if flat.data_ptr() % 16:  # (a descriptor's base: 16-byte aligned)
             flat = flat.clone()
-        docs = (bounds, flag, host_descriptor(flat, (BM,), SEGQ_LAYOUT),
-                seg_k, per_batch)
-    _launch_kernel(launch, (q, k, v, do, dk, dv, dq), terms, bn,
-                   (back, ahead, ra, rb, ca, cb, *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)),
-                    group, int(back < ahead)), docs, scale,
-                   dict(SEGMENTS=docs is not None, GLOBAL=glob, FIRST=False))
+        docs = (bounds, flag, host_descriptor(flat, (BM,), SEGQ_LAYOUT), seg_k, per_batch)
+    launch(band_backward_kernel, plan.grid, (*descs, *plan.args, *docs), plan.options,
+           (q.dtype,))
+    if step > 1:  # dQ's float32 sums in the rows' natural order
+        return dq.to(q.dtype), dk, dv
+    return dq[:, :, :q.shape[2]].to(q.dtype), dk, dv
+
+
+# a call's geometry (`backward`) -> its `_Plan`
+_PLANS = {}
+
+_Plan = collections.namedtuple("_Plan", "dq_shape terms_shape rows_grid rows_args rows_options "
+                                        "specs fields grid args options")
+
+
+def _mergeable(t):
+    """Whether [B, H, ...] tensor ``t``'s first two dimensions are one in memory (what
+    `residue_classes`' view takes)."""
+    return t.shape[0] == 1 or t.shape[1] == 1 or t.stride(0) == t.shape[1] * t.stride(1)
+
+
+def class_view(shape, strides, step):
+    """(shape, strides) of `residue_classes`' view of a [B, H, L, D] tensor of this shape and
+    these strides (its first two dimensions one in memory), or its own without a ``step``; a
+    [B, H, L] tensor's likewise, without D."""
+    if step == 1:
+        return tuple(shape), tuple(strides)
+    B, H, L = shape[:3]
+    # (one batch and head: the stride torch's view gives a dimension of one, its rows' span)
+    merged = strides[1] if H > 1 else strides[0] if B > 1 else L * strides[2]
+    return (B * H, step, L // step, *shape[3:]), (merged, strides[2], step * strides[2],
+                                                  *strides[3:])
+
+
+def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
+    """`backward`'s `_Plan` for these tensors' geometry: the shapes of dQ's float32 sums and of
+    the rows' terms, the rows kernel's grid, arguments after its tensors and options, the
+    descriptors' geometries (shape, strides, block, layout) over q, k, v, do, dk, dv, dQ and the
+    terms (their checked fields, ``fields``, are the first call's to fill in), and the band
+    kernel's grid, arguments between its descriptors and the documents' and options."""
+    q, k, v, out, do = tensors
+    q_view, k_view, v_view, out_view, do_view = (class_view(t.shape, t.stride(), step)
+                                                 for t in tensors)
+    B, H, Lq, D = q_view[0]
+    Lk = k_view[0][2]
+    lq_pad = triton.cdiv(Lq, BM) * BM
+    # dK, dV: new contiguous tensors in k's shape; dQ's sums: contiguous, in q's shape with a
+    # step (the rows' natural order, cast as they are at the end), else [B, H, Lq rounded up to
+    # BM, D]; the rows' terms: [2, B * H, Lq rounded up to BM] (`row_terms`)
+    natural = tuple(q.shape) if step > 1 else (B, H, lq_pad, D)
+    dq_view = class_view(natural, _contiguous(natural), step)
+    kv_view = class_view(k.shape, _contiguous(k.shape), step)
+    terms_shape = (2, B * H, lq_pad)
+    lse_view = class_view(lse.shape, lse.stride(), step)
     if step > 1:
-        return grads[0].to(q.dtype), *grads[1:]
-    return dq[:, :, :Lq].to(q.dtype), dk, dv
+        back, ahead = class_band(back, ahead, step)
+    back, ahead = band_bounds(back, ahead, Lq, Lk)
+    glob = rows is not None or cols is not None
+    assert not (glob and documents)
+    ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
+    # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
+    # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
+    group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
+    bn = DOCS_BN if documents else keys
+    specs = [(shape, strides, (1, 1, block, D), shared_layout(block, D, dtype))
+             for (shape, strides), block, dtype in zip(
+                 (q_view, k_view, v_view, do_view, kv_view, kv_view, dq_view),
+                 (BM, bn, bn, BM, bn, bn, BM), (q.dtype,) * 6 + (torch.float32,))]
+    specs.append((terms_shape, _contiguous(terms_shape), (2, 1, BM), ROWS_LAYOUT))
+    return _Plan(
+        dq_shape=natural, terms_shape=terms_shape, rows_grid=(lq_pad // BM, B * H),
+        rows_args=(*out_view[1][:3], *do_view[1][:3], *lse_view[1], *dq_view[1][:3], H, Lq,
+                   lq_pad, dq_view[0][2]),
+        rows_options=dict(ROWS=BM, D=D), specs=specs, fields=None,
+        grid=(triton.cdiv(Lk, bn) * B * H,),
+        args=(B * H, H, Lq, Lk, back, ahead, ra, rb, ca, cb,
+              *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)), group, int(back < ahead),
+              scale * LOG2E, scale),
+        options=dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=documents, GLOBAL=glob,
+                     FIRST=False, num_warps=bn // 16, maxnreg=MAXNREG[bn]))
+
+
+def _contiguous(shape):
+    """The strides of a contiguous tensor of ``shape``."""
+    strides, size = [], 1
+    for n in reversed(shape):
+        strides.append(size)
+        size *= n
+    return tuple(reversed(strides))
 
 
 def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch):

@@ -231,11 +231,22 @@ def host_descriptor(t, block, layout):
     key = (t.dtype, shape, strides, block, layout, t.data_ptr() % 16)
     fields = _CHECKED.get(key)
     if fields is None:
-        desc = TensorDescriptor(t, list(shape), list(strides), list(block), layout)
         if len(_CHECKED) >= 256:  # the geometries of a few shapes in use
             _CHECKED.clear()
-        _CHECKED[key] = dict(desc.__dict__, base=None)
-        return desc
+        fields = _CHECKED[key] = descriptor_fields(t, shape, strides, block, layout)
+    return with_base(fields, t)
+
+
+def descriptor_fields(t, shape, strides, block, layout):
+    """The fields of ``TensorDescriptor(t, shape, strides, block, layout)`` (its geometry
+    checked by Triton), the base left out (kept, it would keep a tensor alive): `with_base`'s
+    for any tensor of ``t``'s dtype and 16-byte alignment."""
+    desc = TensorDescriptor(t, list(shape), list(strides), list(block), layout)
+    return dict(desc.__dict__, base=None)
+
+
+def with_base(fields, t):
+    """A descriptor of `descriptor_fields`' ``fields`` over ``t``, unchecked."""
     desc = object.__new__(TensorDescriptor)
     desc.__dict__.update(fields)
     desc.base = t

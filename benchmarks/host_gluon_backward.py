@@ -1,15 +1,22 @@
 """Host time of the pieces of a Gluon backward over residue classes (the dilated pattern
 `window(2048) & stride(4)` at 8k tokens, d = 64, where its training step is bound by the host),
-and of a training step with and without the zero gradient autograd makes for the log-sum-exp
-(`custom_ops._Eager`'s ``set_materialize_grads(False)``), on the GPU host.
+and of training steps on the GPU host.
 
     taskset -c 11 python benchmarks/host_gluon_backward.py [--n 8192] [--d 64]
+        [--old attnlang._old_gb] [--steps materialize|threads]
 
 Each piece is called back to back 100 times per round (fewer than the launch queue holds, so the
-host never waits for the GPU), median of five rounds; the steps as `host_overhead.py` times
-them, on the calling thread, and by `do_bench`, the two variants interleaved in five rounds.
-Results: benchmarks/results/host_gluon_bwd_r45a.log."""
+host never waits for the GPU), median of five rounds; ``--old`` names another copy of
+`gluon_backward` (an earlier version, copied into the package) whose whole backward is timed
+beside this one's.  The steps (module, fwd+bwd) as `host_overhead.py` times them, the host's
+time and `do_bench`'s, two variants interleaved in five rounds: with and without the zero
+gradient autograd made for the log-sum-exp (``materialize``: `custom_ops._Eager`'s
+``set_materialize_grads(False)``, patched out), or the backward on autograd's device thread (as
+the benchmark runs it) and on the calling thread (``threads``).
+Results: benchmarks/results/host_gluon_bwd_r45a.log (``materialize``), host_gluon_bwd_r45b.log.
+"""
 import argparse
+import importlib
 import math
 import time
 
@@ -36,7 +43,7 @@ def host_us(fn, reps=100, rounds=5):
     return sorted(times)[len(times) // 2]
 
 
-def pieces(n, d, batch):
+def pieces(n, d, batch, old=None):
     text = "window(2048) & stride(4)"
     gen = load_module(attnlang.parse(f"pattern x = {text}")["x"])
     gb = gen._gluon_module("gluon_backward")
@@ -66,6 +73,9 @@ def pieces(n, d, batch):
         "gluon_backward.backward": lambda: gb.backward(
             q, k, v, out, do, lse, scale, *gen.GLUON_BAND, launch=gen._launch, keys=keys,
             **gen.GLUON_GLOBALS, **gen.GLUON_CLASSES),
+        **({} if old is None else {f"{old.__name__}.backward": lambda: old.backward(
+            q, k, v, out, do, lse, scale, *gen.GLUON_BAND, launch=gen._launch, keys=keys,
+            **gen.GLUON_GLOBALS, **gen.GLUON_CLASSES)}),
         "3 empty (dk, dv, dq f32)": lambda: (torch.empty(k.shape, dtype=k.dtype, device="cuda"),
                                              torch.empty(v.shape, dtype=v.dtype, device="cuda"),
                                              torch.empty(q.shape, dtype=torch.float32,
@@ -92,8 +102,8 @@ def pieces(n, d, batch):
         print(f"  {name:40s} {host_us(fn):8.1f} us", flush=True)
 
 
-def steps(n, d, batch):
-    """Training steps (module, calling thread) with and without the materialised zero dlse."""
+def steps(n, d, batch, what):
+    """Training steps (module, fwd+bwd) in two variants (``what``: the module docstring's)."""
     from torch.autograd.function import FunctionCtx
     real = FunctionCtx.set_materialize_grads
     seg = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
@@ -101,31 +111,35 @@ def steps(n, d, batch):
                for _ in range(3))
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
     do = torch.randn_like(q)
-    print(f"{'pattern':42s} {'variant':16s} {'host us (1 thread)':>19s} {'do_bench us':>12s}")
+    variants = {"materialize": ("zero dlse", "no zero dlse"),
+                "threads": ("device thread", "calling thread")}[what]
+    print(f"{'pattern':42s} {'variant':16s} {'host us':>9s} {'do_bench us':>12s}")
     for text in ("causal & segment", "causal & (window(127, 0) | stride(128))",
                  "window(2048) & stride(4)"):
         module = attnlang.parse(f"pattern x = {text}")["x"].module(backend="triton")
         kw = dict(segments=seg) if "segment" in text else {}
 
-        def step():
-            with torch.autograd.set_multithreading_enabled(False):
+        def step(one_thread):
+            with torch.autograd.set_multithreading_enabled(not one_thread):
                 for t in (qg, kg, vg):
                     t.grad = None
                 module(qg, kg, vg, **kw).backward(do)
         found = {}
         for _ in range(5):
-            for variant in ("zero dlse", "no zero dlse"):
-                FunctionCtx.set_materialize_grads = real if variant == "no zero dlse" else (
-                    lambda self, value: None)
+            for variant in variants:
+                if variant == "zero dlse":
+                    FunctionCtx.set_materialize_grads = lambda self, value: None
+                one = variant != "device thread"
                 try:
                     found.setdefault(variant, []).append(
-                        (host_us(step, reps=50, rounds=1),
-                         do_bench(step, warmup=5, rep=40, return_mode="median") * 1000))
+                        (host_us(lambda: step(one), reps=50, rounds=1),
+                         do_bench(lambda: step(one), warmup=5, rep=40,
+                                  return_mode="median") * 1000))
                 finally:
                     FunctionCtx.set_materialize_grads = real
         for variant, got in found.items():
             hosts, benches = sorted(h for h, _ in got), sorted(b for _, b in got)
-            print(f"{text:42s} {variant:16s} {hosts[2]:19.1f} {benches[2]:12.1f}  "
+            print(f"{text:42s} {variant:16s} {hosts[2]:9.1f} {benches[2]:12.1f}  "
                   f"(min {hosts[0]:.1f} / {benches[0]:.1f})", flush=True)
 
 
@@ -133,10 +147,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--old", help="another copy of gluon_backward to time beside it")
+    parser.add_argument("--steps", choices=["materialize", "threads"], default="threads")
     args = parser.parse_args()
     batch = max(1, TOKENS_PER_BATCH // args.n)
-    pieces(args.n, args.d, batch)
-    steps(args.n, args.d, batch)
+    pieces(args.n, args.d, batch, args.old and importlib.import_module(args.old))
+    steps(args.n, args.d, batch, args.steps)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,19 @@ def as_python(jit_fn, done=None):
     return done[jit_fn]
 
 
+def read(desc):
+    """The tensor a host descriptor reads: its base at the descriptor's shape and strides."""
+    return torch.as_strided(desc.base, desc.shape, desc.strides)
+
+
 def emulate_backward(a, keep):
     """What `band_backward_kernel` writes, in float64, given its arguments by name (``a``) and
     the pairs it keeps (``keep``, [Lq, Lk] bool): dK and dV, and dQ added to its float32 sums,
     from the rows kernel's terms, on the tensors its descriptors read and write."""
-    q, k, v, do, dk, dv, dq = (a[n].base for n in (
+    q, k, v, do, dk, dv, dq = (read(a[n]) for n in (
         "q_desc", "k_desc", "v_desc", "do_desc", "dk_desc", "dv_desc", "dq_desc"))
     B, H, Lq, _ = q.shape
-    terms = a["rows_desc"].base.view(2, B, H, -1)[:, :, :, :Lq].double()
+    terms = read(a["rows_desc"]).view(2, B, H, -1)[:, :, :, :Lq].double()
     s2 = (q.double() @ k.double().transpose(-1, -2)) * a["qk_scale"]
     p = torch.exp2(s2 - terms[0][..., None]).masked_fill(~keep, 0.0)
     dv.copy_(p.transpose(-1, -2) @ do.double())

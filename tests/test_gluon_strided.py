@@ -117,6 +117,57 @@ def test_residue_classes_are_views_of_the_natural_rows():
     assert torch.all(t[1, 2, 1::4] == -1) and (t == -1).sum() == 3 * 4
 
 
+@pytest.mark.parametrize("shape,order", [
+    ((2, 3, 12, 4), (0, 1, 2, 3)),   # contiguous
+    ((1, 3, 12, 4), (2, 0, 1, 3)),   # one batch, heads apart from rows
+    ((2, 1, 12, 4), (1, 2, 0, 3)),   # one head, batches apart from rows
+    ((2, 3, 12), (0, 1, 2)),         # a log-sum-exp
+    ((1, 1, 8), (2, 1, 0)),
+    ((1, 1, 8, 4), (0, 1, 2, 3))])
+def test_class_view_is_the_residue_classes_view(shape, order):
+    """`gluon_backward.class_view`'s arithmetic gives the shape and strides of the view
+    `residue_classes` (a [B, H, L, D] tensor) or the log-sum-exp's reshape makes ([B, H, L]),
+    for tensors whose batches and heads are one dimension in memory, in several layouts; and
+    without a step the tensor's own."""
+    t = torch.zeros([shape[i] for i in order]).permute(*[order.index(i) for i in
+                                                          range(len(shape))])
+    assert t.shape == shape
+    for step in (2, 4):
+        if len(shape) == 4:
+            want = gh.residue_classes(t, step)
+        else:
+            want = t.reshape(-1, shape[2] // step, step).transpose(1, 2)
+        assert gb.class_view(t.shape, t.stride(), step) == (tuple(want.shape), want.stride())
+    assert gb.class_view(t.shape, t.stride(), 1) == (shape, t.stride())
+
+
+def test_a_geometry_seen_before_takes_its_plan(monkeypatch):
+    """`gluon_backward.backward` checks a geometry's descriptors once: later calls of the same
+    shapes and strides on new tensors make none (`descriptor_fields`), a log-sum-exp whose
+    batches and heads are not one in memory included (made contiguous first), and a new scale
+    plans again; every call gives the float64 reference's gradients (the band kernel
+    emulated)."""
+    made = []
+    real = gb.descriptor_fields
+    monkeypatch.setattr(gb, "descriptor_fields", lambda *a: made.append(1) or real(*a))
+    monkeypatch.setattr(gb, "_PLANS", {})
+    expr = ir.Intersect(ir.Window(ir.Int(4), ir.Int(4)), ir.Stride(ir.Int(2)))
+    step, (back, ahead) = strided_band_of(expr)
+    for seed, transposed, scale, plans in ((1, False, 0.125, 8), (2, False, 0.125, 0),
+                                           (3, True, 0.125, 0), (4, False, 0.25, 8)):
+        torch.manual_seed(seed)
+        q, k, v, do = (torch.randn(2, 2, 12, 64) for _ in range(4))
+        out, lse = gf.forward(q, k, v, scale, back, ahead, step=step, launch=_emulate)
+        if transposed:  # [H, B, L] in memory
+            lse = lse.transpose(0, 1).contiguous().transpose(0, 1)
+        made.clear()
+        grads = gb.backward(q, k, v, out, do, lse, scale, back, ahead, step=step,
+                            launch=_emulate)
+        assert len(made) == plans
+        for got, want in zip(grads, _reference(expr, q, k, v, do, scale)[2]):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
 def _reference(expr, q, k, v, do, scale):
     """(out, lse, (dq, dk, dv)) of the pattern in float64, dO = ``do`` (rows that keep nothing:
     lse -inf, out 0, no gradient)."""
