@@ -18,29 +18,20 @@ Results: benchmarks/results/host_gluon_bwd_r45a.log (``materialize``), host_gluo
 import argparse
 import importlib
 import math
-import time
 
 import torch
 from triton.testing import do_bench
 
 import attnlang
-from attnlang.bench import HEADS, TOKENS_PER_BATCH, random_documents
+from attnlang.bench import HEADS, TOKENS_PER_BATCH, _host_ms, random_documents
 from attnlang.cache import load_module
 
 
 def host_us(fn, reps=100, rounds=5):
-    """Median over rounds of the host's µs per call of ``fn`` (the round's wait outside it)."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - start) / reps * 1e6)
-        torch.cuda.synchronize()
-    return sorted(times)[len(times) // 2]
+    """Median over rounds of the host's µs per call of ``fn`` (`bench._host_ms` without the
+    wait; the logs were made with the same loop written out here, five warm-up calls instead of
+    ten)."""
+    return _host_ms(fn, reps=reps, rounds=rounds, wait=False) * 1000
 
 
 def pieces(n, d, batch, old=None):
