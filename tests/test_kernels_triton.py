@@ -827,7 +827,7 @@ def test_the_autograd_backward_runs_the_plan_its_forward_prepared(text, tiles, b
             phase.pop()
     monkeypatch.setattr(mod, "attention_backward", backward)
     g = torch.Generator().manual_seed(12)
-    q, k, v = (torch.randn(2, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 37, 16, generator=g).requires_grad_(True) for _ in range(3))
     bias = torch.randn(1, 2, 37, 37, generator=g).requires_grad_(bias_grad)
     seg = torch.tensor([0] * 11 + [1] * 20 + [2] * 6) if "segment" in text else None
     call = mod.attention if entry == "generated" else pattern_of(_expr(text)).module(
