@@ -75,7 +75,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, class_band, \
     descriptor, descriptor_fields, global_bounds, grouped, heavy_first, heavy_span, \
-    host_descriptor, jit_launch, shared_layout, with_base, \
+    class_view, head_tile, host_descriptor, jit_launch, mergeable, with_base, \
     kept, partial_tile, reinterpret, tma_add, tma_load, tma_store, two_ranges, \
     wgmma_layout
 
@@ -500,12 +500,13 @@ def row_terms(out, do, lse, launch=jit_launch, dq=None):
 # the rows' tiles in shared memory: [2, 1, BM] float32 (lse2 and delta of a query tile), read
 # into a wgmma layout's columns, unswizzled
 ROWS_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
+ROWS_BLOCK = (2, 1, BM)
 
 
 def rows_descriptor(rows):
     """The band kernel's descriptor over `row_terms`'s [2, B * H, Lq rounded up to BM] rows: a
     query tile's lse2 and delta in one TMA."""
-    return host_descriptor(rows, (2, 1, BM), ROWS_LAYOUT)
+    return host_descriptor(rows, ROWS_BLOCK, ROWS_LAYOUT)
 
 
 # a document call's query ids in shared memory: [BM] int32 tiles of the flat [batches * Lq] ids,
@@ -535,7 +536,7 @@ def backward(q, k, v, out, do, lse, scale, back, ahead, docs=None, rows=None, co
     if keys not in (BN, DOCS_BN):
         raise ValueError(f"keys: a band's key block is {BN} or {DOCS_BN}, not {keys!r}")
     tensors = (q, k, v, out, do)
-    if step > 1 and not _mergeable(lse):  # (a class view of lse needs B and H as one)
+    if step > 1 and not mergeable(lse):  # (a class view of lse needs B and H as one)
         lse = lse.contiguous()
     geometry = (tuple((t.shape, t.stride(), t.data_ptr() % 16) for t in tensors), lse.stride(),
                 q.dtype, scale, back, ahead, rows, cols, step, keys, docs is None)
@@ -578,25 +579,6 @@ _Plan = collections.namedtuple("_Plan", "dq_shape terms_shape rows_grid rows_arg
                                         "specs fields grid args options")
 
 
-def _mergeable(t):
-    """Whether [B, H, ...] tensor ``t``'s first two dimensions are one in memory (what
-    `residue_classes`' view takes)."""
-    return t.shape[0] == 1 or t.shape[1] == 1 or t.stride(0) == t.shape[1] * t.stride(1)
-
-
-def class_view(shape, strides, step):
-    """(shape, strides) of `residue_classes`' view of a [B, H, L, D] tensor of this shape and
-    these strides (its first two dimensions one in memory), or its own without a ``step``; a
-    [B, H, L] tensor's likewise, without D."""
-    if step == 1:
-        return tuple(shape), tuple(strides)
-    B, H, L = shape[:3]
-    # (one batch and head: the stride torch's view gives a dimension of one, its rows' span)
-    merged = strides[1] if H > 1 else strides[0] if B > 1 else L * strides[2]
-    return (B * H, step, L // step, *shape[3:]), (merged, strides[2], step * strides[2],
-                                                  *strides[3:])
-
-
 def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
     """`backward`'s `_Plan` for these tensors' geometry: the shapes of dQ's float32 sums and of
     the rows' terms, the rows kernel's grid, arguments after its tensors and options, the
@@ -627,11 +609,11 @@ def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
     bn = DOCS_BN if documents else keys
-    specs = [(shape, strides, (1, 1, block, D), shared_layout(block, D, dtype))
+    specs = [(shape, strides, *head_tile(block, D, dtype))
              for (shape, strides), block, dtype in zip(
                  (q_view, k_view, v_view, do_view, kv_view, kv_view, dq_view),
                  (BM, bn, bn, BM, bn, bn, BM), (q.dtype,) * 6 + (torch.float32,))]
-    specs.append((terms_shape, _contiguous(terms_shape), (2, 1, BM), ROWS_LAYOUT))
+    specs.append((terms_shape, _contiguous(terms_shape), ROWS_BLOCK, ROWS_LAYOUT))
     return _Plan(
         dq_shape=natural, terms_shape=terms_shape, rows_grid=(lq_pad // BM, B * H),
         rows_args=(*out_view[1][:3], *do_view[1][:3], *lse_view[1], *dq_view[1][:3], H, Lq,
@@ -641,8 +623,14 @@ def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
         args=(B * H, H, Lq, Lk, back, ahead, ra, rb, ca, cb,
               *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)), group, int(back < ahead),
               scale * LOG2E, scale),
-        options=dict(BM=BM, BN=bn, D=D, STAGES=STAGES, SEGMENTS=documents, GLOBAL=glob,
-                     FIRST=False, num_warps=bn // 16, maxnreg=MAXNREG[bn]))
+        options=_options(bn, D, SEGMENTS=documents, GLOBAL=glob, FIRST=False))
+
+
+def _options(bn, D, **modes):
+    """`band_backward_kernel`'s launch options for key blocks of ``bn`` at head dimension ``D``
+    with ``modes`` (its SEGMENTS, GLOBAL and FIRST)."""
+    return dict(BM=BM, BN=bn, D=D, STAGES=STAGES, **modes, num_warps=bn // 16,
+                maxnreg=MAXNREG[bn])
 
 
 def _contiguous(shape):
@@ -677,18 +665,16 @@ def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch):
 def _launch_kernel(launch, tensors, terms, bn, bounds, docs, scale, modes):
     """One launch of `band_backward_kernel` over ``tensors`` (q, k, v, do, dk, dv, dq), the
     rows kernel's ``terms``, BN = ``bn``: ``bounds`` (back, ahead, ra, rb, ca, cb, c0, c1,
-    group, reverse), ``docs`` (bounds_ptr, flag_ptr, segq_desc, segk_ptr, per_batch; None for
-    bands: unread) and ``modes`` its SEGMENTS, GLOBAL and FIRST."""
+    group, reverse), ``docs`` (bounds_ptr, flag_ptr, segq_desc, segk_ptr, per_batch; segq_desc
+    None where no query ids are read) and ``modes`` its SEGMENTS, GLOBAL and FIRST (`backward`
+    launches from its plan; this is `gather_backward`'s)."""
     q, k, v, do, dk, dv, dq = tensors
     B, H, Lq, D = q.shape
     rows_desc = rows_descriptor(terms)
-    if docs is None:
-        docs = (terms, terms, rows_desc, terms, 0)
-    elif docs[2] is None:  # (no query ids: unread)
+    if docs[2] is None:  # (no query ids: unread)
         docs = (*docs[:2], rows_desc, *docs[3:])
     launch(band_backward_kernel, (triton.cdiv(k.shape[2], bn) * B * H,),
            (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
             descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), rows_desc, B * H, H,
             Lq, k.shape[2], *bounds, scale * LOG2E, scale, *docs),
-           dict(BM=BM, BN=bn, D=D, STAGES=STAGES, **modes, num_warps=bn // 16,
-                maxnreg=MAXNREG[bn]), (q.dtype,))
+           _options(bn, D, **modes), (q.dtype,))

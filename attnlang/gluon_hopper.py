@@ -199,6 +199,25 @@ def residue_classes(t, step):
     return t.view(B * H, L // step, step, D).transpose(1, 2)
 
 
+def mergeable(t):
+    """Whether [B, H, ...] tensor ``t``'s first two dimensions are one in memory (what
+    `residue_classes`' view takes)."""
+    return t.shape[0] == 1 or t.shape[1] == 1 or t.stride(0) == t.shape[1] * t.stride(1)
+
+
+def class_view(shape, strides, step):
+    """(shape, strides) of `residue_classes`' view of a [B, H, L, D] tensor of this shape and
+    these strides (its first two dimensions one in memory), or its own without a ``step``; a
+    [B, H, L] tensor's likewise, without D."""
+    if step == 1:
+        return tuple(shape), tuple(strides)
+    B, H, L = shape[:3]
+    # (one batch and head: the stride torch's view gives a dimension of one, its rows' span)
+    merged = strides[1] if H > 1 else strides[0] if B > 1 else L * strides[2]
+    return (B * H, step, L // step, *shape[3:]), (merged, strides[2], step * strides[2],
+                                                  *strides[3:])
+
+
 @gluon.jit
 def row_offset(b, h, bh, rows, H, Lq, CLASSES: gl.constexpr):
     """Where the forward's log-sum-exp of ``rows`` of (b, h) go in its [B * H, Lq] rows: at
@@ -213,7 +232,13 @@ def row_offset(b, h, bh, rows, H, Lq, CLASSES: gl.constexpr):
 def descriptor(t, rows):
     """A TMA descriptor over the [B, H, L, D] tensor ``t`` reading tiles of ``rows`` rows of one
     head: a tile past the sequence's end reads zeros, a store past it is clipped."""
-    return host_descriptor(t, (1, 1, rows, t.shape[3]), shared_layout(rows, t.shape[3], t.dtype))
+    return host_descriptor(t, *head_tile(rows, t.shape[3], t.dtype))
+
+
+def head_tile(rows, D, dtype):
+    """(block, layout) of `descriptor`'s tiles: ``rows`` rows of one head of a [B, H, L, D]
+    tensor of ``dtype``."""
+    return (1, 1, rows, D), shared_layout(rows, D, dtype)
 
 
 # descriptors already checked, by geometry: (dtype, shape, strides, block, layout, base address

@@ -81,7 +81,8 @@ def pieces(n, d, batch, old=None):
                                                                       dvv)]
                                   + [gb.rows_descriptor(terms)]),
         "band kernel launch (_launch_kernel)": lambda: gb._launch_kernel(
-            gen._launch, tensors, terms, keys, bounds, None, scale, modes),
+            gen._launch, tensors, terms, keys, bounds, (terms, terms, None, terms, 0), scale,
+            modes),
         "cast dq f32 -> bf16": lambda: dq32.to(q.dtype),
         "one torch.empty": lambda: torch.empty(q.shape, dtype=q.dtype, device="cuda"),
         "one view + transpose": lambda: q.view(batch * HEADS, n // step, step, d).transpose(1, 2),

@@ -125,7 +125,7 @@ def test_residue_classes_are_views_of_the_natural_rows():
     ((1, 1, 8), (2, 1, 0)),
     ((1, 1, 8, 4), (0, 1, 2, 3))])
 def test_class_view_is_the_residue_classes_view(shape, order):
-    """`gluon_backward.class_view`'s arithmetic gives the shape and strides of the view
+    """`gluon_hopper.class_view`'s arithmetic gives the shape and strides of the view
     `residue_classes` (a [B, H, L, D] tensor) or the log-sum-exp's reshape makes ([B, H, L]),
     for tensors whose batches and heads are one dimension in memory, in several layouts; and
     without a step the tensor's own."""
@@ -137,8 +137,8 @@ def test_class_view_is_the_residue_classes_view(shape, order):
             want = gh.residue_classes(t, step)
         else:
             want = t.reshape(-1, shape[2] // step, step).transpose(1, 2)
-        assert gb.class_view(t.shape, t.stride(), step) == (tuple(want.shape), want.stride())
-    assert gb.class_view(t.shape, t.stride(), 1) == (shape, t.stride())
+        assert gh.class_view(t.shape, t.stride(), step) == (tuple(want.shape), want.stride())
+    assert gh.class_view(t.shape, t.stride(), 1) == (shape, t.stride())
 
 
 def test_a_geometry_seen_before_takes_its_plan(monkeypatch):
