@@ -62,22 +62,30 @@ def test_show_heads_set_and_segments(program):
     assert mask[2] == "··█·····" and mask[3] == "··██····"
 
 
-def test_show_errors(program, tmp_path):
+def test_show_errors(program, tmp_path, capsys):
+    """Bad arguments end in one line naming them, exit status 1, no traceback -- through the
+    real entry point once, then (the same code after the interpreter's start-up) in-process."""
     out = attnlang("show", str(program), "--pattern", "needs", "--lengths", "64")
     assert out.returncode == 1 and "w" in out.stderr and "Traceback" not in out.stderr
-    out = attnlang("show", str(program), "--pattern", "longformer", "--block", "48")
+    from attnlang.cli import main
+
+    def show(*args):
+        code = main(["show", *args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+    out = show(str(program), "--pattern", "longformer", "--block", "48")
     assert out.returncode == 1 and "--block" in out.stderr and "Traceback" not in out.stderr
-    out = attnlang("show", str(tmp_path / "missing.attn"))
+    out = show(str(tmp_path / "missing.attn"))
     assert out.returncode == 1 and "no such file" in out.stderr
-    out = attnlang("show", str(program), "--set", "zz=1")
+    out = show(str(program), "--set", "zz=1")
     assert out.returncode == 1 and "zz" in out.stderr
-    out = attnlang("show", str(program), "--pattern", "longformer", "--len", "100000")
+    out = show(str(program), "--pattern", "longformer", "--len", "100000")
     assert out.returncode == 1 and "Traceback" not in out.stderr and not out.stdout
     assert "--len: got 100000; expected a positive integer up to 512" in out.stderr
-    out = attnlang("show", str(program), "--pattern", "longformer", "--layout-len", "10000000")
+    out = show(str(program), "--pattern", "longformer", "--layout-len", "10000000")
     assert out.returncode == 1 and "Traceback" not in out.stderr and not out.stdout
     assert "--layout-len: got 10000000; expected a positive integer up to 65536" in out.stderr
-    out = attnlang("show", str(program), "--pattern", "nope")
+    out = show(str(program), "--pattern", "nope")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "--pattern: no pattern named 'nope' (this file declares: " in out.stderr
 
