@@ -3,7 +3,9 @@ forward+backward with its classes on the one-block kernels (`_fwd_one_*`, `_bwd_
 before the other components' -- at d = 64 the backward's after, ONE_BLOCK_LAST_BWD -- with
 16-bit partial outputs, PARTIAL_16: the module as it is) against the general kernels
 (ONE_BLOCK_MAX = 0); each of those settings the other way (the forward's one-block launch
-last, the backward's first or last at every head dimension, float32 partial outputs); with
+last, the backward's first or last at every head dimension, float32 partial outputs, the
+one-block kernels' heads in ascending order, ONE_BLOCK_HEADS_DOWN, the partial output read
+after or before the key loop at every head dim, PREFETCH_PARTIAL); with
 ``--warps`` the one-block kernels at 8 warps instead of 4; and tiles of ATTNLANG_TILES
 (``--tiles``, for the pattern's other components).  Each variant's output, log-sum-exp and
 gradients of the first two heads are checked against float64 first (max |error|), then all are
@@ -13,7 +15,7 @@ its kernels, torch.profiler: the host's time, which bounds d = 64 steps at 8k, l
 
     python benchmarks/ab_one_block.py [--n 8192] [--dims 128,64] [--rounds 3]
         [--pattern "causal & (window(127, 0) | stride(128))"] [--tiles "fwd=64x64:4:3" ...]
-        [--tiles-only] [--warps]
+        [--tiles-only] [--warps] [--only "one-block;one-block, heads ascending"]
     python benchmarks/ab_one_block.py --cpu --n 512 --dims 16 --pattern "causal & (window(7,
         0) | stride(8))"     # the checks only, in Triton's interpreter
 """
@@ -34,7 +36,8 @@ from attnlang.cache import load_module  # noqa: E402
 from profile_kernels import kernel_times  # noqa: E402
 
 
-KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16")
+KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16", "ONE_BLOCK_HEADS_DOWN",
+         "PREFETCH_PARTIAL")
 
 
 def _variants(tiles, warps=False, tiles_only=False):
@@ -45,7 +48,10 @@ def _variants(tiles, warps=False, tiles_only=False):
            "one-block, forward's last": dict(fwd_last=True),
            "one-block, backward's first": dict(ONE_BLOCK_LAST_BWD=()),
            "one-block, backward's last": dict(ONE_BLOCK_LAST_BWD=(64, 128)),
-           "one-block, float32 partials": dict(PARTIAL_16=False)}
+           "one-block, float32 partials": dict(PARTIAL_16=False),
+           "one-block, heads ascending": dict(ONE_BLOCK_HEADS_DOWN=False),
+           "one-block, partials read last": dict(PREFETCH_PARTIAL=()),
+           "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128))}
     if warps:  # (round 43: lost at both head dims, twice)
         out["one-block 8 warps"] = dict(warps=8)
     if tiles_only:  # the module as it is, against its tiles
@@ -113,6 +119,7 @@ def main():
                         help="also the one-block kernels at 8 warps")
     parser.add_argument("--tiles-only", action="store_true",
                         help="only the module as it is and its --tiles variants")
+    parser.add_argument("--only", help="these variants only (names, separated by ';')")
     parser.add_argument("--cpu", action="store_true",
                         help="the checks only, in Triton's interpreter (small --n)")
     args = parser.parse_args()
@@ -121,6 +128,8 @@ def main():
     mod = pattern.module(backend="triton")
     state = _State(load_module(pattern))
     variants = _variants(args.tiles, args.warps, args.tiles_only)
+    if args.only:
+        variants = {name: variants[name] for name in args.only.split(";")}
     batch = 1 if args.cpu else max(1, TOKENS_PER_BATCH // args.n)
     for d in (int(x) for x in args.dims.split(",")):
         g = torch.Generator(device=device).manual_seed(0)

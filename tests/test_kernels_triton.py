@@ -98,21 +98,47 @@ def test_classes_of_one_block(text, Lq, Lk, heads, tmp_path, monkeypatch):
     assert {fwd, dkdv, dq} <= set(launched) and not {fwd_one, bwd_one} & set(launched)
 
 
+def test_one_block_heads_down_and_partials_read_before_the_keys(tmp_path, monkeypatch):
+    """The one-block kernels take the heads in descending order (ONE_BLOCK_HEADS_DOWN), and at
+    the head dims of PREFETCH_PARTIAL the launch that merges their partial output reads it before
+    its key loop: both options reach the launches, and the results are the reference's with two
+    batches and grouped heads."""
+    expr = _expr("causal & (window(5, 0) | stride(8))")
+    mod = generated(expr, tmp_path)
+    monkeypatch.setattr(mod, "PREFETCH_PARTIAL", (16,))
+    seen = []
+    monkeypatch.setattr(mod, "_launch", lambda kernel, grid, args, options, real=mod._launch: (
+        seen.append((kernel, options)), real(kernel, grid, args, options))[1])
+    check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=61, Lk=61, D=16,
+                            dtype=torch.float32)
+    (index, ones), = mod.ONE_BLOCK.items()
+    band = mod.KERNELS[1 - index][0]
+    assert {kernel for kernel, _ in seen} >= set(ones) | {band}
+    assert all(options["HEADS_DOWN"] for kernel, options in seen if kernel in ones)
+    assert all(options["MERGE"] and options["PREFETCH"] for kernel, options in seen
+               if kernel is band)
+
+
 @settings(max_examples=8)
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
        dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans(),
-       partial_16=st.booleans())
+       partial_16=st.booleans(), heads_down=st.booleans(), prefetch=st.booleans())
 def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype,
-                                         one_block, partial_16):
+                                         one_block, partial_16, heads_down, prefetch):
     """Random patterns and shapes; residue classes (at most 40 tokens here) on the kernels of
-    classes of one block or (one_block False) on the general ones; several components' partial
-    outputs in float32 or (partial_16, float16 inputs) in float16."""
+    classes of one block or (one_block False) on the general ones, their heads in either order
+    (ONE_BLOCK_HEADS_DOWN); several components' partial outputs in float32 or (partial_16,
+    float16 inputs) in float16, read by the launch that merges them before or after its key
+    loop (PREFETCH_PARTIAL)."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mod, "_CALLS", {})  # (launches kept from an example of other settings)
         patch.setattr(mod, "ONE_BLOCK_MAX", 64 if one_block else 0)
         patch.setattr(mod, "PARTIAL_16", partial_16)
+        patch.setattr(mod, "ONE_BLOCK_HEADS_DOWN", heads_down)
+        patch.setattr(mod, "PREFETCH_PARTIAL", (d,) if prefetch else ())
         check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq,
                                 Lk=Lk, D=d, dtype=dtype)
 
