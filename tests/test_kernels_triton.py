@@ -214,17 +214,21 @@ def test_bias_gradient_matches_reference(text, tmp_path):
     assert torch.allclose(bias.grad.double(), bias_ref.grad, atol=1e-4)
 
 
-@pytest.mark.parametrize("text", ["causal & (chunk(8) | cols(every(8, 6..8)))",
-                                  "window(3) | cols(every(7, 2..4))",
-                                  "causal & (chunk(8) | cols(every(8, 6..8))) | cols(every(5, 1..2))",
-                                  "segment & (window(3) | cols(every(7, 2..4)))"])
-@pytest.mark.parametrize("tiles", [None, "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d",
-                                   "fwd=16x16:4:1:r,dkdv=16x16:4:1,dq=16x32:4:1:r"])
+_ONE_PASS = ["causal & (chunk(8) | cols(every(8, 6..8)))", "window(3) | cols(every(7, 2..4))",
+             "causal & (chunk(8) | cols(every(8, 6..8))) | cols(every(5, 1..2))",
+             "segment & (window(3) | cols(every(7, 2..4)))"]
+
+
+@pytest.mark.parametrize("text, tiles", [(text, None) for text in _ONE_PASS] + [
+    (_ONE_PASS[2], "fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d"),
+    (_ONE_PASS[3], "fwd=16x16:4:1:r,dkdv=16x16:4:1,dq=16x32:4:1:r")])
 def test_components_reading_queries_in_order_run_in_one_pass(text, tiles, tmp_path, monkeypatch):
     """Identity and gather components (every one reads the queries in order) share one forward
     and one dQ kernel, whose key loops run one after the other: equal to the reference with key
     padding, documents, grouped heads, empty rows and lengths that fill no tile; no dQ kernel per
-    component and no float32 partial output."""
+    component and no float32 partial output -- with the default tiles, and on two of the
+    patterns with tiles that read through descriptors and that take the query blocks in
+    reverse order."""
     if tiles:
         monkeypatch.setenv("ATTNLANG_TILES", tiles)
     expr = _expr(text)
@@ -306,18 +310,18 @@ def test_dkdv_with_scores_as_keys_by_queries(text, tiles, tmp_path, monkeypatch)
                             dtype=torch.float32, segments=segments, key_padding_mask=kpm)
 
 
-@pytest.mark.parametrize("tiles", ["fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d",
-                                   "fwd=32x16:4:1:d,dkdv=16x32:4:1:d,dq=16x16:4:1"])
+@pytest.mark.parametrize("tiles, d", [("fwd=16x32:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d", 16),
+                                      ("fwd=32x16:4:1:d,dkdv=16x32:4:1:d,dq=16x16:4:1", 24)])
 @pytest.mark.parametrize("text", ["causal & (window(5, 0) | stride(8))", "window(9) & segment",
                                   "random(0.3, block = 8, seed = 5) | global(0..3)",
                                   "causal & (chunk(16) | cols(every(16, 11..16)))",
                                   "cols(every(5, 1..3)) | stride(3)"])
-@pytest.mark.parametrize("d", [16, 24])
 def test_tiles_read_through_tensor_descriptors(text, tiles, d, tmp_path, monkeypatch):
     """The ':d' tiles (K, V, and in dK/dV Q, dO read through tensor descriptors, which clip the
     tiles at each class's length and at the head dim) equal the reference: residue classes,
     documents, gather components (their packed keys, in one pass with a chunk or beside residue
-    classes), grouped heads, padding."""
+    classes), grouped heads, padding; each tile at one head dim (16, and 24: tiles wider than
+    the head)."""
     monkeypatch.setenv("ATTNLANG_TILES", tiles)
     expr = _expr(text)
     mod = generated(expr, tmp_path)
