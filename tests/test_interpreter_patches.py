@@ -1,5 +1,6 @@
 """The test suite's faster Triton interpreter (tests/interpreter_patches.py) computes what the
-interpreter computes, and leaves triton.language as it found it."""
+interpreter computes, and leaves triton.language as it found it; 32-bit integers wrap as on the
+GPU, unchecked."""
 import os
 
 import pytest
@@ -43,3 +44,23 @@ def test_device_function_calls_inside_a_launch_compute_the_same_and_restore_the_
         want = x * 2 + want + y * i
     assert torch.equal(out, want)
     assert {name: getattr(tl, name) for name in before} == before
+
+
+@triton.jit
+def _times(X, Y, OUT, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(OUT + offs, tl.load(X + offs) * tl.load(Y + offs) + 1)
+
+
+def test_int32_products_wrap_unchecked_as_on_the_gpu():
+    from triton.runtime import interpreter
+
+    if not getattr(interpreter, "_attnlang", 0):
+        pytest.skip("this Triton's interpreter lacks the names interpreter_patches replaces")
+    assert not interpreter.interpreter_builder.options.sanitize_overflow
+    x = torch.tensor([3, 2 ** 20, -(2 ** 30), 46341], dtype=torch.int32)
+    y = torch.tensor([5, 2 ** 12, 4, 46341], dtype=torch.int32)
+    out = torch.empty(4, dtype=torch.int32)
+    _times[(1,)](x, y, out, N=4)  # (the sanitizer would assert on the last three)
+    want = ((x.long() * y.long() + 1 + 2 ** 31) % 2 ** 32 - 2 ** 31).int()
+    assert torch.equal(out, want)
