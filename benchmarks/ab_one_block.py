@@ -5,7 +5,9 @@ before the other components' -- at d = 64 the backward's after, ONE_BLOCK_LAST_B
 (ONE_BLOCK_MAX = 0); each of those settings the other way (the forward's one-block launch
 last, the backward's first or last at every head dimension, float32 partial outputs, the
 one-block kernels' heads in ascending order, ONE_BLOCK_HEADS_DOWN, the partial output read
-after or before the key loop at every head dim, PREFETCH_PARTIAL); with
+after or before the key loop at every head dim, PREFETCH_PARTIAL, the forward's launch after
+the one-block one not a programmatic dependent launch, PDL_FORWARD, or one that starts only as
+the one-block launch's programs end, PDL_EARLY); with
 ``--warps`` the one-block kernels at 8 warps instead of 4; and tiles of ATTNLANG_TILES
 (``--tiles``, for the pattern's other components).  Each variant's output, log-sum-exp and
 gradients of the first two heads are checked against float64 first (max |error|), then all are
@@ -37,7 +39,7 @@ from profile_kernels import kernel_times  # noqa: E402
 
 
 KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16", "ONE_BLOCK_HEADS_DOWN",
-         "PREFETCH_PARTIAL")
+         "PREFETCH_PARTIAL", "PDL_FORWARD", "PDL_EARLY")
 
 
 def _variants(tiles, warps=False, tiles_only=False):
@@ -51,7 +53,9 @@ def _variants(tiles, warps=False, tiles_only=False):
            "one-block, float32 partials": dict(PARTIAL_16=False),
            "one-block, heads ascending": dict(ONE_BLOCK_HEADS_DOWN=False),
            "one-block, partials read last": dict(PREFETCH_PARTIAL=()),
-           "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128))}
+           "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128)),
+           "one-block, no PDL": dict(PDL_FORWARD=()),
+           "one-block, PDL late": dict(PDL_EARLY=False)}
     if warps:  # (round 43: lost at both head dims, twice)
         out["one-block 8 warps"] = dict(warps=8)
     if tiles_only:  # the module as it is, against its tiles

@@ -73,17 +73,19 @@ def _type(value):
 @contextlib.contextmanager
 def as_on_gpu(mod, launch):
     """The generated module ``mod`` choosing its tiles as on a GPU for CPU tensors, and calling
-    ``launch(kernel, grid, args, options)`` instead of launching; restored on exit."""
+    ``launch(kernel, grid, args, options)`` instead of launching, its launches made as on a
+    Hopper GPU (`_pdl_ok`); restored on exit."""
     real_tiles, real_rows = mod._tiles, mod._row_blocks
-    saved = (mod._launch, mod._tiles, mod._row_blocks)
+    saved = (mod._launch, mod._tiles, mod._row_blocks, mod._pdl_ok)
     mod._launch = launch
+    mod._pdl_ok = lambda t: True  # (a Hopper GPU: dependent launches, PDL_FORWARD)
     mod._tiles = lambda q, *rest: real_tiles(_OnGpu(q), *rest)
     mod._row_blocks = lambda *shape_and_device, **kw: real_rows(*shape_and_device[:-1], "cpu",
                                                                  **kw)
     try:
         yield mod
     finally:
-        mod._launch, mod._tiles, mod._row_blocks = saved
+        mod._launch, mod._tiles, mod._row_blocks, mod._pdl_ok = saved
 
 
 def record_launches(text, length, d, dtype):

@@ -1,5 +1,7 @@
 """The generated Triton kernels (in the interpreter on CPU) against the float64 reference:
 output, log-sum-exp and the three gradients, for random patterns and shapes."""
+import collections
+import math
 import os
 
 import pytest
@@ -118,18 +120,46 @@ def test_one_block_heads_down_and_partials_read_before_the_keys(tmp_path, monkey
                if kernel is band)
 
 
+def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeypatch):
+    """On a GPU that has them (`_pdl_ok`), at the head dims of PDL_FORWARD, the forward launch
+    after the one-block classes' is a programmatic dependent one: launched so, every one of its
+    programs waits for the launch before (before reading that one's partial output: the
+    kernel's comment says where), every program of the one-block launch lets it start early;
+    the results are the reference's.  The interpreter runs one launch after the other, so the
+    GPU check (`benchmarks/gpu_check.py`) is what shows that the overlap computes the same."""
+    expr = _expr("causal & (window(5, 0) | stride(8))")
+    mod = generated(expr, tmp_path)
+    monkeypatch.setattr(mod, "PDL_FORWARD", (16,))
+    monkeypatch.setattr(mod, "_pdl_ok", lambda t: True)
+    calls = collections.Counter()  # (Triton's interpreter has neither: as on a GPU without a
+    for name in ("gdc_wait", "gdc_launch_dependents"):  # dependent launch, nothing to do)
+        monkeypatch.setattr(mod, name, lambda name=name, **_: calls.update([name]))
+    work = record_host_work(mod, monkeypatch)
+    check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=61, Lk=61, D=16,
+                            dtype=torch.float32)
+    (index, (one_forward, _)), = mod.ONE_BLOCK.items()
+    band = mod.KERNELS[1 - index][0]
+    ones, bands = ([launch for _, launch in work if not isinstance(launch, str)
+                    and launch[0] is kernel] for kernel in (one_forward, band))
+    assert ones and all(launch[3]["PDL_LAUNCH"] for launch in ones)
+    assert bands and all(launch[3]["PDL_WAIT"] and launch[3]["launch_pdl"] for launch in bands)
+    programs = [sum(math.prod(launch[1]) for launch in launches) for launches in (ones, bands)]
+    assert calls == {"gdc_launch_dependents": programs[0], "gdc_wait": programs[1]}
+
+
 @settings(max_examples=8)
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
        dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans(),
-       partial_16=st.booleans(), heads_down=st.booleans(), prefetch=st.booleans())
+       partial_16=st.booleans(), heads_down=st.booleans(), prefetch=st.booleans(),
+       pdl=st.booleans())
 def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype,
-                                         one_block, partial_16, heads_down, prefetch):
+                                         one_block, partial_16, heads_down, prefetch, pdl):
     """Random patterns and shapes; residue classes (at most 40 tokens here) on the kernels of
     classes of one block or (one_block False) on the general ones, their heads in either order
     (ONE_BLOCK_HEADS_DOWN); several components' partial outputs in float32 or (partial_16,
     float16 inputs) in float16, read by the launch that merges them before or after its key
-    loop (PREFETCH_PARTIAL)."""
+    loop (PREFETCH_PARTIAL), which is a programmatic dependent launch or not (PDL_FORWARD)."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:
@@ -138,6 +168,10 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
         patch.setattr(mod, "PARTIAL_16", partial_16)
         patch.setattr(mod, "ONE_BLOCK_HEADS_DOWN", heads_down)
         patch.setattr(mod, "PREFETCH_PARTIAL", (d,) if prefetch else ())
+        patch.setattr(mod, "PDL_FORWARD", (d,) if pdl else ())
+        patch.setattr(mod, "_pdl_ok", lambda t: True)
+        for name in ("gdc_wait", "gdc_launch_dependents"):  # (none in the interpreter)
+            patch.setattr(mod, name, lambda **_: None)
         check_against_reference(mod.attention, expr, B=1, Hq=heads[0], Hkv=heads[1], Lq=Lq,
                                 Lk=Lk, D=d, dtype=dtype)
 
