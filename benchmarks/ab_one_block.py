@@ -8,7 +8,7 @@ one-block kernels' heads in ascending order, ONE_BLOCK_HEADS_DOWN, the partial o
 after or before the key loop at every head dim, PREFETCH_PARTIAL, the forward's launch after
 the one-block one not a programmatic dependent launch, PDL_FORWARD, or one that starts only as
 the one-block launch's programs end, PDL_EARLY); with
-``--warps`` the one-block kernels at 8 warps instead of 4; and tiles of ATTNLANG_TILES
+``--warps`` the one-block kernels at 8 and at 2 warps instead of 4; and tiles of ATTNLANG_TILES
 (``--tiles``, for the pattern's other components).  Each variant's output, log-sum-exp and
 gradients of the first two heads are checked against float64 first (max |error|), then all are
 timed in interleaved rounds
@@ -56,8 +56,9 @@ def _variants(tiles, warps=False, tiles_only=False):
            "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128)),
            "one-block, no PDL": dict(PDL_FORWARD=()),
            "one-block, PDL late": dict(PDL_EARLY=False)}
-    if warps:  # (round 43: lost at both head dims, twice)
+    if warps:  # (8 warps, round 43: lost at both head dims, twice)
         out["one-block 8 warps"] = dict(warps=8)
+        out["one-block 2 warps"] = dict(warps=2)
     if tiles_only:  # the module as it is, against its tiles
         out = {"one-block": {}}
     for spec in tiles:
@@ -120,7 +121,7 @@ def main():
     parser.add_argument("--pattern", default="causal & (window(127, 0) | stride(128))")
     parser.add_argument("--tiles", action="append", default=[])
     parser.add_argument("--warps", action="store_true",
-                        help="also the one-block kernels at 8 warps")
+                        help="also the one-block kernels at 8 and at 2 warps")
     parser.add_argument("--tiles-only", action="store_true",
                         help="only the module as it is and its --tiles variants")
     parser.add_argument("--only", help="these variants only (names, separated by ';')")
