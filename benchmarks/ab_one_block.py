@@ -7,8 +7,7 @@ last, the backward's first or last at every head dimension, float32 partial outp
 one-block kernels' heads in ascending order, ONE_BLOCK_HEADS_DOWN, the partial output read
 after or before the key loop at every head dim, PREFETCH_PARTIAL, the forward's launch after
 the one-block one not a programmatic dependent launch, PDL_FORWARD, or one that starts only as
-the one-block launch's programs end, PDL_EARLY; both in two launches, or in one at other lags
-than JOINT_FORWARD's); with
+the one-block launch's programs end, PDL_EARLY); with
 ``--warps`` the one-block kernels at 8 and at 2 warps instead of 4; and tiles of ATTNLANG_TILES
 (``--tiles``, for the pattern's other components).  Each variant's output, log-sum-exp and
 gradients of the first two heads are checked against float64 first (max |error|), then all are
@@ -40,7 +39,7 @@ from profile_kernels import kernel_times  # noqa: E402
 
 
 KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16", "ONE_BLOCK_HEADS_DOWN",
-         "PREFETCH_PARTIAL", "PDL_FORWARD", "PDL_EARLY", "JOINT_FORWARD")
+         "PREFETCH_PARTIAL", "PDL_FORWARD", "PDL_EARLY")
 
 
 def _variants(tiles, warps=False, tiles_only=False):
@@ -55,11 +54,8 @@ def _variants(tiles, warps=False, tiles_only=False):
            "one-block, heads ascending": dict(ONE_BLOCK_HEADS_DOWN=False),
            "one-block, partials read last": dict(PREFETCH_PARTIAL=()),
            "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128)),
-           "one-block, no PDL": dict(PDL_FORWARD=(), JOINT_FORWARD={}),
-           "one-block, PDL late": dict(PDL_EARLY=False, JOINT_FORWARD={}),
-           "one-block, two launches": dict(JOINT_FORWARD={})}
-    for lag in (0, 1, 2, 3, 4, 6, 8, 12):
-        out[f"one-block, one launch lag {lag}"] = dict(JOINT_FORWARD={64: lag, 128: lag})
+           "one-block, no PDL": dict(PDL_FORWARD=()),
+           "one-block, PDL late": dict(PDL_EARLY=False)}
     if warps:  # (8 warps, round 43: lost at both head dims, twice)
         out["one-block 8 warps"] = dict(warps=8)
         out["one-block 2 warps"] = dict(warps=2)

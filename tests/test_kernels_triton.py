@@ -6,8 +6,6 @@ import os
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 from hypothesis import given, settings, strategies as st
 
 from attnlang import ir
@@ -132,7 +130,6 @@ def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeyp
     expr = _expr("causal & (window(5, 0) | stride(8))")
     mod = generated(expr, tmp_path)
     monkeypatch.setattr(mod, "PDL_FORWARD", (16,))
-    monkeypatch.setattr(mod, "JOINT_FORWARD", {})  # (two launches: no joint one)
     monkeypatch.setattr(mod, "_pdl_ok", lambda t: True)
     calls = collections.Counter()  # (Triton's interpreter has neither: as on a GPU without a
     for name in ("gdc_wait", "gdc_launch_dependents"):  # dependent launch, nothing to do)
@@ -150,80 +147,19 @@ def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeyp
     assert calls == {"gdc_launch_dependents": programs[0], "gdc_wait": programs[1]}
 
 
-@pytest.mark.parametrize("lag", [0, 2, 9])
-def test_strided_forward_in_one_launch(tmp_path, monkeypatch, lag):
-    """At the head dims of JOINT_FORWARD the forward of a pattern of classes of one block and
-    one other component is one launch (`_fwd_joint`: every class and every tile of every head,
-    the classes of a head ``lag`` heads ahead of its tiles; lag 9 > the 8 heads), its results
-    the reference's, and it leaves its counts at zero for the next launch."""
-    expr = _expr("causal & (window(5, 0) | stride(8))")
-    mod = generated(expr, tmp_path)
-    monkeypatch.setattr(mod, "JOINT_FORWARD", {16: lag})
-    work = record_host_work(mod, monkeypatch)
-    check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=61, Lk=61, D=16,
-                            dtype=torch.float32)
-    launches = [launch for _, launch in work if not isinstance(launch, str)]
-    forward = [launch for launch in launches if launch[0] in (mod.JOINT, *mod._ONE_FORWARD,
-                                                              mod.KERNELS[0][0])]
-    (kernel, grid, args, options), = forward
-    classes, tiles = 8, -(-61 // options["BLOCK_M"])  # (residues mod 8 of 61 tokens: 1 block)
-    assert kernel is mod.JOINT and grid == (8 * (classes + tiles),)
-    assert all(int(c) == 0 for counts in mod._JOINT_COUNTS.values() for c in counts)
-
-
-@triton.jit
-def _tickets(OUT, N_CLS, N_TILES, N_BH, LAG):
-    """The work of ticket program_id(0) of a joint launch (`_work_under_test`) to OUT."""
-    t = tl.program_id(0)
-    is_class, idx, bh = _work_under_test(t, N_CLS, N_TILES, N_BH, LAG)
-    tl.store(OUT + 3 * t, is_class.to(tl.int32))
-    tl.store(OUT + 3 * t + 1, idx)
-    tl.store(OUT + 3 * t + 2, bh)
-
-
-_work_under_test = None
-
-
-@pytest.mark.parametrize("n_cls, n_tiles, n_bh, lag", [(3, 2, 5, 2), (4, 1, 3, 0),
-                                                       (2, 3, 4, 4), (1, 1, 1, 1)])
-def test_joint_tickets_run_each_head_s_classes_before_its_tiles(tmp_path, n_cls, n_tiles, n_bh,
-                                                                 lag):
-    """`_joint_work`'s map from tickets to work: every class and every tile of every head once,
-    and a head's tiles after all of its classes (so a tile waits only on programs that took
-    earlier tickets: started, and never waiting themselves), lag heads behind them."""
-    mod = generated(_expr("causal & (window(5, 0) | stride(8))"), tmp_path)
-    total = n_bh * (n_cls + n_tiles)
-    out = torch.full((total, 3), -1, dtype=torch.int32)
-    with pytest.MonkeyPatch.context() as patch:  # (the kernel below calls it by this name)
-        patch.setitem(globals(), "_work_under_test", mod._joint_work)
-        _tickets[(total,)](out, n_cls, n_tiles, n_bh, lag)
-    work = [tuple(row) for row in out.tolist()]
-    assert sorted(work) == sorted([(1, c, h) for c in range(n_cls) for h in range(n_bh)]
-                                  + [(0, i, h) for i in range(n_tiles) for h in range(n_bh)])
-    for h in range(n_bh):
-        last_class = max(t for t, w in enumerate(work) if w[0] == 1 and w[2] == h)
-        first_tile = min(t for t, w in enumerate(work) if w[0] == 0 and w[2] == h)
-        assert last_class < first_tile
-        if h + lag < n_bh:  # the classes of head h + lag come before head h's tiles
-            assert max(t for t, w in enumerate(work) if w[0] == 1 and w[2] == h + lag) \
-                < first_tile
-
-
 @settings(max_examples=8)
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
        dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans(),
        partial_16=st.booleans(), heads_down=st.booleans(), prefetch=st.booleans(),
-       pdl=st.booleans(), joint=st.sampled_from([None, 0, 1, 3]))
+       pdl=st.booleans())
 def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype,
-                                         one_block, partial_16, heads_down, prefetch, pdl,
-                                         joint):
+                                         one_block, partial_16, heads_down, prefetch, pdl):
     """Random patterns and shapes; residue classes (at most 40 tokens here) on the kernels of
     classes of one block or (one_block False) on the general ones, their heads in either order
     (ONE_BLOCK_HEADS_DOWN); several components' partial outputs in float32 or (partial_16,
     float16 inputs) in float16, read by the launch that merges them before or after its key
-    loop (PREFETCH_PARTIAL), which is a programmatic dependent launch or not (PDL_FORWARD); or
-    (joint: a lag) both in one launch where the pattern is such a pair (JOINT_FORWARD)."""
+    loop (PREFETCH_PARTIAL), which is a programmatic dependent launch or not (PDL_FORWARD)."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:
@@ -233,7 +169,6 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
         patch.setattr(mod, "ONE_BLOCK_HEADS_DOWN", heads_down)
         patch.setattr(mod, "PREFETCH_PARTIAL", (d,) if prefetch else ())
         patch.setattr(mod, "PDL_FORWARD", (d,) if pdl else ())
-        patch.setattr(mod, "JOINT_FORWARD", {} if joint is None else {d: joint})
         patch.setattr(mod, "_pdl_ok", lambda t: True)
         for name in ("gdc_wait", "gdc_launch_dependents"):  # (none in the interpreter)
             patch.setattr(mod, name, lambda **_: None)
