@@ -8,8 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from attnlang import ir
-
 from kernel_utils import (check_against_reference, generated, pattern_of, record_host_work,
                           record_launches, shapes_of)
 from strategies import bound_patterns, lengths, segments_for
@@ -706,8 +704,8 @@ def test_default_partial_join_skips_residue_classes(text, joined, monkeypatch):
     q = torch.zeros(1, 2, 64, 16)
     seg = torch.tensor([[0] * 30 + [1] * 34], dtype=torch.int32) if "segment" in text else None
     _, _, options, tables = module._prepare(q, q, "dkdv", seg, seg, None)
-    for given, want in ((None, joined), (True, True), (False, False)):
-        decided = module._program_order(dict(options, JOIN_PARTIAL=given), tables[:1],
+    for asked, want in ((None, joined), (True, True), (False, False)):
+        decided = module._program_order(dict(options, JOIN_PARTIAL=asked), tables[:1],
                                         keys=True)[1]
         assert decided["JOIN_PARTIAL"] is want
 
