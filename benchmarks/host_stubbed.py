@@ -38,8 +38,7 @@ def host_us(text, B=2, H=16, L=8192, D=64, calls=2000, rounds=5, step=False):
         extra["segments"] = random_documents(L, 64, "cpu", torch.Generator().manual_seed(0))
     call = (lambda: module(q, k, v, **extra))
     if step:
-        do = torch.randn_like(q)
-        call = _step(lambda: module(q, k, v, **extra), (q, k, v), do)
+        call = _step(call, (q, k, v), torch.randn_like(q))
     return _least_mean(call, calls, rounds)
 
 
