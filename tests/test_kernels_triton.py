@@ -601,14 +601,15 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(8.7, "fwd") == (64, 64, 4, 3, None, True)
     assert short(1.3, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_FEW (no segments)
     assert short(1.3, "dq") == (64, 64, 4, 2, None, False)  # TILES_SHORT_PLAIN
-    assert short(1.3, "fwd") == (64, 64, 4, 2, None, False)  # TILES_FEW
+    assert short(1.3, "fwd") == (64, 32, 4, 3, None, False)  # TILES_FEW (round 48)
+    assert short(1.3, "fwd", 128, "maxnreg") == 168
     # ... at d = 64 (round 44): the forward's partial runs in one loop, dQ through descriptors;
     # the forward on 32-key blocks at 80 registers (round 47)
     assert short(1.3, "fwd", 64) == (64, 32, 4, 3, None, False)
     assert short(1.3, "fwd", 64, "maxnreg") == 80
     assert short(1.3, "fwd", 64, "JOIN_PARTIAL") is None  # ':j' (its launch: not for classes)
-    assert short(1.3, "fwd", 128, "JOIN_PARTIAL") is False
-    assert short(1.3, "dq", 64) == (64, 64, 4, 3, None, True)
+    assert short(1.3, "fwd", 128, "JOIN_PARTIAL") is None
+    assert short(1.3, "dq", 64) == (64, 32, 4, 3, None, True)  # on 32-key blocks (round 48)
     monkeypatch.setattr(mod, "USES_SEGMENT", True)  # with segments: TILES_SHORT_PLAIN
     assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)
     assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
