@@ -600,7 +600,7 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(8.7, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_SHORT
     assert short(8.7, "fwd") == (64, 64, 4, 3, None, True)
     assert short(1.3, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_FEW (no segments)
-    assert short(1.3, "dq") == (64, 64, 4, 2, None, False)  # TILES_SHORT_PLAIN
+    assert short(1.3, "dq") == (64, 32, 4, 2, None, True)  # TILES_FEW (round 48)
     assert short(1.3, "fwd") == (64, 32, 4, 3, None, False)  # TILES_FEW (round 48)
     assert short(1.3, "fwd", 128, "maxnreg") == 168
     # ... at d = 64 (round 44): the forward's partial runs in one loop, dQ through descriptors;
