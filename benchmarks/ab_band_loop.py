@@ -18,13 +18,28 @@ Each variant is checked against SDPA with the dense mask (2 heads at 8k), then a
 included, are timed in interleaved rounds (`do_bench` medians) at 32k tokens:
 
     python benchmarks/ab_band_loop.py [--n 32768] [--rounds 5] [--window 1023]
+
+With ``--strips S1,S2,...`` (round 48) the variants are instead programs that each take S
+consecutive query blocks of a head in one flattened loop (`band_strip_forward`): the key loads
+run on from one query block to the next, and a program's start and end are paid once per strip
+instead of once per block (S = 1 is the per-block loop, every block masked). ``--dim`` sets the
+head dim, ``--cpu`` checks them in Triton's interpreter against float64 (small sizes, no
+timing):
+
+    python benchmarks/ab_band_loop.py --n 8192 --dim 128 --window 127 --strips 1,2,4,8
+    python benchmarks/ab_band_loop.py --cpu --strips 1,2,3
 """
 import argparse
+import os
+import sys
 
-import torch
-import triton
-import triton.language as tl
-from triton.testing import do_bench
+if "--cpu" in sys.argv:  # before Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
 
 
 @triton.jit
@@ -108,6 +123,116 @@ def band_forward(Q, K, V, O, N, qk_scale, W: tl.constexpr, BLOCK_M: tl.constexpr
     tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty))
 
 
+@triton.jit
+def band_strip_forward(Q, K, V, O, N, qk_scale, W: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, D: tl.constexpr, STRIP: tl.constexpr,
+                       NKB: tl.constexpr):
+    """`causal & window(W, 0)` for STRIP consecutive query blocks of one head in one loop of
+    STRIP * NKB trips (NKB: the key blocks a query block spans, the same for every block since
+    BLOCK_M is a multiple of BLOCK_N): the running softmax restarts at each block's first trip
+    and the output is written at its last.  Q is loaded on every trip (from L2 after the
+    first), so that every load is a plain one the pipeliner can issue ahead."""
+    pid = tl.program_id(0)
+    base = tl.program_id(1).to(tl.int64) * N * D
+    offs_d = tl.arange(0, D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    lift: tl.constexpr = W // BLOCK_N + 1  # keeps the division below on non-negative numbers
+    for t in range(0, STRIP * NKB):
+        qb = pid * STRIP + t // NKB
+        kk = t % NKB
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < N,
+                    other=0.0)
+        n = (qb * BLOCK_M - W + lift * BLOCK_N) // BLOCK_N - lift + kk
+        offs_n = n * BLOCK_N + tl.arange(0, BLOCK_N)
+        inside = (offs_n >= 0) & (offs_n < N)
+        k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=inside[:, None],
+                    other=0.0)
+        v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=inside[:, None],
+                    other=0.0)
+        diff = offs_m[:, None] - offs_n[None, :]
+        keep = (diff >= 0) & (diff <= W) & inside[None, :]
+        s = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
+        # a block's first trip: the running maximum forgotten, so that `_step` scales the
+        # previous block's sum and accumulator by exp2(-inf) = 0
+        m_i = tl.where(kk == 0, float("-inf"), m_i)
+        m_i, l_i, acc = _step(s, m_i, l_i, acc, v, qk_scale)
+        if kk == NKB - 1:
+            out = acc / l_i[:, None]
+            tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
+                     mask=offs_m[:, None] < N)
+
+
+def strip_forward(q, k, v, window, strip, stages=3, maxnreg=None, block_m=64, block_n=32):
+    """`band_strip_forward` over q, k, v ([B, H, N, D], contiguous)."""
+    B, H, N, D = q.shape
+    o = torch.empty_like(q)
+    nkb = ((-window) % block_n + block_m + window + block_n - 1) // block_n
+    grid = (triton.cdiv(triton.cdiv(N, block_m), strip), B * H)
+    options = dict(num_warps=4, num_stages=stages)
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    band_strip_forward[grid](q, k, v, o, N, D ** -0.5 * 1.4426950408889634, window, block_m,
+                             block_n, D, strip, nkb, **options)
+    return o
+
+
+def _band_reference(q, k, v, window):
+    """Dense float64 attention under `causal & window(window, 0)`."""
+    i = torch.arange(q.shape[2])
+    keep = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] <= window)
+    s = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v.double()
+
+
+def check_strips_cpu(strips):
+    """The strip kernel in the interpreter against float64: lengths that are and are not
+    multiples of the block, a window narrower and wider than a block."""
+    gen = torch.Generator().manual_seed(0)
+    for n, window in ((320, 127), (200, 40), (130, 7)):
+        q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for _ in range(3))
+        ref = _band_reference(q, k, v, window)
+        for strip in strips:
+            err = (strip_forward(q, k, v, window, strip).double() - ref).abs().max().item()
+            print(f"n={n} window={window} strip {strip}: max |error| against float64 {err:.1e}")
+            assert err < 1e-4, err
+
+
+def time_strips(args):
+    """Each strip variant checked against SDPA with the dense mask (2 heads at 8k), then timed
+    in interleaved rounds against attnlang's forward of the same pattern."""
+    import attnlang
+    W, D, gen = args.window, args.dim, torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2 if args.n <= 8192 else 1, 16, args.n, D, device="cuda",
+                           dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    small = [t[:1, :2, :8192].contiguous() for t in (q, k, v)]
+    i = torch.arange(small[0].shape[2], device="cuda")
+    keep = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] <= W)
+    ref = torch.nn.functional.scaled_dot_product_attention(*small, attn_mask=keep)
+    # (at d = 128 uncapped: 215-242 registers, two programs a multiprocessor; capped at 168 no
+    # spills, three at two stages: compile_check's ptxas, Triton 3.6)
+    variants = {f"strip {s} s{st}" + (f" n{reg}" if reg else ""): (s, st, reg)
+                for s in args.strips for st, reg in ((2, None), (2, 168), (3, 168))}
+    for name, variant in variants.items():
+        err = (strip_forward(*small, W, *variant).float() - ref.float()).abs().max().item()
+        print(f"{name:16s} max |error| against SDPA {err:.2e}")
+    module = attnlang.parse(f"pattern x = causal & window({W}, 0)")["x"].module(backend="triton")
+    err = (module(*small).float() - ref.float()).abs().max().item()
+    print(f"{'attnlang':16s} max |error| against SDPA {err:.2e}")
+    fns = {"attnlang": lambda: module(q, k, v)}
+    fns.update({name: (lambda variant=variant: strip_forward(q, k, v, W, *variant))
+                for name, variant in variants.items()})
+    times = {name: [] for name in fns}
+    for _ in range(args.rounds):
+        for name, fn in fns.items():
+            times[name].append(do_bench(fn, warmup=50, rep=300))
+    print(f"ms at n={args.n}, d={D}, {tuple(q.shape[:2])} batch x heads, rounds interleaved:")
+    for name, ts in times.items():
+        print(f"{name:16s} " + " ".join(f"{t:.3f}" for t in ts) + f"   best {min(ts):.3f}")
+
+
 VARIANTS = [  # name, LOOP, block_n, num_stages, maxnreg
     ("plain n96", 0, 64, 2, 96), ("plain", 0, 64, 2, None), ("prefetch", 1, 64, 2, None),
     ("prefetch n128", 1, 64, 2, 128), ("prefetch s3", 1, 64, 3, None),
@@ -134,7 +259,16 @@ def main():
     parser.add_argument("--n", type=int, default=32768)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--window", type=int, default=1023)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--strips", type=lambda text: [int(s) for s in text.split(",")],
+                        help="time strip variants (band_strip_forward) instead of the loops")
+    parser.add_argument("--cpu", action="store_true", help="with --strips: the checks only, "
+                        "in Triton's interpreter")
     args = parser.parse_args()
+    if args.strips and args.cpu:
+        return check_strips_cpu(args.strips)
+    if args.strips:
+        return time_strips(args)
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8,
                                                                  device="cuda"))
     W, gen = args.window, torch.Generator(device="cuda").manual_seed(0)
