@@ -745,18 +745,21 @@ def test_a_dkdv_override_known_to_be_wrong_on_a_gpu_is_refused(monkeypatch):
     assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (64, 64)
 
 
+@pytest.mark.parametrize("flag", ["j", "o"])
 @pytest.mark.parametrize("text", ["causal & window(7, 0)", "window(3, 1)", "causal & segment",
                                   "causal & (window(5, 0) | stride(8))",
                                   "causal & (chunk(8) | cols(every(8, 6..8)))"])
-def test_partial_blocks_in_one_loop(text, tmp_path, monkeypatch):
+def test_partial_blocks_in_one_loop(text, flag, tmp_path, monkeypatch):
     """':j' tiles visit a row's partial blocks on both sides of its full ones in one loop
     ([lo, full_lo) then [full_hi, hi)) instead of two: the same blocks in the same order, so the
     results equal the reference -- bands, documents, residue classes with a band, one pass over
-    a gather component -- in every role."""
-    mod, _ = _checked_with_tiles(text, "fwd=16x16:4:1:j,dkdv=16x16:4:1:t:j,dq=16x32:4:1:j", 8,
-                                 tmp_path, monkeypatch)
-    assert all(mod._tiles(torch.zeros(1, 1, 8, 16), 16, role)[2]["JOIN_PARTIAL"]
-               for role in ("fwd", "dkdv", "dq"))
+    a gather component -- in every role.  ':o' forward and dQ tiles (round 48) visit every block
+    of a row in that one loop, full ones masked too."""
+    mod, _ = _checked_with_tiles(text, f"fwd=16x16:4:1:{flag},dkdv=16x16:4:1:t:j,"
+                                 f"dq=16x32:4:1:{flag}", 8, tmp_path, monkeypatch)
+    joined = {role: mod._tiles(torch.zeros(1, 1, 8, 16), 16, role)[2]["JOIN_PARTIAL"]
+              for role in ("fwd", "dkdv", "dq")}
+    assert joined == {"fwd": 1 if flag == "j" else 2, "dkdv": True, "dq": 1 if flag == "j" else 2}
 
 
 @pytest.mark.parametrize("text, reversed_, heavy", [
