@@ -224,11 +224,18 @@ def time_strips(args):
     fns = {"attnlang": lambda: module(q, k, v)}
     fns.update({name: (lambda variant=variant: strip_forward(q, k, v, W, *variant))
                 for name, variant in variants.items()})
-    times = {name: [] for name in fns}
-    for _ in range(args.rounds):
-        for name, fn in fns.items():
-            times[name].append(do_bench(fn, warmup=50, rep=300))
-    print(f"ms at n={args.n}, d={D}, {tuple(q.shape[:2])} batch x heads, rounds interleaved:")
+    _time_interleaved(fns, args.rounds, f"ms at n={args.n}, d={D}, {tuple(q.shape[:2])} batch x "
+                      "heads, rounds interleaved:")
+
+
+def _time_interleaved(fns, rounds, header):
+    """Every entry of ``fns`` ({name: fn}) timed once a round (`do_bench` medians, 300 ms each),
+    then the rounds and each entry's best printed under ``header``."""
+    from attnlang.bench import time_in_rounds
+
+    times = time_in_rounds({name: (fn, None) for name, fn in fns.items()}, rounds, 50,
+                           300 * rounds, do_bench)
+    print(header)
     for name, ts in times.items():
         print(f"{name:16s} " + " ".join(f"{t:.3f}" for t in ts) + f"   best {min(ts):.3f}")
 
@@ -287,13 +294,7 @@ def main():
     fns = {"attnlang": lambda: module(q, k, v)}
     fns.update({name: (lambda variant=variant: forward(q, k, v, W, *variant))
                 for name, *variant in VARIANTS})
-    times = {name: [] for name in fns}
-    for _ in range(args.rounds):
-        for name, fn in fns.items():
-            times[name].append(do_bench(fn, warmup=50, rep=300))
-    print(f"ms at n={args.n}, d=64, 16 heads, rounds interleaved:")
-    for name, ts in times.items():
-        print(f"{name:16s} " + " ".join(f"{t:.3f}" for t in ts) + f"   best {min(ts):.3f}")
+    _time_interleaved(fns, args.rounds, f"ms at n={args.n}, d=64, 16 heads, rounds interleaved:")
 
 
 if __name__ == "__main__":
