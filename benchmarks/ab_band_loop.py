@@ -179,12 +179,29 @@ def strip_forward(q, k, v, window, strip, stages=3, maxnreg=None, block_m=64, bl
     return o
 
 
+def _band(window):
+    """The attnlang pattern `causal & window(window, 0)`."""
+    import attnlang
+
+    return attnlang.parse(f"pattern x = causal & window({window}, 0)")["x"]
+
+
 def _band_reference(q, k, v, window):
-    """Dense float64 attention under `causal & window(window, 0)`."""
-    i = torch.arange(q.shape[2])
+    """attnlang's float64 reference output under `causal & window(window, 0)`."""
+    from attnlang import reference
+
+    mask = reference.mask(_band(window).ir, q.shape[2])
+    return reference.attention(q.double(), k.double(), v.double(), mask)[0]
+
+
+def _sdpa_band(q, k, v, window):
+    """(the first two heads of the first batch's first 8k tokens of q, k, v, SDPA's output on
+    them with the dense mask of `causal & window(window, 0)`): what each variant is checked
+    against on the GPU."""
+    small = [t[:1, :2, :8192].contiguous() for t in (q, k, v)]
+    i = torch.arange(small[0].shape[2], device=q.device)
     keep = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] <= window)
-    s = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    return torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v.double()
+    return small, torch.nn.functional.scaled_dot_product_attention(*small, attn_mask=keep)
 
 
 def check_strips_cpu(strips):
@@ -203,14 +220,10 @@ def check_strips_cpu(strips):
 def time_strips(args):
     """Each strip variant checked against SDPA with the dense mask (2 heads at 8k), then timed
     in interleaved rounds against attnlang's forward of the same pattern."""
-    import attnlang
     W, D, gen = args.window, args.dim, torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2 if args.n <= 8192 else 1, 16, args.n, D, device="cuda",
                            dtype=torch.bfloat16, generator=gen) for _ in range(3))
-    small = [t[:1, :2, :8192].contiguous() for t in (q, k, v)]
-    i = torch.arange(small[0].shape[2], device="cuda")
-    keep = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] <= W)
-    ref = torch.nn.functional.scaled_dot_product_attention(*small, attn_mask=keep)
+    small, ref = _sdpa_band(q, k, v, W)
     # (at d = 128 uncapped: 215-242 registers, two programs a multiprocessor; capped at 168 no
     # spills, three at two stages: compile_check's ptxas, Triton 3.6)
     variants = {f"strip {s} s{st}" + (f" n{reg}" if reg else ""): (s, st, reg)
@@ -218,7 +231,7 @@ def time_strips(args):
     for name, variant in variants.items():
         err = (strip_forward(*small, W, *variant).float() - ref.float()).abs().max().item()
         print(f"{name:16s} max |error| against SDPA {err:.2e}")
-    module = attnlang.parse(f"pattern x = causal & window({W}, 0)")["x"].module(backend="triton")
+    module = _band(W).module(backend="triton")
     err = (module(*small).float() - ref.float()).abs().max().item()
     print(f"{'attnlang':16s} max |error| against SDPA {err:.2e}")
     fns = {"attnlang": lambda: module(q, k, v)}
@@ -261,7 +274,6 @@ def forward(q, k, v, window, loop, block_n, stages, maxnreg):
 
 
 def main():
-    import attnlang
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=32768)
     parser.add_argument("--rounds", type=int, default=5)
@@ -281,14 +293,11 @@ def main():
     W, gen = args.window, torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 16, args.n, 64, device="cuda", dtype=torch.bfloat16, generator=gen)
                for _ in range(3))
-    small = [t[:, :2, :8192].contiguous() for t in (q, k, v)]
-    i = torch.arange(8192, device="cuda")
-    keep = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] <= W)
-    ref = torch.nn.functional.scaled_dot_product_attention(*small, attn_mask=keep)
+    small, ref = _sdpa_band(q, k, v, W)
     for name, *variant in VARIANTS:
         err = (forward(*small, W, *variant).float() - ref.float()).abs().max().item()
         print(f"{name:16s} max |error| against SDPA {err:.2e}")
-    module = attnlang.parse(f"pattern x = causal & window({W}, 0)")["x"].module(backend="triton")
+    module = _band(W).module(backend="triton")
     same = torch.equal(module(q, k, v), forward(q, k, v, W, *VARIANTS[0][1:]))
     print(f"attnlang's output equals 'plain n96' bit for bit: {same}")
     fns = {"attnlang": lambda: module(q, k, v)}
