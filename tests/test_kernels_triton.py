@@ -607,8 +607,12 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     # the forward on 32-key blocks at 80 registers (round 47)
     assert short(1.3, "fwd", 64) == (64, 32, 4, 3, None, False)
     assert short(1.3, "fwd", 64, "maxnreg") == 80
-    assert short(1.3, "fwd", 64, "JOIN_PARTIAL") is None  # ':j' (its launch: not for classes)
-    assert short(1.3, "fwd", 128, "JOIN_PARTIAL") is None
+    # every block of a row in the one masked loop (':o', round 49), residue classes too
+    assert short(1.3, "fwd", 64, "JOIN_PARTIAL") == 2
+    assert short(1.3, "fwd", 128, "JOIN_PARTIAL") == 2
+    assert short(1.3, "dq", 64, "JOIN_PARTIAL") == 2
+    assert short(1.3, "dq", 128, "JOIN_PARTIAL") == 2
+    assert short(8.7, "fwd", 128, "JOIN_PARTIAL") is None  # TILES_SHORT's ':j': per launch
     assert short(1.3, "dq", 64) == (64, 32, 4, 3, None, True)  # on 32-key blocks (round 48)
     monkeypatch.setattr(mod, "USES_SEGMENT", True)  # with segments: TILES_SHORT_PLAIN
     assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)
