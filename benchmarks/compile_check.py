@@ -6,17 +6,21 @@ shows here before any GPU time is spent.  It checks compilation only: the number
 `benchmarks/gpu_check.py` on the GPU.  The local Triton may be newer than a GPU image's.
 
     python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:j"] [--pattern TEXT ...] [--ptxas]
+                                       [--ptx DIR]
 
 How: the module's launches are recorded instead of run (CPU tensors), with `_tiles` answering as
 on a GPU (and the PAIRS kernel's launch, which only a GPU's Gluon gather path makes, built
 directly: `record_pairs_launch`); each distinct (kernel, argument types, constexprs, warps,
 stages) is then compiled with `triton.compile` for `GPUTarget("cuda", 90, 32)`.  Exits 1 if any
-fails.  ``--ptxas`` adds each kernel's registers and spill stores.
+fails.  ``--ptxas`` adds each kernel's registers and spill stores; ``--ptx DIR`` writes each
+kernel's PTX there without its debug information (line records, file names), so that two
+commits' kernels can be compared with ``diff -r``: the same instructions or not.
 """
 import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 
 import torch
@@ -160,9 +164,22 @@ def compile_launch(kernel, args, options, stages=None):
     return triton.compile(source, target=target, options=launch.__dict__)
 
 
-def compile_one(kernel, args, options, report=None):
+def code_only(ptx):
+    """PTX without what names the source (line records, file names, the debug sections): what
+    two compilations of the same kernel from differently numbered sources share."""
+    lines = []
+    for line in ptx.splitlines():
+        if line.lstrip().startswith(".section") and ".debug" in line:
+            break
+        if not line.lstrip().startswith((".loc", ".file")):
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def compile_one(kernel, args, options, report=None, ptx_path=None):
     """Compile one launch for sm_90; None if it compiled and fits, else what went wrong.
-    ``report``: a list that takes ptxas's registers and spill stores of the kernel (`--ptxas`)."""
+    ``report``: a list that takes ptxas's registers and spill stores of the kernel (`--ptxas`);
+    ``ptx_path``: where to write its PTX, debug information left out (`--ptx`)."""
     try:
         compiled = compile_launch(kernel, args, options)
         if compiled.metadata.shared > SHARED and options.get("num_stages", 1) > 1:
@@ -172,6 +189,9 @@ def compile_one(kernel, args, options, report=None):
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
     if compiled.metadata.shared > SHARED:
         return f"needs {compiled.metadata.shared} bytes of shared memory, over sm_90's {SHARED}"
+    if ptx_path is not None:
+        with open(ptx_path, "w") as out:
+            out.write(code_only(compiled.asm["ptx"]))
     if report is not None:
         from gluon_compile import ptxas_report  # (imports Triton: only when asked)
         spills, _, registers = ptxas_report(compiled.asm["ptx"])
@@ -187,6 +207,8 @@ def main():
                         "(at 8k tokens, d = 128 and 64, bf16)")
     parser.add_argument("--ptxas", action="store_true", help="also report each kernel's "
                         "registers and spill stores from ptxas (Triton's own, for sm_90a)")
+    parser.add_argument("--ptx", metavar="DIR", help="write each kernel's PTX there, without "
+                        "debug information (to diff two commits' kernels)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("compile_check: unset TRITON_INTERPRET (interpreted kernels do not compile)")
@@ -203,9 +225,15 @@ def main():
                 continue
             seen.add(key)
             report = [] if args.ptxas else None
-            error = compile_one(kernel, kargs, options, report)
-            failed += error is not None
             tile = f"{options.get('BLOCK_M', '')}x{options.get('BLOCK_N', '')}"
+            ptx_path = None
+            if args.ptx:
+                os.makedirs(args.ptx, exist_ok=True)
+                slug = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
+                ptx_path = os.path.join(args.ptx, f"{slug}_L{length}_d{d}_{str(dtype)[6:]}_"
+                                        f"{kernel.__name__}_{tile}_{len(seen)}.ptx")
+            error = compile_one(kernel, kargs, options, report, ptx_path)
+            failed += error is not None
             print(f"{'FAIL' if error else 'ok  '} {text:52s} L={length} d={d} {str(dtype)[6:]:8s} "
                   f"{kernel.__name__:18s} {tile:8s}" + (f"\n     {error}" if error else "")
                   + "".join(f"\n     {line}" for line in report or ()), flush=True)

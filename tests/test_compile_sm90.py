@@ -19,13 +19,25 @@ def _compile_check(*args):
     return result.stdout
 
 
-def test_a_document_mask_and_a_one_pass_pattern_compile_for_sm90():
+def test_a_document_mask_and_a_one_pass_pattern_compile_for_sm90(tmp_path):
     """A forward and backward of a document mask (both bounds in one launch, 32-key tiles at
     d = 64) and of the fixed pattern (one pass over a gather component), at both head
     dimensions, with the tiles a GPU call picks: every kernel compiles to a cubin and fits in
-    shared memory."""
+    shared memory.  ``--ptx`` writes one PTX file per kernel compiled, its instructions without
+    the line records and file names that differ between commits."""
     out = _compile_check("--pattern", "causal & segment",
-                         "--pattern", "causal & (chunk(128) | cols(every(128, 112..128)))")
+                         "--pattern", "causal & (chunk(128) | cols(every(128, 112..128)))",
+                         "--ptx", str(tmp_path))
     assert "kernels compiled for sm_90, 0 failed" in out
-    assert out.count("\nok ") + out.startswith("ok ") >= 10
+    compiled = out.count("\nok ") + out.startswith("ok ")
+    assert compiled >= 10
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == compiled
+    forward = [f for f in files if f.name.startswith("causal_segment_L8192_d64_") and "_fwd_0_" in
+               f.name]
+    assert len(forward) == 1
+    for f in files:
+        ptx = f.read_text()
+        assert ".entry" in ptx and "mma" in ptx or "_segment_bounds" in f.name, f.name
+        assert ".loc" not in ptx and ".file" not in ptx and ".debug" not in ptx, f.name
 
