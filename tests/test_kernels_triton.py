@@ -749,7 +749,7 @@ def test_a_dkdv_override_known_to_be_wrong_on_a_gpu_is_refused(monkeypatch):
     assert mod._tiles(OnGpu(), 128, "dkdv")[:2] == (64, 64)
 
 
-@pytest.mark.parametrize("flag", ["j", "o"])
+@pytest.mark.parametrize("flag", ["j", "o", "o:r"])
 @pytest.mark.parametrize("text", ["causal & window(7, 0)", "window(3, 1)", "causal & segment",
                                   "causal & (window(5, 0) | stride(8))",
                                   "causal & (chunk(8) | cols(every(8, 6..8)))"])
@@ -758,12 +758,15 @@ def test_partial_blocks_in_one_loop(text, flag, tmp_path, monkeypatch):
     ([lo, full_lo) then [full_hi, hi)) instead of two: the same blocks in the same order, so the
     results equal the reference -- bands, documents, residue classes with a band, one pass over
     a gather component -- in every role.  ':o' forward and dQ tiles (round 48) visit every block
-    of a row in that one loop, full ones masked too."""
+    of a row in that one loop, full ones masked too; with ':r', the last query blocks first."""
     mod, _ = _checked_with_tiles(text, f"fwd=16x16:4:1:{flag},dkdv=16x16:4:1:t:j,"
                                  f"dq=16x32:4:1:{flag}", 8, tmp_path, monkeypatch)
-    joined = {role: mod._tiles(torch.zeros(1, 1, 8, 16), 16, role)[2]["JOIN_PARTIAL"]
-              for role in ("fwd", "dkdv", "dq")}
-    assert joined == {"fwd": 1 if flag == "j" else 2, "dkdv": True, "dq": 1 if flag == "j" else 2}
+    tiles = {role: mod._tiles(torch.zeros(1, 1, 8, 16), 16, role)[2]
+             for role in ("fwd", "dkdv", "dq")}
+    joined = 1 if flag == "j" else 2
+    assert {role: t["JOIN_PARTIAL"] for role, t in tiles.items()} == \
+        {"fwd": joined, "dkdv": True, "dq": joined}
+    assert tiles["fwd"]["REVERSED"] is tiles["dq"]["REVERSED"] is flag.endswith(":r")
 
 
 @pytest.mark.parametrize("text, reversed_, heavy", [
