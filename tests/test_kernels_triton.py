@@ -758,14 +758,17 @@ def test_partial_blocks_in_one_loop(text, flag, tmp_path, monkeypatch):
     ([lo, full_lo) then [full_hi, hi)) instead of two: the same blocks in the same order, so the
     results equal the reference -- bands, documents, residue classes with a band, one pass over
     a gather component -- in every role.  ':o' forward and dQ tiles (round 48) visit every block
-    of a row in that one loop, full ones masked too; with ':r', the last query blocks first."""
-    mod, _ = _checked_with_tiles(text, f"fwd=16x16:4:1:{flag},dkdv=16x16:4:1:t:j,"
+    of a row in that one loop, full ones masked too (dK/dV's since round 49, its key blocks'
+    query blocks); with ':r', the last query blocks first."""
+    keys = {"j": "t:j", "o": "t:o", "o:r": "o"}[flag]  # dK/dV: ':o' transposed and not
+    mod, _ = _checked_with_tiles(text, f"fwd=16x16:4:1:{flag},dkdv=16x16:4:1:{keys},"
                                  f"dq=16x32:4:1:{flag}", 8, tmp_path, monkeypatch)
     tiles = {role: mod._tiles(torch.zeros(1, 1, 8, 16), 16, role)[2]
              for role in ("fwd", "dkdv", "dq")}
     joined = 1 if flag == "j" else 2
     assert {role: t["JOIN_PARTIAL"] for role, t in tiles.items()} == \
-        {"fwd": joined, "dkdv": True, "dq": joined}
+        {"fwd": joined, "dkdv": joined, "dq": joined}
+    assert tiles["dkdv"]["KEYS_AS_ROWS"] is keys.startswith("t")
     assert tiles["fwd"]["REVERSED"] is tiles["dq"]["REVERSED"] is flag.endswith(":r")
 
 
