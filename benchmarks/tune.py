@@ -78,11 +78,13 @@ def main():
             def spec(role):
                 bm, bn, opts = mod._tiles(q, d, role, n)
                 # None: left to each launch; a default ':j' joins (except on residue classes),
-                # a default order is the module's own (printed without ':r')
-                flags = "".join(f":{flag}" for flag, name in mod._FLAG_OPTIONS.items()
-                                if name in opts and (opts[name] or (opts[name] is None
-                                                                    and flag == "j")))
-                return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}"
+                # a default order is the module's own (printed without ':r'); ':o' is
+                # JOIN_PARTIAL 2, not ':j'; a register cap is ':nR'
+                flags = "".join(f":{flag}" for flag, (name, value) in mod._FLAG_OPTIONS.items()
+                                if name in opts and (opts[name] == value
+                                                     or (opts[name] is None and flag == "j")))
+                cap = f":n{opts['maxnreg']}" if opts.get("maxnreg") else ""
+                return f"{bm}x{bn}:{opts['num_warps']}:{opts['num_stages']}{flags}{cap}"
             base = {role: spec(role) for role in ("fwd", "dkdv", "dq")}
             own = dict(base)  # the module's own tiles: run without an override (below)
             seg = None
