@@ -216,6 +216,8 @@ def main():
         os.environ["ATTNLANG_TILES"] = args.tiles
     cases = [(text, 8192, d, torch.bfloat16) for text in args.pattern for d in (128, 64)] \
         if args.pattern else CASES
+    if args.ptx:
+        os.makedirs(args.ptx, exist_ok=True)
     seen, failed = set(), 0
     for text, length, d, dtype in cases:
         for kernel, kargs, options in record_launches(text, length, d, dtype):
@@ -228,7 +230,6 @@ def main():
             tile = f"{options.get('BLOCK_M', '')}x{options.get('BLOCK_N', '')}"
             ptx_path = None
             if args.ptx:
-                os.makedirs(args.ptx, exist_ok=True)
                 slug = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
                 ptx_path = os.path.join(args.ptx, f"{slug}_L{length}_d{d}_{str(dtype)[6:]}_"
                                         f"{kernel.__name__}_{tile}_{len(seen)}.ptx")
