@@ -1,6 +1,7 @@
 """The generated Triton kernels (in the interpreter on CPU) against the float64 reference:
 output, log-sum-exp and the three gradients, for random patterns and shapes."""
 import collections
+import itertools
 import math
 import os
 
@@ -601,23 +602,28 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert short(8.7, "fwd") == (64, 64, 4, 3, None, True)
     assert short(1.3, "dkdv") == (64, 64, 4, 2, False, True)  # TILES_FEW (no segments)
     assert short(1.3, "dq") == (64, 32, 4, 2, None, True)  # TILES_FEW (round 48)
-    assert short(1.3, "fwd") == (64, 32, 4, 3, None, False)  # TILES_FEW (round 48)
+    assert short(1.3, "fwd") == (64, 32, 4, 3, None, True)  # TILES_FEW (round 48; 50: ':d')
     assert short(1.3, "fwd", 128, "maxnreg") == 168
     # ... at d = 64 (round 44): the forward's partial runs in one loop, dQ through descriptors;
-    # the forward on 32-key blocks at 80 registers (round 47)
-    assert short(1.3, "fwd", 64) == (64, 32, 4, 3, None, False)
+    # the forward on 32-key blocks at 80 registers (round 47), through descriptors (round 50)
+    assert short(1.3, "fwd", 64) == (64, 32, 4, 3, None, True)
     assert short(1.3, "fwd", 64, "maxnreg") == 80
-    # every block of a row in the one masked loop (':o', round 49), residue classes too
-    assert short(1.3, "fwd", 64, "JOIN_PARTIAL") == 2
-    assert short(1.3, "fwd", 128, "JOIN_PARTIAL") == 2
-    assert short(1.3, "dq", 64, "JOIN_PARTIAL") == 2
-    assert short(1.3, "dq", 128, "JOIN_PARTIAL") == 2
+    # dK/dV through descriptors at three stages (round 50); TILES_TUNED's tile where rows are
+    # longer, as before
+    assert short(1.3, "dkdv", 64) == (64, 64, 4, 3, False, True)
+    assert short(8.7, "dkdv", 64) == (64, 64, 4, 3, False, False)
+    assert short(8.7, "dkdv", 64, "JOIN_PARTIAL") is None  # ':j': per launch
+    # every block of a row in the one masked loop (':o', round 49), residue classes too; dK/dV
+    # too (round 50)
+    for role, dim in itertools.product(("fwd", "dq", "dkdv"), (64, 128)):
+        assert short(1.3, role, dim, "JOIN_PARTIAL") == 2, (role, dim)
     assert short(8.7, "fwd", 128, "JOIN_PARTIAL") is None  # TILES_SHORT's ':j': per launch
     assert short(1.3, "dq", 64) == (64, 32, 4, 3, None, True)  # on 32-key blocks (round 48)
     monkeypatch.setattr(mod, "USES_SEGMENT", True)  # with segments: TILES_SHORT_PLAIN
     assert short(1.3, "dkdv") == (32, 64, 4, 2, True, False)
     assert short(1.3, "fwd") == (64, 64, 4, 3, None, False)
     assert short(0.0, "dkdv") == (32, 64, 4, 2, True, False)  # document masks
+    assert short(1.3, "dkdv", 64) == (64, 64, 4, 3, False, False)  # TILES_TUNED's, as before
 
     # a fused pass's program visits every component's blocks of its query block: at 2048 tokens
     # the chunk's 16 diagonal blocks and the packed keys' blocks of 15 query blocks (16 i keys)
