@@ -3,7 +3,9 @@
 fresh and then after the suite's other 8k patterns (attnlang and FlexAttention) in the same
 process; then with Python's collector off, with every object frozen (`gc.freeze`), and after
 `torch._dynamo.reset()`.  Each line: live objects, collections per generation during the
-timing, and each implementation's best round.
+timing, and each implementation's best round; before the first and the second timing, what the
+process's other threads and its children take of the CPU while the main thread sleeps (pinned
+with `taskset`, they share its core) and the pinned cores' clocks.
 
     python benchmarks/host_drift.py                      # the above (~3 minutes on the H200)
     python benchmarks/host_drift.py --profile            # the forward's host time and profile
@@ -17,8 +19,10 @@ the host's slowdown is one part of the call or all of it.
 import cProfile
 import gc
 import io
+import os
 import pstats
 import sys
+import threading
 import time
 
 import torch
@@ -27,6 +31,55 @@ import attnlang
 from attnlang import bench
 
 DOCS = "causal & segment"
+
+
+def _ticks(path):
+    """utime + stime (clock ticks) from a /proc stat file, 0 if it went away."""
+    try:
+        with open(path) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _others():
+    """{name: stat path} of this process's other threads and of every process it started."""
+    me = os.getpid()
+    paths = {f"thread {tid}": f"/proc/{me}/task/{tid}/stat"
+             for tid in os.listdir(f"/proc/{me}/task")
+             if int(tid) != threading.get_native_id()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == me:
+            paths[f"child {pid}"] = f"/proc/{pid}/stat"
+    return paths
+
+
+def snapshot(tag, idle=2.0):
+    """While this thread sleeps ``idle`` s: the CPU time the process's other threads and its
+    children take (they share its pinned core), and the pinned cores' clocks."""
+    paths = _others()
+    before = {name: _ticks(path) for name, path in paths.items()}
+    time.sleep(idle)
+    used = {name: _ticks(path) - before[name] for name, path in paths.items()}
+    busy = sorted(((t, n) for n, t in used.items() if t), reverse=True)[:5]
+    cores = sorted(os.sched_getaffinity(0))
+    clocks = []
+    with open("/proc/cpuinfo") as handle:
+        for block in handle.read().split("\n\n"):
+            fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+            fields = {k.strip(): v.strip() for k, v in fields.items()}
+            if fields.get("processor", "").isdigit() and int(fields["processor"]) in cores[:4]:
+                clocks.append(fields.get("cpu MHz", "?"))
+    hz = os.sysconf("SC_CLK_TCK")
+    print(f"{tag:20s} cores {cores[:4]} MHz {clocks}; {len(paths)} other threads/children, "
+          f"busy while idle: " + (", ".join(f"{n} {t / hz / idle:.0%}" for t, n in busy) or "none"),
+          flush=True)
 
 
 def time_docs(tag):
@@ -45,11 +98,13 @@ def time_docs(tag):
 
 def drift():
     print(sys.version.split()[0], torch.__version__, flush=True)
+    snapshot("fresh")
     time_docs("fresh")
     start = time.time()
     bench.run(patterns=[p for p in bench.SUITE if p != DOCS], lengths=[8192], dims=[128, 64],
               impls=("attnlang", "flex"), log=lambda *args: None)
     print(f"(the other 8k patterns: {time.time() - start:.0f} s)", flush=True)
+    snapshot("after the others")
     time_docs("after the others")
     gc.disable()
     time_docs("collector off")
@@ -99,8 +154,10 @@ def main(argv):
     rest = [a for a in argv if a not in ("--profile", "--bench")]
     if "--bench" in argv:
         bench.main(rest)
+        snapshot("after the benchmark")
         profile("after the benchmark")
     else:
+        snapshot("fresh")
         profile("fresh")
 
 
