@@ -2,10 +2,11 @@
 (attnlang's forward ~0.08 ms, bound by its host time) timed as `attnlang bench` times them,
 fresh and then after the suite's other 8k patterns (attnlang and FlexAttention) in the same
 process; then with Python's collector off, with every object frozen (`gc.freeze`), and after
-`torch._dynamo.reset()`.  Each line: live objects, collections per generation during the
-timing, and each implementation's best round; before the first and the second timing, what the
-process's other threads and its children take of the CPU while the main thread sleeps (pinned
-with `taskset`, they share its core) and the pinned cores' clocks.
+`torch._dynamo.reset()`. Each line: live objects, collections per generation during the timing, the
+share of the pinned cores' time stolen by the hypervisor (/proc/stat), and each implementation's
+best round; before the first and the second timing, what the process's other threads and its
+children take of the CPU while the main thread sleeps (pinned with `taskset`, they share its core)
+and the pinned cores' clocks.
 
     python benchmarks/host_drift.py                      # the above (~3 minutes on the H200)
     python benchmarks/host_drift.py --profile            # the forward's host time and profile
@@ -82,16 +83,34 @@ def snapshot(tag, idle=2.0):
           flush=True)
 
 
+def _core_ticks():
+    """{field: ticks} summed over the pinned cores' lines of /proc/stat (user ... steal)."""
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    cores = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+    total = dict.fromkeys(names, 0)
+    with open("/proc/stat") as handle:
+        for line in handle:
+            fields = line.split()
+            if fields and fields[0] in cores:
+                for name, value in zip(names, fields[1:]):
+                    total[name] += int(value)
+    return total
+
+
 def time_docs(tag):
-    """The documents' 8k d = 64 rows through `bench.run`, with the collector's activity."""
+    """The documents' 8k d = 64 rows through `bench.run`, with the collector's activity and the
+    share of the pinned cores' time that the hypervisor gave to others (steal)."""
     before = [g["collections"] for g in gc.get_stats()]
+    ticks = _core_ticks()
     start = time.time()
     records = bench.run(patterns=[DOCS], lengths=[8192], dims=[64], impls=("attnlang", "flex"),
                         log=lambda *args: None)
     after = [g["collections"] for g in gc.get_stats()]
+    spent = {name: value - ticks[name] for name, value in _core_ticks().items()}
+    steal = spent["steal"] / max(1, sum(spent.values()))
     rows = sorted((r.impl, r.mode, r.ms) for r in records if r.mode in ("fwd", "fwd+bwd"))
     print(f"{tag:20s} objects {len(gc.get_objects()):8d} collections "
-          f"{[b - a for a, b in zip(before, after)]} "
+          f"{[b - a for a, b in zip(before, after)]} steal {steal:.1%} "
           + " ".join(f"{impl}/{mode} {ms:.3f}" for impl, mode, ms in rows)
           + f" ms ({time.time() - start:.0f} s)", flush=True)
 
