@@ -589,10 +589,10 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
 
     # short rows (mean visited key blocks at most SHORT_ROWS): the short tiles, with descriptor
     # reads only from DESC_MIN_ROWS blocks on (documents and residue classes read the plain way)
-    def short(blocks, role, dim=128, flag=None):
+    def short(blocks, role, dim=128, flag=None, plain=False):  # plain: keys descriptors can't read
         monkeypatch.setattr(mod, "_row_blocks", lambda *args, **kw: blocks)
         monkeypatch.setattr(mod, "_GPU_TILES", {})  # kept per shape: forget them
-        bm, bn, opts = mod._tiles(Aligned(), dim, role, 256, k)
+        bm, bn, opts = mod._tiles(Aligned(), dim, role, 256, k[..., 1:] if plain else k)
         if flag is not None:
             return opts.get(flag)
         return bm, bn, opts["num_warps"], opts["num_stages"], opts.get("KEYS_AS_ROWS"), opts["DESC"]
@@ -617,6 +617,14 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     # too (round 50)
     for role, dim in itertools.product(("fwd", "dq", "dkdv"), (64, 128)):
         assert short(1.3, role, dim, "JOIN_PARTIAL") == 2, (role, dim)
+    # without descriptors the forward keeps round 49's tiles read plainly, the others as before
+    for dim, cap in ((64, 80), (128, 168)):
+        assert short(1.3, "fwd", dim, plain=True) == (64, 32, 4, 3, None, False)
+        assert short(1.3, "fwd", dim, "maxnreg", plain=True) == cap
+        assert short(1.3, "fwd", dim, "JOIN_PARTIAL", plain=True) == 2
+    assert short(1.3, "dkdv", plain=True) == (32, 64, 4, 2, True, False)
+    assert short(1.3, "dkdv", 64, plain=True) == (64, 64, 4, 3, False, False)
+    assert short(1.3, "dq", 64, plain=True) == (64, 64, 4, 3, None, False)
     assert short(8.7, "fwd", 128, "JOIN_PARTIAL") is None  # TILES_SHORT's ':j': per launch
     assert short(1.3, "dq", 64) == (64, 32, 4, 3, None, True)  # on 32-key blocks (round 48)
     monkeypatch.setattr(mod, "USES_SEGMENT", True)  # with segments: TILES_SHORT_PLAIN
@@ -631,12 +639,15 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     total = 16 + sum(-(-16 * i // 128) for i in range(16))
     assert counted == [total / 31, total / 16]
 
-    def gather128(blocks, role):  # the fixed pattern: 64 query rows at 8k, 128 x 64 at 32k
-        monkeypatch.setattr(gather, "_row_blocks", lambda *args, **kw: blocks)
+    def gather128(blocks, role, plain=False):  # the fixed pattern: 64 query rows at 8k, 128 x 64
+        monkeypatch.setattr(gather, "_row_blocks", lambda *args, **kw: blocks)  # at 32k
         monkeypatch.setattr(gather, "_GPU_TILES", {})
-        bm, bn, opts = gather._tiles(Aligned(), 128, role, 256, k)
+        bm, bn, opts = gather._tiles(Aligned(), 128, role, 256, k[..., 1:] if plain else k)
         return bm, bn, opts["num_warps"], opts["num_stages"], opts["DESC"]
     assert gather128(5.4, "fwd") == (64, 64, 4, 2, True)
+    # rows of fewer blocks than DESC_MIN_ROWS: without descriptors TILES_SHORT_PLAIN's forward,
+    # not the strided band's (TILES_FEW_PLAIN)
+    assert gather128(1.3, "fwd", plain=True) == (64, 64, 4, 3, False)
     assert gather128(17.0, "fwd") == (128, 64, 8, 2, True)
     assert gather128(5.4, "dq") == gather128(17.0, "dq") == (64, 64, 4, 2, True)
 
