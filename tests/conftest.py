@@ -19,6 +19,12 @@ try:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    # pytest-xdist's workers share the machine's cores: one torch thread pool per core between
+    # them, not one per core each (two workers of two threads on two cores made small torch ops,
+    # e.g. a plan's kept_pairs, up to ten times slower while the other worker ran)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 except ImportError:  # pragma: no cover
     pass
 
