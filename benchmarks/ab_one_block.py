@@ -5,7 +5,8 @@ before the other components' -- at d = 64 the backward's after, ONE_BLOCK_LAST_B
 (ONE_BLOCK_MAX = 0); each of those settings the other way (the forward's one-block launch
 last, the backward's first or last at every head dimension, float32 partial outputs, the
 one-block kernels' heads in ascending order, ONE_BLOCK_HEADS_DOWN, the partial output read
-after or before the key loop at every head dim, PREFETCH_PARTIAL, the forward's launch after
+after or before the key loop at every head dim, PREFETCH_PARTIAL, or read before it as the
+online softmax's first state, SEED_PARTIAL, the forward's launch after
 the one-block one not a programmatic dependent launch, PDL_FORWARD, or one that starts only as
 the one-block launch's programs end, PDL_EARLY); with
 ``--warps`` the one-block kernels at 8 and at 2 warps instead of 4; and tiles of ATTNLANG_TILES
@@ -39,10 +40,10 @@ from profile_kernels import kernel_times  # noqa: E402
 
 
 KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16", "ONE_BLOCK_HEADS_DOWN",
-         "PREFETCH_PARTIAL", "PDL_FORWARD", "PDL_EARLY")
+         "PREFETCH_PARTIAL", "SEED_PARTIAL", "PDL_FORWARD", "PDL_EARLY")
 
 
-def _variants(tiles, warps=False, tiles_only=False):
+def _variants(tiles, warps=False, tiles_only=False, seeded=False):
     """{name: the generated module's settings (KNOBS), and ``warps`` (of the one-block kernels),
     ``tiles`` (ATTNLANG_TILES), ``fwd_last`` (the forward's one-block launch after the others)}:
     each from the module's own defaults."""
@@ -54,6 +55,7 @@ def _variants(tiles, warps=False, tiles_only=False):
            "one-block, heads ascending": dict(ONE_BLOCK_HEADS_DOWN=False),
            "one-block, partials read last": dict(PREFETCH_PARTIAL=()),
            "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128)),
+           "one-block, partials seed the softmax": dict(SEED_PARTIAL=(64, 128)),
            "one-block, no PDL": dict(PDL_FORWARD=()),
            "one-block, PDL late": dict(PDL_EARLY=False)}
     if warps:  # (8 warps, round 43: lost at both head dims, twice)
@@ -63,6 +65,8 @@ def _variants(tiles, warps=False, tiles_only=False):
         out = {"one-block": {}}
     for spec in tiles:
         out[f"one-block, {spec}"] = dict(tiles=spec)
+        if seeded:
+            out[f"one-block, seeded, {spec}"] = dict(tiles=spec, SEED_PARTIAL=(64, 128))
     return out
 
 
@@ -124,6 +128,8 @@ def main():
                         help="also the one-block kernels at 8 and at 2 warps")
     parser.add_argument("--tiles-only", action="store_true",
                         help="only the module as it is and its --tiles variants")
+    parser.add_argument("--seeded", action="store_true",
+                        help="each --tiles variant also with SEED_PARTIAL at every head dim")
     parser.add_argument("--only", help="these variants only (names, separated by ';')")
     parser.add_argument("--cpu", action="store_true",
                         help="the checks only, in Triton's interpreter (small --n)")
@@ -132,7 +138,7 @@ def main():
     pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
     mod = pattern.module(backend="triton")
     state = _State(load_module(pattern))
-    variants = _variants(args.tiles, args.warps, args.tiles_only)
+    variants = _variants(args.tiles, args.warps, args.tiles_only, args.seeded)
     if args.only:
         variants = {name: variants[name] for name in args.only.split(";")}
     batch = 1 if args.cpu else max(1, TOKENS_PER_BATCH // args.n)

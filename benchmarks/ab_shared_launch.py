@@ -1,0 +1,249 @@
+"""A component's dK/dV and dQ kernels in one launch (round 51's experiment): the generated
+module's backward launches are recorded once, then replayed as they are and with each
+component's dK/dV and dQ launch (where its dQ does not compute delta, which the dK/dV kernel
+reads) joined into one launch of a kernel made here, whose even programs run the dK/dV kernel
+and odd ones the dQ kernel for the same block index and head (both kernels with HALVES = 2):
+the two roles' programs for the same rows then run side by side and read the same queries,
+keys, values and output gradients while they are in L2, where the two launches each read them
+from memory.  Also: the dQ (or dK/dV) launch with its heads in descending order (HEADS_DOWN),
+which starts it on the heads the launch before it finished last.  Each variant's dQ, dK, dV
+must equal the recorded sequence's bit for bit; then every variant is timed (CUDA events around
+the backward's launches, interleaved rounds, medians):
+
+    python benchmarks/ab_shared_launch.py [--n 8192] [--dims 128,64] [--rounds 5]
+        [--pattern "causal & (window(127, 0) | stride(128))"] [--classes-first]
+    python benchmarks/ab_shared_launch.py --cpu --n 256 --dims 16 --pattern "causal &
+        (window(7, 0) | stride(8))"     # the checks only, in Triton's interpreter
+"""
+import argparse
+import inspect
+import os
+import sys
+
+if "--cpu" in sys.argv:  # before Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402,F401
+
+import attnlang  # noqa: E402
+from attnlang.bench import HEADS, TOKENS_PER_BATCH  # noqa: E402
+from attnlang.cache import load_module  # noqa: E402
+
+# cycles the GPU sleeps before each timed backward, so that the host's launches (through the
+# module's `_launch`, ~30-50 µs each here) are all queued when the first one starts: GPU time
+SLEEP = 400_000
+_LAUNCH = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_pdl")
+
+
+def _shared_kernel(kv, dq):
+    """A Triton kernel whose even programs are ``kv``'s (dK/dV) and odd ones ``dq``'s, each
+    kernel's parameters prefixed a_ / b_, plus KV_N / DQ_N, each role's programs along x."""
+    def params(kernel, prefix):
+        return [(prefix + name, name, constexpr) for name, constexpr in _params(kernel)
+                if name not in ("HALVES", "HEADS_DOWN")]
+    a, b = params(kv, "a_"), params(dq, "b_")
+    sig = ", ".join(f"{n}: tl.constexpr" if c else n for n, _, c in a + b)
+
+    def call(name, ps, prefix):
+        args = ", ".join(f"{orig}={n}" for n, orig, _ in ps)
+        return f"{name}({args}, HALVES=2, HEADS_DOWN={prefix}HEADS_DOWN)"
+    src = (f"def shared({sig}, KV_N, DQ_N, a_HEADS_DOWN: tl.constexpr, "
+           f"b_HEADS_DOWN: tl.constexpr):\n"
+           "    pid = tl.program_id(0)\n"
+           "    if pid % 2 == 0:\n"
+           "        if pid // 2 < KV_N:\n"
+           f"            {call('KV', a, 'a_')}\n"
+           "    else:\n"
+           "        if pid // 2 < DQ_N:\n"
+           f"            {call('DQ', b, 'b_')}\n")
+    name = getattr(kv, "fn", kv).__name__
+    path = os.path.join(os.environ.get("OUT", "/tmp"), f"shared_{name}.py")
+    with open(path, "w") as f:
+        f.write("import triton\nimport triton.language as tl\n\n\n@triton.jit\n" + src)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"shared_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    module.KV, module.DQ = kv, dq
+    spec.loader.exec_module(module)
+    return module.shared
+
+
+def _name(kernel):
+    return getattr(kernel, "fn", kernel).__name__
+
+
+def _params(kernel):
+    """[(name, is constexpr)] of a Triton kernel's parameters (compiled or interpreted)."""
+    fn = getattr(kernel, "fn", kernel)
+    return [(name, p.annotation is tl.constexpr or "constexpr" in str(p.annotation))
+            for name, p in inspect.signature(fn).parameters.items()]
+
+
+def _bound(kernel, args, options):
+    """{parameter name: value} of a recorded launch (positional args, then options)."""
+    names = kernel.arg_names
+    out = dict(zip(names, args))
+    for name in names[len(args):]:
+        if name in options:
+            out[name] = options[name]
+    return out
+
+
+class Recorded:
+    """The backward's launches of one call, recorded through the module's `_launch`."""
+
+    def __init__(self, gen, mod, q, k, v, do):
+        self.gen = gen
+        gen._CALLS.clear()
+        qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+        out = mod(qg, kg, vg)
+        launches = []
+        real = gen._launch
+
+        def record(kernel, grid, args, options, extra=()):
+            launches.append((kernel, tuple(grid), tuple(args), dict(options)))
+            return real(kernel, grid, args, options, extra)
+        gen._launch = record
+        try:
+            out.backward(do)
+        finally:
+            gen._launch = real
+        self.launches = launches
+        found = {}
+        for kernel, grid, args, options in launches:
+            bound = _bound(kernel, args, options)
+            for name in ("DQ", "DK", "DV"):
+                if isinstance(bound.get(name), torch.Tensor) and bound[name].dim() == 4:
+                    found[name] = bound[name]
+        self.grads = [found[name] for name in ("DQ", "DK", "DV")]
+
+    def names(self):
+        return [_name(k) for k, _, _, _ in self.launches]
+
+    def variant(self, joined=False, dq_down=False, kv_down=False):
+        """[(kernel, grid, args, options)] of a variant of the recorded sequence."""
+        out = []
+        skip = set()
+        for i, (kernel, grid, args, options) in enumerate(self.launches):
+            if i in skip:
+                continue
+            name = _name(kernel)
+            if name.startswith("_bwd_dkdv_") and joined:
+                index = name[len("_bwd_dkdv_"):]
+                j = next((j for j, (k2, _, _, o2) in enumerate(self.launches)
+                          if _name(k2) == f"_bwd_dq_{index}"), None)
+                if j is not None and not _bound(*self.launches[j][0:1],
+                                                self.launches[j][2],
+                                                self.launches[j][3]).get("OWN_DELTA"):
+                    out.append(self._joined(self.launches[i], self.launches[j], kv_down,
+                                            dq_down))
+                    skip.add(j)
+                    continue
+            if name.startswith("_bwd_dq_") and dq_down:
+                options = dict(options, HEADS_DOWN=True)
+            if name.startswith("_bwd_dkdv_") and kv_down:
+                options = dict(options, HEADS_DOWN=True)
+            out.append((kernel, grid, args, options))
+        return out
+
+    def _joined(self, kvl, dql, kv_down, dq_down):
+        kv, dq = kvl[0], dql[0]
+        a, b = _bound(kv, kvl[2], kvl[3]), _bound(dq, dql[2], dql[3])
+        # (heads in turns and heavy rows first map program ids by the grid's width: off here)
+        if b.get("INTERLEAVE", 1) > 1:
+            print(f"   (joined: {_name(dq)}'s INTERLEAVE {b['INTERLEAVE']} -> 1)")
+            b["INTERLEAVE"] = 1
+        assert not a["HEAVY"] and not b["HEAVY"], "heavy rows first: not joined"
+        for name in _LAUNCH:
+            if kvl[3].get(name) != dql[3].get(name):
+                print(f"   (joined: {name} {kvl[3].get(name)} / {dql[3].get(name)}: dK/dV's)")
+        shared = _shared_kernel(kv, dq)
+        assert kvl[1][1] == dql[1][1], (kvl[1], dql[1])
+        grid = (2 * max(kvl[1][0], dql[1][0]), kvl[1][1])
+        args = [a[n] for n, _ in _params(kv) if n not in ("HALVES", "HEADS_DOWN")]
+        args += [b[n] for n, _ in _params(dq) if n not in ("HALVES", "HEADS_DOWN")]
+        args += [kvl[1][0], dql[1][0], kv_down, dq_down]
+        options = {n: kvl[3][n] for n in _LAUNCH if n in kvl[3]}
+        return shared, grid, tuple(args), options
+
+    def run(self, launches):
+        for kernel, grid, args, options in launches:
+            self.gen._launch(kernel, grid, args, options)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--dims", default="128,64")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pattern", default="causal & (window(127, 0) | stride(128))")
+    parser.add_argument("--classes-first", action="store_true",
+                        help="one-block classes' backward first at every head dim")
+    parser.add_argument("--cpu", action="store_true")
+    args = parser.parse_args()
+    device = "cpu" if args.cpu else "cuda"
+    pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
+    mod = pattern.module(backend="triton")
+    gen = load_module(pattern)
+    batch = 1 if args.cpu else max(1, TOKENS_PER_BATCH // args.n)
+    for d in (int(x) for x in args.dims.split(",")):
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v, do = (torch.randn(batch, HEADS, args.n, d, device=device,
+                                   dtype=torch.float16 if args.cpu else torch.bfloat16,
+                                   generator=g) for _ in range(4))
+        print(f"== {args.pattern}  n = {args.n}, d = {d}, {batch} x {HEADS} heads")
+        recs = {"as is": Recorded(gen, mod, q, k, v, do)}
+        if args.classes_first:
+            saved = gen.ONE_BLOCK_LAST_BWD
+            gen.ONE_BLOCK_LAST_BWD = ()
+            recs["classes first"] = Recorded(gen, mod, q, k, v, do)
+            gen.ONE_BLOCK_LAST_BWD = saved
+        variants = {}
+        for rname, rec in recs.items():
+            print(f"   {rname}: " + ", ".join(rec.names()))
+            variants[rname] = (rec, rec.variant())
+            variants[rname + ", dQ heads down"] = (rec, rec.variant(dq_down=True))
+            variants[rname + ", joined"] = (rec, rec.variant(joined=True))
+            variants[rname + ", joined, heads down"] = (
+                rec, rec.variant(joined=True, dq_down=True, kv_down=True))
+        want = {}
+        for name, (rec, launches) in variants.items():
+            for t in rec.grads:
+                t.fill_(float("nan"))
+            rec.run(launches)
+            got = [t.clone() for t in rec.grads]
+            base = want.setdefault(id(rec), got)  # each recording's own sequence first
+            same = all(torch.equal(a, b) for a, b in zip(got, base))
+            worst = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, base))
+            print(f"   {name:34s} {len(launches)} launches, "
+                  f"{'bit for bit' if same else f'DIFFERS (max {worst:.2e})'}")
+            if not same and worst > 1e-2:
+                raise SystemExit("a variant's gradients differ")
+        if args.cpu:
+            continue
+        times = {name: [] for name in variants}
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for name, (rec, launches) in variants.items():
+            for _ in range(5):
+                rec.run(launches)
+        for _ in range(args.rounds):
+            for name, (rec, launches) in variants.items():
+                ts = []
+                for _ in range(60):
+                    torch.cuda._sleep(SLEEP)  # the GPU ahead of the host's launches
+                    start.record()
+                    rec.run(launches)
+                    end.record()
+                    end.synchronize()
+                    ts.append(start.elapsed_time(end) * 1000)
+                times[name].append(sorted(ts)[len(ts) // 2])
+        print("   µs of the backward's launches (median per round, rounds interleaved):")
+        for name, ts in times.items():
+            print(f"   {name:34s} " + " ".join(f"{t:7.1f}" for t in ts) +
+                  f"   median {sorted(ts)[len(ts) // 2]:7.1f}")
+
+
+if __name__ == "__main__":
+    main()
