@@ -99,14 +99,17 @@ def test_classes_of_one_block(text, Lq, Lk, heads, tmp_path, monkeypatch):
     assert {fwd, dkdv, dq} <= set(launched) and not {fwd_one, bwd_one} & set(launched)
 
 
-def test_one_block_heads_down_and_partials_read_before_the_keys(tmp_path, monkeypatch):
+@pytest.mark.parametrize("seed", [False, True])
+def test_one_block_heads_down_and_partials_read_before_the_keys(seed, tmp_path, monkeypatch):
     """The one-block kernels take the heads in descending order (ONE_BLOCK_HEADS_DOWN), and at
     the head dims of PREFETCH_PARTIAL the launch that merges their partial output reads it before
-    its key loop: both options reach the launches, and the results are the reference's with two
+    its key loop (PREFETCH 1), at those of SEED_PARTIAL as its online softmax's first state
+    (PREFETCH 2): the options reach the launches, and the results are the reference's with two
     batches and grouped heads."""
     expr = _expr("causal & (window(5, 0) | stride(8))")
     mod = generated(expr, tmp_path)
     monkeypatch.setattr(mod, "PREFETCH_PARTIAL", (16,))
+    monkeypatch.setattr(mod, "SEED_PARTIAL", (16,) if seed else ())
     work = record_host_work(mod, monkeypatch)
     check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=61, Lk=61, D=16,
                             dtype=torch.float32)
@@ -115,8 +118,8 @@ def test_one_block_heads_down_and_partials_read_before_the_keys(tmp_path, monkey
     band = mod.KERNELS[1 - index][0]
     assert {kernel for kernel, _ in seen} >= set(ones) | {band}
     assert all(options["HEADS_DOWN"] for kernel, options in seen if kernel in ones)
-    assert all(options["MERGE"] and options["PREFETCH"] for kernel, options in seen
-               if kernel is band)
+    assert all(options["MERGE"] and options["PREFETCH"] == (2 if seed else 1)
+               for kernel, options in seen if kernel is band)
 
 
 def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeypatch):
@@ -150,15 +153,16 @@ def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeyp
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
        dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans(),
-       partial_16=st.booleans(), heads_down=st.booleans(), prefetch=st.booleans(),
+       partial_16=st.booleans(), heads_down=st.booleans(), prefetch=st.sampled_from([0, 1, 2]),
        pdl=st.booleans())
 def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype,
                                          one_block, partial_16, heads_down, prefetch, pdl):
     """Random patterns and shapes; residue classes (at most 40 tokens here) on the kernels of
     classes of one block or (one_block False) on the general ones, their heads in either order
     (ONE_BLOCK_HEADS_DOWN); several components' partial outputs in float32 or (partial_16,
-    float16 inputs) in float16, read by the launch that merges them before or after its key
-    loop (PREFETCH_PARTIAL), which is a programmatic dependent launch or not (PDL_FORWARD)."""
+    float16 inputs) in float16, read by the launch that merges them after its key loop, before
+    it (prefetch 1, PREFETCH_PARTIAL) or before it as its online softmax's first state (2,
+    SEED_PARTIAL), which is a programmatic dependent launch or not (PDL_FORWARD)."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:
@@ -166,7 +170,8 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
         patch.setattr(mod, "ONE_BLOCK_MAX", 64 if one_block else 0)
         patch.setattr(mod, "PARTIAL_16", partial_16)
         patch.setattr(mod, "ONE_BLOCK_HEADS_DOWN", heads_down)
-        patch.setattr(mod, "PREFETCH_PARTIAL", (d,) if prefetch else ())
+        patch.setattr(mod, "PREFETCH_PARTIAL", (d,) if prefetch == 1 else ())
+        patch.setattr(mod, "SEED_PARTIAL", (d,) if prefetch == 2 else ())
         patch.setattr(mod, "PDL_FORWARD", (d,) if pdl else ())
         patch.setattr(mod, "_pdl_ok", lambda t: True)
         for name in ("gdc_wait", "gdc_launch_dependents"):  # (none in the interpreter)
