@@ -1,14 +1,15 @@
-"""A component's dK/dV and dQ kernels in one launch (round 51's experiment): the generated
-module's backward launches are recorded once, then replayed as they are and with each
-component's dK/dV and dQ launch (where its dQ does not compute delta, which the dK/dV kernel
-reads) joined into one launch of a kernel made here, whose even programs run the dK/dV kernel
-and odd ones the dQ kernel for the same block index and head (both kernels with HALVES = 2):
-the two roles' programs for the same rows then run side by side and read the same queries,
-keys, values and output gradients while they are in L2, where the two launches each read them
-from memory.  Also: the dQ (or dK/dV) launch with its heads in descending order (HEADS_DOWN),
-which starts it on the heads the launch before it finished last.  Each variant's dQ, dK, dV
-must equal the recorded sequence's bit for bit; then every variant is timed (CUDA events around
-the backward's launches, interleaved rounds, medians):
+"""A component's dK/dV and dQ kernels in one launch (round 51's experiment, since then the
+generated module's own `_bwd_shared_*` kernels at the head dims of SHARED_BWD): the module's
+backward launches are recorded once with every component's dK/dV and dQ apart (SHARED_BWD
+off), then replayed as they are and with each component's dK/dV and dQ launch (where its dQ
+does not compute delta, which the dK/dV kernel reads) joined into one launch of a kernel made
+here, whose even programs run the dK/dV kernel and odd ones the dQ kernel for the same block
+index and head (both kernels with HALVES = 2): the two roles' programs for the same rows then
+run side by side and read the same queries, keys, values and output gradients while they are
+in L2, where the two launches each read them from memory.  (Round 51 also ran each launch with
+its heads in descending order: it lost, and the kernels no longer take HEADS_DOWN.)  Each
+variant's dQ, dK, dV must equal the recorded sequence's bit for bit; then every variant is
+timed (CUDA events around the backward's launches, interleaved rounds, medians):
 
     python benchmarks/ab_shared_launch.py [--n 8192] [--dims 128,64] [--rounds 5]
         [--pattern "causal & (window(127, 0) | stride(128))"] [--classes-first]
@@ -24,7 +25,6 @@ if "--cpu" in sys.argv:  # before Triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 import triton.language as tl  # noqa: E402,F401
 
 import attnlang  # noqa: E402
@@ -42,22 +42,21 @@ def _shared_kernel(kv, dq):
     kernel's parameters prefixed a_ / b_, plus KV_N / DQ_N, each role's programs along x."""
     def params(kernel, prefix):
         return [(prefix + name, name, constexpr) for name, constexpr in _params(kernel)
-                if name not in ("HALVES", "HEADS_DOWN")]
+                if name not in ("HALVES", "INTERLEAVE")]
     a, b = params(kv, "a_"), params(dq, "b_")
     sig = ", ".join(f"{n}: tl.constexpr" if c else n for n, _, c in a + b)
 
-    def call(name, ps, prefix):
+    def call(name, ps):
         args = ", ".join(f"{orig}={n}" for n, orig, _ in ps)
-        return f"{name}({args}, HALVES=2, HEADS_DOWN={prefix}HEADS_DOWN)"
-    src = (f"def shared({sig}, KV_N, DQ_N, a_HEADS_DOWN: tl.constexpr, "
-           f"b_HEADS_DOWN: tl.constexpr):\n"
+        return f"{name}({args}, HALVES=2)"
+    src = (f"def shared({sig}, KV_N, DQ_N):\n"
            "    pid = tl.program_id(0)\n"
            "    if pid % 2 == 0:\n"
            "        if pid // 2 < KV_N:\n"
-           f"            {call('KV', a, 'a_')}\n"
+           f"            {call('KV', a)}\n"
            "    else:\n"
            "        if pid // 2 < DQ_N:\n"
-           f"            {call('DQ', b, 'b_')}\n")
+           f"            {call('DQ', b)}\n")
     name = getattr(kv, "fn", kv).__name__
     path = os.path.join(os.environ.get("OUT", "/tmp"), f"shared_{name}.py")
     with open(path, "w") as f:
@@ -106,10 +105,11 @@ class Recorded:
             launches.append((kernel, tuple(grid), tuple(args), dict(options)))
             return real(kernel, grid, args, options, extra)
         gen._launch = record
+        shared, gen.SHARED_BWD = gen.SHARED_BWD, ()  # (every dK/dV and dQ launch apart)
         try:
             out.backward(do)
         finally:
-            gen._launch = real
+            gen._launch, gen.SHARED_BWD = real, shared
         self.launches = launches
         found = {}
         for kernel, grid, args, options in launches:
@@ -122,7 +122,7 @@ class Recorded:
     def names(self):
         return [_name(k) for k, _, _, _ in self.launches]
 
-    def variant(self, joined=False, dq_down=False, kv_down=False):
+    def variant(self, joined=False):
         """[(kernel, grid, args, options)] of a variant of the recorded sequence."""
         out = []
         skip = set()
@@ -137,18 +137,13 @@ class Recorded:
                 if j is not None and not _bound(*self.launches[j][0:1],
                                                 self.launches[j][2],
                                                 self.launches[j][3]).get("OWN_DELTA"):
-                    out.append(self._joined(self.launches[i], self.launches[j], kv_down,
-                                            dq_down))
+                    out.append(self._joined(self.launches[i], self.launches[j]))
                     skip.add(j)
                     continue
-            if name.startswith("_bwd_dq_") and dq_down:
-                options = dict(options, HEADS_DOWN=True)
-            if name.startswith("_bwd_dkdv_") and kv_down:
-                options = dict(options, HEADS_DOWN=True)
             out.append((kernel, grid, args, options))
         return out
 
-    def _joined(self, kvl, dql, kv_down, dq_down):
+    def _joined(self, kvl, dql):
         kv, dq = kvl[0], dql[0]
         a, b = _bound(kv, kvl[2], kvl[3]), _bound(dq, dql[2], dql[3])
         # (heads in turns and heavy rows first map program ids by the grid's width: off here)
@@ -162,9 +157,9 @@ class Recorded:
         shared = _shared_kernel(kv, dq)
         assert kvl[1][1] == dql[1][1], (kvl[1], dql[1])
         grid = (2 * max(kvl[1][0], dql[1][0]), kvl[1][1])
-        args = [a[n] for n, _ in _params(kv) if n not in ("HALVES", "HEADS_DOWN")]
-        args += [b[n] for n, _ in _params(dq) if n not in ("HALVES", "HEADS_DOWN")]
-        args += [kvl[1][0], dql[1][0], kv_down, dq_down]
+        args = [a[n] for n, _ in _params(kv) if n not in ("HALVES", "INTERLEAVE")]
+        args += [b[n] for n, _ in _params(dq) if n not in ("HALVES", "INTERLEAVE")]
+        args += [kvl[1][0], dql[1][0]]
         options = {n: kvl[3][n] for n in _LAUNCH if n in kvl[3]}
         return shared, grid, tuple(args), options
 
@@ -204,10 +199,7 @@ def main():
         for rname, rec in recs.items():
             print(f"   {rname}: " + ", ".join(rec.names()))
             variants[rname] = (rec, rec.variant())
-            variants[rname + ", dQ heads down"] = (rec, rec.variant(dq_down=True))
             variants[rname + ", joined"] = (rec, rec.variant(joined=True))
-            variants[rname + ", joined, heads down"] = (
-                rec, rec.variant(joined=True, dq_down=True, kv_down=True))
         want = {}
         for name, (rec, launches) in variants.items():
             for t in rec.grads:

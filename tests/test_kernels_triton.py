@@ -122,6 +122,33 @@ def test_one_block_heads_down_and_partials_read_before_the_keys(seed, tmp_path, 
                for kernel, options in seen if kernel is band)
 
 
+@pytest.mark.parametrize("one_block", [True, False])
+def test_dkdv_and_dq_in_one_shared_launch(one_block, tmp_path, monkeypatch):
+    """At the head dims of SHARED_BWD a component's dK/dV and dQ run as one launch of its
+    `_bwd_shared_*` kernel (even programs dK/dV's, odd ones dQ's) where its dQ launch does not
+    compute delta: the band after the classes of one block, or (general kernels) the classes
+    after the band, whose dQ launch computes delta and stays apart; not with grouped heads
+    (the two launches' heads differ); the results are the reference's (two batches, key
+    lengths not a multiple of the tiles)."""
+    expr = _expr("causal & (window(5, 0) | stride(8))")
+    mod = generated(expr, tmp_path)
+    monkeypatch.setattr(mod, "SHARED_BWD", (16,))
+    monkeypatch.setattr(mod, "ONE_BLOCK_MAX", 64 if one_block else 0)
+    launched = record_launches(mod, monkeypatch)
+    check_against_reference(mod.attention, expr, B=2, Hq=2, Hkv=2, Lq=61, Lk=61, D=16,
+                            dtype=torch.float32)
+    (index, (_, bwd_one)), = mod.ONE_BLOCK.items()
+    band, classes = mod.KERNELS[1 - index], mod.KERNELS[index]
+    joined, apart = (band, classes) if one_block else (classes, band)
+    shared = mod.SHARED[joined[1]][1]
+    assert launched.count(shared) == 1 and not {joined[1], joined[2]} & set(launched)
+    assert {apart[1], apart[2]} <= set(launched) or (one_block and bwd_one in launched)
+    launched.clear()
+    check_against_reference(mod.attention, expr, B=1, Hq=4, Hkv=2, Lq=61, Lk=61, D=16,
+                            dtype=torch.float32)
+    assert shared not in launched and {joined[1], joined[2]} <= set(launched)
+
+
 def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeypatch):
     """On a GPU that has them (`_pdl_ok`), at the head dims of PDL_FORWARD, the forward launch
     after the one-block classes' is a programmatic dependent one: launched so, every one of its
@@ -154,15 +181,17 @@ def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeyp
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
        dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans(),
        partial_16=st.booleans(), heads_down=st.booleans(), prefetch=st.sampled_from([0, 1, 2]),
-       pdl=st.booleans())
+       pdl=st.booleans(), shared=st.booleans())
 def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d, dtype,
-                                         one_block, partial_16, heads_down, prefetch, pdl):
+                                         one_block, partial_16, heads_down, prefetch, pdl,
+                                         shared):
     """Random patterns and shapes; residue classes (at most 40 tokens here) on the kernels of
     classes of one block or (one_block False) on the general ones, their heads in either order
     (ONE_BLOCK_HEADS_DOWN); several components' partial outputs in float32 or (partial_16,
     float16 inputs) in float16, read by the launch that merges them after its key loop, before
     it (prefetch 1, PREFETCH_PARTIAL) or before it as its online softmax's first state (2,
-    SEED_PARTIAL), which is a programmatic dependent launch or not (PDL_FORWARD)."""
+    SEED_PARTIAL), which is a programmatic dependent launch or not (PDL_FORWARD); dK/dV and dQ
+    in one launch where they can be (shared, SHARED_BWD)."""
     mod = generated(expr, tmp_path_factory.getbasetemp() / "gen")
     Lq, Lk = shape
     with pytest.MonkeyPatch.context() as patch:
@@ -173,6 +202,7 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
         patch.setattr(mod, "PREFETCH_PARTIAL", (d,) if prefetch == 1 else ())
         patch.setattr(mod, "SEED_PARTIAL", (d,) if prefetch == 2 else ())
         patch.setattr(mod, "PDL_FORWARD", (d,) if pdl else ())
+        patch.setattr(mod, "SHARED_BWD", (d,) if shared else ())
         patch.setattr(mod, "_pdl_ok", lambda t: True)
         for name in ("gdc_wait", "gdc_launch_dependents"):  # (none in the interpreter)
             patch.setattr(mod, name, lambda **_: None)

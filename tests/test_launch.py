@@ -256,10 +256,12 @@ def test_direct_launches_are_on_by_default_and_off_under_a_launch_hook(monkeypat
 def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     """Every kernel a forward and backward launch names all its later parameters in the launch
     options, so each can be called directly after its first launch: a constexpr missing from the
-    options would silently send every launch through Triton's binder (round 9)."""
+    options would silently send every launch through Triton's binder (round 9).  The strided
+    band's dK/dV and dQ in one launch (SHARED_BWD) too, without ':a'."""
     if tiles:
         monkeypatch.setenv("ATTNLANG_TILES", tiles)
     module = _launching_directly(text, monkeypatch)
+    monkeypatch.setattr(module, "SHARED_BWD", (16,))
     monkeypatch.setattr(module, "_compile_and_launch", lambda *args: Compiled())
     q, k, v, do = (torch.randn(1, 2, 40, 16) for _ in range(4))
     seg = torch.tensor([[0] * 15 + [1] * 25], dtype=torch.int32) if "segment" in text else None
@@ -269,8 +271,10 @@ def test_every_kernel_of_a_call_can_launch_directly(text, tiles, monkeypatch):
     launched = {key[0].__name__: bool(hit) for key, hit in module._DIRECT.items()}
     # a delta kernel of its own only where dK/dV adds dQ up (':a'); else the first dQ launch
     assert ("_bwd_delta" in launched) == (":a" in (tiles or "")) and any(
-        name.startswith("_bwd_dkdv") for name in launched)
+        name.startswith(("_bwd_dkdv", "_bwd_shared")) for name in launched)
     assert all(launched.values()), launched
+    assert any(name.startswith("_bwd_shared") for name in launched) == (
+        "stride" in text and not tiles)
 
 
 def _kept_call_setup(text, monkeypatch, seed):
