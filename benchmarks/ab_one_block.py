@@ -7,8 +7,7 @@ last, the backward's first or last at every head dimension, float32 partial outp
 one-block kernels' heads in ascending order, ONE_BLOCK_HEADS_DOWN, the partial output read
 after or before the key loop at every head dim, PREFETCH_PARTIAL, or read before it as the
 online softmax's first state, SEED_PARTIAL, a component's dK/dV and dQ in two launches,
-SHARED_BWD, the one-block forward's keys read without descriptors, ONE_BLOCK_DESC, the
-forward's launch after
+SHARED_BWD, the forward's launch after
 the one-block one not a programmatic dependent launch, PDL_FORWARD, or one that starts only as
 the one-block launch's programs end, PDL_EARLY); with
 ``--warps`` the one-block kernels at 8 and at 2 warps instead of 4; and tiles of ATTNLANG_TILES
@@ -42,8 +41,7 @@ from profile_kernels import kernel_times  # noqa: E402
 
 
 KNOBS = ("ONE_BLOCK_MAX", "ONE_BLOCK_LAST_BWD", "PARTIAL_16", "ONE_BLOCK_HEADS_DOWN",
-         "PREFETCH_PARTIAL", "SEED_PARTIAL", "PDL_FORWARD", "PDL_EARLY", "SHARED_BWD",
-         "ONE_BLOCK_DESC")
+         "PREFETCH_PARTIAL", "SEED_PARTIAL", "PDL_FORWARD", "PDL_EARLY", "SHARED_BWD")
 
 
 def _variants(tiles, warps=False, tiles_only=False, seeded=False):
@@ -60,7 +58,6 @@ def _variants(tiles, warps=False, tiles_only=False, seeded=False):
            "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128)),
            "one-block, partials seed the softmax": dict(SEED_PARTIAL=(64, 128)),
            "one-block, dK/dV and dQ apart": dict(SHARED_BWD=()),
-           "one-block, keys read plainly": dict(ONE_BLOCK_DESC=()),
            "one-block, no PDL": dict(PDL_FORWARD=()),
            "one-block, PDL late": dict(PDL_EARLY=False)}
     if warps:  # (8 warps, round 43: lost at both head dims, twice)

@@ -1065,33 +1065,3 @@ def test_kept_launches_take_their_prepared_options(text, tiles, tmp_path, monkey
                                 dtype=torch.float32, segments=segments)
     assert {name for name, _ in seen} >= {"_bwd_dkdv_0", "_fwd_0"}
     assert all(same for _, same in seen), seen
-
-
-def test_one_block_forward_reads_keys_through_host_descriptors(tmp_path, monkeypatch):
-    """At the head dims of ONE_BLOCK_DESC the one-block forward reads its classes' keys and
-    values through descriptors made on the host (HOST_DESC, classes that fill their blocks,
-    tensors a descriptor can read); misaligned keys (a view one element in) are read plainly:
-    both against the reference."""
-    expr = _expr("causal & (window(5, 0) | stride(8))")
-    mod = generated(expr, tmp_path)
-    monkeypatch.setattr(mod, "ONE_BLOCK_DESC", (16,))
-    monkeypatch.setattr(mod, "HOST_DESC_MIN_PROGRAMS", 0)
-    work = record_host_work(mod, monkeypatch)
-    check_against_reference(mod.attention, expr, B=2, Hq=4, Hkv=2, Lq=128, Lk=128, D=16,
-                            dtype=torch.float32)  # (classes of 16: they fill their blocks)
-    (index, (one_forward, _)), = mod.ONE_BLOCK.items()
-    ones = [launch for _, launch in work if not isinstance(launch, str)
-            and launch[0] is one_forward]
-    assert ones and all(launch[3]["HOST_DESC"] for launch in ones)
-    assert all(launch[2][6] is not None for launch in ones)  # (K_DESC: the host's)
-    work.clear()
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 2, 128, 17, generator=g)[..., 1:] for _ in range(3))
-    out = mod.attention(q, k, v)
-    from attnlang import reference
-    ref = reference.attention(q.double(), k.double(), v.double(),
-                              reference.mask(expr, 128, 128, num_heads=2)[None])[0]
-    assert torch.allclose(out.double(), ref, atol=1e-4)
-    ones = [launch for _, launch in work if not isinstance(launch, str)
-            and launch[0] is one_forward]
-    assert ones and not any(launch[3]["HOST_DESC"] for launch in ones)
