@@ -105,6 +105,17 @@ def _with_warps(p, warps):
     return p
 
 
+def inputs(n, d, cpu):
+    """(B, [Q, K, V, dO]) of an A/B run at length n, head dim d: B x HEADS heads, TOKENS_PER_BATCH
+    tokens a batch (one batch of float16 on the CPU, for the interpreter), seeded."""
+    device = "cpu" if cpu else "cuda"
+    batch = 1 if cpu else max(1, TOKENS_PER_BATCH // n)
+    g = torch.Generator(device=device).manual_seed(0)
+    return batch, [torch.randn(batch, HEADS, n, d, device=device,
+                               dtype=torch.float16 if cpu else torch.bfloat16, generator=g)
+                   for _ in range(4)]
+
+
 def _errors(mod, expr, q, k, v, do):
     """Max |error| of out, lse, dq, dk, dv against float64 on the first two heads."""
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
@@ -136,19 +147,14 @@ def main():
     parser.add_argument("--cpu", action="store_true",
                         help="the checks only, in Triton's interpreter (small --n)")
     args = parser.parse_args()
-    device = "cpu" if args.cpu else "cuda"
     pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
     mod = pattern.module(backend="triton")
     state = _State(load_module(pattern))
     variants = _variants(args.tiles, args.warps, args.tiles_only, args.seeded)
     if args.only:
         variants = {name: variants[name] for name in args.only.split(";")}
-    batch = 1 if args.cpu else max(1, TOKENS_PER_BATCH // args.n)
     for d in (int(x) for x in args.dims.split(",")):
-        g = torch.Generator(device=device).manual_seed(0)
-        q, k, v, do = (torch.randn(batch, HEADS, args.n, d, device=device,
-                                   dtype=torch.float16 if args.cpu else torch.bfloat16,
-                                   generator=g) for _ in range(4))
+        batch, (q, k, v, do) = inputs(args.n, d, args.cpu)
         print(f"== {args.pattern}  n = {args.n}, d = {d}, {batch} x {HEADS} heads")
         print("   max |error| against float64 (2 heads): out, lse, dq, dk, dv")
         benches = {}

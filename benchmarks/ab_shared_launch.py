@@ -28,8 +28,9 @@ import torch  # noqa: E402
 import triton.language as tl  # noqa: E402,F401
 
 import attnlang  # noqa: E402
-from attnlang.bench import HEADS, TOKENS_PER_BATCH  # noqa: E402
+from attnlang.bench import HEADS  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
+from ab_one_block import inputs  # noqa: E402
 
 # cycles the GPU sleeps before each timed backward, so that the host's launches (through the
 # module's `_launch`, ~30-50 µs each here) are all queued when the first one starts: GPU time
@@ -178,16 +179,11 @@ def main():
                         help="one-block classes' backward first at every head dim")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
-    device = "cpu" if args.cpu else "cuda"
     pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
     mod = pattern.module(backend="triton")
     gen = load_module(pattern)
-    batch = 1 if args.cpu else max(1, TOKENS_PER_BATCH // args.n)
     for d in (int(x) for x in args.dims.split(",")):
-        g = torch.Generator(device=device).manual_seed(0)
-        q, k, v, do = (torch.randn(batch, HEADS, args.n, d, device=device,
-                                   dtype=torch.float16 if args.cpu else torch.bfloat16,
-                                   generator=g) for _ in range(4))
+        batch, (q, k, v, do) = inputs(args.n, d, args.cpu)
         print(f"== {args.pattern}  n = {args.n}, d = {d}, {batch} x {HEADS} heads")
         recs = {"as is": Recorded(gen, mod, q, k, v, do)}
         if args.classes_first:
