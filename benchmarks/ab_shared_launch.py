@@ -94,7 +94,9 @@ def _bound(kernel, args, options):
 class Recorded:
     """The backward's launches of one call, recorded through the module's `_launch`."""
 
-    def __init__(self, gen, mod, q, k, v, do):
+    def __init__(self, gen, mod, q, k, v, do, shared=False):
+        """``shared``: with the module's own shared launches (SHARED_BWD as it is), else with
+        every dK/dV and dQ launch apart."""
         self.gen = gen
         gen._CALLS.clear()
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
@@ -106,11 +108,12 @@ class Recorded:
             launches.append((kernel, tuple(grid), tuple(args), dict(options)))
             return real(kernel, grid, args, options, extra)
         gen._launch = record
-        shared, gen.SHARED_BWD = gen.SHARED_BWD, ()  # (every dK/dV and dQ launch apart)
+        was = gen.SHARED_BWD
+        gen.SHARED_BWD = was if shared else ()
         try:
             out.backward(do)
         finally:
-            gen._launch, gen.SHARED_BWD = real, shared
+            gen._launch, gen.SHARED_BWD = real, was
         self.launches = launches
         found = {}
         for kernel, grid, args, options in launches:
@@ -196,41 +199,55 @@ def main():
             print(f"   {rname}: " + ", ".join(rec.names()))
             variants[rname] = (rec, rec.variant())
             variants[rname + ", joined"] = (rec, rec.variant(joined=True))
-        want = {}
-        for name, (rec, launches) in variants.items():
-            for t in rec.grads:
-                t.fill_(float("nan"))
-            rec.run(launches)
-            got = [t.clone() for t in rec.grads]
-            base = want.setdefault(id(rec), got)  # each recording's own sequence first
-            same = all(torch.equal(a, b) for a, b in zip(got, base))
-            worst = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, base))
-            print(f"   {name:34s} {len(launches)} launches, "
-                  f"{'bit for bit' if same else f'DIFFERS (max {worst:.2e})'}")
-            if not same and worst > 1e-2:
-                raise SystemExit("a variant's gradients differ")
+        check(variants)
         if args.cpu:
             continue
-        times = {name: [] for name in variants}
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for name, (rec, launches) in variants.items():
-            for _ in range(5):
-                rec.run(launches)
-        for _ in range(args.rounds):
-            for name, (rec, launches) in variants.items():
-                ts = []
-                for _ in range(60):
-                    torch.cuda._sleep(SLEEP)  # the GPU ahead of the host's launches
-                    start.record()
-                    rec.run(launches)
-                    end.record()
-                    end.synchronize()
-                    ts.append(start.elapsed_time(end) * 1000)
-                times[name].append(sorted(ts)[len(ts) // 2])
         print("   µs of the backward's launches (median per round, rounds interleaved):")
-        for name, ts in times.items():
+        for name, ts in time_launches(variants, args.rounds).items():
             print(f"   {name:34s} " + " ".join(f"{t:7.1f}" for t in ts) +
                   f"   median {sorted(ts)[len(ts) // 2]:7.1f}")
+
+
+def check(variants, width=34):
+    """Run each variant ({name: (its Recorded, its launches)}) on gradients filled with NaN and
+    print whether its dQ, dK, dV equal its recording's first variant's bit for bit; exits where
+    one differs by 1e-2 or more."""
+    want = {}
+    for name, (rec, launches) in variants.items():
+        for t in rec.grads:
+            t.fill_(float("nan"))
+        rec.run(launches)
+        got = [t.clone() for t in rec.grads]
+        base = want.setdefault(id(rec), got)  # each recording's own sequence first
+        same = all(torch.equal(a, b) for a, b in zip(got, base))
+        worst = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, base))
+        print(f"   {name:{width}s} {len(launches)} launches, "
+              f"{'bit for bit' if same else f'DIFFERS (max {worst:.2e})'}")
+        if not same and not worst < 1e-2:
+            raise SystemExit("a variant's gradients differ")
+
+
+def time_launches(variants, rounds):
+    """{name: [the median µs of each round]}: each variant's launches timed with CUDA events
+    after SLEEP cycles of the GPU's (so that the host's launches are queued: GPU time), 60 a
+    round, the variants' rounds interleaved."""
+    times = {name: [] for name in variants}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for rec, launches in variants.values():
+        for _ in range(5):
+            rec.run(launches)
+    for _ in range(rounds):
+        for name, (rec, launches) in variants.items():
+            ts = []
+            for _ in range(60):
+                torch.cuda._sleep(SLEEP)  # the GPU ahead of the host's launches
+                start.record()
+                rec.run(launches)
+                end.record()
+                end.synchronize()
+                ts.append(start.elapsed_time(end) * 1000)
+            times[name].append(sorted(ts)[len(ts) // 2])
+    return times
 
 
 if __name__ == "__main__":
