@@ -16,7 +16,6 @@ interleaved rounds, medians):
 
 Interpreter-checked only when written (round 51's device time was spent).
 """
-import argparse
 import os
 import sys
 
@@ -26,11 +25,8 @@ if "--cpu" in sys.argv:  # before Triton is imported
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-import attnlang  # noqa: E402
-from attnlang.bench import HEADS  # noqa: E402
-from attnlang.cache import load_module  # noqa: E402
-from ab_one_block import inputs  # noqa: E402
-from ab_shared_launch import Recorded, _bound, _name, check, time_launches  # noqa: E402
+from ab_shared_launch import (Recorded, _bound, _name, check, each_head_dim,  # noqa: E402
+                              parser, time_launches)
 
 _HELPERS = ("_class_positions", "_load_tile", "_store_dkdv")
 # the generated module's helpers and its component's scores, bound by `_bind_module`
@@ -119,21 +115,11 @@ def _variant(rec, per, stages, warps):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=8192)
-    parser.add_argument("--dims", default="128,64")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pattern", default="causal & (window(127, 0) | stride(128))")
-    parser.add_argument("--variants", default="2:2:4,4:2:4,2:1:4,2:2:8",
-                        help="PER:STAGES:warps, comma-separated")
-    parser.add_argument("--cpu", action="store_true")
-    args = parser.parse_args()
-    pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
-    mod = pattern.module(backend="triton")
-    gen = load_module(pattern)
-    for d in (int(x) for x in args.dims.split(",")):
-        batch, (q, k, v, do) = inputs(args.n, d, args.cpu)
-        print(f"== {args.pattern}  n = {args.n}, d = {d}, {batch} x {HEADS} heads")
+    options = parser()
+    options.add_argument("--variants", default="2:2:4,4:2:4,2:1:4,2:2:8",
+                         help="PER:STAGES:warps, comma-separated")
+    args = options.parse_args()
+    for mod, gen, q, k, v, do in each_head_dim(args):
         rec = Recorded(gen, mod, q, k, v, do, shared=True)
         print("   recorded: " + ", ".join(rec.names()))
         one = next(n for n in rec.names() if n.startswith("_bwd_one_"))

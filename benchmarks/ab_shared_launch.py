@@ -172,22 +172,36 @@ class Recorded:
             self.gen._launch(kernel, grid, args, options)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=8192)
-    parser.add_argument("--dims", default="128,64")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pattern", default="causal & (window(127, 0) | stride(128))")
-    parser.add_argument("--classes-first", action="store_true",
-                        help="one-block classes' backward first at every head dim")
-    parser.add_argument("--cpu", action="store_true")
-    args = parser.parse_args()
+def parser():
+    """The options of the scripts that replay a module's recorded backward."""
+    out = argparse.ArgumentParser()
+    out.add_argument("--n", type=int, default=8192)
+    out.add_argument("--dims", default="128,64")
+    out.add_argument("--rounds", type=int, default=5)
+    out.add_argument("--pattern", default="causal & (window(127, 0) | stride(128))")
+    out.add_argument("--cpu", action="store_true",
+                     help="the checks only, in Triton's interpreter (small --n)")
+    return out
+
+
+def each_head_dim(args):
+    """(the pattern's module, its generated module, Q, K, V, dO) for each of ``args.dims``, the
+    header printed."""
     pattern = attnlang.parse(f"pattern x = {args.pattern}")["x"]
     mod = pattern.module(backend="triton")
     gen = load_module(pattern)
     for d in (int(x) for x in args.dims.split(",")):
         batch, (q, k, v, do) = inputs(args.n, d, args.cpu)
         print(f"== {args.pattern}  n = {args.n}, d = {d}, {batch} x {HEADS} heads")
+        yield mod, gen, q, k, v, do
+
+
+def main():
+    options = parser()
+    options.add_argument("--classes-first", action="store_true",
+                         help="one-block classes' backward first at every head dim")
+    args = options.parse_args()
+    for mod, gen, q, k, v, do in each_head_dim(args):
         recs = {"as is": Recorded(gen, mod, q, k, v, do)}
         if args.classes_first:
             saved = gen.ONE_BLOCK_LAST_BWD
