@@ -297,8 +297,10 @@ def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
     from its third step on (`_launch_prepared`; the second goes through `_launch`'s own direct
     path), nothing through Triton, passing what `_launch` itself passes: grid, stream, the
     compiled function, the arguments in order and the constexprs' values.  Only the call's
-    tensors and strides are keyed each time."""
+    tensors and strides are keyed each time -- also for the strided band's dK/dV and dQ in one
+    launch (SHARED_BWD), whose two parts' own arguments are its own."""
     module, compiled, through, (q, k, v, do) = _kept_call_setup(text, monkeypatch, 3)
+    monkeypatch.setattr(module, "SHARED_BWD", (16,))
     seg = torch.tensor([0] * 15 + [1] * 25) if "segment" in text else None
 
     def step():
@@ -317,13 +319,16 @@ def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
     prepared = []  # (the call's part, the launch's own part) of each prepared launch's arguments
     monkeypatch.setattr(module, "_launch_prepared", lambda p, head, options,
                         real=module._launch_prepared: (
-                            prepared.append((len(head), len(p.args))), real(p, head, options))[1])
+                            prepared.append((len(head), len(p.args), p.kernel.__name__)),
+                            real(p, head, options))[1])
     step()
     assert not through
     # only the call's own tensors and strides: the kept arguments' part of the key is kept too
-    assert keyed and prepared and all(own for _, own in prepared)
-    assert {head for head, _ in prepared} <= set(keyed)
-    assert not {head + own for head, own in prepared} & set(keyed)
+    assert keyed and prepared and all(own for _, own, _ in prepared)
+    assert {head for head, _, _ in prepared} <= set(keyed)
+    assert not {head + own for head, own, _ in prepared} & set(keyed)
+    shared = [own for _, own, name in prepared if name.startswith("_bwd_shared")]
+    assert len(shared) == ("stride" in text) and all(own > 2 for own in shared)
     expected = []
     for kernel, grid, args, options in first:
         names = list(kernel.arg_names)[len(args):]
