@@ -54,8 +54,10 @@ def _variants(tiles, warps=False, tiles_only=False, seeded=False):
            "one-block, backward's last": dict(ONE_BLOCK_LAST_BWD=(64, 128)),
            "one-block, float32 partials": dict(PARTIAL_16=False),
            "one-block, heads ascending": dict(ONE_BLOCK_HEADS_DOWN=False),
-           "one-block, partials read last": dict(PREFETCH_PARTIAL=()),
-           "one-block, partials read first": dict(PREFETCH_PARTIAL=(64, 128)),
+           # (SEED_PARTIAL takes precedence over PREFETCH_PARTIAL: off for these two)
+           "one-block, partials read last": dict(SEED_PARTIAL=(), PREFETCH_PARTIAL=()),
+           "one-block, partials read first": dict(SEED_PARTIAL=(),
+                                                  PREFETCH_PARTIAL=(64, 128)),
            "one-block, partials seed the softmax": dict(SEED_PARTIAL=(64, 128)),
            "one-block, dK/dV and dQ apart": dict(SHARED_BWD=()),
            "one-block, no PDL": dict(PDL_FORWARD=()),
