@@ -136,24 +136,24 @@ class Recorded:
             name = _name(kernel)
             if name.startswith("_bwd_dkdv_") and joined:
                 index = name[len("_bwd_dkdv_"):]
-                j = next((j for j, (k2, _, _, o2) in enumerate(self.launches)
-                          if _name(k2) == f"_bwd_dq_{index}"), None)
-                if j is not None and not _bound(*self.launches[j][0:1],
-                                                self.launches[j][2],
-                                                self.launches[j][3]).get("OWN_DELTA"):
-                    out.append(self._joined(self.launches[i], self.launches[j]))
-                    skip.add(j)
-                    continue
+                j = next((j for j, launch in enumerate(self.launches)
+                          if _name(launch[0]) == f"_bwd_dq_{index}"), None)
+                if j is not None:
+                    dq_kernel, _, dq_args, dq_options = self.launches[j]
+                    if not _bound(dq_kernel, dq_args, dq_options).get("OWN_DELTA"):
+                        out.append(self._joined(self.launches[i], self.launches[j]))
+                        skip.add(j)
+                        continue
             out.append((kernel, grid, args, options))
         return out
 
     def _joined(self, kvl, dql):
         kv, dq = kvl[0], dql[0]
         a, b = _bound(kv, kvl[2], kvl[3]), _bound(dq, dql[2], dql[3])
-        # (heads in turns and heavy rows first map program ids by the grid's width: off here)
+        # (heads in turns and heavy rows first map program ids by the grid's width: off here --
+        # INTERLEAVE is not passed on, so the dQ kernel takes its default, 1)
         if b.get("INTERLEAVE", 1) > 1:
             print(f"   (joined: {_name(dq)}'s INTERLEAVE {b['INTERLEAVE']} -> 1)")
-            b["INTERLEAVE"] = 1
         assert not a["HEAVY"] and not b["HEAVY"], "heavy rows first: not joined"
         for name in _LAUNCH:
             if kvl[3].get(name) != dql[3].get(name):
