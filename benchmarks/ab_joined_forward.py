@@ -21,7 +21,6 @@ two launches' and lost too (NOTES round 52: 8k d = 128 182 -> 198 µs at lag 1):
     python benchmarks/ab_joined_forward.py --cpu --n 512 --dims 16 --pattern "causal &
         (window(7, 0) | stride(8))"     # the checks only, in Triton's interpreter
 """
-import importlib.util
 import os
 import sys
 
@@ -30,8 +29,9 @@ if "--cpu" in sys.argv:  # before Triton is imported
 
 import torch  # noqa: E402
 
-from ab_shared_launch import (_LAUNCH, _bound, _name, _params, check, each_head_dim,  # noqa: E402
-                              parser, time_launches)
+from ab_shared_launch import (KERNEL_HEAD, _LAUNCH, _bound, _name, _params,  # noqa: E402
+                              check, each_head_dim, function_span, load_source, parser,
+                              time_launches)
 
 _OFFSET = ("    pid = tl.program_id(0)\n    bh = tl.program_id(1)\n",
            "    pid = tl.program_id(0) - JOIN_X0\n    bh = tl.program_id(1) - JOIN_Y0\n")
@@ -42,23 +42,13 @@ def _patched(gen, band):
     JOIN_X0 / JOIN_Y0 (constexprs, default 0) off its program ids."""
     with open(gen.__file__) as f:
         src = f.read()
-    start = src.index(f"\ndef {band}(")
-    end = src.index("\n@triton.jit", start)
+    start, end = function_span(src, band)
     body = src[start:end]
     sig_end = body.index("\n):\n")
     assert _OFFSET[0] in body, "the band kernel's program ids moved"
     body = (body[:sig_end] + " JOIN_X0: tl.constexpr = 0, JOIN_Y0: tl.constexpr = 0,"
             + body[sig_end:]).replace(_OFFSET[0], _OFFSET[1], 1)
-    src = src[:start] + body + src[end:]
-    path = os.path.join(os.environ.get("OUT", "/tmp"), f"joined_module_{os.getpid()}.py")
-    with open(path, "w") as f:
-        f.write(src)
-    name = f"joined_module_{os.getpid()}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # (its support modules import as its submodules)
-    spec.loader.exec_module(module)
-    return module
+    return load_source(src[:start] + body + src[end:], f"joined_module_{os.getpid()}")
 
 
 def _joined_kernel(one, band):
@@ -90,14 +80,7 @@ def _joined_kernel(one, band):
            f"            {call('BAND', b, 'PDL_WAIT=False, JOIN_X0=NC, JOIN_Y0=LAG')}\n"
            "            if tl.atomic_add(CNT + bh, 1, sem='relaxed') == NC + NB - 1:\n"
            "                tl.atomic_xchg(CNT + bh, 0, sem='relaxed')  # the head's last\n")
-    path = os.path.join(os.environ.get("OUT", "/tmp"), f"joined_{_name(band)}.py")
-    with open(path, "w") as f:
-        f.write("import triton\nimport triton.language as tl\n\n\n@triton.jit\n" + src)
-    spec = importlib.util.spec_from_file_location(f"joined_{_name(band)}", path)
-    module = importlib.util.module_from_spec(spec)
-    module.ONE, module.BAND = one, band
-    spec.loader.exec_module(module)
-    return module.joined
+    return load_source(KERNEL_HEAD + src, f"joined_{_name(band)}", ONE=one, BAND=band).joined
 
 
 class RecordedForward:

@@ -22,7 +22,6 @@ time of the forward's launches, interleaved rounds):
     python benchmarks/ab_prologue.py --cpu --n 512 --dims 16 --pattern "causal & (window(7,
         0) | stride(8))"     # the checks only, in Triton's interpreter
 """
-import importlib.util
 import os
 import re
 import sys
@@ -31,14 +30,8 @@ if "--cpu" in sys.argv:  # before Triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
 
 from ab_joined_forward import RecordedForward  # noqa: E402
-from ab_shared_launch import _name, check, each_head_dim, parser, time_launches  # noqa: E402
-
-
-def _function(src, name):
-    """(start, end) of top-level function ``name``'s text in module source ``src``."""
-    start = src.index(f"\ndef {name}(")
-    end = src.index("\n@triton.jit", start)
-    return start, end
+from ab_shared_launch import (_name, check, each_head_dim, function_span,  # noqa: E402
+                              load_source, parser, time_launches)
 
 
 def _call_end(text, at):
@@ -60,7 +53,7 @@ def patch(src, band, queries_last):
         raise SystemExit("this module's forward loads its bounds first already (round 52's "
                          "change): the experiment patches modules of the templates before it")
     # the key loop takes the bounds (PRE: constexpr) where its callers have them
-    start, end = _function(src, keys)
+    start, end = function_span(src, keys)
     body = src[start:end]
     body = body.replace("    piece, PIECE_BLOCKS, PIECES: tl.constexpr,\n):",
                         "    piece, PIECE_BLOCKS, PIECES: tl.constexpr,\n"
@@ -78,7 +71,7 @@ def patch(src, band, queries_last):
     src = src[:start] + body + src[end:]
     # every caller passes them: the band kernel its own, the others none
     out, pos = [], 0
-    band_start, band_end = _function(src, band)
+    band_start, band_end = function_span(src, band)
     for hit in re.finditer(rf"{keys}\(", src):
         if src[hit.start() - 4:hit.start()] == "def ":
             continue
@@ -89,7 +82,7 @@ def patch(src, band, queries_last):
                    else ", 0, 0, 0, 0, 0, False")
         pos = close
     src = "".join(out) + src[pos:]
-    start, end = _function(src, band)
+    start, end = function_span(src, band)
     body = src[start:end]
     first = "    q_count = tl.load(CLS_QN + cls)\n"
     assert first in body
@@ -107,19 +100,6 @@ def patch(src, band, queries_last):
     return src[:start] + body + src[end:]
 
 
-def load(src, tag):
-    """Module source ``src`` executed as a module of its own."""
-    name = f"prologue_{tag}_{os.getpid()}"
-    path = os.path.join(os.environ.get("OUT", "/tmp"), name + ".py")
-    with open(path, "w") as f:
-        f.write(src)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # (its support modules import as its submodules)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main():
     args = parser().parse_args()
     for mod, gen, q, k, v, _ in each_head_dim(args):
@@ -130,7 +110,8 @@ def main():
         variants = {"as is": (rec, rec.variant())}
         for tag, last in (("bounds first", False), ("bounds first, queries last", True)):
             band = [n for n in rec.names() if n.startswith("_fwd_") and "one" not in n]
-            patched = load(patch(src, band[-1], last), tag.replace(" ", "_").replace(",", ""))
+            name = "prologue_" + tag.replace(" ", "_").replace(",", "")
+            patched = load_source(patch(src, band[-1], last), f"{name}_{os.getpid()}")
             launches = [(getattr(patched, _name(kernel)) if _name(kernel) == band[-1] else kernel,
                          grid, a, o) for kernel, grid, a, o in rec.launches]
             variants[tag] = (rec, launches)

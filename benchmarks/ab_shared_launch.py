@@ -59,15 +59,34 @@ def _shared_kernel(kv, dq):
            "        if pid // 2 < DQ_N:\n"
            f"            {call('DQ', b)}\n")
     name = getattr(kv, "fn", kv).__name__
-    path = os.path.join(os.environ.get("OUT", "/tmp"), f"shared_{name}.py")
-    with open(path, "w") as f:
-        f.write("import triton\nimport triton.language as tl\n\n\n@triton.jit\n" + src)
+    return load_source(KERNEL_HEAD + src, f"shared_{name}", KV=kv, DQ=dq).shared
+
+
+KERNEL_HEAD = "import triton\nimport triton.language as tl\n\n\n@triton.jit\n"
+
+
+def load_source(src, name, **names):
+    """Python source ``src`` written to $OUT (or /tmp) as ``name``.py and imported as module
+    ``name`` (registered in sys.modules first: a generated module's support modules import as
+    its submodules), with ``names`` set in it before it runs (the kernels its own call)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(f"shared_{name}", path)
+    path = os.path.join(os.environ.get("OUT", "/tmp"), name + ".py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    module.KV, module.DQ = kv, dq
+    for key, value in names.items():
+        setattr(module, key, value)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module.shared
+    return module
+
+
+def function_span(src, name):
+    """(start, end) of top-level Triton function ``name``'s text in module source ``src`` (up
+    to the next `@triton.jit`)."""
+    start = src.index(f"\ndef {name}(")
+    return start, src.index("\n@triton.jit", start)
 
 
 def _name(kernel):
