@@ -27,7 +27,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from ab_shared_launch import (Recorded, _bound, _name, check, each_head_dim,  # noqa: E402
-                              parser, time_launches)
+                              parser, report)
 
 _HELPERS = ("_class_positions", "_load_tile", "_store_dkdv")
 # the generated module's helpers and its component's scores, bound by `_bind_module`
@@ -133,10 +133,7 @@ def main():
         check(variants, 40)
         if args.cpu:
             continue
-        print("   µs of the backward's launches (median per round, rounds interleaved):")
-        for name, ts in time_launches(variants, args.rounds).items():
-            print(f"   {name:40s} " + " ".join(f"{t:7.1f}" for t in ts) +
-                  f"   median {sorted(ts)[len(ts) // 2]:7.1f}")
+        report(variants, args.rounds, "backward", 40)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from ab_shared_launch import (KERNEL_HEAD, _LAUNCH, _bound, _name, _params,  # noqa: E402
                               check, each_head_dim, function_span, load_source, parser,
-                              time_launches)
+                              recorded, report)
 
 _OFFSET = ("    pid = tl.program_id(0)\n    bh = tl.program_id(1)\n",
            "    pid = tl.program_id(0) - JOIN_X0\n    bh = tl.program_id(1) - JOIN_Y0\n")
@@ -90,19 +90,9 @@ class RecordedForward:
     def __init__(self, gen, mod, q, k, v):
         self.gen = gen
         gen._CALLS.clear()
-        launches = []
-        real = gen._launch
-
-        def record(kernel, grid, args, options, extra=()):
-            launches.append((kernel, tuple(grid), tuple(args), dict(options)))
-            return real(kernel, grid, args, options, extra)
-        gen._launch = record
-        try:
-            out, lse = mod(q, k, v, return_lse=True)
-        finally:
-            gen._launch = real
-        self.launches = launches
-        self.grads = [out, lse]
+        result = []
+        self.launches = recorded(gen, lambda: result.extend(mod(q, k, v, return_lse=True)))
+        self.grads = result  # [out, lse]
         self.counters = torch.zeros(q.shape[0] * q.shape[1], dtype=torch.int32, device=q.device)
 
     def names(self):
@@ -155,10 +145,7 @@ def main():
         assert not any(after), f"counters not back to 0: {after}"
         if args.cpu:
             continue
-        print("   µs of the forward's launches (median per round, rounds interleaved):")
-        for name, ts in time_launches(variants, args.rounds).items():
-            print(f"   {name:24s} " + " ".join(f"{t:7.1f}" for t in ts) +
-                  f"   median {sorted(ts)[len(ts) // 2]:7.1f}")
+        report(variants, args.rounds, "forward", 24)
 
 
 if __name__ == "__main__":

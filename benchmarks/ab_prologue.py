@@ -31,7 +31,7 @@ if "--cpu" in sys.argv:  # before Triton is imported
 
 from ab_joined_forward import RecordedForward  # noqa: E402
 from ab_shared_launch import (_name, check, each_head_dim, function_span,  # noqa: E402
-                              load_source, parser, time_launches)
+                              load_source, parser, report)
 
 
 def _call_end(text, at):
@@ -118,10 +118,7 @@ def main():
         check(variants, 28)
         if args.cpu:
             continue
-        print("   µs of the forward's launches (median per round, rounds interleaved):")
-        for name, ts in time_launches(variants, args.rounds).items():
-            print(f"   {name:28s} " + " ".join(f"{t:7.1f}" for t in ts) +
-                  f"   median {sorted(ts)[len(ts) // 2]:7.1f}")
+        report(variants, args.rounds, "forward", 28)
 
 
 if __name__ == "__main__":

@@ -120,22 +120,14 @@ class Recorded:
         gen._CALLS.clear()
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
         out = mod(qg, kg, vg)
-        launches = []
-        real = gen._launch
-
-        def record(kernel, grid, args, options, extra=()):
-            launches.append((kernel, tuple(grid), tuple(args), dict(options)))
-            return real(kernel, grid, args, options, extra)
-        gen._launch = record
         was = gen.SHARED_BWD
         gen.SHARED_BWD = was if shared else ()
         try:
-            out.backward(do)
+            self.launches = recorded(gen, lambda: out.backward(do))
         finally:
-            gen._launch, gen.SHARED_BWD = real, was
-        self.launches = launches
+            gen.SHARED_BWD = was
         found = {}
-        for kernel, grid, args, options in launches:
+        for kernel, grid, args, options in self.launches:
             bound = _bound(kernel, args, options)
             for name in ("DQ", "DK", "DV"):
                 if isinstance(bound.get(name), torch.Tensor) and bound[name].dim() == 4:
@@ -191,6 +183,31 @@ class Recorded:
             self.gen._launch(kernel, grid, args, options)
 
 
+def recorded(gen, call):
+    """[(kernel, grid, args, options)] of the launches ``call()`` makes through module ``gen``'s
+    `_launch` (made as well)."""
+    launches = []
+    real = gen._launch
+
+    def record(kernel, grid, args, options, extra=()):
+        launches.append((kernel, tuple(grid), tuple(args), dict(options)))
+        return real(kernel, grid, args, options, extra)
+    gen._launch = record
+    try:
+        call()
+    finally:
+        gen._launch = real
+    return launches
+
+
+def report(variants, rounds, what, width):
+    """Time ``variants`` (`time_launches`) and print each one's median per round."""
+    print(f"   µs of the {what}'s launches (median per round, rounds interleaved):")
+    for name, ts in time_launches(variants, rounds).items():
+        print(f"   {name:{width}s} " + " ".join(f"{t:7.1f}" for t in ts) +
+              f"   median {sorted(ts)[len(ts) // 2]:7.1f}")
+
+
 def parser():
     """The options of the scripts that replay a module's recorded backward."""
     out = argparse.ArgumentParser()
@@ -235,10 +252,7 @@ def main():
         check(variants)
         if args.cpu:
             continue
-        print("   µs of the backward's launches (median per round, rounds interleaved):")
-        for name, ts in time_launches(variants, args.rounds).items():
-            print(f"   {name:34s} " + " ".join(f"{t:7.1f}" for t in ts) +
-                  f"   median {sorted(ts)[len(ts) // 2]:7.1f}")
+        report(variants, args.rounds, "backward", 34)
 
 
 def check(variants, width=34):
