@@ -1,4 +1,4 @@
-"""The band forward's prologue (round 52's experiment).  Nsight Compute on the strided pattern's
+"""The band forward's prologue (round 52's experiment), and the dQ kernel's.  Nsight Compute on the strided pattern's
 band kernel at 8k, d = 128 (results/ncu_r52_fwd_0*.txt) put 35% of its stall samples before the
 key loop, in a chain of memory round trips one after another: the query tile's loads (then
 their stores to shared memory), the partial output's (then its layout conversion through shared
@@ -12,15 +12,19 @@ before waiting on any:
 - ``bounds first, queries last``: also the partial output and log-sum-exp (the seed) read
   before the query tile, so that the tile's stores to shared memory wait last.
 
-``bounds first`` is taken (the template's `_fwd_*` since round 52), so the script patches
-modules of the templates before that change (8bf73b8's and earlier).  The module's forward
-launches are recorded once, then replayed with the band kernel replaced by each patched one;
-output and log-sum-exp must equal the module's bit for bit; then every variant is timed (GPU
-time of the forward's launches, interleaved rounds):
+``bounds first`` is taken (the template's `_fwd_*` since round 52), so ``--role fwd`` patches
+modules of the templates before that change (8bf73b8's and earlier).  ``--role dq`` does the
+same to the backward's dQ kernels (`_bwd_dq_*` and its `_dq_keys_*`, also where they run inside
+a shared launch, `_bwd_shared_*`), whose prologue has the same chain (its query tile, then the
+output gradients, log-sum-exp and delta, then the row and its bounds): round 52's Next 1, not
+yet run on a GPU.  The module's forward (or backward) launches are recorded once, then replayed
+with every kernel taken from the patched module; output and log-sum-exp (or dQ, dK, dV) must
+equal the module's bit for bit; then every variant is timed (GPU time of the launches,
+interleaved rounds):
 
-    python benchmarks/ab_prologue.py [--n 8192] [--dims 128,64]
+    python benchmarks/ab_prologue.py [--n 8192] [--dims 128,64] [--role fwd|dq]
     python benchmarks/ab_prologue.py --cpu --n 512 --dims 16 --pattern "causal & (window(7,
-        0) | stride(8))"     # the checks only, in Triton's interpreter
+        0) | stride(8))" [--role dq]     # the checks only, in Triton's interpreter
 """
 import os
 import re
@@ -30,8 +34,8 @@ if "--cpu" in sys.argv:  # before Triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
 
 from ab_joined_forward import RecordedForward  # noqa: E402
-from ab_shared_launch import (_name, check, each_head_dim, function_span,  # noqa: E402
-                              load_source, parser, report)
+from ab_shared_launch import (Recorded, _name, check, each_head_dim,  # noqa: E402
+                              function_span, load_source, parser, report)
 
 
 def _call_end(text, at):
@@ -44,20 +48,19 @@ def _call_end(text, at):
     raise ValueError("unbalanced call")
 
 
-def patch(src, band, queries_last):
-    """Module source ``src`` with kernel ``band`` (`_fwd_<i>`) loading its row's bounds first
-    (and with ``queries_last`` its seed before its query tile)."""
-    index = band.rsplit("_", 1)[1]
-    keys = f"_fwd_keys_{index}"
-    if "ROW_PRE" in src:
-        raise SystemExit("this module's forward loads its bounds first already (round 52's "
-                         "change): the experiment patches modules of the templates before it")
-    # the key loop takes the bounds (PRE: constexpr) where its callers have them
+def patch(src, kernel, keys, queries_last=False):
+    """Module source ``src`` with ``kernel`` (`_fwd_<i>` or `_bwd_dq_<i>`) loading its row's
+    bounds first and handing them to its key loop ``keys`` (`_fwd_keys_<i>`, `_dq_keys_<i>`);
+    with ``queries_last`` (the forward) also its seed before its query tile."""
     start, end = function_span(src, keys)
     body = src[start:end]
-    body = body.replace("    piece, PIECE_BLOCKS, PIECES: tl.constexpr,\n):",
-                        "    piece, PIECE_BLOCKS, PIECES: tl.constexpr,\n"
-                        "    PRE_ROW, PRE_LO, PRE_FLO, PRE_FHI, PRE_HI, PRE: tl.constexpr,\n):", 1)
+    if "ROW_PRE" in body:
+        raise SystemExit(f"this module's {keys} takes its caller's bounds already (the forward's "
+                         "since round 52): patch modules of the templates before it")
+    # the key loop takes the bounds (PRE: constexpr) where its callers have them
+    close = body.index("\n):\n")
+    body = (body[:close] + "\n    PRE_ROW, PRE_LO, PRE_FLO, PRE_FHI, PRE_HI, PRE: tl.constexpr,"
+            + body[close:])
     row = "    row = tl.load(ROW_BASE + (lb * NUM_CLASSES + cls) * H + h) + m\n"
     assert row in body, "the key loop's row moved"
     body = body.replace(row, "    if PRE:\n        row = PRE_ROW\n    else:\n    " + row, 1)
@@ -69,20 +72,20 @@ def patch(src, band, queries_last):
             + bounds.group(0)[1:].lstrip().replace("\n", f"\n{pad}    ").rstrip() + "\n"
             + body[bounds.end():])
     src = src[:start] + body + src[end:]
-    # every caller passes them: the band kernel its own, the others none
+    # every caller passes them: the kernel its own, the others none
     out, pos = [], 0
-    band_start, band_end = function_span(src, band)
+    own_start, own_end = function_span(src, kernel)
     for hit in re.finditer(rf"{keys}\(", src):
         if src[hit.start() - 4:hit.start()] == "def ":
             continue
         close = _call_end(src, hit.end() - 1)
-        own = band_start <= hit.start() < band_end
+        own = own_start <= hit.start() < own_end
         out.append(src[pos:close])
         out.append(", pre_row, pre_lo, pre_flo, pre_fhi, pre_hi, True" if own
                    else ", 0, 0, 0, 0, 0, False")
         pos = close
     src = "".join(out) + src[pos:]
-    start, end = function_span(src, band)
+    start, end = function_span(src, kernel)
     body = src[start:end]
     first = "    q_count = tl.load(CLS_QN + cls)\n"
     assert first in body
@@ -100,26 +103,45 @@ def patch(src, band, queries_last):
     return src[:start] + body + src[end:]
 
 
+def _swapped(launches, module):
+    """``launches`` with every kernel replaced by ``module``'s of the same name."""
+    return [(getattr(module, _name(kernel)), grid, a, o) for kernel, grid, a, o in launches]
+
+
 def main():
-    args = parser().parse_args()
-    for mod, gen, q, k, v, _ in each_head_dim(args):
-        rec = RecordedForward(gen, mod, q, k, v)
+    options = parser()
+    options.add_argument("--role", choices=("fwd", "dq"), default="fwd",
+                         help="the forward's band kernel, or the backward's dQ kernels")
+    args = options.parse_args()
+    for mod, gen, q, k, v, do in each_head_dim(args):
+        if args.role == "fwd":
+            rec = RecordedForward(gen, mod, q, k, v)
+        else:
+            rec = Recorded(gen, mod, q, k, v, do, shared=True)
         print("   recorded: " + ", ".join(rec.names()))
         with open(gen.__file__) as f:
             src = f.read()
         variants = {"as is": (rec, rec.variant())}
-        for tag, last in (("bounds first", False), ("bounds first, queries last", True)):
-            band = [n for n in rec.names() if n.startswith("_fwd_") and "one" not in n]
+        if args.role == "fwd":
+            band = [n for n in rec.names() if n.startswith("_fwd_") and "one" not in n][-1]
+            tags = (("bounds first", False), ("bounds first, queries last", True))
+            kernels = [(band, f"_fwd_keys_{band.rsplit('_', 1)[1]}")]
+        else:  # every component's dQ kernel (in a shared launch or its own)
+            indices = sorted({n.rsplit("_", 1)[1] for n in rec.names()
+                              if n.startswith(("_bwd_dq_", "_bwd_shared_"))})
+            tags = (("dQ bounds first", False),)
+            kernels = [(f"_bwd_dq_{i}", f"_dq_keys_{i}") for i in indices]
+        for tag, last in tags:
+            patched = src
+            for kernel, keys in kernels:
+                patched = patch(patched, kernel, keys, last)
             name = "prologue_" + tag.replace(" ", "_").replace(",", "")
-            patched = load_source(patch(src, band[-1], last), f"{name}_{os.getpid()}")
-            launches = [(getattr(patched, _name(kernel)) if _name(kernel) == band[-1] else kernel,
-                         grid, a, o) for kernel, grid, a, o in rec.launches]
-            variants[tag] = (rec, launches)
+            variants[tag] = (rec, _swapped(rec.launches, load_source(patched,
+                                                                      f"{name}_{os.getpid()}")))
         check(variants, 28)
         if args.cpu:
             continue
-        report(variants, args.rounds, "forward", 28)
-
+        report(variants, args.rounds, "forward" if args.role == "fwd" else "backward", 28)
 
 if __name__ == "__main__":
     main()
