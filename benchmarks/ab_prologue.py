@@ -54,7 +54,7 @@ def patch(src, kernel, keys, queries_last=False):
     with ``queries_last`` (the forward) also its seed before its query tile."""
     start, end = function_span(src, keys)
     body = src[start:end]
-    if "ROW_PRE" in body:
+    if "LO_PRE" in body:
         raise SystemExit(f"this module's {keys} takes its caller's bounds already (the forward's "
                          "since round 52): patch modules of the templates before it")
     # the key loop takes the bounds (PRE: constexpr) where its callers have them
