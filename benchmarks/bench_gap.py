@@ -50,22 +50,22 @@ def _host(fn, gen, reps=100):
     """(median µs the host spends in a call, median µs until its first launch), each call
     made while the GPU sleeps (so no launch waits for room in the queue)."""
     real = gen._launch_prepared
-    first = []
+    first = {}  # the call's first launch: its time
 
     def stamped(*args, **kwargs):
-        if len(first) < len(whole) + 1:
-            first.append(time.perf_counter())
+        first.setdefault("at", time.perf_counter())
         return real(*args, **kwargs)
     whole, until = [], []
     gen._launch_prepared = stamped
     try:
         for _ in range(reps):
             torch.cuda._sleep(SLEEP)
+            first.clear()
             t0 = time.perf_counter()
             fn()
             t1 = time.perf_counter()
             whole.append(t1 - t0)
-            until.append(first[-1] - t0)
+            until.append(first["at"] - t0)
             torch.cuda.synchronize()
     finally:
         gen._launch_prepared = real
