@@ -464,6 +464,42 @@ def test_host_descriptors_over_every_heads_rows(text, length, d, kernel_made, tm
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("text, length, fwd", [
+    ("causal & (window(5, 0) | stride(4))", 128, "16x32"),  # the classes (rows of 4 side by
+    # side) merge with the band's output
+    ("causal & (window(5, 0) | stride(8))", 128, "16x16")])  # the band merges with the classes'
+# (one block each, first: without key padding)
+@pytest.mark.parametrize("prefetch", ["seed", "merge after"])
+def test_partial_output_through_the_hosts_descriptor(text, length, fwd, prefetch, tmp_path,
+                                                     monkeypatch):
+    """A forward launch that reads the earlier components' partial output before its key loop
+    (PREFETCH: as the softmax's seed, or merged after the loop) reads it through a descriptor
+    the host made over every head's rows (OP_DESC, tiles of BLOCK_M rows; a residue class's
+    rows one column block of the [rows / step, step * D] view) where the launch has HOST_DESC:
+    equal to the reference, with two batches, grouped heads (and key padding)."""
+    monkeypatch.setenv("ATTNLANG_TILES", f"fwd={fwd}:4:1:d,dkdv=32x16:4:1:t:d,dq=32x16:4:1:d")
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    monkeypatch.setattr(mod, "HOST_DESC_MIN_PROGRAMS", 0)
+    monkeypatch.setattr(mod, "SEED_PARTIAL", (16,) if prefetch == "seed" else ())
+    monkeypatch.setattr(mod, "PREFETCH_PARTIAL", (16,))
+    seen = []
+
+    def launch(kernel, grid, args, options, real=mod._launch):
+        if kernel.__name__.startswith("_fwd"):
+            seen.append((options["MERGE"], options.get("HOST_DESC"), options.get("PREFETCH"),
+                         isinstance(args[8], mod._TensorDescriptor)))
+        return real(kernel, grid, args, options)
+    monkeypatch.setattr(mod, "_launch", launch)
+    kpm = None if fwd == "16x16" else \
+        torch.rand(2, length, generator=torch.Generator().manual_seed(3)) > 0.2
+    check_against_reference(mod.attention, expr, B=2, Hq=2, Hkv=1, Lq=length, Lk=length, D=16,
+                            dtype=torch.float32, key_padding_mask=kpm)
+    assert all(made == (merge and host) for merge, host, _, made in seen), seen
+    assert any(made for *_, made in seen), seen  # (merging launches read it so)
+    assert {p for merge, _, p, _ in seen if merge} == {2 if prefetch == "seed" else 1}
+
+
 def test_launches_of_few_programs_keep_the_kernels_own_descriptors(tmp_path, monkeypatch):
     """Launches of fewer programs than HOST_DESC_MIN_PROGRAMS keep the kernel's own descriptors
     where the host's could read the tensors (their host cost would outweigh what they save)."""
