@@ -313,20 +313,29 @@ def test_a_kept_call_launches_its_prepared_kernels_directly(text, monkeypatch):
     step()  # second: `_launch`'s direct path, filling each kept launch's own cache
     assert not through
     compiled.calls.clear()
-    keyed = []  # the lengths of the argument lists a step's launches are keyed by
-    monkeypatch.setattr(module, "_specialisation", lambda args, real=module._specialisation: (
-        keyed.append(len(args)), real(args))[1])
+    keyed = []  # (the length of an argument list keyed, the prepared launch keying it or None)
     prepared = []  # (the call's part, the launch's own part) of each prepared launch's arguments
-    monkeypatch.setattr(module, "_launch_prepared", lambda p, head, options,
-                        real=module._launch_prepared: (
-                            prepared.append((len(head), len(p.args), p.kernel.__name__)),
-                            real(p, head, options))[1])
+    inside = []  # the prepared launch under way
+
+    def specialisation(args, real=module._specialisation):
+        keyed.append((len(args), inside[-1] if inside else None))
+        return real(args)
+
+    def launch_prepared(p, head, options, real=module._launch_prepared):
+        prepared.append((len(head), len(p.args), p.kernel.__name__))
+        inside.append(prepared[-1])
+        try:
+            return real(p, head, options)
+        finally:
+            inside.pop()
+    monkeypatch.setattr(module, "_specialisation", specialisation)
+    monkeypatch.setattr(module, "_launch_prepared", launch_prepared)
     step()
     assert not through
     # only the call's own tensors and strides: the kept arguments' part of the key is kept too
     assert keyed and prepared and all(own for _, own, _ in prepared)
-    assert {head for head, _, _ in prepared} <= set(keyed)
-    assert not {head + own for head, own, _ in prepared} & set(keyed)
+    assert {launch for _, launch in keyed} >= set(prepared)  # each prepared launch keyed
+    assert all(n == launch[0] for n, launch in keyed if launch is not None), keyed
     shared = [own for _, own, name in prepared if name.startswith("_bwd_shared")]
     assert len(shared) == ("stride" in text) and all(own > 2 for own in shared)
     expected = []
