@@ -1,9 +1,9 @@
-"""The band forward's prologue (round 52's experiment), and the dQ kernel's.  Nsight Compute on the strided pattern's
-band kernel at 8k, d = 128 (results/ncu_r52_fwd_0*.txt) put 35% of its stall samples before the
-key loop, in a chain of memory round trips one after another: the query tile's loads (then
-their stores to shared memory), the partial output's (then its layout conversion through shared
-memory), the table row's base, that row's bounds, and only then the first key block's TMA load.
-Here the generated module's source is patched so that the forward issues the independent loads
+"""The band forward's prologue (rounds 52-53), and the dQ kernel's.  Nsight Compute on the strided
+pattern's band kernel at 8k, d = 128 (results/ncu_r52_fwd_0*.txt) put 35% of its stall samples
+before the key loop, in a chain of memory round trips one after another: the query tile's loads
+(then their stores to shared memory), the partial output's (then its layout conversion through
+shared memory), the table row's base, that row's bounds, and only then the first key block's TMA
+load. Here the generated module's source is patched so that the forward issues the independent loads
 before waiting on any:
 
 - ``bounds first``: the table row and its bounds (`_row_bounds`) loaded at the program's start,
@@ -13,16 +13,19 @@ before waiting on any:
   before the query tile, so that the tile's stores to shared memory wait last.
 
 ``bounds first`` is taken (the template's `_fwd_*` since round 52), so ``--role fwd`` patches
-modules of the templates before that change (8bf73b8's and earlier).  ``--role dq`` does the
-same to the backward's dQ kernels (`_bwd_dq_*` and its `_dq_keys_*`, also where they run inside
-a shared launch, `_bwd_shared_*`), whose prologue has the same chain (its query tile, then the
+modules of the templates before that change (8bf73b8's and earlier). ``--role dq`` does the same
+to the backward's dQ kernels (`_bwd_dq_*` and its `_dq_keys_*`, also where they run inside a
+shared launch, `_bwd_shared_*`), whose prologue has the same chain (its query tile, then the
 output gradients, log-sum-exp and delta, then the row and its bounds): round 52's Next 1, not
-yet run on a GPU.  The module's forward (or backward) launches are recorded once, then replayed
-with every kernel taken from the patched module; output and log-sum-exp (or dQ, dK, dV) must
-equal the module's bit for bit; then every variant is timed (GPU time of the launches,
-interleaved rounds):
+yet run on a GPU. ``--role fwd-tma`` (round 53): the band forward's query tile through a
+descriptor the host makes (TMA straight into shared memory) against the module as is, and its
+partial output read by pointer loads again where the template (since round 53) reads it through
+the host's descriptor (OP_DESC). The module's forward (or backward) launches are recorded once,
+then replayed with every kernel taken from the patched module; output and log-sum-exp (or dQ,
+dK, dV) must equal the module's bit for bit; then every variant is timed (GPU time of the
+launches, interleaved rounds):
 
-    python benchmarks/ab_prologue.py [--n 8192] [--dims 128,64] [--role fwd|dq]
+    python benchmarks/ab_prologue.py [--n 8192] [--dims 128,64] [--role fwd|dq|fwd-tma]
     python benchmarks/ab_prologue.py --cpu --n 512 --dims 16 --pattern "causal & (window(7,
         0) | stride(8))" [--role dq]     # the checks only, in Triton's interpreter
 """
@@ -34,7 +37,7 @@ if "--cpu" in sys.argv:  # before Triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
 
 from ab_joined_forward import RecordedForward  # noqa: E402
-from ab_shared_launch import (Recorded, _name, check, each_head_dim,  # noqa: E402
+from ab_shared_launch import (Recorded, _bound, _name, check, each_head_dim,  # noqa: E402
                               function_span, load_source, parser, report)
 
 
@@ -103,6 +106,58 @@ def patch(src, kernel, keys, queries_last=False):
     return src[:start] + body + src[end:]
 
 
+def patch_tma(src, kernel, queries):
+    """Module source ``src`` with the band forward ``kernel`` (`_fwd_<i>`, whose component is the
+    identity: STEP 1, one class from position 0) changed: with ``queries``, its query tile read
+    through the host's descriptor Q_DESC (rows of [B * H * Lq, D]: TMA straight into shared
+    memory, where the tile's pointer loads go through registers first); else its partial output
+    read by pointer loads where HOST_DESC has it read through OP_DESC (the template's since
+    round 53: as before it).  Whole tiles only (EVEN)."""
+    start, end = function_span(src, kernel)
+    body = src[start:end]
+    if not queries:
+        by_desc = re.search(r"\n( +)if HOST_DESC:  # no trip through registers[^\n]*\n", body)
+        assert by_desc, "the partial output's read moved"
+        return (src[:start] + body[:by_desc.start()] + f"\n{by_desc.group(1)}if False:\n"
+                + body[by_desc.end():] + src[end:])
+    head = "    HAS_KPM: tl.constexpr,"
+    assert body.count(head) == 1, "the kernel's parameters moved"
+    body = body.replace(head, "    Q_DESC,\n" + head, 1)
+    q = re.search(r"\n    q = _load_tile\(Q [^\n]*\n[^\n]*\)\n", body)
+    assert q, "the query tile's load moved"
+    body = (body[:q.start()] + "\n    tl.static_assert(STEP == 1 and EVEN and BLOCK_D == HEAD_DIM)"
+            "\n    q = Q_DESC.load([(b * H + h) * Lq + m * BLOCK_M, 0])\n" + body[q.end():])
+    return src[:start] + body + src[end:]
+
+
+def _with_tma(launches, module, kernel, queries):
+    """``launches`` on ``module``'s kernels, with ``queries`` ``kernel``'s launch given Q_DESC
+    (the host's descriptor over its query tensor: contiguous [B, H, L, D])."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    out = []
+    for k, grid, a, o in launches:
+        if queries and _name(k) == kernel:
+            q = _bound(k, a, o)["Q"]
+            assert q.is_contiguous()
+            o = dict(o, Q_DESC=TensorDescriptor.from_tensor(q.view(-1, q.shape[-1]),
+                                                            [o["BLOCK_M"], o["BLOCK_D"]]))
+        out.append((getattr(module, _name(k)), grid, a, o))
+    return out
+
+
+class _ByTriton:
+    """A recording's launches made by Triton's own launcher (`_compile_and_launch`: the module's
+    direct launches key their options, and a descriptor in them is not hashable); its checks
+    compare with its own first variant."""
+
+    def __init__(self, rec):
+        self.gen, self.grads = rec.gen, rec.grads
+
+    def run(self, launches):
+        for kernel, grid, args, options in launches:
+            self.gen._compile_and_launch(kernel, grid, args, options)
+
+
 def _swapped(launches, module):
     """``launches`` with every kernel replaced by ``module``'s of the same name."""
     return [(getattr(module, _name(kernel)), grid, a, o) for kernel, grid, a, o in launches]
@@ -110,11 +165,12 @@ def _swapped(launches, module):
 
 def main():
     options = parser()
-    options.add_argument("--role", choices=("fwd", "dq"), default="fwd",
-                         help="the forward's band kernel, or the backward's dQ kernels")
+    options.add_argument("--role", choices=("fwd", "dq", "fwd-tma"), default="fwd",
+                         help="the forward's band kernel, or the backward's dQ kernels; "
+                         "fwd-tma: the band forward's query tile (and partial output) by TMA")
     args = options.parse_args()
     for mod, gen, q, k, v, do in each_head_dim(args):
-        if args.role == "fwd":
+        if args.role.startswith("fwd"):
             rec = RecordedForward(gen, mod, q, k, v)
         else:
             rec = Recorded(gen, mod, q, k, v, do, shared=True)
@@ -122,6 +178,18 @@ def main():
         with open(gen.__file__) as f:
             src = f.read()
         variants = {"as is": (rec, rec.variant())}
+        if args.role == "fwd-tma":
+            band = [n for n in rec.names() if n.startswith("_fwd_") and "one" not in n][-1]
+            launches, rec = rec.variant(), _ByTriton(rec)
+            variants["as is, by Triton"] = (rec, launches)
+            for tag, queries in (("partial by loads", False), ("queries by TMA", True)):
+                name = "prologue_" + tag.replace(" ", "_")
+                module = load_source(patch_tma(src, band, queries), f"{name}_{os.getpid()}")
+                variants[tag] = (rec, _with_tma(launches, module, band, queries))
+            check(variants, 28)
+            if not args.cpu:
+                report(variants, args.rounds, "forward", 28)
+            continue
         if args.role == "fwd":
             band = [n for n in rec.names() if n.startswith("_fwd_") and "one" not in n][-1]
             tags = (("bounds first", False), ("bounds first, queries last", True))

@@ -13,6 +13,11 @@ counted in the bf16 worst ratio.
 
     python benchmarks/gpu_check.py [--quick] [--only "stride,segment"] [--d 64,128]
     python benchmarks/gpu_check.py --gluon 40   # 40 random cases of the Gluon kernels
+    python benchmarks/gpu_check.py --host-desc  # descriptors made on the host at any grid size
+
+The checks' launches have fewer programs than HOST_DESC_MIN_PROGRAMS, so their kernels make
+their own descriptors; ``--host-desc`` sets it to 0, so that launches read through the host's
+wherever the tensors allow it (the benchmark's launches do).
 
 On an sm_90 GPU the band patterns' backward is the Gluon kernel (`attnlang/gluon_backward.py`;
 each line's "gluon" counts the case's forwards and backwards that ran Gluon's kernels, as
@@ -129,6 +134,8 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
     results = {}
     module = pattern.module(backend="triton")
     generated = load_module(pattern)
+    if "--host-desc" in sys.argv:
+        generated.HOST_DESC_MIN_PROGRAMS = 0
     direct = generated._DIRECT
     gluon_runs = _gluon_counted(generated, "_gluon_backward")
     gather_runs = _gluon_counted(generated, "_gluon_gather_backward")
