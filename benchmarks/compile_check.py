@@ -6,7 +6,7 @@ shows here before any GPU time is spent.  It checks compilation only: the number
 `benchmarks/gpu_check.py` on the GPU.  The local Triton may be newer than a GPU image's.
 
     python benchmarks/compile_check.py [--tiles "dq=64x64:4:2:d:j"] [--pattern TEXT ...] [--ptxas]
-                                       [--ptx DIR]
+                                       [--ptx DIR] [--host-desc]
 
 How: the module's launches are recorded instead of run (CPU tensors), with `_tiles` answering as
 on a GPU (and the PAIRS kernel's launch, which only a GPU's Gluon gather path makes, built
@@ -14,7 +14,11 @@ directly: `record_pairs_launch`); each distinct (kernel, argument types, constex
 stages) is then compiled with `triton.compile` for `GPUTarget("cuda", 90, 32)`.  Exits 1 if any
 fails.  ``--ptxas`` adds each kernel's registers and spill stores; ``--ptx DIR`` writes each
 kernel's PTX there without its debug information (line records, file names), so that two
-commits' kernels can be compared with ``diff -r``: the same instructions or not.
+commits' kernels can be compared with ``diff -r``: the same instructions or not.  The launches
+recorded here are of one batch of two heads, below HOST_DESC_MIN_PROGRAMS, so their kernels make
+their own descriptors; ``--host-desc`` records them with the host's wherever the tensors allow
+it, as the benchmark's launches read (the strided band forward at d = 128: 127 registers that
+way since round 53, 150 the other).
 """
 import argparse
 import contextlib
@@ -92,15 +96,19 @@ def as_on_gpu(mod, launch):
         mod._launch, mod._tiles, mod._row_blocks, mod._pdl_ok = saved
 
 
-def record_launches(text, length, d, dtype):
+def record_launches(text, length, d, dtype, host_desc=False):
     """The launches of one forward+backward of ``text`` as a GPU call would make them, and the
-    PAIRS kernel's (`record_pairs_launch`)."""
+    PAIRS kernel's (`record_pairs_launch`); with ``host_desc``, descriptors made on the host
+    wherever the tensors allow them, as in the benchmark's launches (HOST_DESC_MIN_PROGRAMS 0:
+    the launches here, of one batch of two heads, are below it)."""
     import attnlang
     from attnlang.bench import random_documents
     from attnlang.cache import load_module
 
     mod = load_module(attnlang.parse(f"pattern x = {text}")["x"])
-    launches = []
+    launches, saved = [], mod.HOST_DESC_MIN_PROGRAMS
+    if host_desc:
+        mod.HOST_DESC_MIN_PROGRAMS = 0
     with as_on_gpu(mod, lambda kernel, grid, args, options: launches.append((kernel, args,
                                                                             options))):
         batch, heads = 1, 2
@@ -116,6 +124,7 @@ def record_launches(text, length, d, dtype):
         mod.attention_backward(do, q, k, v, out, lse, scale, seg, seg, None, None, None, 0.0, 0,
                                False)
         record_pairs_launch(mod, q, k, v, do, scale, launches)
+    mod.HOST_DESC_MIN_PROGRAMS = saved
     return launches
 
 
@@ -207,6 +216,8 @@ def main():
                         "(at 8k tokens, d = 128 and 64, bf16)")
     parser.add_argument("--ptxas", action="store_true", help="also report each kernel's "
                         "registers and spill stores from ptxas (Triton's own, for sm_90a)")
+    parser.add_argument("--host-desc", action="store_true", help="descriptors made on the "
+                        "host wherever the tensors allow them (the benchmark's launches)")
     parser.add_argument("--ptx", metavar="DIR", help="write each kernel's PTX there, without "
                         "debug information (to diff two commits' kernels)")
     args = parser.parse_args()
@@ -220,7 +231,7 @@ def main():
         os.makedirs(args.ptx, exist_ok=True)
     seen, failed = set(), 0
     for text, length, d, dtype in cases:
-        for kernel, kargs, options in record_launches(text, length, d, dtype):
+        for kernel, kargs, options in record_launches(text, length, d, dtype, args.host_desc):
             key = (kernel, tuple(_type(a) if a is not None else None for a in kargs),
                    tuple(sorted(options.items())))
             if key in seen:

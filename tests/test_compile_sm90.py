@@ -41,3 +41,12 @@ def test_a_document_mask_and_a_one_pass_pattern_compile_for_sm90(tmp_path):
         assert ".entry" in ptx and "mma" in ptx or "_segment_bounds" in f.name, f.name
         assert ".loc" not in ptx and ".file" not in ptx and ".debug" not in ptx, f.name
 
+
+
+def test_the_strided_pattern_on_host_descriptors_compiles_for_sm90():
+    """The strided pattern's kernels as the benchmark's launches (2048 programs and more) read:
+    through descriptors made on the host (`--host-desc`; this suite's calls are below
+    HOST_DESC_MIN_PROGRAMS), the forward's band kernel its partial output too (OP_DESC)."""
+    out = _compile_check("--pattern", "causal & (window(127, 0) | stride(128))", "--host-desc")
+    assert "kernels compiled for sm_90, 0 failed" in out
+    assert out.count("_fwd_0 ") == 2  # (both head dims)
