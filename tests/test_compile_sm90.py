@@ -42,7 +42,6 @@ def test_a_document_mask_and_a_one_pass_pattern_compile_for_sm90(tmp_path):
         assert ".loc" not in ptx and ".file" not in ptx and ".debug" not in ptx, f.name
 
 
-
 def test_the_strided_pattern_on_host_descriptors_compiles_for_sm90():
     """The strided pattern's kernels as the benchmark's launches (2048 programs and more) read:
     through descriptors made on the host (`--host-desc`; this suite's calls are below
