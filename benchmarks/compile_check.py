@@ -12,14 +12,14 @@ How: the module's launches are recorded instead of run (CPU tensors), with `_til
 on a GPU (and the PAIRS kernel's launch, which only a GPU's Gluon gather path makes, built
 directly: `record_pairs_launch`), float32 inputs' products in the precision a GPU call takes
 (tf32x3; until round 53 the CPU's ieee, whose kernels were not the GPU's); each distinct
-(kernel, argument types, constexprs, warps, stages) is then compiled with `triton.compile` for `GPUTarget("cuda", 90, 32)`.  Exits 1 if any
-fails.  ``--ptxas`` adds each kernel's registers and spill stores; ``--ptx DIR`` writes each
-kernel's PTX there without its debug information (line records, file names), so that two
-commits' kernels can be compared with ``diff -r``: the same instructions or not.  The launches
-recorded here are of one batch of two heads, below HOST_DESC_MIN_PROGRAMS, so their kernels make
-their own descriptors; ``--host-desc`` records them with the host's wherever the tensors allow
-it, as the benchmark's launches read (the strided band forward at d = 128: 127 registers that
-way since round 53, 150 the other).
+(kernel, argument types, constexprs, warps, stages) is then compiled with `triton.compile` for
+`GPUTarget("cuda", 90, 32)`. Exits 1 if any fails. ``--ptxas`` adds each kernel's registers and
+spill stores; ``--ptx DIR`` writes each kernel's PTX there without its debug information (line
+records, file names), so that two commits' kernels can be compared with ``diff -r``: the same
+instructions or not. The launches recorded here are of one batch of two heads, below
+HOST_DESC_MIN_PROGRAMS, so their kernels make their own descriptors; ``--host-desc`` records
+them with the host's wherever the tensors allow it, as the benchmark's launches read (the
+strided band forward at d = 128: 127 registers that way since round 53, 150 the other).
 """
 import argparse
 import contextlib
