@@ -83,18 +83,20 @@ def _type(value):
 def as_on_gpu(mod, launch):
     """The generated module ``mod`` choosing its tiles as on a GPU for CPU tensors, and calling
     ``launch(kernel, grid, args, options)`` instead of launching, its launches made as on a
-    Hopper GPU (`_pdl_ok`); restored on exit."""
-    real_tiles, real_rows = mod._tiles, mod._row_blocks
-    saved = (mod._launch, mod._tiles, mod._row_blocks, mod._pdl_ok)
+    Hopper GPU (`_pdl_ok`), float32 inputs' products in a GPU's precision (`_dot_precision`);
+    restored on exit."""
+    real_tiles, real_rows, real_precision = mod._tiles, mod._row_blocks, mod._dot_precision
+    saved = (mod._launch, mod._tiles, mod._row_blocks, mod._pdl_ok, mod._dot_precision)
     mod._launch = launch
     mod._pdl_ok = lambda t: True  # (a Hopper GPU: dependent launches, PDL_FORWARD)
     mod._tiles = lambda q, *rest: real_tiles(_OnGpu(q), *rest)
+    mod._dot_precision = lambda q: real_precision(_OnGpu(q))
     mod._row_blocks = lambda *shape_and_device, **kw: real_rows(*shape_and_device[:-1], "cpu",
                                                                  **kw)
     try:
         yield mod
     finally:
-        mod._launch, mod._tiles, mod._row_blocks, mod._pdl_ok = saved
+        mod._launch, mod._tiles, mod._row_blocks, mod._pdl_ok, mod._dot_precision = saved
 
 
 def record_launches(text, length, d, dtype, host_desc=False):
@@ -126,10 +128,7 @@ def record_launches(text, length, d, dtype, host_desc=False):
                                False)
         record_pairs_launch(mod, q, k, v, do, scale, launches)
     mod.HOST_DESC_MIN_PROGRAMS = saved
-    # float32 inputs' products as a GPU call makes them (`_call_args`: "ieee" on CPU tensors)
-    return [(kernel, args, {name: "tf32x3" if name.startswith("DOT_PRECISION") and value == "ieee"
-                            else value for name, value in options.items()})
-            for kernel, args, options in launches]
+    return launches
 
 
 def record_pairs_launch(mod, q, k, v, do, scale, launches):
