@@ -18,7 +18,8 @@ the generated modules' narrow bands and bands with global rows at d = 64, `backw
 ``keys``):
 
 * a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
-  queries whose band meets the block through a ring of two stages, by TMA (rank-4 descriptors
+  queries whose band meets the block through a ring of STAGES stages (three at d = 64, two at
+  d = 128, where a third does not fit in shared memory), by TMA (rank-4 descriptors
   over the [B, H, L, D] tensors, so that a tile past a sequence's end reads zeros, never another
   head's rows), each with its rows' terms (below) and a document call's query ids, so that the
   compute warps read no global memory in their loop;
@@ -31,11 +32,12 @@ the generated modules' narrow bands and bands with global rows at d = 64, `backw
   registers took 64 per tile at d = 128; ``atomic_add`` compiles to ``atom``, which made the
   d = 64 backward 0.55x slower: benchmarks/NOTES.md rounds 19 and 27).
 
-With 128-key blocks (bands) dQ_part goes through two float32 buffers of its own, and the warps
-meet through two mbarriers per stage: tile i's ``ready[i % 2]`` completes when its (Q, dO) have
-landed and the writer has freed its dQ buffer (same index), ``done[i % 2]`` when the compute
-warps are through with both; so a tile costs the compute warps one wait, one arrive and two
-barriers among themselves (one before dQ_part's product reads dS, one closing the tile).
+With 128-key blocks (bands) dQ_part goes through a float32 buffer a stage of its own, and the
+warps meet through two mbarriers per stage: tile i's ``ready[i % STAGES]`` completes when its
+(Q, dO) have landed and the writer has freed its dQ buffer (same index), ``done[i % STAGES]``
+when the compute warps are through with both; so a tile costs the compute warps one wait, one
+arrive and two barriers among themselves (one before dQ_part's product reads dS, one closing the
+tile).
 
 Documents take key blocks of 64 and one compute warpgroup: on the benchmark's 64 random
 documents per sequence a block of 128 keys meets more of the pairs between documents.  So do
@@ -81,7 +83,13 @@ from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
            "band_backward_kernel", "gather_backward", "row_terms", "rows_descriptor", "tile"]
-BM, BN, STAGES = 64, 128, 2  # query tile, key block, (Q, dO) ring: bands
+BM, BN = 64, 128  # query tile, key block: bands
+# the (Q, dO) ring's stages by head dimension.  At d = 64 a third stage (149 KB of shared memory
+# with 128-key blocks, 76 KB with 64) made every training step that runs this kernel 0.3-1.8%
+# faster (`all` at 8k 4.520 -> 4.437 ms, causal 2.413 -> 2.386, documents at 32k 1.139 -> 1.125;
+# a fourth lost on 128-key blocks; results/ab_gluon_stages_r54*.log, NOTES round 54); at d = 128
+# three stages of 128-key blocks take 280 KB, more than a multiprocessor has.
+STAGES = {64: 3, 128: 2}
 # documents: 64-key blocks, one compute warpgroup (the docstring).  Training steps on the
 # benchmark's documents at 32k, d = 128: 1.03-1.05x round 27's 128-key kernel (which had a dQ
 # buffer of its own), 1.12x the 128-key kernel with its dQ in the stages, 1.05x this one with
@@ -136,9 +144,9 @@ def _dq_writer(dq_desc, dq_bufs, bars, b, h, seq, n, BM: gl.constexpr, IN_STAGE:
     """Adds each query tile's dQ_part into the float32 dQ (a TMA clips a tile past its end) by one
     TMA reduction, from ``dq_bufs.index(i % STAGES)``.  IN_STAGE: those are the bytes of the
     tile's (Q, dO) stage, which the writer frees for the loader (``free``) once the TMA has read
-    them.  Else they are two buffers of their own, and the writer's arrival on ``ready`` for tile
-    i + 2 says that its buffer is free (the loader's is the other of ``ready``'s two; before the
-    first two tiles the writer gives it at once)."""
+    them.  Else they are buffers of their own, one a stage, and the writer's arrival on ``ready``
+    for tile i + STAGES says that its buffer is free (the loader's is the other of ``ready``'s
+    two; before the first STAGES tiles the writer gives it at once)."""
     kv_bar, ready, done, free = bars
     STAGES: gl.constexpr = done.type.shape[0]
     if not IN_STAGE:
@@ -405,11 +413,11 @@ def band_backward_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_d
     # the (Q, dO) ring, stage s at 2s and 2s + 1.  IN_STAGE (64-key blocks, one warpgroup: two
     # programs per multiprocessor, which shared memory would not hold with dQ buffers of their
     # own): a stage's bytes then hold its tile's float32 dQ_part (the same size) until the
-    # writer's TMA has read them.  128-key blocks have two dQ buffers: with dQ_part in the stages
+    # writer's TMA has read them.  128-key blocks have a dQ buffer a stage: with dQ_part in them
     # the documents' steps were 0.89x as fast, and d = 64 causal 0.97-0.98x (NOTES round 28)
     IN_STAGE: gl.constexpr = BN == 64
     gl.static_assert(q_desc.layout == do_desc.layout)
-    gl.static_assert(STAGES == 2)
+    gl.static_assert(STAGES >= 2)
     qdo = gl.allocate_shared_memory(dtype, [2 * STAGES, 1, 1, BM, D], q_desc.layout)
     if IN_STAGE:
         dq_bufs = reinterpret(qdo, gl.float32, [STAGES, 1, 1, BM, D], dq_desc.layout)
@@ -628,8 +636,9 @@ def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
 
 def _options(bn, D, **modes):
     """`band_backward_kernel`'s launch options for key blocks of ``bn`` at head dimension ``D``
-    with ``modes`` (its SEGMENTS, GLOBAL and FIRST)."""
-    return dict(BM=BM, BN=bn, D=D, STAGES=STAGES, **modes, num_warps=bn // 16,
+    with ``modes`` (its SEGMENTS, GLOBAL and FIRST; a head dimension outside HEAD_DIMS, which
+    only the tests' emulated kernel sees, takes two stages)."""
+    return dict(BM=BM, BN=bn, D=D, STAGES=STAGES.get(D, 2), **modes, num_warps=bn // 16,
                 maxnreg=MAXNREG[bn])
 
 

@@ -55,7 +55,7 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=F
                  "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
                  "SEGMENTS": "constexpr", "GLOBAL": "constexpr", "FIRST": "constexpr"}
-    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES, "SEGMENTS": segments,
+    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES[D], "SEGMENTS": segments,
                   "GLOBAL": glob, "FIRST": first}
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),

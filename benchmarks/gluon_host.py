@@ -75,7 +75,7 @@ def main():
     def launch():
         return gb.band_backward_kernel[(triton.cdiv(L, gb.BN) * B * H,)](
             *descs, B * H, H, L, L, 2 * L, 0, *(0,) * 6, gb.HEAD_GROUP, 0, scale * LOG2E,
-            scale, rows, rows, rows_desc, rows, 0, gb.BM, gb.BN, D, gb.STAGES, False, False,
+            scale, rows, rows, rows_desc, rows, 0, gb.BM, gb.BN, D, gb.STAGES[D], False, False,
             False, num_warps=gb.BN // 16, maxnreg=gb.MAXNREG[gb.BN])
     timeit("kernel launch (JIT, descriptors kept)", launch)
     timeit("cast dq", lambda: dq[:, :, :L].to(q.dtype))

@@ -1,0 +1,111 @@
+"""The Gluon backward's (Q, dO) ring at head dimension 64 (`gluon_backward.STAGES`): two stages
+(rounds 19-53) against three (since round 54) and four. At d = 64 a stage is 16 KB of Q and dO
+(with 128-key blocks and their own dQ buffers, 32 KB), so deeper rings fit: 116 KB of shared memory
+at two stages, 149 KB at three, 183 KB at four for 128-key blocks (one program a multiprocessor
+either way), 59 / 76 / 93 KB for 64-key blocks (two programs). `benchmarks/gluon_compile.py`'s
+``compile_bwd`` compiles each (Triton 3.6, sm_90: no spills, no serialised wgmma); at d = 128 three
+stages do not fit (280 KB).
+
+For each pattern, training steps as attnlang runs them (the benchmark's inputs: bf16, 16 heads,
+16k tokens per batch); the generated module's copy of `gluon_backward` takes each ring depth in
+turn (its plans cleared), its gradients checked against two stages' (dK and dV bit for bit; dQ,
+added up by TMA reductions in no fixed order, to 1e-3), then each variant's GPU time per step
+(CUDA events around steps back to back; rounds interleaved, median):
+
+    python benchmarks/ab_gluon_stages.py [--stages 2,3,4] [--rounds 5]
+        [--case "all@8192" --case "causal & window(1023, 0)@32768" ...]
+"""
+import argparse
+import statistics
+
+import torch
+
+import attnlang
+from attnlang.bench import HEADS, TOKENS_PER_BATCH, random_documents
+from attnlang.cache import load_module
+
+CASES = ["all@8192", "causal@8192", "causal@32768", "causal & window(1023, 0)@32768",
+         "window(2048) & stride(4)@8192", "causal & segment@32768"]
+
+
+def step_time(step, reps):
+    """GPU ms of one ``step()``: ``reps`` steps back to back between two events (a step's host
+    time is well under its GPU time on these patterns, so the queue stays full)."""
+    step()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def run_case(text, n, stages, rounds, d=64):
+    pattern = attnlang.parse(f"pattern x = {text}")["x"]
+    module = pattern.module(backend="triton")
+    gen = load_module(pattern)
+    gb = gen._gluon_module("gluon_backward")
+    batch = max(1, TOKENS_PER_BATCH // n)
+    gen_ = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16,
+                               generator=gen_) for _ in range(4))
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    extra = {}
+    if "segment" in text:  # the benchmark's 64 random documents
+        extra["segments"] = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
+
+    def step():
+        qg.grad = kg.grad = vg.grad = None
+        module(qg, kg, vg, **extra).backward(do)
+
+    kept = gb.STAGES
+
+    def use(s):
+        gb.STAGES = {**kept, d: s}
+        gb._PLANS.clear()
+
+    grads = {}
+    for s in stages:
+        use(s)
+        step()
+        torch.cuda.synchronize()
+        grads[s] = (qg.grad.clone(), kg.grad.clone(), vg.grad.clone())
+    base = grads[stages[0]]
+    print(f"== {text}  n = {n}, d = {d}, B = {batch}")
+    for s in stages:
+        dq, dk, dv = grads[s]
+        dq_rel = float((dq.float() - base[0].float()).norm() / base[0].float().norm())
+        same = torch.equal(dk, base[1]) and torch.equal(dv, base[2])
+        ok = same and dq_rel < 1e-3
+        print(f"   {s} stages: dK, dV {'bit for bit' if same else 'DIFFER'}, dQ relative "
+              f"{dq_rel:.1e} {'ok' if ok else 'NOT OK'}")
+    reps = max(3, int(60 / max(1e-3, step_time(step, 3))))  # ~60 ms a measurement
+    times = {s: [] for s in stages}
+    for _ in range(rounds):
+        for s in stages:
+            use(s)
+            step()  # the plan made again, outside the timing
+            times[s].append(step_time(step, reps))
+    for s in stages:
+        print(f"   {s} stages  step ms " + " ".join(f"{t:7.3f}" for t in times[s])
+              + f"   median {statistics.median(times[s]):7.3f}")
+    gb.STAGES = kept
+    gb._PLANS.clear()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stages", default="2,3,4")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--case", action="append", help="PATTERN@LENGTH")
+    args = parser.parse_args()
+    stages = [int(x) for x in args.stages.split(",")]
+    for case in args.case or CASES:
+        text, n = case.rsplit("@", 1)
+        run_case(text, int(n), stages, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
