@@ -12,8 +12,9 @@ turn (its plans cleared), its gradients checked against two stages' (dK and dV b
 added up by TMA reductions in no fixed order, to 1e-3), then each variant's GPU time per step
 (CUDA events around steps back to back; rounds interleaved, median):
 
-    python benchmarks/ab_gluon_stages.py [--stages 2,3,4] [--rounds 5]
+    python benchmarks/ab_gluon_stages.py [--stages 2,3,4] [--rounds 5] [--d 64]
         [--case "all@8192" --case "causal & window(1023, 0)@32768" ...]
+    python benchmarks/ab_gluon_stages.py --knob group [--groups 1,2,4,8] ...   # HEAD_GROUP
 """
 import argparse
 import statistics
@@ -42,7 +43,10 @@ def step_time(step, reps):
     return start.elapsed_time(end) / reps
 
 
-def run_case(text, n, stages, rounds, d=64):
+def run_case(text, n, knob, values, rounds, d=64):
+    """One pattern at ``n`` tokens and head dimension ``d``: the Gluon backward with each of
+    ``values`` for ``knob`` ('stages': its ring at this head dimension; 'group': HEAD_GROUP, the
+    heads whose key blocks its grid interleaves), gradients checked, then timed."""
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
     module = pattern.module(backend="triton")
     gen = load_module(pattern)
@@ -60,51 +64,57 @@ def run_case(text, n, stages, rounds, d=64):
         qg.grad = kg.grad = vg.grad = None
         module(qg, kg, vg, **extra).backward(do)
 
-    kept = gb.STAGES
+    kept = gb.STAGES, gb.HEAD_GROUP
 
-    def use(s):
-        gb.STAGES = {**kept, d: s}
+    def use(value):
+        if knob == "stages":
+            gb.STAGES = {**kept[0], d: value}
+        else:
+            gb.HEAD_GROUP = value
         gb._PLANS.clear()
 
     grads = {}
-    for s in stages:
-        use(s)
+    for value in values:
+        use(value)
         step()
         torch.cuda.synchronize()
-        grads[s] = (qg.grad.clone(), kg.grad.clone(), vg.grad.clone())
-    base = grads[stages[0]]
+        grads[value] = (qg.grad.clone(), kg.grad.clone(), vg.grad.clone())
+    base = grads[values[0]]
     print(f"== {text}  n = {n}, d = {d}, B = {batch}")
-    for s in stages:
-        dq, dk, dv = grads[s]
+    for value in values:
+        dq, dk, dv = grads[value]
         dq_rel = float((dq.float() - base[0].float()).norm() / base[0].float().norm())
         same = torch.equal(dk, base[1]) and torch.equal(dv, base[2])
         ok = same and dq_rel < 1e-3
-        print(f"   {s} stages: dK, dV {'bit for bit' if same else 'DIFFER'}, dQ relative "
+        print(f"   {knob} {value}: dK, dV {'bit for bit' if same else 'DIFFER'}, dQ relative "
               f"{dq_rel:.1e} {'ok' if ok else 'NOT OK'}")
     reps = max(3, int(60 / max(1e-3, step_time(step, 3))))  # ~60 ms a measurement
-    times = {s: [] for s in stages}
+    times = {value: [] for value in values}
     for _ in range(rounds):
-        for s in stages:
-            use(s)
+        for value in values:
+            use(value)
             step()  # the plan made again, outside the timing
-            times[s].append(step_time(step, reps))
-    for s in stages:
-        print(f"   {s} stages  step ms " + " ".join(f"{t:7.3f}" for t in times[s])
-              + f"   median {statistics.median(times[s]):7.3f}")
-    gb.STAGES = kept
+            times[value].append(step_time(step, reps))
+    for value in values:
+        print(f"   {knob} {value}  step ms " + " ".join(f"{t:7.3f}" for t in times[value])
+              + f"   median {statistics.median(times[value]):7.3f}")
+    gb.STAGES, gb.HEAD_GROUP = kept
     gb._PLANS.clear()
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stages", default="2,3,4")
+    parser.add_argument("--knob", choices=("stages", "group"), default="stages")
+    parser.add_argument("--stages", default="2,3,4", help="the ring depths to compare")
+    parser.add_argument("--groups", default="1,2,4,8", help="the HEAD_GROUPs to compare")
+    parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--case", action="append", help="PATTERN@LENGTH")
     args = parser.parse_args()
-    stages = [int(x) for x in args.stages.split(",")]
+    values = [int(x) for x in (args.stages if args.knob == "stages" else args.groups).split(",")]
     for case in args.case or CASES:
         text, n = case.rsplit("@", 1)
-        run_case(text, int(n), stages, args.rounds)
+        run_case(text, int(n), args.knob, values, args.rounds, args.d)
 
 
 if __name__ == "__main__":
