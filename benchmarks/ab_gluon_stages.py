@@ -6,6 +6,9 @@ either way), 59 / 76 / 93 KB for 64-key blocks (two programs). `benchmarks/gluon
 ``compile_bwd`` compiles each (Triton 3.6, sm_90: no spills, no serialised wgmma); at d = 128 three
 stages do not fit (280 KB).
 
+With ``--knob group`` the same A/B varies HEAD_GROUP instead (the heads whose key blocks the
+kernel's grid interleaves; 4 since round 23), at ``--d``.
+
 For each pattern, training steps as attnlang runs them (the benchmark's inputs: bf16, 16 heads,
 16k tokens per batch); the generated module's copy of `gluon_backward` takes each ring depth in
 turn (its plans cleared), its gradients checked against two stages' (dK and dV bit for bit; dQ,
