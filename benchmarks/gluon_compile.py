@@ -22,6 +22,7 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from attnlang import gluon_backward as gb  # noqa: E402
 from attnlang import gluon_forward as gf  # noqa: E402
 from attnlang.gluon_hopper import shared_layout  # noqa: E402
+from compile_check import SHARED  # noqa: E402  (sm_90's shared memory a program may use)
 
 
 NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the dtypes
@@ -125,13 +126,18 @@ def _report(compiled):
     # `gluon_hopper.named_barrier`'s (the forward's ping-pong): a barrier number in a register,
     # where Triton's own barriers name theirs
     turns = len(re.findall(r"\bbar\.(?:sync|arrive)\s+%r", compiled.asm["ptx"]))
-    return (f"shared {compiled.metadata.shared} bytes, setmaxnreg {regs}, spill stores {spills} "
-            f"bytes, wgmma serialised: {serialised}, ping-pong barriers {turns}")
+    # (Triton compiles a kernel that asks for more shared memory than sm_90 has; only a launch
+    # on the GPU refuses it: `main` fails the run)
+    over = f" OVER sm_90's {SHARED}" if compiled.metadata.shared > SHARED else ""
+    return (f"shared {compiled.metadata.shared} bytes{over}, setmaxnreg {regs}, spill stores "
+            f"{spills} bytes, wgmma serialised: {serialised}, ping-pong barriers {turns}")
 
 
 def main():
-    """Every kernel in bf16 at both head dimensions (``--fp16``: in fp16 too)."""
+    """Every kernel in bf16 at both head dimensions (``--fp16``: in fp16 too); exits 1 where one
+    needs more shared memory than an sm_90 multiprocessor has."""
     print("triton", triton.__version__)
+    over = False
     for dtype in (torch.bfloat16, torch.float16)[:2 if "--fp16" in sys.argv else 1]:
         for D in gb.HEAD_DIMS:
             backward, rows, forward = compile_bwd(D, dtype), compile_rows(D, dtype), \
@@ -150,10 +156,14 @@ def main():
                 banded = _report(compile_bwd(D, dtype, glob=True, keys=gb.DOCS_BN))
                 extra += (f"; bands' backward with 64-key blocks {narrow}, with global rows and "
                           f"columns {banded}")
-            print(f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' backward "
-                  f"{_report(documents)}; forward {_report(forward)}{extra}; cubins "
-                  f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "
-                  f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
+            line = (f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' "
+                    f"backward {_report(documents)}; forward {_report(forward)}{extra}; cubins "
+                    f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "
+                    f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
+            print(line)
+            over = over or " OVER sm_90's " in line
+    if over:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ rows (in the interpreter), which calls a generated module sends to them, their f
 compile for sm_90 with this machine's Triton."""
 import math
 import os
-import re
 import subprocess
 import sys
 import types
@@ -524,9 +523,9 @@ def test_the_gluon_kernels_compile_for_sm90():
     band kernels with global rows and columns too; the forward's warpgroups take turns (named
     barriers) at d = 128, not at d = 64; the backward of a gather component's keys (FIRST)
     too; at d = 64 the bands' backward with 64-key blocks (with and without global rows); each
-    within an sm_90 multiprocessor's 227 KB of shared memory (Triton compiles a kernel that asks
-    for more, and only a launch on the GPU refuses it: a (Q, dO) ring deeper than
-    `gluon_backward.STAGES` allows at d = 128 would)."""
+    within an sm_90 multiprocessor's 227 KB of shared memory (the script fails a kernel that
+    asks for more, which Triton compiles and only a launch on the GPU refuses: a (Q, dO) ring
+    deeper than `gluon_backward.STAGES` allows at d = 128 would)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     pytest.importorskip("triton.experimental.gluon")
@@ -535,8 +534,6 @@ def test_the_gluon_kernels_compile_for_sm90():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("cubins ") == 2, result.stdout
     for line in result.stdout.splitlines()[1:]:
-        shared = [int(n) for n in re.findall(r"shared (\d+) bytes", line)]
-        assert len(shared) >= 4 and max(shared) <= 232448, line
         turns = int(line.split("; forward ")[1].split("ping-pong barriers ")[1].split(";")[0])
         assert (turns > 0) == (" D=128:" in line), line
         assert ("with global rows and columns: backward shared" in line) == \
