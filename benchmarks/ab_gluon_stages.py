@@ -10,9 +10,9 @@ With ``--knob group`` the same A/B varies HEAD_GROUP instead (the heads whose ke
 kernel's grid interleaves; 4 since round 23), at ``--d``.
 
 For each pattern, training steps as attnlang runs them (the benchmark's inputs: bf16, 16 heads,
-16k tokens per batch); the generated module's copy of `gluon_backward` takes each ring depth in
-turn (its plans cleared), its gradients checked against two stages' (dK and dV bit for bit; dQ,
-added up by TMA reductions in no fixed order, to 1e-3), then each variant's GPU time per step
+16k tokens per batch); the generated module's copy of `gluon_backward` takes each value in turn
+(its plans cleared), its gradients checked against the first value's (dK and dV bit for bit;
+dQ, added up by TMA reductions in no fixed order, to 1e-3), then each variant's GPU time per step
 (CUDA events around steps back to back; rounds interleaved, median):
 
     python benchmarks/ab_gluon_stages.py [--stages 2,3,4] [--rounds 5] [--d 64]
@@ -95,8 +95,7 @@ def run_case(text, n, knob, values, rounds, d=64):
     times = {value: [] for value in values}
     for _ in range(rounds):
         for value in values:
-            use(value)
-            step()  # the plan made again, outside the timing
+            use(value)  # (step_time's first step makes the plan again, outside the timing)
             times[value].append(step_time(step, reps))
     for value in values:
         print(f"   {knob} {value}  step ms " + " ".join(f"{t:7.3f}" for t in times[value])
