@@ -4,6 +4,7 @@ each layer of the call path (nn.Module + custom op, the generated module's `atte
 
     python benchmarks/host_overhead.py [--n 8192] [--d 128] [--pattern TEXT ...]
     python benchmarks/host_overhead.py --profile [--n 1024] [--pattern TEXT ...]
+    python benchmarks/host_overhead.py --gather-min 0 ...  # GLUON_GATHER_MIN of the modules
 
 "fwd+bwd, 1 thread" runs autograd's backward on the calling thread instead of its per-device
 thread; the probe also counts the step's host-device synchronisations (sync debug mode).
@@ -56,6 +57,8 @@ def main():
     parser.add_argument("--threads", action="store_true",
                         help="where the backward's host time goes on autograd's device thread")
     parser.add_argument("--batch", type=int, help="default: 16k tokens per batch")
+    parser.add_argument("--gather-min", type=int, default=None,
+                        help="the generated modules' GLUON_GATHER_MIN at every head dim")
     args = parser.parse_args()
     n, d = args.n, args.d
     batch = args.batch or max(1, TOKENS_PER_BATCH // n)
@@ -67,6 +70,8 @@ def main():
         pattern = attnlang.parse(f"pattern x = {text}")["x"]
         module = pattern.module(backend="triton")
         gen = load_module(pattern)
+        if args.gather_min is not None:
+            gen.GLUON_GATHER_MIN = dict.fromkeys(gen.GLUON_GATHER_MIN, args.gather_min)
         uses = "segment" in text
         kw = dict(segments=seg) if uses else {}
         seg2 = seg.to(torch.int32)[None] if uses else None

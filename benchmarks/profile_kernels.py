@@ -4,6 +4,8 @@ see where a pattern's time goes (which component, which role, the layout kernels
     python benchmarks/profile_kernels.py [--n 8192[,32768]] [--d 128] [--pattern TEXT ...]
         [--docs-min N]   # GLUON_DOCS of the generated modules, every head dim (0: documents take
                          # the Gluon backward at every length)
+        [--gather-min N] # GLUON_GATHER_MIN of the generated modules, every head dim (0: a
+                         # gather component takes the Gluon backward at every length)
 """
 import argparse
 
@@ -25,9 +27,10 @@ def main():
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--pattern", action="append")
     parser.add_argument("--docs-min", type=int, default=None)
+    parser.add_argument("--gather-min", type=int, default=None)
     args = parser.parse_args()
     for n in (int(x) for x in args.n.split(",")):
-        profile_length(n, args.d, args.pattern or DEFAULT, args.docs_min)
+        profile_length(n, args.d, args.pattern or DEFAULT, args.docs_min, args.gather_min)
 
 
 def kernel_times(step, reps=10, width=60, warmup=3):
@@ -48,7 +51,7 @@ def kernel_times(step, reps=10, width=60, warmup=3):
     return rows
 
 
-def profile_length(n, d, patterns, docs_min=None):
+def profile_length(n, d, patterns, docs_min=None, gather_min=None):
     """Print the kernels of one forward+backward step of each pattern at length n."""
     batch = max(1, TOKENS_PER_BATCH // n)
     gen = torch.Generator().manual_seed(0)
@@ -58,9 +61,11 @@ def profile_length(n, d, patterns, docs_min=None):
     for text in patterns:
         pattern = attnlang.parse(f"pattern x = {text}")["x"]
         mod = pattern.module(backend="triton")
+        gen = load_module(pattern)
         if docs_min is not None:
-            gen = load_module(pattern)
             gen.GLUON_DOCS = dict.fromkeys(gen.GLUON_DOCS, docs_min)
+        if gather_min is not None:
+            gen.GLUON_GATHER_MIN = dict.fromkeys(gen.GLUON_GATHER_MIN, gather_min)
         kw = dict(segments=segments) if "segment" in text else {}
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
