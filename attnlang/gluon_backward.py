@@ -66,6 +66,7 @@ Triton's interpreter cannot run Gluon, so the band kernel is checked on the GPU 
 are about to use it (an import error there means: no Gluon, use the ``tl`` backward).
 """
 import collections
+import heapq
 
 import torch
 import triton
@@ -103,6 +104,15 @@ MAXNREG = {128: 168, 64: 128}
 # heads whose key blocks the grid interleaves (band_backward_kernel): training steps of
 # documents at 32k 1.06x faster, causal at d = 64 1.02-1.04x, bands the same (NOTES round 23)
 HEAD_GROUP = 4
+# `gather_backward`'s grid over every head instead (longest key blocks first) where the model of
+# its schedule (`gather_group`) ends more than this many times earlier than HEAD_GROUP's: the
+# fixed pattern's steps at 8k and 16k tokens 1.11-1.18x faster (its key blocks 1.28x and 1.22x
+# faster at d = 128); at 32k, where the model has HEAD_GROUP's order end as early, every head
+# made the key blocks 1.13x slower at d = 128 (their rows no longer shared L2: NOTES round 55)
+GATHER_GAIN = 1.1
+# past this many programs a multiprocessor (waves) the grid's tail is a small share of its time:
+# `gather_group` keeps HEAD_GROUP without running its model
+GATHER_MODEL_WAVES = 8
 
 
 def tile(segments):
@@ -651,7 +661,43 @@ def _contiguous(shape):
     return tuple(reversed(strides))
 
 
-def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch):
+def grid_finish(tiles, group, BH, slots):
+    """When the last program of `gather_backward`'s grid ends, in query tiles, by a model of
+    its schedule: the programs start in `grouped`'s order over ``group`` heads, each on the
+    first of ``slots`` multiprocessors to come free, and the program of a head's key block j
+    takes ``tiles[j]`` units (the query tiles it visits; every head's alike)."""
+    free = [0] * slots  # (a heap of the times the multiprocessors come free)
+    for first in range(0, BH, group):
+        for t in tiles:
+            for _ in range(min(group, BH - first)):
+                heapq.heapreplace(free, free[0] + t)
+    return max(free)
+
+
+def gather_group(first, Lq, BH, slots):
+    """The heads `gather_backward`'s grid takes at a time for keys whose first queries are
+    ``first`` (int32 [keys], as it takes them) and ``BH`` batches and heads on ``slots``
+    multiprocessors: every head (``BH``: each head's longest key blocks first) where the model
+    (`grid_finish`) has that order end more than GATHER_GAIN times earlier than HEAD_GROUP's,
+    else HEAD_GROUP (a group's rows share L2).  A key block's tiles run from its keys' least
+    first query to the end, so the earliest keys' blocks are the longest, and in groups of
+    HEAD_GROUP heads the last group's long blocks start last where the grid is a wave or two
+    (the fixed pattern at 8k tokens: 206 tiles against every head's 142).  One program a
+    multiprocessor: 128-key blocks take more than half its shared memory at either head
+    dimension.  Reads ``first`` (a host synchronisation): its caller's plan keeps the answer."""
+    group = min(HEAD_GROUP, BH)
+    n_k = triton.cdiv(first.numel(), BN)
+    if group == BH or n_k * BH > GATHER_MODEL_WAVES * slots:
+        return group
+    least = torch.nn.functional.pad(first.to(torch.int64), (0, n_k * BN - first.numel()),
+                                    value=Lq).view(n_k, BN).amin(1)
+    tiles = (triton.cdiv(Lq, BM) - torch.div(least, BM, rounding_mode="floor")).tolist()
+    if grid_finish(tiles, group, BH, slots) > GATHER_GAIN * grid_finish(tiles, BH, BH, slots):
+        return BH
+    return group
+
+
+def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch, group=None):
     """dK and dV of a gather component's packed keys, its share of dQ added into ``dq``: the
     pairs (query q, packed key j) with q >= first[j], of a pattern whose output and log-sum-exp
     gave `row_terms`' ``terms`` (every component's: this is one component's share of the
@@ -659,13 +705,15 @@ def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch):
     `_packed`); ``first``: int32 [keys], the first query that keeps each key (Lq for none; the
     caller has checked that each key's queries are exactly those from it on); ``dq``: float32
     [B, H, Lq, D] (any strides, the head dimension contiguous) holding the other components'
-    dQ.  Other arguments as `backward`'s."""
+    dQ; ``group``: the heads the grid takes at a time (`gather_group`'s; None: HEAD_GROUP).
+    Other arguments as `backward`'s."""
     dk = torch.empty(kp.shape, dtype=kp.dtype, device=kp.device)
     dv = torch.empty(vp.shape, dtype=vp.dtype, device=vp.device)
     B, H = q.shape[:2]
     # (the key blocks of the earliest keys visit the most tiles, and start first in key order)
+    group = min(HEAD_GROUP, B * H) if group is None else group
     _launch_kernel(launch, (q, kp, vp, do, dk, dv, dq), terms, BN,
-                   (0, 0, 0, 0, 0, 0, 0, 0, min(HEAD_GROUP, B * H), 0),
+                   (0, 0, 0, 0, 0, 0, 0, 0, group, 0),
                    (terms, terms, None, first, 0), scale,
                    dict(SEGMENTS=False, GLOBAL=False, FIRST=True))
     return dk, dv

@@ -139,6 +139,41 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(
         assert chunks == (["dq", "dkdv"] if route == "kernels" else [route]), (Lq, Lk)
 
 
+def test_the_gather_grids_head_group_comes_from_the_calls_plan(monkeypatch):
+    """The heads the Gluon kernel's grid takes at a time are `gather_group`'s answer, asked once
+    per call plan (kept for later calls of the same shape) with the keys' first queries, the
+    query count, batches times heads and the device's multiprocessors (4 on the CPU); the
+    gradients are the reference's whatever it answers (here 1, not HEAD_GROUP's 4)."""
+    text = FIXED.format(c=16, a=12)
+    module = _module(text)
+    gluon = module._gluon_module("gluon_backward")
+    if gluon is None:
+        pytest.skip("this Triton has no Gluon")
+    asked, groups = [], []
+
+    def gather_group(first, Lq, BH, slots):
+        asked.append((first.tolist(), Lq, BH, slots))
+        return 1
+    monkeypatch.setattr(gluon, "gather_group", gather_group)
+    launch = module._launch
+
+    def emulate(kernel, grid, args, options, extra=()):
+        if getattr(getattr(kernel, "fn", None), "__name__", "") == "band_backward_kernel":
+            groups.append(dict(zip(kernel.arg_names, args))["group"])
+            return _emulate(kernel, grid, args, options)
+        return launch(kernel, grid, args, options, extra)
+    monkeypatch.setattr(module, "_launch", emulate)
+    monkeypatch.setattr(module, "_gluon_gather_ok", lambda *args: True)
+    monkeypatch.setattr(module, "_CALLS", {})
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        _check_step(module, expr, *(torch.randn(2, 2, 64, 64) for _ in range(4)))
+    first = module._gather_first(_gather_keys(module, 64, 64), 64, 64)
+    assert asked == [(first.tolist(), 64, 4, 4)]
+    assert groups == [1, 1]
+
+
 def _one_key_block(chunk, length, block_m, block_n):
     """Whether every query block of `causal & chunk(chunk)` at these tiles meets one key block:
     a query q keeps the keys from its chunk's first to itself."""

@@ -178,3 +178,48 @@ def test_the_gluon_grids_of_global_rows_and_columns(monkeypatch, rows, cols):
     gf.forward(q, k, v, 0.1, 512, 512, launch=launch)  # a band alone: as before
     [(_, grid, args, options)] = launches
     assert grid == (7,) and not options["GLOBAL"]
+
+
+def test_the_gather_grids_schedule_model():
+    """`grid_finish`, by hand: key blocks of 5 and 1 tiles, three heads, two multiprocessors.
+    One head at a time: 5 and 1 start together, the second head's 5 at 1 and its 1 at 5, the
+    third head's 5 at 6: 11.  Every head at once: the three 5s at 0, 0 and 5, the 1s after the
+    first two: 10."""
+    gb = pytest.importorskip("attnlang.gluon_backward")
+    assert gb.grid_finish([5, 1], 1, 3, 2) == 11
+    assert gb.grid_finish([5, 1], 2, 3, 2) == 11  # (the last group: one head)
+    assert gb.grid_finish([5, 1], 3, 3, 2) == 10
+
+
+def _fixed_firsts(L):
+    """The fixed pattern's summary keys' first queries: each key is seen from its own position."""
+    positions = torch.arange(L)
+    return positions[positions % 128 >= 112].to(torch.int32)
+
+
+def test_the_gather_grid_takes_every_head_where_groups_end_late(monkeypatch):
+    """`gather_group` on the fixed pattern's keys and the H200's 132 multiprocessors: at 8k
+    tokens (B = 2, 16 heads) and 16k (B = 1) groups of four would end at 206 and 382 tiles,
+    every head at 142 and 270, so the grid takes every head; at 32k (1022 against 1036) it
+    keeps groups of four.  Heads no more than HEAD_GROUP, and grids past GATHER_MODEL_WAVES
+    programs a multiprocessor, keep HEAD_GROUP without the model."""
+    gb = pytest.importorskip("attnlang.gluon_backward")
+    assert gb.HEAD_GROUP == 4
+    finish = gb.grid_finish
+    seen = []
+
+    def spy(tiles, group, BH, slots):
+        seen.append((group, finish(tiles, group, BH, slots)))
+        return seen[-1][1]
+    monkeypatch.setattr(gb, "grid_finish", spy)
+    for L, BH, group, ends in ((8192, 32, 32, [206, 142]), (16384, 16, 16, [382, 270]),
+                               (32768, 16, 4, [1022, 1036])):
+        seen.clear()
+        assert gb.gather_group(_fixed_firsts(L), L, BH, 132) == group
+        assert seen == [(4, ends[0]), (BH, ends[1])]
+    seen.clear()
+    assert gb.gather_group(_fixed_firsts(8192), 8192, 3, 132) == 3
+    assert gb.gather_group(_fixed_firsts(8192), 8192, 32, 3) == 4  # 256 programs on 3
+    assert not seen
+    # keys no query keeps (first = Lq) visit no tile: nothing to even out
+    assert gb.gather_group(torch.full((1024,), 8192, dtype=torch.int32), 8192, 32, 132) == 4
