@@ -33,10 +33,7 @@ import time
 
 import torch
 
-import attnlang
-from attnlang.bench import HEADS, TOKENS_PER_BATCH
-from attnlang.cache import load_module
-from ab_gluon_stages import step_time
+from ab_gluon_stages import interleaved_times, training_case
 from gluon_bwd import max_rel
 from profile_kernels import kernel_times
 
@@ -47,21 +44,7 @@ VARIANTS = ["tl", "gather g4", "gather all", "gather rule"]
 
 
 def run_case(text, n, d, rounds, profile):
-    pattern = attnlang.parse(f"pattern x = {text}")["x"]
-    module = pattern.module(backend="triton")
-    gen = load_module(pattern)
-    gb = gen._gluon_module("gluon_backward")
-    batch = max(1, TOKENS_PER_BATCH // n)
-    rng = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16,
-                               generator=rng) for _ in range(4))
-    grads = [t.detach().requires_grad_(True) for t in (q, k, v)]
-
-    def step():
-        for t in grads:
-            t.grad = None
-        module(*grads).backward(do)
-
+    gen, gb, step, grads, batch = training_case(text, n, d)
     kept = (gen.GLUON_GATHER_MIN, gb.gather_group)
     fixed = {"gather g4": lambda first, Lq, BH, slots: min(4, BH),
              "gather all": lambda first, Lq, BH, slots: BH}
@@ -90,12 +73,7 @@ def run_case(text, n, d, rounds, profile):
               + " ".join(f"{e:.1e}" for e in errs)
               + ("  ok" if max(errs) < 2e-2 else "  NOT OK"), flush=True)
     use("tl")
-    reps = max(3, int(60 / max(1e-3, step_time(step, 3))))  # ~60 ms a measurement
-    times = {name: [] for name in VARIANTS}
-    for _ in range(rounds):
-        for name in VARIANTS:
-            use(name)  # (step_time's first step makes the plan again, outside the timing)
-            times[name].append(step_time(step, reps))
+    times = interleaved_times(step, VARIANTS, use, rounds)
     base = statistics.median(times["tl"])
     for name in VARIANTS:
         med = statistics.median(times[name])

@@ -46,26 +46,47 @@ def step_time(step, reps):
     return start.elapsed_time(end) / reps
 
 
-def run_case(text, n, knob, values, rounds, d=64):
-    """One pattern at ``n`` tokens and head dimension ``d``: the Gluon backward with each of
-    ``values`` for ``knob`` ('stages': its ring at this head dimension; 'group': HEAD_GROUP, the
-    heads whose key blocks its grid interleaves), gradients checked, then timed."""
+def interleaved_times(step, variants, use, rounds):
+    """{variant: [GPU ms of a step in each round]}: ``rounds`` rounds, each setting every variant
+    in turn (``use(variant)``) and timing ``step`` (`step_time`, ~60 ms a measurement)."""
+    reps = max(3, int(60 / max(1e-3, step_time(step, 3))))
+    times = {variant: [] for variant in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            use(variant)  # (step_time's first step makes the plan again, outside the timing)
+            times[variant].append(step_time(step, reps))
+    return times
+
+
+def training_case(text, n, d):
+    """(generated module, its copy of `gluon_backward`, one training step, the inputs that take
+    gradients, the batch) of ``text`` on the benchmark's inputs at ``n`` tokens and head
+    dimension ``d`` (bf16, 16 heads, 16k tokens per batch; `causal & segment` its 64 random
+    documents)."""
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
     module = pattern.module(backend="triton")
     gen = load_module(pattern)
-    gb = gen._gluon_module("gluon_backward")
     batch = max(1, TOKENS_PER_BATCH // n)
-    gen_ = torch.Generator(device="cuda").manual_seed(0)
+    rng = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16,
-                               generator=gen_) for _ in range(4))
-    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+                               generator=rng) for _ in range(4))
+    grads = [t.detach().requires_grad_(True) for t in (q, k, v)]
     extra = {}
     if "segment" in text:  # the benchmark's 64 random documents
         extra["segments"] = random_documents(n, 64, "cuda", torch.Generator().manual_seed(0))
 
     def step():
-        qg.grad = kg.grad = vg.grad = None
-        module(qg, kg, vg, **extra).backward(do)
+        for t in grads:
+            t.grad = None
+        module(*grads, **extra).backward(do)
+    return gen, gen._gluon_module("gluon_backward"), step, grads, batch
+
+
+def run_case(text, n, knob, values, rounds, d=64):
+    """One pattern at ``n`` tokens and head dimension ``d``: the Gluon backward with each of
+    ``values`` for ``knob`` ('stages': its ring at this head dimension; 'group': HEAD_GROUP, the
+    heads whose key blocks its grid interleaves), gradients checked, then timed."""
+    gen, gb, step, (qg, kg, vg), batch = training_case(text, n, d)
 
     kept = gb.STAGES, gb.HEAD_GROUP
 
@@ -91,12 +112,7 @@ def run_case(text, n, knob, values, rounds, d=64):
         ok = same and dq_rel < 1e-3
         print(f"   {knob} {value}: dK, dV {'bit for bit' if same else 'DIFFER'}, dQ relative "
               f"{dq_rel:.1e} {'ok' if ok else 'NOT OK'}")
-    reps = max(3, int(60 / max(1e-3, step_time(step, 3))))  # ~60 ms a measurement
-    times = {value: [] for value in values}
-    for _ in range(rounds):
-        for value in values:
-            use(value)  # (step_time's first step makes the plan again, outside the timing)
-            times[value].append(step_time(step, reps))
+    times = interleaved_times(step, values, use, rounds)
     for value in values:
         print(f"   {knob} {value}  step ms " + " ".join(f"{t:7.3f}" for t in times[value])
               + f"   median {statistics.median(times[value]):7.3f}")
