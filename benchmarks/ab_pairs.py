@@ -1,5 +1,5 @@
 """The fixed pattern's chunks on the Gluon gather path (`_pairs_launches`, round 36), on the GPU:
-training steps at the lengths the path takes (d = 128 from 16k, d = 64 from 32k), each variant
+training steps at the lengths the path takes (GLUON_GATHER_MIN), each variant
 set on the generated module in turn, three rounds on the same inputs (`head_order._medians`),
 `do_bench` medians, gradients compared with the "kernels" variant's.  Variants:
 
@@ -10,7 +10,9 @@ set on the generated module in turn, three rounds on the same inputs (`head_orde
 the tree of commit 4e4cbca.)
 
     python benchmarks/ab_pairs.py [--d128 VARIANT,VARIANT] [--d64 VARIANT,...]  (an empty list:
-        that head dim not timed)
+        that head dim not timed) [--lengths128 32768,16384] [--lengths64 32768]
+
+(Since round 55 the gather path runs from 8k queries at d = 128 and 16k at d = 64.)
 """
 import argparse
 import os
@@ -30,6 +32,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--d128", default="pairs:32x128:8:2:d:t")
     parser.add_argument("--d64", default="pairs:32x128:8:2:d:t,pairs:64x128:8:2:d:t")
+    parser.add_argument("--lengths128", default="32768,16384")
+    parser.add_argument("--lengths64", default="32768")
     args = parser.parse_args()
     pattern = attnlang.parse(f"pattern x = {TEXT}")["x"]
     mod = pattern.module(backend="triton")
@@ -43,7 +47,8 @@ def main():
             os.environ["ATTNLANG_TILES"] = f"pairs={spec}"
         else:
             os.environ.pop("ATTNLANG_TILES", None)
-    for D, lengths, specs in ((128, (32768, 16384), args.d128), (64, (32768,), args.d64)):
+    for D, lengths, specs in ((128, args.lengths128, args.d128), (64, args.lengths64, args.d64)):
+        lengths = [int(x) for x in lengths.split(",")]
         if not specs:
             continue
         variants = ("kernels", *specs.split(","))
