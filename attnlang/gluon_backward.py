@@ -682,7 +682,7 @@ def gather_group(first, Lq, BH, slots):
     else HEAD_GROUP (a group's rows share L2).  A key block's tiles run from its keys' least
     first query to the end, so the earliest keys' blocks are the longest, and in groups of
     HEAD_GROUP heads the last group's long blocks start last where the grid is a wave or two
-    (the fixed pattern at 8k tokens: 206 tiles against every head's 142).  One program a
+    (the fixed pattern at 8k tokens: 204 tiles against every head's 140).  One program a
     multiprocessor: 128-key blocks take more than half its shared memory at either head
     dimension.  Reads ``first`` (a host synchronisation): its caller's plan keeps the answer."""
     group = min(HEAD_GROUP, BH)

@@ -7,8 +7,8 @@ key blocks, longest first, before the next group's; a grid over every head (grou
 starts the longest key blocks of every head first, so that its last wave holds short blocks
 only. `gluon_backward.gather_group` picks between them by a model of the schedule
 (`grid_finish`: with 256 blocks of 128 keys on 132 multiprocessors, 8k tokens, the groups of
-four end at 206 tiles of 64 queries, every head at 142; 16k: 382 against 270; 32k: 1022
-against 1036).
+four end at 204 tiles of 64 queries, every head at 140; 16k: 380 against 268; 32k: 1020
+against 1032).
 
 Variants (training steps as attnlang runs them, bf16, 16 heads, 16k tokens per batch; every
 variant's gradients checked against the `tl` kernels'; CUDA events around steps back to back,

@@ -192,15 +192,17 @@ def test_the_gather_grids_schedule_model():
 
 
 def _fixed_firsts(L):
-    """The fixed pattern's summary keys' first queries: each key is seen from its own position."""
+    """The fixed pattern's summary keys' first queries (its gather component is the columns
+    less the chunks: each key is seen from the next chunk on; the last chunk's by none, L)."""
     positions = torch.arange(L)
-    return positions[positions % 128 >= 112].to(torch.int32)
+    keys = positions[positions % 128 >= 112]
+    return ((keys // 128 + 1) * 128).clamp(max=L).to(torch.int32)
 
 
 def test_the_gather_grid_takes_every_head_where_groups_end_late(monkeypatch):
     """`gather_group` on the fixed pattern's keys and the H200's 132 multiprocessors: at 8k
-    tokens (B = 2, 16 heads) and 16k (B = 1) groups of four would end at 206 and 382 tiles,
-    every head at 142 and 270, so the grid takes every head; at 32k (1022 against 1036) it
+    tokens (B = 2, 16 heads) and 16k (B = 1) groups of four would end at 204 and 380 tiles,
+    every head at 140 and 268, so the grid takes every head; at 32k (1020 against 1032) it
     keeps groups of four.  Heads no more than HEAD_GROUP, and grids past GATHER_MODEL_WAVES
     programs a multiprocessor, keep HEAD_GROUP without the model."""
     gb = pytest.importorskip("attnlang.gluon_backward")
@@ -212,8 +214,8 @@ def test_the_gather_grid_takes_every_head_where_groups_end_late(monkeypatch):
         seen.append((group, finish(tiles, group, BH, slots)))
         return seen[-1][1]
     monkeypatch.setattr(gb, "grid_finish", spy)
-    for L, BH, group, ends in ((8192, 32, 32, [206, 142]), (16384, 16, 16, [382, 270]),
-                               (32768, 16, 4, [1022, 1036])):
+    for L, BH, group, ends in ((8192, 32, 32, [204, 140]), (16384, 16, 16, [380, 268]),
+                               (32768, 16, 4, [1020, 1032])):
         seen.clear()
         assert gb.gather_group(_fixed_firsts(L), L, BH, 132) == group
         assert seen == [(4, ends[0]), (BH, ends[1])]
