@@ -61,11 +61,11 @@ CASES = [  # (pattern, Lq, Lk, B, Hq, Hkv, D)
     # d = 64's own tiles for long rows (TILES_LONG) and for document masks (TILES_SEGMENT)
     ("causal", 4096, 4096, 2, 2, 2, 64),
     ("causal & segment", 8192, 8192, 1, 2, 2, 64),
-    # the fixed pattern's packed keys through the host's descriptors (at least 2048 programs)
+    # the fixed pattern's packed keys through the host's descriptors (at least 2048 programs),
+    # its summary columns' backward on the Gluon kernel there and at 16k (GLUON_GATHER_MIN: from
+    # 8k at d = 128, 16k at d = 64, since round 55; `--gluon` forces it on shorter fixed
+    # patterns), and the `tl` one at 8k, d = 64 (above)
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 8192, 8192, 2, 8, 8, 128),
-    # ... and its summary columns' backward on the Gluon kernel (GLUON_GATHER_MIN: from 16k at
-    # d = 128; at d = 64 from 32k, too long for the float64 reference: `--gluon` forces it on
-    # shorter fixed patterns), and the `tl` one at d = 64
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 16384, 16384, 1, 2, 2, 128),
     ("causal & (chunk(128) | cols(every(128, 112..128)))", 16384, 16384, 1, 2, 2, 64),
 ]
