@@ -710,12 +710,14 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     total = 16 + sum(-(-16 * i // 128) for i in range(16))
     assert counted == [total / 31, total / 16]
 
-    def gather128(blocks, role, plain=False):  # the fixed pattern: 64 query rows at 8k, 128 x 64
-        monkeypatch.setattr(gather, "_row_blocks", lambda *args, **kw: blocks)  # at 32k
+    def gather128(blocks, role, plain=False):  # the fixed pattern's rows at 8k (5.4), 32k (17)
+        monkeypatch.setattr(gather, "_row_blocks", lambda *args, **kw: blocks)
         monkeypatch.setattr(gather, "_GPU_TILES", {})
         bm, bn, opts = gather._tiles(Aligned(), 128, role, 256, k[..., 1:] if plain else k)
         return bm, bn, opts["num_warps"], opts["num_stages"], opts["DESC"]
-    assert gather128(5.4, "fwd") == (64, 64, 4, 2, True)
+    # the forward 128 x 64 at two stages, capped at 128 registers, short rows and long (round 55)
+    assert gather128(5.4, "fwd") == (128, 64, 8, 2, True)
+    assert gather._tiles(Aligned(), 128, "fwd", 256, k)[2]["maxnreg"] == 128
     # rows of fewer blocks than DESC_MIN_ROWS: without descriptors TILES_SHORT_PLAIN's forward,
     # not the strided band's (TILES_FEW_PLAIN)
     assert gather128(1.3, "fwd", plain=True) == (64, 64, 4, 3, False)
@@ -743,13 +745,16 @@ def test_gpu_tiles_tuned_per_exact_head_dim_and_checked_defaults_elsewhere(monke
     assert fwd64(64.0, role="dkdv") == (64, 64, 3, True)
     assert fwd64(20.0, role="dkdv") == (64, 64, 3, False)
     # ... but short rows' dQ stays plain; a gather pattern's reads its packed keys through
-    # descriptors, 32 keys per step, and its forward takes 128 queries, short rows or long
+    # descriptors, 32 keys per step, and its forward takes 128 queries on long rows, 64 in one
+    # loop over both sides' partial blocks (':j') at two stages on short ones (round 55)
     assert fwd64(8.0, role="dq") == (64, 64, 3, False)
     assert fwd64(8.0, gather, "dq") == fwd64(40.0, gather, "dq") == (64, 32, 3, True)
     assert fwd64(float("inf")) == (64, 64, 2, True)
     # short rows: three stages (round 13)
     assert fwd64(8.0) == (64, 64, 3, False) and fwd64(1.5) == (64, 64, 3, False)
-    assert fwd64(1.5, gather) == fwd64(64.0, gather) == (128, 64, 3, True)
+    assert fwd64(64.0, gather) == (128, 64, 3, True)
+    assert fwd64(1.5, gather) == (64, 64, 2, True)
+    assert gather._tiles(Aligned64(), 64, "fwd", 256, k64)[2]["JOIN_PARTIAL"] is None  # (':j')
     # document masks: 32 keys per step in the forward and in dQ (TILES_SEGMENT), the forward
     # through descriptors (round 15), and without them the same tiles read the plain way
     docs = load_module(pattern_of(_expr("causal & segment")))
