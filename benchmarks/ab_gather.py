@@ -21,6 +21,10 @@ under torch.profiler):
     gather rule   GLUON_GATHER_MIN 0, `gather_group`'s choice (the module's)
 
     python benchmarks/ab_gather.py [--case "PATTERN@N@D" ...] [--rounds 7] [--no-profile]
+        [--batch B --heads H]   # another batch and head count than the benchmark's
+
+With few batches x heads a step's GPU time falls under its host time, and steps back to back
+time the host: the profile's kernel time a step is then the GPU's figure.
 
 (results/ab_gather_r55b.log and r55c.log come from this script's first form, whose variants set
 HEAD_GROUP to 4 or past B * H before `gather_group` existed, and whose fourth variant, "gather
@@ -43,8 +47,8 @@ CASES = [f"{FIXED}@8192@128", f"{FIXED}@8192@64", f"{FIXED}@16384@128", f"{FIXED
 VARIANTS = ["tl", "gather g4", "gather all", "gather rule"]
 
 
-def run_case(text, n, d, rounds, profile):
-    gen, gb, step, grads, batch = training_case(text, n, d)
+def run_case(text, n, d, rounds, profile, batch=None, heads=16):
+    gen, gb, step, grads, batch = training_case(text, n, d, batch, heads)
     kept = (gen.GLUON_GATHER_MIN, gb.gather_group)
     fixed = {"gather g4": lambda first, Lq, BH, slots: min(4, BH),
              "gather all": lambda first, Lq, BH, slots: BH}
@@ -60,7 +64,7 @@ def run_case(text, n, d, rounds, profile):
         gen._CALLS.clear()
         gen._SHAPES.clear()
 
-    print(f"== {text}  n = {n}, d = {d}, B = {batch}", flush=True)
+    print(f"== {text}  n = {n}, d = {d}, B = {batch}, H = {heads}", flush=True)
     results = {}
     for name in VARIANTS:
         use(name)
@@ -115,10 +119,12 @@ def main():
     parser.add_argument("--case", action="append", help="PATTERN@LENGTH@HEAD_DIM")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--batch", type=int, help="batch (default: 16k tokens per batch)")
+    parser.add_argument("--heads", type=int, default=16)
     args = parser.parse_args()
     for case in args.case or CASES:
         text, n, d = case.rsplit("@", 2)
-        run_case(text, int(n), int(d), args.rounds, not args.no_profile)
+        run_case(text, int(n), int(d), args.rounds, not args.no_profile, args.batch, args.heads)
 
 
 if __name__ == "__main__":

@@ -58,17 +58,17 @@ def interleaved_times(step, variants, use, rounds):
     return times
 
 
-def training_case(text, n, d):
+def training_case(text, n, d, batch=None, heads=HEADS):
     """(generated module, its copy of `gluon_backward`, one training step, the inputs that take
     gradients, the batch) of ``text`` on the benchmark's inputs at ``n`` tokens and head
-    dimension ``d`` (bf16, 16 heads, 16k tokens per batch; `causal & segment` its 64 random
-    documents)."""
+    dimension ``d`` (bf16, 16 heads, 16k tokens per batch unless ``batch`` and ``heads`` say
+    otherwise; `causal & segment` its 64 random documents)."""
     pattern = attnlang.parse(f"pattern x = {text}")["x"]
     module = pattern.module(backend="triton")
     gen = load_module(pattern)
-    batch = max(1, TOKENS_PER_BATCH // n)
+    batch = batch or max(1, TOKENS_PER_BATCH // n)
     rng = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, do = (torch.randn(batch, HEADS, n, d, device="cuda", dtype=torch.bfloat16,
+    q, k, v, do = (torch.randn(batch, heads, n, d, device="cuda", dtype=torch.bfloat16,
                                generator=rng) for _ in range(4))
     grads = [t.detach().requires_grad_(True) for t in (q, k, v)]
     extra = {}
