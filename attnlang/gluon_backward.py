@@ -697,6 +697,12 @@ def gather_group(first, Lq, BH, slots):
     return group
 
 
+def gather_programs(keys, BH):
+    """The programs of `gather_backward`'s grid over ``keys`` packed keys of ``BH`` batches and
+    heads: one a block of BN keys."""
+    return triton.cdiv(keys, BN) * BH
+
+
 def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch, group=None):
     """dK and dV of a gather component's packed keys, its share of dQ added into ``dq``: the
     pairs (query q, packed key j) with q >= first[j], of a pattern whose output and log-sum-exp

@@ -16,9 +16,9 @@ rounds interleaved, medians; the host's time a step (`host_time`); then each var
 under torch.profiler):
 
     tl            GLUON_GATHER off: the `tl` dK/dV and dQ kernels
-    gather g4     GLUON_GATHER_MIN 0, the grid in groups of four heads
-    gather all    GLUON_GATHER_MIN 0, the grid over every head at once
-    gather rule   GLUON_GATHER_MIN 0, `gather_group`'s choice (the module's)
+    gather g4     GLUON_GATHER_MIN and _WAVES 0, the grid in groups of four heads
+    gather all    GLUON_GATHER_MIN and _WAVES 0, the grid over every head at once
+    gather rule   GLUON_GATHER_MIN and _WAVES 0, `gather_group`'s choice (the module's)
 
     python benchmarks/ab_gather.py [--case "PATTERN@N@D" ...] [--rounds 7] [--no-profile]
         [--batch B --heads H]   # another batch and head count than the benchmark's
@@ -49,17 +49,18 @@ VARIANTS = ["tl", "gather g4", "gather all", "gather rule"]
 
 def run_case(text, n, d, rounds, profile, batch=None, heads=16):
     gen, gb, step, grads, batch = training_case(text, n, d, batch, heads)
-    kept = (gen.GLUON_GATHER_MIN, gb.gather_group)
+    kept = (gen.GLUON_GATHER_MIN, gb.gather_group, gen.GLUON_GATHER_WAVES)
     fixed = {"gather g4": lambda first, Lq, BH, slots: min(4, BH),
              "gather all": lambda first, Lq, BH, slots: BH}
 
     def use(name):
-        gen.GLUON_GATHER_MIN, gb.gather_group = kept
+        gen.GLUON_GATHER_MIN, gb.gather_group, gen.GLUON_GATHER_WAVES = kept
         gen._GLUON["gluon_backward"] = gb
         if name == "tl":
             gen._GLUON["gluon_backward"] = None
         else:
             gen.GLUON_GATHER_MIN = dict.fromkeys(kept[0], 0)
+            gen.GLUON_GATHER_WAVES = 0
             gb.gather_group = fixed.get(name, kept[1])
         gen._CALLS.clear()
         gen._SHAPES.clear()
@@ -96,7 +97,7 @@ def run_case(text, n, d, rounds, profile, batch=None, heads=16):
             for kname, (t, count) in sorted(rows.items(), key=lambda x: -x[1][0]):
                 print(f"      {t / 10:8.1f}  x{count // 10:<3d} {kname}")
     use("gather rule")
-    gen.GLUON_GATHER_MIN = kept[0]
+    gen.GLUON_GATHER_MIN, gen.GLUON_GATHER_WAVES = kept[0], kept[2]
 
 
 def host_time(step, steps=8, repeats=15):

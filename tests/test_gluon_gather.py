@@ -127,6 +127,7 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(
         return launch(kernel, grid, args, options, extra)
     monkeypatch.setattr(module, "_launch", emulate)
     monkeypatch.setattr(module, "_gluon_gather_ok", lambda q, *rest: q.shape[2] >= 40)
+    monkeypatch.setattr(module, "GLUON_GATHER_WAVES", 0)  # (4 programs on the CPU's 4 "SMs")
     monkeypatch.setattr(module, "_CALLS", {})
     expr = attnlang.parse(f"pattern x = {FIXED.format(c=16, a=12)}")["x"].ir
     for (Lq, Lk), route in routes.items():
@@ -164,6 +165,7 @@ def test_the_gather_grids_head_group_comes_from_the_calls_plan(monkeypatch):
         return launch(kernel, grid, args, options, extra)
     monkeypatch.setattr(module, "_launch", emulate)
     monkeypatch.setattr(module, "_gluon_gather_ok", lambda *args: True)
+    monkeypatch.setattr(module, "GLUON_GATHER_WAVES", 0)
     monkeypatch.setattr(module, "_CALLS", {})
     expr = attnlang.parse(f"pattern x = {text}")["x"].ir
     for seed in (0, 1):
@@ -212,11 +214,14 @@ def test_the_chunks_route_and_gradients_at_random_chunks_lengths_and_tiles(chunk
     assert ("_bwd_dq_fused" in launched) == (not pairs)
 
 
-def _kernels_of_a_step(monkeypatch, text, gather_ok, shape, launch=None):
+def _kernels_of_a_step(monkeypatch, text, gather_ok, shape, launch=None, waves=0):
     """The names of the kernels one training step of ``text`` launches (its gradients checked
-    against the reference), with ``gather_ok`` as the module's `_gluon_gather_ok` and every
-    launch through ``launch`` (default: the module's `_launch`)."""
+    against the reference), with ``gather_ok`` as the module's `_gluon_gather_ok`, ``waves`` as
+    its GLUON_GATHER_WAVES (None: the module's own) and every launch through ``launch``
+    (default: the module's `_launch`)."""
     module = _module(text)
+    if waves is not None:
+        monkeypatch.setattr(module, "GLUON_GATHER_WAVES", waves)
     launched = []
     launch = launch or module._launch
 
@@ -238,6 +243,24 @@ def test_short_calls_of_the_fixed_pattern_run_the_tl_backward(monkeypatch):
     launched = _kernels_of_a_step(monkeypatch, FIXED.format(c=16, a=12),
                                   lambda q, *rest: q.shape[2] >= 40, (2, 2, 24, 64))
     assert "band_backward_kernel" not in launched and "_bwd_dq_fused" in launched
+
+
+@pytest.mark.parametrize("batch, heads", [(1, 2), (1, 5), (2, 3), (1, 8)])
+def test_the_gather_path_takes_grids_of_gluon_gather_waves(monkeypatch, batch, heads):
+    """The path runs where its grid has GLUON_GATHER_WAVES (1.5) programs a multiprocessor or
+    more: on the CPU's 4, 6 programs -- here one block of packed keys a head (16 keys at 64
+    tokens), so from 6 batches x heads; below, the `tl` backward.  Gradients the reference's
+    either way."""
+    module = _module(FIXED.format(c=16, a=12))
+    if module._gluon_module("gluon_backward") is None:
+        pytest.skip("this Triton has no Gluon")
+    assert module.GLUON_GATHER_WAVES == 1.5 and module._sm_count(torch.device("cpu")) == 4
+    assert module._gluon_module("gluon_backward").gather_programs(16, batch * heads) == \
+        batch * heads
+    launched = _kernels_of_a_step(monkeypatch, FIXED.format(c=16, a=12), lambda *args: True,
+                                  (batch, heads, 64, 16), launch=_emulate, waves=None)
+    assert ("band_backward_kernel" in launched) == (batch * heads >= 6)
+    assert ("_bwd_dkdv_0" in launched) == (batch * heads < 6)
 
 
 def test_calls_whose_gather_component_has_no_keys_run_the_tl_backward(monkeypatch):
