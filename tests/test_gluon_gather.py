@@ -214,6 +214,26 @@ def test_the_chunks_route_and_gradients_at_random_chunks_lengths_and_tiles(chunk
     assert ("_bwd_dq_fused" in launched) == (not pairs)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 64), st.integers(1, 200))
+@example(64, 28, 132)  # 8k tokens, 28 heads on an H200: 16 a program (112 programs), not 14 (140)
+def test_the_pairs_grid_fits_one_wave_with_the_fewest_key_blocks_a_program(n_kb, heads, slots):
+    """KB_PER_PROGRAM of the chunks' PAIRS launch: its grid (ceil(n_kb / per) programs for each
+    head: a program takes one head's blocks) fits one wave of the multiprocessors, with the
+    fewest blocks a program that does; one program a head where nothing fits."""
+    module = _module(FIXED.format(c=16, a=12))
+    per = module._key_blocks_per_program(n_kb, heads, slots)
+
+    def programs(p):
+        return -(-n_kb // p) * heads
+    assert 1 <= per <= n_kb
+    assert programs(per) <= slots or per == n_kb
+    assert per == 1 or programs(per - 1) > slots
+    assert [module._key_blocks_per_program(*case, 132) for case in
+            ((64, 32), (64, 28), (64, 24), (128, 16), (256, 16), (8, 200))] == \
+        [16, 16, 13, 16, 32, 8]
+
+
 def _kernels_of_a_step(monkeypatch, text, gather_ok, shape, launch=None, waves=0):
     """The names of the kernels one training step of ``text`` launches (its gradients checked
     against the reference), with ``gather_ok`` as the module's `_gluon_gather_ok`, ``waves`` as
