@@ -33,10 +33,10 @@ d = 128, 1.4% slower at 16k.)
 """
 import argparse
 import statistics
-import time
 
 import torch
 
+from attnlang.bench import _host_ms
 from ab_gluon_stages import interleaved_times, training_case
 from gluon_bwd import max_rel
 from profile_kernels import kernel_times
@@ -100,19 +100,12 @@ def run_case(text, n, d, rounds, profile, batch=None, heads=16):
     gen.GLUON_GATHER_MIN, gen.GLUON_GATHER_WAVES = kept[0], kept[2]
 
 
-def host_time(step, steps=8, repeats=15):
-    """The host's µs per ``step()``: ``steps`` steps queued after a synchronisation, timed on
+def host_time(step):
+    """The host's µs per ``step()``: rounds of 8 steps queued after a synchronisation, timed on
     the host without waiting for the GPU (too few launches to fill the launch queue, so the host
-    never waits for it), median of ``repeats``."""
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - start) / steps * 1e6)
-    torch.cuda.synchronize()
-    return statistics.median(times)
+    never waits for it), median of 15 (`bench._host_ms` without the wait; the logs up to
+    round 56 were made with the same loop written out here, without its ten warm-up steps)."""
+    return _host_ms(step, reps=8, rounds=15, wait=False) * 1000
 
 
 def main():
