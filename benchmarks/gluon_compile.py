@@ -119,6 +119,12 @@ def ptxas_report(ptx):
             int(registers.group(1)) if registers else None)
 
 
+def _over(compiled):
+    """Whether ``compiled`` asks for more shared memory than an sm_90 multiprocessor has (Triton
+    compiles it; only a launch on the GPU refuses it)."""
+    return compiled.metadata.shared > SHARED
+
+
 def _report(compiled):
     spills, serialised, _ = ptxas_report(compiled.asm["ptx"])
     regs = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
@@ -126,9 +132,7 @@ def _report(compiled):
     # `gluon_hopper.named_barrier`'s (the forward's ping-pong): a barrier number in a register,
     # where Triton's own barriers name theirs
     turns = len(re.findall(r"\bbar\.(?:sync|arrive)\s+%r", compiled.asm["ptx"]))
-    # (Triton compiles a kernel that asks for more shared memory than sm_90 has; only a launch
-    # on the GPU refuses it: `main` fails the run)
-    over = f" OVER sm_90's {SHARED}" if compiled.metadata.shared > SHARED else ""
+    over = f" OVER sm_90's {SHARED}" if _over(compiled) else ""  # (`main` fails the run)
     return (f"shared {compiled.metadata.shared} bytes{over}, setmaxnreg {regs}, spill stores "
             f"{spills} bytes, wgmma serialised: {serialised}, ping-pong barriers {turns}")
 
@@ -137,7 +141,11 @@ def main():
     """Every kernel in bf16 at both head dimensions (``--fp16``: in fp16 too); exits 1 where one
     needs more shared memory than an sm_90 multiprocessor has."""
     print("triton", triton.__version__)
-    over = False
+    reported = []
+
+    def report(compiled):  # (every reported kernel kept for the shared memory check)
+        reported.append(compiled)
+        return _report(compiled)
     for dtype in (torch.bfloat16, torch.float16)[:2 if "--fp16" in sys.argv else 1]:
         for D in gb.HEAD_DIMS:
             backward, rows, forward = compile_bwd(D, dtype), compile_rows(D, dtype), \
@@ -146,23 +154,21 @@ def main():
             extra = ""
             if dtype == torch.bfloat16:  # (the bounds' code is the same in either dtype)
                 extra = (f"; with global rows and columns: backward "
-                         f"{_report(compile_bwd(D, dtype, glob=True))}, forward "
-                         f"{_report(compile_fwd(D, dtype, glob=True))}; the forward of "
-                         f"residue classes {_report(compile_fwd(D, dtype, classes=True))}; "
+                         f"{report(compile_bwd(D, dtype, glob=True))}, forward "
+                         f"{report(compile_fwd(D, dtype, glob=True))}; the forward of "
+                         f"residue classes {report(compile_fwd(D, dtype, classes=True))}; "
                          f"the backward of a gather component's keys "
-                         f"{_report(compile_bwd(D, dtype, first=True))}")
+                         f"{report(compile_bwd(D, dtype, first=True))}")
             if dtype == torch.bfloat16 and D == 64:  # (bands' 64-key blocks: at d = 64 only)
-                narrow = _report(compile_bwd(D, dtype, keys=gb.DOCS_BN))
-                banded = _report(compile_bwd(D, dtype, glob=True, keys=gb.DOCS_BN))
+                narrow = report(compile_bwd(D, dtype, keys=gb.DOCS_BN))
+                banded = report(compile_bwd(D, dtype, glob=True, keys=gb.DOCS_BN))
                 extra += (f"; bands' backward with 64-key blocks {narrow}, with global rows and "
                           f"columns {banded}")
-            line = (f"{str(dtype)[6:]} D={D}: backward {_report(backward)}; documents' "
-                    f"backward {_report(documents)}; forward {_report(forward)}{extra}; cubins "
-                    f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "
-                    f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
-            print(line)
-            over = over or " OVER sm_90's " in line
-    if over:
+            print(f"{str(dtype)[6:]} D={D}: backward {report(backward)}; documents' backward "
+                  f"{report(documents)}; forward {report(forward)}{extra}; cubins "
+                  f"{len(backward.asm['cubin'])}, {len(documents.asm['cubin'])}, "
+                  f"{len(rows.asm['cubin'])} and {len(forward.asm['cubin'])} bytes")
+    if any(_over(compiled) for compiled in reported):
         sys.exit(1)
 
 
