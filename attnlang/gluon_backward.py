@@ -686,9 +686,9 @@ def gather_group(first, Lq, BH, slots):
     multiprocessor: 128-key blocks take more than half its shared memory at either head
     dimension.  Reads ``first`` (a host synchronisation): its caller's plan keeps the answer."""
     group = min(HEAD_GROUP, BH)
-    n_k = triton.cdiv(first.numel(), BN)
-    if group == BH or n_k * BH > GATHER_MODEL_WAVES * slots:
+    if group == BH or gather_programs(first.numel(), BH) > GATHER_MODEL_WAVES * slots:
         return group
+    n_k = triton.cdiv(first.numel(), BN)
     least = torch.nn.functional.pad(first.to(torch.int64), (0, n_k * BN - first.numel()),
                                     value=Lq).view(n_k, BN).amin(1)
     tiles = (triton.cdiv(Lq, BM) - torch.div(least, BM, rounding_mode="floor")).tolist()
