@@ -61,11 +61,11 @@ def profile_length(n, d, patterns, docs_min=None, gather_min=None):
     for text in patterns:
         pattern = attnlang.parse(f"pattern x = {text}")["x"]
         mod = pattern.module(backend="triton")
-        gen = load_module(pattern)
+        generated = load_module(pattern)
         if docs_min is not None:
-            gen.GLUON_DOCS = dict.fromkeys(gen.GLUON_DOCS, docs_min)
+            generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, docs_min)
         if gather_min is not None:
-            gen.GLUON_GATHER_MIN = dict.fromkeys(gen.GLUON_GATHER_MIN, gather_min)
+            generated.GLUON_GATHER_MIN = dict.fromkeys(generated.GLUON_GATHER_MIN, gather_min)
         kw = dict(segments=segments) if "segment" in text else {}
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
