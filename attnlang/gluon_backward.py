@@ -17,8 +17,9 @@ batch and head), BN = 128 for bands and 64 for documents (and for bands where th
 the generated modules' narrow bands and bands with global rows at d = 64, `backward`'s
 ``keys``):
 
-* a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM = 64
-  queries whose band meets the block through a ring of STAGES stages (three at d = 64, two at
+* a loader warp reads the key block's K and V once, then streams the (Q, dO) tiles of BM queries
+  whose band meets the block through a ring of stages (`tile_config`: 128 queries and two
+  stages for 128-key blocks at d = 64, else 64 queries and STAGES: three at d = 64, two at
   d = 128, where a third does not fit in shared memory), by TMA (rank-4 descriptors
   over the [B, H, L, D] tensors, so that a tile past a sequence's end reads zeros, never another
   head's rows), each with its rows' terms (below) and a document call's query ids, so that the
@@ -82,15 +83,26 @@ from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_
     kept, partial_tile, reinterpret, tma_add, tma_load, tma_store, two_ranges, \
     wgmma_layout
 
-__all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "backward",
-           "band_backward_kernel", "gather_backward", "row_terms", "rows_descriptor", "tile"]
-BM, BN = 64, 128  # query tile, key block: bands
+__all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "WIDE", "backward",
+           "band_backward_kernel", "gather_backward", "row_terms", "rows_descriptor", "tile",
+           "tile_config"]
+BM, BN = 64, 128  # query tile (but WIDE's), key block: bands
 # the (Q, dO) ring's stages by head dimension.  At d = 64 a third stage (149 KB of shared memory
 # with 128-key blocks, 76 KB with 64) made every training step that runs this kernel 0.3-1.8%
 # faster (`all` at 8k 4.520 -> 4.437 ms, causal 2.413 -> 2.386, documents at 32k 1.139 -> 1.125;
 # a fourth lost on 128-key blocks; results/ab_gluon_stages_r54*.log, NOTES round 54); at d = 128
 # three stages of 128-key blocks take 280 KB, more than a multiprocessor has.
 STAGES = {64: 3, 128: 2}
+# (query tile, stages) of 128-key blocks by head dimension where not (BM, STAGES): at d = 64
+# tiles of 128 queries (each warpgroup's S^T and dP^T products 64 x 128, half the tiles' waits,
+# barriers and dQ reductions a key block; 199 KB of shared memory with two stages, 64 bytes of
+# spills) made training steps 1.05-1.08x faster: `all` 4.470 -> 4.196 ms at 8k and 34.25 ->
+# 32.69 at 32k, causal 2.392 -> 2.238 and 17.90 -> 16.64, the fixed pattern's gather path 0.945
+# -> 0.925 at 16k and 2.889 -> 2.753 at 32k (results/ab_tile_r57a.log, ab_tile_gather_r57b.log;
+# NOTES round 57).  Not at d = 128 (128-query tiles take more registers and shared memory than
+# a multiprocessor has) nor with 64-key blocks (two programs a multiprocessor, 128 registers a
+# thread).
+WIDE = {64: (128, 2)}
 # documents: 64-key blocks, one compute warpgroup (the docstring).  Training steps on the
 # benchmark's documents at 32k, d = 128: 1.03-1.05x round 27's 128-key kernel (which had a dQ
 # buffer of its own), 1.12x the 128-key kernel with its dQ in the stages, 1.05x this one with
@@ -116,8 +128,18 @@ GATHER_MODEL_WAVES = 8
 
 
 def tile(segments):
-    """(query tile, key block) of the kernel for bands or (``segments``) document masks."""
+    """(query tile, key block) of the kernel for bands or (``segments``) document masks at a
+    head dimension of 128 (the document masks': at any head dimension)."""
     return BM, DOCS_BN if segments else BN
+
+
+def tile_config(bn, D):
+    """(query tile, stages of the (Q, dO) ring) of the kernel for key blocks of ``bn`` at head
+    dimension ``D``: WIDE's, else BM and STAGES' (two at a head dimension outside HEAD_DIMS,
+    which only the tests' emulated kernel sees)."""
+    if bn == BN and D in WIDE:
+        return WIDE[D]
+    return BM, STAGES.get(D, 2)
 
 
 @gluon.jit
@@ -496,14 +518,15 @@ def _rows_kernel(O, DO, LSE, LSE2, DELTA, DQ, sob, soh, som, sdob, sdoh, sdom, s
              tl.zeros([ROWS, D], tl.float32), mask=(rows < dq_rows)[:, None])
 
 
-def row_terms(out, do, lse, launch=jit_launch, dq=None):
-    """`_rows_kernel`'s lse2 and delta, as one [2, B * H, Lq rounded up to BM] float32 tensor,
-    and the float32 dQ zeroed: ``dq`` (a [B, H, Lq, D] float32 tensor of any strides, the head
-    dimension contiguous) where given, else a new [B, H, Lq rounded up to BM, D], or none
-    (``dq`` False: the terms only); ``launch``: as `backward`'s; out, do [B, H, Lq, D] and lse
-    [B, H, Lq] of any strides (the head dimension contiguous)."""
+def row_terms(out, do, lse, launch=jit_launch, dq=None, bm=BM):
+    """`_rows_kernel`'s lse2 and delta, as one [2, B * H, Lq rounded up to ``bm``, the query
+    tile of the kernel that reads them] float32 tensor, and the float32 dQ zeroed: ``dq`` (a
+    [B, H, Lq, D] float32 tensor of any strides, the head dimension contiguous) where given,
+    else a new [B, H, Lq rounded up to bm, D], or none (``dq`` False: the terms only);
+    ``launch``: as `backward`'s; out, do [B, H, Lq, D] and lse [B, H, Lq] of any strides (the
+    head dimension contiguous)."""
     B, H, Lq, D = out.shape
-    lq_pad = triton.cdiv(Lq, BM) * BM
+    lq_pad = triton.cdiv(Lq, bm) * bm
     rows = torch.empty((2, B * H, lq_pad), dtype=torch.float32, device=out.device)
     if dq is None:
         dq = torch.empty((B, H, lq_pad, D), dtype=torch.float32, device=out.device)
@@ -515,16 +538,15 @@ def row_terms(out, do, lse, launch=jit_launch, dq=None):
     return rows, (None if dq is False else dq)
 
 
-# the rows' tiles in shared memory: [2, 1, BM] float32 (lse2 and delta of a query tile), read
-# into a wgmma layout's columns, unswizzled
+# the rows' tiles in shared memory: [2, 1, query tile] float32 (lse2 and delta of a query
+# tile), read into a wgmma layout's columns, unswizzled
 ROWS_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
-ROWS_BLOCK = (2, 1, BM)
 
 
-def rows_descriptor(rows):
-    """The band kernel's descriptor over `row_terms`'s [2, B * H, Lq rounded up to BM] rows: a
-    query tile's lse2 and delta in one TMA."""
-    return host_descriptor(rows, ROWS_BLOCK, ROWS_LAYOUT)
+def rows_descriptor(rows, bm=BM):
+    """The band kernel's descriptor over `row_terms`'s [2, B * H, Lq rounded up to ``bm``] rows:
+    a query tile's (of ``bm``) lse2 and delta in one TMA."""
+    return host_descriptor(rows, (2, 1, bm), ROWS_LAYOUT)
 
 
 # a document call's query ids in shared memory: [BM] int32 tiles of the flat [batches * Lq] ids,
@@ -608,10 +630,12 @@ def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
                                                  for t in tensors)
     B, H, Lq, D = q_view[0]
     Lk = k_view[0][2]
-    lq_pad = triton.cdiv(Lq, BM) * BM
+    bn = DOCS_BN if documents else keys
+    bm = tile_config(bn, D)[0]
+    lq_pad = triton.cdiv(Lq, bm) * bm
     # dK, dV: new contiguous tensors in k's shape; dQ's sums: contiguous, in q's shape with a
     # step (the rows' natural order, cast as they are at the end), else [B, H, Lq rounded up to
-    # BM, D]; the rows' terms: [2, B * H, Lq rounded up to BM] (`row_terms`)
+    # bm, D]; the rows' terms: [2, B * H, Lq rounded up to bm] (`row_terms`)
     natural = tuple(q.shape) if step > 1 else (B, H, lq_pad, D)
     dq_view = class_view(natural, _contiguous(natural), step)
     kv_view = class_view(k.shape, _contiguous(k.shape), step)
@@ -626,12 +650,11 @@ def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
     # (a band that keeps every pair: every block has the same rows, nothing to even out, and a
     # group's rows are whole heads: 0.97-0.99x with 2 or 4 at d = 64, results/ab_group64_r23c.log)
     group = 1 if min(back, ahead) >= Lq + Lk else min(HEAD_GROUP, B * H)
-    bn = DOCS_BN if documents else keys
     specs = [(shape, strides, *head_tile(block, D, dtype))
              for (shape, strides), block, dtype in zip(
                  (q_view, k_view, v_view, do_view, kv_view, kv_view, dq_view),
-                 (BM, bn, bn, BM, bn, bn, BM), (q.dtype,) * 6 + (torch.float32,))]
-    specs.append((terms_shape, _contiguous(terms_shape), ROWS_BLOCK, ROWS_LAYOUT))
+                 (bm, bn, bn, bm, bn, bn, bm), (q.dtype,) * 6 + (torch.float32,))]
+    specs.append((terms_shape, _contiguous(terms_shape), (2, 1, bm), ROWS_LAYOUT))
     return _Plan(
         dq_shape=natural, terms_shape=terms_shape, rows_grid=(lq_pad // BM, B * H),
         rows_args=(*out_view[1][:3], *do_view[1][:3], *lse_view[1], *dq_view[1][:3], H, Lq,
@@ -648,7 +671,8 @@ def _options(bn, D, **modes):
     """`band_backward_kernel`'s launch options for key blocks of ``bn`` at head dimension ``D``
     with ``modes`` (its SEGMENTS, GLOBAL and FIRST; a head dimension outside HEAD_DIMS, which
     only the tests' emulated kernel sees, takes two stages)."""
-    return dict(BM=BM, BN=bn, D=D, STAGES=STAGES.get(D, 2), **modes, num_warps=bn // 16,
+    bm, stages = tile_config(bn, D)
+    return dict(BM=bm, BN=bn, D=D, STAGES=stages, **modes, num_warps=bn // 16,
                 maxnreg=MAXNREG[bn])
 
 
@@ -707,8 +731,8 @@ def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch, g
     """dK and dV of a gather component's packed keys, its share of dQ added into ``dq``: the
     pairs (query q, packed key j) with q >= first[j], of a pattern whose output and log-sum-exp
     gave `row_terms`' ``terms`` (every component's: this is one component's share of the
-    gradients).  kp, vp: [B, H, keys, D], the keys' K and V in order (the template's
-    `_packed`); ``first``: int32 [keys], the first query that keeps each key (Lq for none; the
+    gradients), padded to this kernel's query tile (`tile_config(BN, D)`).  kp, vp: [B, H,
+    keys, D], the keys' K and V in order (the template's `_packed`); ``first``: int32 [keys], the first query that keeps each key (Lq for none; the
     caller has checked that each key's queries are exactly those from it on); ``dq``: float32
     [B, H, Lq, D] (any strides, the head dimension contiguous) holding the other components'
     dQ; ``group``: the heads the grid takes at a time (`gather_group`'s; None: HEAD_GROUP).
@@ -733,11 +757,12 @@ def _launch_kernel(launch, tensors, terms, bn, bounds, docs, scale, modes):
     launches from its plan; this is `gather_backward`'s)."""
     q, k, v, do, dk, dv, dq = tensors
     B, H, Lq, D = q.shape
-    rows_desc = rows_descriptor(terms)
+    bm = tile_config(bn, D)[0]
+    rows_desc = rows_descriptor(terms, bm)
     if docs[2] is None:  # (no query ids: unread)
         docs = (*docs[:2], rows_desc, *docs[3:])
     launch(band_backward_kernel, (triton.cdiv(k.shape[2], bn) * B * H,),
-           (descriptor(q, BM), descriptor(k, bn), descriptor(v, bn), descriptor(do, BM),
-            descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, BM), rows_desc, B * H, H,
+           (descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm),
+            descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, bm), rows_desc, B * H, H,
             Lq, k.shape[2], *bounds, scale * LOG2E, scale, *docs),
            _options(bn, D, **modes), (q.dtype,))

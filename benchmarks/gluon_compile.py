@@ -38,8 +38,8 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=F
     the key block and ring that `gb.backward` and `gb.gather_backward` give them (``keys``: a
     band's key block where given, `gb.backward`'s ``keys``)."""
     name = NAMES[dtype]
-    BM, BN = gb.tile(segments)
-    BN = keys or BN
+    BN = keys or gb.tile(segments)[1]
+    BM, stages = gb.tile_config(BN, D)
     lq, lk = shared_layout(BM, D, dtype), shared_layout(BN, D, dtype)
     qd = f"tensordesc<{name}[1, 1, {BM}, {D}],{lq!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{lk!r}>"
@@ -56,7 +56,7 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=F
                  "segk_ptr": "*i32", "per_batch": "i32", "BM": "constexpr",
                  "BN": "constexpr", "D": "constexpr", "STAGES": "constexpr",
                  "SEGMENTS": "constexpr", "GLOBAL": "constexpr", "FIRST": "constexpr"}
-    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": gb.STAGES[D], "SEGMENTS": segments,
+    constexprs = {"BM": BM, "BN": BN, "D": D, "STAGES": stages, "SEGMENTS": segments,
                   "GLOBAL": glob, "FIRST": first}
     source = GluonASTSource(gb.band_backward_kernel, signature, constexprs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),

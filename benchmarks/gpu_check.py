@@ -14,6 +14,7 @@ counted in the bf16 worst ratio.
     python benchmarks/gpu_check.py [--quick] [--only "stride,segment"] [--d 64,128]
     python benchmarks/gpu_check.py --gluon 40   # 40 random cases of the Gluon kernels
     python benchmarks/gpu_check.py --host-desc  # descriptors made on the host at any grid size
+    python benchmarks/gpu_check.py --gluon 24 --d 64 --keys128  # d = 64 bands on 128-key blocks
 
 The checks' launches have fewer programs than HOST_DESC_MIN_PROGRAMS, so their kernels make
 their own descriptors; ``--host-desc`` sets it to 0, so that launches read through the host's
@@ -25,7 +26,9 @@ each line's "gluon" counts the case's forwards and backwards that ran Gluon's ke
 match to 1e-3, not bit for bit.  Their forward is Gluon's (`attnlang/gluon_forward.py`) at
 d = 64 on long rows and at d = 128 on narrow bands; `--gluon` sends every case's forward and
 backward to Gluon (at d = 64 the backward of rows of fewer than 4096 keys with 64-key blocks,
-GLUON_KEYS_64), and fails a case where one did not run it.
+GLUON_KEYS_64), and fails a case where one did not run it.  ``--keys128`` sets GLUON_KEYS_64 to 0:
+bands at d = 64 then take 128-key blocks on every row, and with them the 128-query tiles of
+`gluon_backward.WIDE` (the benchmark's causal and `all` at d = 64 take them).
 """
 import json
 import math
@@ -149,6 +152,8 @@ def run_case(text, Lq, Lk, B, Hq, Hkv, D, dtype, gen, bshd=False, gluon_everywhe
         generated.GLUON_NARROW_BWD_64 = generated.GLUON_CLASSES_BWD_64 = 0
         generated.GLUON_DOCS = dict.fromkeys(generated.GLUON_DOCS, 0)
         generated.GLUON_GATHER_MIN = dict.fromkeys(generated.GLUON_GATHER_MIN, 0)
+    if "--keys128" in sys.argv:  # (`gluon_backward.WIDE`'s tiles on every d = 64 band)
+        generated.GLUON_KEYS_64 = 0
     gluon_before = gluon_runs.counts + gather_runs.counts
     gluon_fwd_before = gluon_fwd_runs.counts
     before = {key for key, hit in direct.items() if hit}  # an earlier case of the same pattern's

@@ -2,7 +2,8 @@
 kernels' index arithmetic makes (where, minimum, maximum, cdiv, int64) given by Python's and
 torch's, so that tests without a GPU check that arithmetic itself (every division there has
 operands of 0 or more, where Python's floor and the GPU's truncation agree); and the band
-backward kernel's writes emulated in float64 (`emulate_backward`)."""
+backward kernel's writes emulated in float64 (`emulate_backward`) and its launch's query tiles
+checked (`check_tiles`)."""
 import types
 
 import torch
@@ -45,3 +46,16 @@ def emulate_backward(a, keep):
     ds = p * (do.double() @ v.double().transpose(-1, -2) - terms[1][..., None])
     dk.copy_(ds.transpose(-1, -2) @ q.double() * a["sm_scale"])
     dq[:, :, :Lq] += (ds @ k.double() * a["sm_scale"]).float()
+
+
+def check_tiles(kernel, a, options):
+    """A launch of `band_backward_kernel` (``kernel``, its arguments by name ``a``, ``options``)
+    reads whole query tiles of its BM: Q's, dO's and dQ's descriptors take tiles of BM rows,
+    the rows' terms tiles of [2, 1, BM] from a tensor padded to whole tiles, and (BM, STAGES)
+    are its module's `tile_config` for the key block and head dimension."""
+    bm, D = options["BM"], options["D"]
+    assert (bm, options["STAGES"]) == kernel.fn.__globals__["tile_config"](options["BN"], D)
+    for name in ("q_desc", "do_desc", "dq_desc"):
+        assert list(a[name].block_shape) == [1, 1, bm, D], name
+    assert list(a["rows_desc"].block_shape) == [2, 1, bm]
+    assert a["rows_desc"].shape[2] % bm == 0, (a["rows_desc"].shape, bm)

@@ -18,7 +18,7 @@ from attnlang.predicate import evaluate
 from attnlang.plan import decompose
 
 gb = pytest.importorskip("attnlang.gluon_backward")
-from gluon_python import emulate_backward  # noqa: E402
+from gluon_python import check_tiles, emulate_backward  # noqa: E402
 from test_gluon_strided import _check_step  # noqa: E402
 
 FIXED = "causal & (chunk({c}) | cols(every({c}, {a}..{c})))"
@@ -88,6 +88,7 @@ def _emulate(kernel, grid, args, options, extra=()):
         return gh.jit_launch(kernel, grid, args, options)
     assert options["FIRST"] and not options["SEGMENTS"] and not options["GLOBAL"]
     a = dict(zip(kernel.arg_names, args))
+    check_tiles(kernel, a, options)
     emulate_backward(a, torch.arange(a["Lq"])[:, None] >= a["segk_ptr"].long()[None, :])
 
 

@@ -25,7 +25,7 @@ from strategies import band_intersections as _bands
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
 gb = pytest.importorskip("attnlang.gluon_backward")
-from gluon_python import as_python, emulate_backward  # noqa: E402
+from gluon_python import as_python, check_tiles, emulate_backward  # noqa: E402
 
 
 def _strided():
@@ -224,6 +224,7 @@ def _emulate(kernel, grid, args, options, key=()):
         assert grid == (-(-a["Lk"] // options["BN"]) * a["BH"],)
         assert options["num_warps"] == options["BN"] // 16
         _BLOCKS.append(options["BN"])
+        check_tiles(kernel, a, options)
         emulate_backward(a, _kept(a["back"], a["ahead"], a["Lq"], a["Lk"]))
     else:
         gh.jit_launch(kernel, grid, args, options)
