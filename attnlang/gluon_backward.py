@@ -128,8 +128,8 @@ GATHER_MODEL_WAVES = 8
 
 
 def tile(segments):
-    """(query tile, key block) of the kernel for bands or (``segments``) document masks at a
-    head dimension of 128 (the document masks': at any head dimension)."""
+    """(query tile, key block) of the kernel for document masks (``segments``: at any head
+    dimension), or for bands at d = 128 (`tile_config` gives a band's query tile at any)."""
     return BM, DOCS_BN if segments else BN
 
 
@@ -732,8 +732,9 @@ def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch, g
     pairs (query q, packed key j) with q >= first[j], of a pattern whose output and log-sum-exp
     gave `row_terms`' ``terms`` (every component's: this is one component's share of the
     gradients), padded to this kernel's query tile (`tile_config(BN, D)`).  kp, vp: [B, H,
-    keys, D], the keys' K and V in order (the template's `_packed`); ``first``: int32 [keys], the first query that keeps each key (Lq for none; the
-    caller has checked that each key's queries are exactly those from it on); ``dq``: float32
+    keys, D], the keys' K and V in order (the template's `_packed`); ``first``: int32 [keys],
+    the first query that keeps each key (Lq for none; the caller has checked that each key's
+    queries are exactly those from it on); ``dq``: float32
     [B, H, Lq, D] (any strides, the head dimension contiguous) holding the other components'
     dQ; ``group``: the heads the grid takes at a time (`gather_group`'s; None: HEAD_GROUP).
     Other arguments as `backward`'s."""
