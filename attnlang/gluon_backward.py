@@ -100,8 +100,9 @@ STAGES = {64: 3, 128: 2}
 # 32.69 at 32k, causal 2.392 -> 2.238 and 17.90 -> 16.64, the fixed pattern's gather path 0.945
 # -> 0.925 at 16k and 2.889 -> 2.753 at 32k (results/ab_tile_r57a.log, ab_tile_gather_r57b.log;
 # NOTES round 57).  Not at d = 128 (128-query tiles take more registers and shared memory than
-# a multiprocessor has) nor with 64-key blocks (two programs a multiprocessor, 128 registers a
-# thread).
+# a multiprocessor has) nor with 64-key blocks, whose two programs a multiprocessor 128-query
+# tiles would cut to one (232 registers a thread): their bands' steps ran 1.23-1.34x slower
+# (results/ab_k64wide_r57i.log).
 WIDE = {64: (128, 2)}
 # documents: 64-key blocks, one compute warpgroup (the docstring).  Training steps on the
 # benchmark's documents at 32k, d = 128: 1.03-1.05x round 27's 128-key kernel (which had a dQ
