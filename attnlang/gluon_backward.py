@@ -84,8 +84,8 @@ from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_
     wgmma_layout
 
 __all__ = ["BM", "BN", "DOCS_BN", "DTYPES", "HEAD_DIMS", "STAGES", "WIDE", "backward",
-           "band_backward_kernel", "gather_backward", "row_terms", "rows_descriptor", "tile",
-           "tile_config"]
+           "band_backward_kernel", "gather_backward", "gather_terms", "row_terms",
+           "rows_descriptor", "tile", "tile_config"]
 BM, BN = 64, 128  # query tile (but WIDE's), key block: bands
 # the (Q, dO) ring's stages by head dimension.  At d = 64 a third stage (149 KB of shared memory
 # with 128-key blocks, 76 KB with 64) made every training step that runs this kernel 0.3-1.8%
@@ -687,7 +687,7 @@ def _contiguous(shape):
 
 
 def grid_finish(tiles, group, BH, slots):
-    """When the last program of `gather_backward`'s grid ends, in query tiles, by a model of
+    """When the last program of `gather_backward`'s grid ends, in its query tiles, by a model of
     its schedule: the programs start in `grouped`'s order over ``group`` heads, each on the
     first of ``slots`` multiprocessors to come free, and the program of a head's key block j
     takes ``tiles[j]`` units (the query tiles it visits; every head's alike)."""
@@ -699,12 +699,13 @@ def grid_finish(tiles, group, BH, slots):
     return max(free)
 
 
-def gather_group(first, Lq, BH, slots):
+def gather_group(first, Lq, BH, slots, D):
     """The heads `gather_backward`'s grid takes at a time for keys whose first queries are
-    ``first`` (int32 [keys], as it takes them) and ``BH`` batches and heads on ``slots``
-    multiprocessors: every head (``BH``: each head's longest key blocks first) where the model
-    (`grid_finish`) has that order end more than GATHER_GAIN times earlier than HEAD_GROUP's,
-    else HEAD_GROUP (a group's rows share L2).  A key block's tiles run from its keys' least
+    ``first`` (int32 [keys], as it takes them) and ``BH`` batches and heads at head dimension
+    ``D`` (its query tile: `tile_config`) on ``slots`` multiprocessors: every head (``BH``:
+    each head's longest key blocks first) where the model (`grid_finish`) has that order end
+    more than GATHER_GAIN times earlier than HEAD_GROUP's, else HEAD_GROUP (a group's rows share
+    L2).  A key block's tiles run from its keys' least
     first query to the end, so the earliest keys' blocks are the longest, and in groups of
     HEAD_GROUP heads the last group's long blocks start last where the grid is a wave or two
     (the fixed pattern at 8k tokens: 204 tiles against every head's 140).  One program a
@@ -713,10 +714,10 @@ def gather_group(first, Lq, BH, slots):
     group = min(HEAD_GROUP, BH)
     if group == BH or gather_programs(first.numel(), BH) > GATHER_MODEL_WAVES * slots:
         return group
-    n_k = triton.cdiv(first.numel(), BN)
+    n_k, bm = triton.cdiv(first.numel(), BN), tile_config(BN, D)[0]
     least = torch.nn.functional.pad(first.to(torch.int64), (0, n_k * BN - first.numel()),
                                     value=Lq).view(n_k, BN).amin(1)
-    tiles = (triton.cdiv(Lq, BM) - torch.div(least, BM, rounding_mode="floor")).tolist()
+    tiles = (triton.cdiv(Lq, bm) - torch.div(least, bm, rounding_mode="floor")).tolist()
     if grid_finish(tiles, group, BH, slots) > GATHER_GAIN * grid_finish(tiles, BH, BH, slots):
         return BH
     return group
@@ -728,14 +729,19 @@ def gather_programs(keys, BH):
     return triton.cdiv(keys, BN) * BH
 
 
+def gather_terms(out, do, lse, launch=jit_launch):
+    """`row_terms`' lse2 and delta (no dQ) padded to `gather_backward`'s query tile, which its
+    caller computes first (the other components' kernels read delta too)."""
+    return row_terms(out, do, lse, launch, False, tile_config(BN, out.shape[3])[0])[0]
+
+
 def gather_backward(q, kp, vp, do, scale, first, dq, terms, launch=jit_launch, group=None):
     """dK and dV of a gather component's packed keys, its share of dQ added into ``dq``: the
     pairs (query q, packed key j) with q >= first[j], of a pattern whose output and log-sum-exp
-    gave `row_terms`' ``terms`` (every component's: this is one component's share of the
-    gradients), padded to this kernel's query tile (`tile_config(BN, D)`).  kp, vp: [B, H,
-    keys, D], the keys' K and V in order (the template's `_packed`); ``first``: int32 [keys],
-    the first query that keeps each key (Lq for none; the caller has checked that each key's
-    queries are exactly those from it on); ``dq``: float32
+    gave ``terms`` (`gather_terms`': every component's; this is one component's share of the
+    gradients).  kp, vp: [B, H, keys, D], the keys' K and V in order (the template's
+    `_packed`); ``first``: int32 [keys], the first query that keeps each key (Lq for none; the
+    caller has checked that each key's queries are exactly those from it on); ``dq``: float32
     [B, H, Lq, D] (any strides, the head dimension contiguous) holding the other components'
     dQ; ``group``: the heads the grid takes at a time (`gather_group`'s; None: HEAD_GROUP).
     Other arguments as `backward`'s."""
@@ -759,7 +765,8 @@ def _launch_kernel(launch, tensors, terms, bn, bounds, docs, scale, modes):
     launches from its plan; this is `gather_backward`'s)."""
     q, k, v, do, dk, dv, dq = tensors
     B, H, Lq, D = q.shape
-    bm = tile_config(bn, D)[0]
+    options = _options(bn, D, **modes)
+    bm = options["BM"]
     rows_desc = rows_descriptor(terms, bm)
     if docs[2] is None:  # (no query ids: unread)
         docs = (*docs[:2], rows_desc, *docs[3:])
@@ -767,4 +774,4 @@ def _launch_kernel(launch, tensors, terms, bn, bounds, docs, scale, modes):
            (descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm),
             descriptor(dk, bn), descriptor(dv, bn), descriptor(dq, bm), rows_desc, B * H, H,
             Lq, k.shape[2], *bounds, scale * LOG2E, scale, *docs),
-           _options(bn, D, **modes), (q.dtype,))
+           options, (q.dtype,))

@@ -50,8 +50,8 @@ VARIANTS = ["tl", "gather g4", "gather all", "gather rule"]
 def run_case(text, n, d, rounds, profile, batch=None, heads=16):
     gen, gb, step, grads, batch = training_case(text, n, d, batch, heads)
     kept = (gen.GLUON_GATHER_MIN, gb.gather_group, gen.GLUON_GATHER_WAVES)
-    fixed = {"gather g4": lambda first, Lq, BH, slots: min(4, BH),
-             "gather all": lambda first, Lq, BH, slots: BH}
+    fixed = {"gather g4": lambda first, Lq, BH, slots, D: min(4, BH),
+             "gather all": lambda first, Lq, BH, slots, D: BH}
 
     def use(name):
         gen.GLUON_GATHER_MIN, gb.gather_group, gen.GLUON_GATHER_WAVES = kept

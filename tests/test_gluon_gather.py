@@ -144,8 +144,9 @@ def test_a_training_step_of_the_fixed_pattern_through_the_gluon_gather_path(
 def test_the_gather_grids_head_group_comes_from_the_calls_plan(monkeypatch):
     """The heads the Gluon kernel's grid takes at a time are `gather_group`'s answer, asked once
     per call plan (kept for later calls of the same shape) with the keys' first queries, the
-    query count, batches times heads and the device's multiprocessors (4 on the CPU); the
-    gradients are the reference's whatever it answers (here 1, not HEAD_GROUP's 4)."""
+    query count, batches times heads, the device's multiprocessors (4 on the CPU) and the head
+    dimension; the gradients are the reference's whatever it answers (here 1, not HEAD_GROUP's
+    4)."""
     text = FIXED.format(c=16, a=12)
     module = _module(text)
     gluon = module._gluon_module("gluon_backward")
@@ -153,8 +154,8 @@ def test_the_gather_grids_head_group_comes_from_the_calls_plan(monkeypatch):
         pytest.skip("this Triton has no Gluon")
     asked, groups = [], []
 
-    def gather_group(first, Lq, BH, slots):
-        asked.append((first.tolist(), Lq, BH, slots))
+    def gather_group(first, Lq, BH, slots, D):
+        asked.append((first.tolist(), Lq, BH, slots, D))
         return 1
     monkeypatch.setattr(gluon, "gather_group", gather_group)
     launch = module._launch
@@ -173,7 +174,7 @@ def test_the_gather_grids_head_group_comes_from_the_calls_plan(monkeypatch):
         torch.manual_seed(seed)
         _check_step(module, expr, *(torch.randn(2, 2, 64, 64) for _ in range(4)))
     first = module._gather_first(_gather_keys(module, 64, 64), 64, 64)
-    assert asked == [(first.tolist(), 64, 4, 4)]
+    assert asked == [(first.tolist(), 64, 4, 4, 64)]
     assert groups == [1, 1]
 
 

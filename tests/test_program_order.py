@@ -200,11 +200,11 @@ def _fixed_firsts(L):
 
 
 def test_the_gather_grid_takes_every_head_where_groups_end_late(monkeypatch):
-    """`gather_group` on the fixed pattern's keys and the H200's 132 multiprocessors: at 8k
-    tokens (B = 2, 16 heads) and 16k (B = 1) groups of four would end at 204 and 380 tiles,
-    every head at 140 and 268, so the grid takes every head; at 32k (1020 against 1032) it
-    keeps groups of four.  Heads no more than HEAD_GROUP, and grids past GATHER_MODEL_WAVES
-    programs a multiprocessor, keep HEAD_GROUP without the model."""
+    """`gather_group` on the fixed pattern's keys at d = 128 (64-query tiles) and the H200's 132
+    multiprocessors: at 8k tokens (B = 2, 16 heads) and 16k (B = 1) groups of four would end at
+    204 and 380 tiles, every head at 140 and 268, so the grid takes every head; at 32k (1020
+    against 1032) it keeps groups of four.  Heads no more than HEAD_GROUP, and grids past
+    GATHER_MODEL_WAVES programs a multiprocessor, keep HEAD_GROUP without the model."""
     gb = pytest.importorskip("attnlang.gluon_backward")
     assert gb.HEAD_GROUP == 4
     finish = gb.grid_finish
@@ -217,11 +217,12 @@ def test_the_gather_grid_takes_every_head_where_groups_end_late(monkeypatch):
     for L, BH, group, ends in ((8192, 32, 32, [204, 140]), (16384, 16, 16, [380, 268]),
                                (32768, 16, 4, [1020, 1032])):
         seen.clear()
-        assert gb.gather_group(_fixed_firsts(L), L, BH, 132) == group
+        assert gb.gather_group(_fixed_firsts(L), L, BH, 132, 128) == group
         assert seen == [(4, ends[0]), (BH, ends[1])]
     seen.clear()
-    assert gb.gather_group(_fixed_firsts(8192), 8192, 3, 132) == 3
-    assert gb.gather_group(_fixed_firsts(8192), 8192, 32, 3) == 4  # 256 programs on 3
+    assert gb.gather_group(_fixed_firsts(8192), 8192, 3, 132, 128) == 3
+    assert gb.gather_group(_fixed_firsts(8192), 8192, 32, 3, 128) == 4  # 256 programs on 3
     assert not seen
     # keys no query keeps (first = Lq) visit no tile: nothing to even out
-    assert gb.gather_group(torch.full((1024,), 8192, dtype=torch.int32), 8192, 32, 132) == 4
+    assert gb.gather_group(torch.full((1024,), 8192, dtype=torch.int32), 8192, 32, 132,
+                           128) == 4
