@@ -32,6 +32,10 @@ the longest rows first):
   have about one length (`all`, windows).  Where they grow along the sequence (causal), one
   program a tile, which the GPU hands out as multiprocessors free up, was faster
   (results/gluon_fwd_r31a.log: causal 32k d = 128 7.12 ms against 8.08 persistent).
+* EARLY_Q: each warpgroup releases the tile's Q once its last S = Q K^T is done, not after its
+  last P V, so that the loader (which brings a tile's Q before its first K and V) starts the
+  next tile's Q, K and V under the last block's softmax, P V and the epilogue (persistent
+  launches only: with one tile a program there is no next tile, and with GLOBAL it spilled).
 
 Queries sit at ``p = q + (Lk - Lq)`` in key coordinates (LANGUAGE.md's bottom-right alignment).
 CONFIGS are per head dimension, the fastest of the variants measured in benchmarks/NOTES.md
@@ -57,12 +61,16 @@ TURNS = gl.constexpr(14)  # the ping-pong's named barriers: 14, 15 (Triton's own
 # products overlapped with their softmax and taken in turns, one program per multiprocessor
 # (`all` 8k 1.96 -> 1.82 ms against the `tl` forward, `window(512)` 0.337 -> 0.301;
 # results/gluon_fwd_r31a.log), with EARLY (at d = 64 its three warpgroups ran 1.025x slower
-# with it: causal and `all` at 32k, results/ab_fwd_r31c.log)
+# with it: causal and `all` at 32k, results/ab_fwd_r31c.log) and EARLY_Q, which only a
+# persistent launch feels (outputs bit for bit; results/ab_qearly_r58b.log, ab_early_q_r58c.log:
+# `all` 8k 1.026-1.059x, 32k 1.034x, bands of 128-2048 keys at 8k and 32k 1.02-1.08x).  At
+# d = 64 persistent launches lost with it (3 warpgroups `all` 8k 1.075 -> 1.102 ms) and the
+# `tl` forward still beats two warpgroups in turns on ~1k-key bands (0.182 against 0.215).
 CONFIGS = {
     64: dict(NUM_WG=3, BN=128, STAGES=3, OVERLAP=True, PINGPONG=False, EARLY=False,
              PERSISTENT=False, REGS=160),
     128: dict(NUM_WG=2, BN=128, STAGES=2, OVERLAP=True, PINGPONG=True, EARLY=True,
-              PERSISTENT=True, REGS=240),
+              PERSISTENT=True, REGS=240, EARLY_Q=True),
 }
 # ... but a band with global rows and columns (GLOBAL) at d = 64 takes two warpgroups, with EARLY:
 # Longformer's `window(512) | global(0..128)` at 32k 0.617 -> 0.546 ms, at 8k 0.315 -> 0.273
@@ -219,7 +227,8 @@ def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows,
 @gluon.jit
 def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
               D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-              EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr):
+              EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr,
+              EARLY_Q: gl.constexpr):
     tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
     q_bufs, o_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
@@ -257,6 +266,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 pf, alpha, m_i, l_i = _block_alone(wg, c, block_at(seq, 0, GLOBAL) * BN, q_s,
                                                    k_bufs, k_ready, k_empty, rows, band, r0, m_i,
                                                    l_i, qk_scale, BN, D, PINGPONG, EARLY, GLOBAL)
+                if EARLY_Q:
+                    if n == 1:  # the tile's last S: its Q is free
+                        mbarrier.arrive(q_empty, count=1)
                 p = gl.convert_layout(pf.to(dtype), p_layout)
             for i in range(1, n):
                 j = c + i
@@ -275,6 +287,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 sc = warpgroup_mma_wait(1, deps=(sc,))  # S_j done, P_{j-1} V_{j-1} running
                 if EARLY:
                     mbarrier.arrive(k_empty.index(s), count=1)
+                if EARLY_Q:
+                    if i == n - 1:  # the tile's last S: its Q is free
+                        mbarrier.arrive(q_empty, count=1)
                 sc = _masked(sc, rows, block_at(seq, i, GLOBAL) * BN, band, r0, BN, s_layout,
                              GLOBAL)
                 pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
@@ -303,13 +318,19 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 pf, alpha, m_i, l_i = _block_alone(wg, j, block_at(seq, i, GLOBAL) * BN, q_s,
                                                    k_bufs, k_ready, k_empty, rows, band, r0, m_i,
                                                    l_i, qk_scale, BN, D, PINGPONG, EARLY, GLOBAL)
+                if EARLY_Q:
+                    if i == n - 1:
+                        mbarrier.arrive(q_empty, count=1)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
                 p = gl.convert_layout(pf.to(dtype), p_layout)
                 mbarrier.wait(v_ready.index(s), (j // STAGES) & 1)
                 acc = warpgroup_mma(p, v_bufs.index(s).reshape([BN, D]), acc, is_async=True)
                 acc, p = warpgroup_mma_wait(0, deps=(acc, p))
                 mbarrier.arrive(v_empty.index(s), count=1)
-        mbarrier.arrive(q_empty, count=1)  # Q read: the loader may bring the next tile's
+        if not EARLY_Q:
+            mbarrier.arrive(q_empty, count=1)  # Q read: the loader may bring the next tile's
+        elif n == 0:
+            mbarrier.arrive(q_empty, count=1)
         c += n
         t += 1
         empty_row = l_i == 0.0
@@ -333,7 +354,8 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
                         ahead, ra, rb, ca, cb, t0, t1, qk_scale, BN: gl.constexpr,
                         D: gl.constexpr, STAGES: gl.constexpr, NUM_WG: gl.constexpr,
                         OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, EARLY: gl.constexpr,
-                        GLOBAL: gl.constexpr, CLASSES: gl.constexpr, REGS: gl.constexpr):
+                        GLOBAL: gl.constexpr, CLASSES: gl.constexpr, REGS: gl.constexpr,
+                        EARLY_Q: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
     -ahead <= p - k <= back (p = q + Lk - Lq), and with GLOBAL those with ra <= p < rb or
     ca <= k < cb (the tiles [t0, t1) of each head have such rows: `gluon_hopper.heavy_span`);
@@ -373,19 +395,19 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
     if NUM_WG == 2:
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
             (_loader, loads)], [4, 1], [REGS, 24])
     else:
         gl.static_assert(NUM_WG == 3)
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
             (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
             (_loader, loads)], [4, 4, 1], [REGS, REGS, 24])
 
 
@@ -442,5 +464,6 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=ji
             scale * LOG2E),
            dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
                 OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
-                GLOBAL=glob, CLASSES=step > 1, REGS=config["REGS"], num_warps=4), (q.dtype,))
+                GLOBAL=glob, CLASSES=step > 1, REGS=config["REGS"],
+                EARLY_Q=config.get("EARLY_Q", False) and persistent, num_warps=4), (q.dtype,))
     return out, lse

@@ -77,9 +77,10 @@ def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False):
                     + GLOBALS + ("t0", "t1")},
                  "qk_scale": "fp32", **{n: "constexpr" for n in (
                      "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "GLOBAL",
-                     "CLASSES", "REGS")}}
-    constexprs = {"D": D, "GLOBAL": glob, "CLASSES": classes, **{n: config[n] for n in (
-        "BN", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "REGS")}}
+                     "CLASSES", "REGS", "EARLY_Q")}}
+    constexprs = {"D": D, "GLOBAL": glob, "CLASSES": classes,
+                  "EARLY_Q": config.get("EARLY_Q", False) and not glob, **{n: config[n] for n in (
+                      "BN", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "REGS")}}
     source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
                             {(4,): [["tt.divisibility", 16]]})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
