@@ -168,3 +168,30 @@ def strided_band_of(expr) -> Optional[Strided]:
     if back is not None and ahead is not None and back // step + ahead // step < 0:
         return None  # no multiple of the step in the band (`gluon_hopper.class_band`)
     return step, found
+
+
+Chunked = Tuple[Band, int]  # (band, chunk size)
+
+
+def chunked_band_of(expr) -> Optional[Chunked]:
+    """``((back, ahead), size)`` when the bound, simplified pattern ``expr`` keeps exactly the
+    pairs of a band (``band_of``; ``all`` where it has none) whose position and key lie in one
+    chunk of ``size`` (``p div size = k div size``): an intersection of one ``chunk(size)``
+    term (no chunks back or ahead) with band terms, the fixed pattern's local part ``causal &
+    chunk(128)``; None otherwise (a band alone included), and where the band keeps nothing."""
+    factors = list(_operands(expr, ir.Intersect))
+    chunks = [f for f in factors if isinstance(f, ir.Chunk)]
+    rest = [f for f in factors if not isinstance(f, ir.Chunk)]
+    if len(chunks) != 1 or ir.const(chunks[0].back) != 0 or ir.const(chunks[0].ahead) != 0:
+        return None
+    size = int(ir.const(chunks[0].size))
+    if size < 1:
+        return None
+    if rest:
+        band = rest[0]
+        for other in rest[1:]:
+            band = ir.Intersect(band, other)
+        found = band_of(band)
+    else:
+        found = (None, None)
+    return None if found is None else (found, size)

@@ -237,7 +237,10 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     gathers = [i for i, spec in enumerate(specs) if spec.kind == GATHER]
     gluon_gather = gathers[0] if fused and len(gathers) == 1 and not uses_segment and \
         not per_head[gathers[0]] else None
-    lazy = LAZY_SUPPORT_MODULES if (band, banded, strided) != (None, None, None) else \
+    # ... and its forward the Gluon forward's, where its one other component is a band, or a band
+    # within chunks (the fixed pattern's ``causal & chunk(128)``): (back, ahead, chunk size or 0)
+    gluon_gather_fwd = _gather_forward_band(specs, gluon_gather, per_head)
+    lazy = LAZY_SUPPORT_MODULES if (band, banded, strided, gluon_gather_fwd) != (None,) * 4 else \
         LAZY_SUPPORT_MODULES[:2] if documents or gluon_gather is not None else ()
     source = template.render(
         pattern_source=str(pattern.decl) if hasattr(pattern, "decl") else str(pattern),
@@ -247,6 +250,7 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
         components=components,
         fused=fused,
         gluon_gather=repr(gluon_gather),
+        gluon_gather_fwd=repr(gluon_gather_fwd),
         uses_segment=uses_segment,
         layout_picture=layout_picture,
         template_version=TEMPLATE_VERSION,
@@ -260,6 +264,25 @@ def render_module(pattern, *, block_m=None, block_n=None) -> str:
     )
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     return source.replace("@@DIGEST@@", digest)
+
+
+def _gather_forward_band(specs, gather, per_head):
+    """(back, ahead, chunk) of the one component beside a pattern's gather component ``gather``
+    (the template's GLUON_GATHER) where it is a band (chunk 0) or a band within chunks
+    (`band.chunked_band_of`), the same for every head; else None."""
+    from .band import band_of, chunked_band_of
+    from .plan import IDENTITY
+
+    others = [i for i in range(len(specs)) if i != gather]
+    if gather is None or len(others) != 1 or specs[others[0]].kind != IDENTITY or \
+            per_head[others[0]]:
+        return None
+    predicate = specs[others[0]].predicate
+    chunked = chunked_band_of(predicate)
+    if chunked is not None:
+        return (*chunked[0], chunked[1])
+    band = band_of(predicate)
+    return None if band is None else (*band, 0)
 
 
 def _layout_picture(pattern) -> str:

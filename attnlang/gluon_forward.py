@@ -91,14 +91,18 @@ __all__ = ["CONFIGS", "CONFIGS_GLOBAL", "DTYPES", "HEAD_DIMS", "band_forward_ker
 
 
 @gluon.jit
-def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constexpr):
-    """(b, h, bh, m0, seq, n): the tile's batch and head, first query row and its n key blocks
-    (`gluon_hopper.block_at` of seq: the band's blocks [lo, hi), and with GLOBAL the global
-    columns' too, or every block where the tile has global rows).  Heads come ``group`` at a time
-    (they share their K and V in L2: ordered by tile first, the heads' K and V did not fit and
-    `all` at d = 128 ran 15% slower), a group's tiles longest rows (causal) first, its heads in
-    turn; with GLOBAL, the tiles of global rows of every head first (`heavy_first`)."""
-    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
+def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constexpr,
+             GATHER: gl.constexpr, CHUNK: gl.constexpr):
+    """(b, h, bh, m0, seq, n, c_lo): the tile's batch and head, first query row and its n key
+    blocks (`_block` of seq: the band's blocks [lo, hi), and with GLOBAL the global columns' too,
+    or every block where the tile has global rows; with GATHER the blocks of packed keys that
+    some row of the tile keeps first, then the band's; with CHUNK the band's within the rows'
+    chunks), and with GATHER the packed keys every row of the tile keeps (c_lo, the first
+    ones).  Heads come ``group`` at a time (they share their K and V in L2: ordered by tile
+    first, the heads' K and V did not fit and `all` at d = 128 ran 15% slower), a group's tiles
+    longest rows (causal) first, its heads in turn; with GLOBAL, the tiles of global rows of
+    every head first (`heavy_first`)."""
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs, gath = shape
     ra, rb, ca, cb, t0, t1 = globs  # tiles [t0, t1) have global rows (`gluon_hopper.heavy_span`)
     if GLOBAL:
         bh, j = heavy_first(tile, n_q, group, BH, t0, t1)
@@ -110,23 +114,43 @@ def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constex
     rows_end = gl.minimum(m0 + BM, Lq)
     k_lo = gl.maximum(m0 + off - back, 0)
     k_hi = gl.minimum(rows_end - 1 + off + ahead + 1, Lk)
+    if CHUNK > 0:  # the rows' chunks (positions from 0 on: Lk >= Lq)
+        k_lo = gl.maximum(k_lo, (m0 + off) // CHUNK * CHUNK)
+        k_hi = gl.minimum(k_hi, ((rows_end - 1 + off) // CHUNK + 1) * CHUNK)
     lo = k_lo // BN
     hi = gl.maximum(gl.cdiv(k_hi, BN), lo)
+    c_lo = 0
     if GLOBAL:
         every = (j >= t0) & (j < t1)  # the tile has global rows: every key block
         seq, n = two_ranges(gl.where(every, 0, lo), gl.where(every, gl.cdiv(Lk, BN), hi),
                             ca // BN, gl.cdiv(gl.minimum(cb, Lk), BN))
+    elif GATHER:  # `gather_counts`: the packed keys the tile's first row keeps, and its last
+        counts_ptr, first_ptr, P = gath
+        c_lo = gl.load(counts_ptr + 2 * (m0 // BM))
+        n_p = gl.cdiv(gl.load(counts_ptr + 2 * (m0 // BM) + 1), BN)
+        seq = (0, n_p, lo)
+        n = n_p + hi - lo
     else:
         seq = (lo, 0, 0)
         n = hi - lo
-    return bh // H, bh % H, bh, m0, seq, n
+    return bh // H, bh % H, bh, m0, seq, n, c_lo
+
+
+@gluon.jit
+def _block(seq, i, GLOBAL: gl.constexpr, GATHER: gl.constexpr):
+    """The i-th key block of a tile's `_tile_of` sequence: with GATHER, of the packed keys for
+    i < seq[1], else of the keys."""
+    if GATHER:
+        return block_at(seq, i, True)
+    else:
+        return block_at(seq, i, GLOBAL)
 
 
 @gluon.jit
 def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
-            GLOBAL: gl.constexpr):
+            GLOBAL: gl.constexpr, GATHER: gl.constexpr, CHUNK: gl.constexpr):
     tiles = shape[0]
-    q_desc, k_desc, v_desc = descs
+    q_desc, k_desc, v_desc, kp_desc, vp_desc = descs
     q_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -134,7 +158,8 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
     c = 0  # blocks loaded so far: the ring's position
     t = 0  # tiles so far
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL)
+        b, h, bh, m0, seq, n, c_lo = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL, GATHER,
+                                              CHUNK)
         mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for w in gl.static_range(NUM_WG):
@@ -143,29 +168,67 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
             j = c + i
             s = j % STAGES
             phase = ((j // STAGES) & 1) ^ 1
-            key0 = block_at(seq, i, GLOBAL) * BN
+            key0 = _block(seq, i, GLOBAL, GATHER) * BN
             if EARLY:  # K's slot is free once S has been computed
                 mbarrier.wait(k_empty.index(s), phase)
             else:  # once P V has
                 mbarrier.wait(v_empty.index(s), phase)
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-            tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
+            if GATHER:
+                if i < seq[1]:  # packed keys
+                    tma_load(kp_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
+                else:
+                    tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
+            else:
+                tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
             if EARLY:
                 mbarrier.wait(v_empty.index(s), phase)  # V's once P V has
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-            tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
+            if GATHER:
+                if i < seq[1]:
+                    tma_load(vp_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
+                else:
+                    tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
+            else:
+                tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
         c += n
         t += 1
 
 
 @gluon.jit
-def _masked(sc, rows, key0, band, r0, BN: gl.constexpr, s_layout: gl.constexpr,
-            GLOBAL: gl.constexpr):
+def _masked(sc, rows, key0, band, r0, src, BN: gl.constexpr, s_layout: gl.constexpr,
+            GLOBAL: gl.constexpr, GATHER: gl.constexpr, CHUNK: gl.constexpr):
     """S with the pairs outside the band (with GLOBAL: and outside the global rows and
-    columns), and keys past Lk, at -inf (partial blocks only)."""
-    Lk, off, back, ahead, globs = band
-    if partial_tile(r0 + off, ROWS, key0, BN, back, ahead, globs, GLOBAL) | (key0 + BN > Lk):
-        keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+    columns; with CHUNK: and outside the rows' chunks), and keys past Lk, at -inf (partial
+    blocks only); with GATHER, on a block of packed keys (``src``: (packed, c_lo)), the pairs
+    of keys whose first query (`gather_counts`' ``first``) comes after the row."""
+    Lk, off, back, ahead, globs, gath, Lq = band
+    keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+    if GATHER:
+        packed, c_lo = src
+        counts_ptr, first_ptr, P = gath
+        if packed:
+            if key0 + BN > c_lo:  # keys some row of the tile does not keep yet
+                first = gl.load(first_ptr + keys, mask=keys < P, other=Lq)
+                sc = gl.where(first[None, :] <= rows[:, None], sc, float("-inf"))
+        else:
+            sc = _band_masked(sc, rows, keys, key0, band, r0, BN, GLOBAL, CHUNK)
+    else:
+        sc = _band_masked(sc, rows, keys, key0, band, r0, BN, GLOBAL, CHUNK)
+    return sc
+
+
+@gluon.jit
+def _band_masked(sc, rows, keys, key0, band, r0, BN: gl.constexpr, GLOBAL: gl.constexpr,
+                 CHUNK: gl.constexpr):
+    """`_masked` on a block of the band's keys."""
+    Lk, off, back, ahead, globs, gath, Lq = band
+    if CHUNK > 0:  # (every block: few of a chunked band's blocks are whole)
+        p = (rows + off)[:, None]
+        keep = kept(p, keys[None, :], back, ahead, globs, GLOBAL) & \
+            (p // CHUNK == (keys // CHUNK)[None, :])
+        sc = gl.where(keep & (keys < Lk)[None, :], sc, float("-inf"))
+    elif partial_tile(r0 + off, ROWS, key0, BN, back, ahead, globs, GLOBAL) | (key0 + BN > Lk):
         keep = kept((rows + off)[:, None], keys[None, :], back, ahead, globs, GLOBAL)
         sc = gl.where(keep & (keys < Lk)[None, :], sc, float("-inf"))
     return sc
@@ -202,9 +265,10 @@ def _turn(wg: gl.constexpr, take: gl.constexpr):
 
 
 @gluon.jit
-def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows, band, r0, m_i,
-                 l_i, qk_scale, BN: gl.constexpr, D: gl.constexpr, PINGPONG: gl.constexpr,
-                 EARLY: gl.constexpr, GLOBAL: gl.constexpr):
+def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows, band, r0, src,
+                 m_i, l_i, qk_scale, BN: gl.constexpr, D: gl.constexpr, PINGPONG: gl.constexpr,
+                 EARLY: gl.constexpr, GLOBAL: gl.constexpr, GATHER: gl.constexpr,
+                 CHUNK: gl.constexpr):
     """(p, alpha, m, l) of the j-th block the warpgroup reads (keys from key0), its S = Q K^T
     issued alone (in the warpgroup's turn) and waited for, its K released with EARLY, then
     masked and through the online softmax (`_softmax`)."""
@@ -220,7 +284,7 @@ def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows,
     sc = warpgroup_mma_wait(0, deps=(sc,))
     if EARLY:
         mbarrier.arrive(k_empty.index(s), count=1)
-    sc = _masked(sc, rows, key0, band, r0, BN, s_layout, GLOBAL)
+    sc = _masked(sc, rows, key0, band, r0, src, BN, s_layout, GLOBAL, GATHER, CHUNK)
     return _softmax(sc, m_i, l_i, qk_scale)
 
 
@@ -228,8 +292,8 @@ def _block_alone(wg: gl.constexpr, j, key0, q_s, k_bufs, k_ready, k_empty, rows,
 def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN: gl.constexpr,
               D: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
               EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr,
-              EARLY_Q: gl.constexpr):
-    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs = shape
+              EARLY_Q: gl.constexpr, GATHER: gl.constexpr, CHUNK: gl.constexpr):
+    tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs, gath = shape
     q_bufs, o_bufs, k_bufs, v_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     dtype: gl.constexpr = q_bufs.dtype
@@ -242,14 +306,15 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     q_s = q_bufs.index(wg).reshape([ROWS, D])
     o_buf = o_bufs.index(wg)
-    band = (Lk, Lk - Lq, back, ahead, globs)
+    band = (Lk, Lk - Lq, back, ahead, globs, gath, Lq)
     if PINGPONG:
         if wg == 1:
             _turn(1, False)  # warpgroup 0 issues first
     c = 0
     t = 0
     for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL)
+        b, h, bh, m0, seq, n, c_lo = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL, GATHER,
+                                              CHUNK)
         r0 = m0 + wg * ROWS
         rows = r0 + gl.arange(0, ROWS, layout=row_s)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
@@ -263,9 +328,10 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             p = gl.zeros([ROWS, BN], dtype, p_layout)
             alpha = gl.full([ROWS], 1.0, gl.float32, row_s)
             if n > 0:
-                pf, alpha, m_i, l_i = _block_alone(wg, c, block_at(seq, 0, GLOBAL) * BN, q_s,
-                                                   k_bufs, k_ready, k_empty, rows, band, r0, m_i,
-                                                   l_i, qk_scale, BN, D, PINGPONG, EARLY, GLOBAL)
+                pf, alpha, m_i, l_i = _block_alone(
+                    wg, c, _block(seq, 0, GLOBAL, GATHER) * BN, q_s, k_bufs, k_ready, k_empty,
+                    rows, band, r0, (0 < seq[1], c_lo), m_i, l_i, qk_scale, BN, D, PINGPONG,
+                    EARLY, GLOBAL, GATHER, CHUNK)
                 if EARLY_Q:
                     if n == 1:  # the tile's last S: its Q is free
                         mbarrier.arrive(q_empty, count=1)
@@ -290,8 +356,8 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 if EARLY_Q:
                     if i == n - 1:  # the tile's last S: its Q is free
                         mbarrier.arrive(q_empty, count=1)
-                sc = _masked(sc, rows, block_at(seq, i, GLOBAL) * BN, band, r0, BN, s_layout,
-                             GLOBAL)
+                sc = _masked(sc, rows, _block(seq, i, GLOBAL, GATHER) * BN, band, r0,
+                             (i < seq[1], c_lo), BN, s_layout, GLOBAL, GATHER, CHUNK)
                 pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
                 acc, p = warpgroup_mma_wait(0, deps=(acc, p))
                 mbarrier.arrive(v_empty.index(sp), count=1)
@@ -315,9 +381,10 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             for i in range(n):
                 j = c + i
                 s = j % STAGES
-                pf, alpha, m_i, l_i = _block_alone(wg, j, block_at(seq, i, GLOBAL) * BN, q_s,
-                                                   k_bufs, k_ready, k_empty, rows, band, r0, m_i,
-                                                   l_i, qk_scale, BN, D, PINGPONG, EARLY, GLOBAL)
+                pf, alpha, m_i, l_i = _block_alone(
+                    wg, j, _block(seq, i, GLOBAL, GATHER) * BN, q_s, k_bufs, k_ready, k_empty,
+                    rows, band, r0, (i < seq[1], c_lo), m_i, l_i, qk_scale, BN, D, PINGPONG,
+                    EARLY, GLOBAL, GATHER, CHUNK)
                 if EARLY_Q:
                     if i == n - 1:
                         mbarrier.arrive(q_empty, count=1)
@@ -351,17 +418,22 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
 
 @gluon.jit
 def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, Lq, Lk, back,
-                        ahead, ra, rb, ca, cb, t0, t1, qk_scale, BN: gl.constexpr,
-                        D: gl.constexpr, STAGES: gl.constexpr, NUM_WG: gl.constexpr,
-                        OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, EARLY: gl.constexpr,
-                        GLOBAL: gl.constexpr, CLASSES: gl.constexpr, REGS: gl.constexpr,
-                        EARLY_Q: gl.constexpr):
+                        ahead, ra, rb, ca, cb, t0, t1, qk_scale, kp_desc, vp_desc, counts_ptr,
+                        first_ptr, P, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
+                        EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr,
+                        REGS: gl.constexpr, EARLY_Q: gl.constexpr, GATHER: gl.constexpr,
+                        CHUNK: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
     -ahead <= p - k <= back (p = q + Lk - Lq), and with GLOBAL those with ra <= p < rb or
     ca <= k < cb (the tiles [t0, t1) of each head have such rows: `gluon_hopper.heavy_span`);
     programs take the tiles of ROWS * NUM_WG queries in turn.  With CLASSES the descriptors read
     residue classes (`gluon_hopper.residue_classes`: H the step, Lq and Lk a class's lengths)
-    and the log-sum-exp goes to the rows' natural order (`gluon_hopper.row_offset`)."""
+    and the log-sum-exp goes to the rows' natural order (`gluon_hopper.row_offset`).  With CHUNK
+    only the band's pairs in one chunk of CHUNK positions (p div CHUNK = k div CHUNK; Lk >= Lq).
+    With GATHER, also the pairs of packed keys (kp_desc, vp_desc: P keys a head) and the queries
+    from each one's first on (first_ptr), a tile's packed keys first (counts_ptr:
+    `gather_counts`)."""
     n_q = gl.cdiv(Lq, ROWS * NUM_WG)
     dtype: gl.constexpr = k_desc.block_type.element_ty
     q_bufs = gl.allocate_shared_memory(dtype, [NUM_WG, 1, 1, ROWS, D], q_desc.layout)
@@ -387,28 +459,34 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
         globs = (ra, rb, ca, cb, t0, t1)
     else:  # (not handed to the partitions: each of their arguments takes shared memory)
         globs = (0, 0, 0, 0, 0, 0)
-    shape = (n_q * BH, BH, H, n_q, group, Lq, Lk, back, ahead, globs)
+    if GATHER:
+        gath = (counts_ptr, first_ptr, P)
+    else:
+        gath = (0, 0, 0)
+    shape = (n_q * BH, BH, H, n_q, group, Lq, Lk, back, ahead, globs, gath)
     bufs = (q_bufs, o_bufs, k_bufs, v_bufs)
-    loads = ((q_desc, k_desc, v_desc), (q_bufs, k_bufs, v_bufs), bars, shape, BN, EARLY,
-             GLOBAL)
+    descs = (q_desc, k_desc, v_desc, kp_desc, vp_desc)
+    loads = (q_bufs, k_bufs, v_bufs)
     gl.static_assert((NUM_WG == 2) | (not PINGPONG))  # the ping-pong is of two warpgroups
     if NUM_WG == 2:
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
-            (_loader, loads)], [4, 1], [REGS, 24])
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
+            (_loader, (descs, loads, bars, shape, BN, EARLY, GLOBAL, GATHER, CHUNK))],
+            [4, 1], [REGS, 24])
     else:
         gl.static_assert(NUM_WG == 3)
         gl.warp_specialize([
             (_consumer, (0, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
             (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
-                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q)),
-            (_loader, loads)], [4, 4, 1], [REGS, REGS, 24])
+                         PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
+            (_loader, (descs, loads, bars, shape, BN, EARLY, GLOBAL, GATHER, CHUNK))],
+            [4, 4, 1], [REGS, REGS, 24])
 
 
 _SMS = {}  # multiprocessors per device
@@ -418,9 +496,16 @@ _SMS = {}  # multiprocessors per device
 # 1.046x with two at 8k, 1.013x at 32k (four: 1.030x, 1.004x); d = 64 1.013x / 1.007x with two,
 # within the rounds' spread, and 0.977x at 32k in round 23 (results/ab_fwd_r23d.log): one.
 HEAD_GROUP = {64: 1, 128: 2}
+# A gather component's tiles (`forward`'s ``packed``: the fixed pattern's) in a persistent launch,
+# longest first in turn, from GATHER_PERSISTENT_MIN queries on, else one program a tile.  The
+# fixed pattern's forward against its `tl` one (results/ab_gather_forward_r58d.log, d = 128, 16
+# heads, 16k tokens a batch): one program a tile 1.168x at 8k, 1.128x at 16k, 1.154x at 32k;
+# persistent (with EARLY_Q) 1.101x, 1.098x, 1.192x.
+GATHER_PERSISTENT_MIN = 32768
 
 
-def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=jit_launch):
+def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, packed=None,
+            launch=jit_launch):
     """(out, lse) of softmax(scale Q K^T over the band -ahead <= p - k <= back) V, with
     ``back``/``ahead`` None for no bound, and with the global ``rows`` and ``cols`` where given
     (`band.banded_of`'s intervals of positions: queries at p in rows keep every key, keys in
@@ -432,7 +517,13 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=ji
     key heads as query heads, on an sm_90 GPU, read by TMA descriptors (the head dimension
     contiguous, base addresses and other strides multiples of 16 bytes: the generated modules
     check it with their `_descriptors_ok`); ``launch``: how to launch the kernel
-    (`gluon_hopper.jit_launch`'s arguments)."""
+    (`gluon_hopper.jit_launch`'s arguments).
+
+    With ``chunk`` > 0 the band's pairs are only those of one chunk (p div chunk = k div chunk;
+    Lk >= Lq); with ``packed`` = (kp, vp, first, counts), also the pairs of the packed keys kp,
+    vp ([B, H, P, D], the same dtype and layout rules) and the queries from each one's
+    ``first`` on (int32 [P], nondecreasing: a gather component's, the fixed pattern's summary
+    columns), ``counts`` `gather_counts`' (the tiles' packed keys, read first)."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     o_view = out
@@ -441,11 +532,13 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=ji
         back, ahead = class_band(back, ahead, step)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    grows = (back is None) != (ahead is None)  # rows whose lengths grow along the sequence
+    # rows whose lengths grow along the sequence (a gather component's keys: the fixed pattern's)
+    grows = (back is None) != (ahead is None) or packed is not None
     glob = rows is not None or cols is not None
     config = config_of(D, glob)
     # (global rows make a few tiles long: one program a tile, those first, evens out the end)
-    persistent = config["PERSISTENT"] and not grows and not glob
+    persistent = config["PERSISTENT"] and not glob and (not grows or (
+        packed is not None and Lq >= GATHER_PERSISTENT_MIN))
     back, ahead = band_bounds(back, ahead, Lq, Lk)
     ra, rb, ca, cb = global_bounds(rows, cols, Lq, Lk)
     n_q = triton.cdiv(Lq, ROWS.value * config["NUM_WG"])
@@ -457,13 +550,37 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, launch=ji
         programs = min(programs, _SMS[device])
     BN = config["BN"]
     group = min(HEAD_GROUP[D], B * H) if grows else 1
+    k_desc, v_desc = descriptor(k, BN), descriptor(v, BN)
+    if packed is not None:
+        kp, vp, first, counts = packed
+        gather = (descriptor(kp, BN), descriptor(vp, BN), counts, first, first.numel())
+    else:  # (read only with GATHER)
+        gather = (k_desc, v_desc, lse, lse, 0)
     launch(band_forward_kernel, (programs,),
-           (descriptor(q, ROWS.value), descriptor(k, BN), descriptor(v, BN),
-            descriptor(o_view, ROWS.value), lse, B * H, H, group, Lq, Lk, back, ahead, ra, rb,
-            ca, cb, *heavy_span(ra, rb, Lk - Lq, ROWS.value * config["NUM_WG"], n_q),
-            scale * LOG2E),
+           (descriptor(q, ROWS.value), k_desc, v_desc, descriptor(o_view, ROWS.value), lse,
+            B * H, H, group, Lq, Lk, back, ahead, ra, rb, ca, cb,
+            *heavy_span(ra, rb, Lk - Lq, ROWS.value * config["NUM_WG"], n_q), scale * LOG2E,
+            *gather),
            dict(BN=BN, D=D, STAGES=config["STAGES"], NUM_WG=config["NUM_WG"],
                 OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
                 GLOBAL=glob, CLASSES=step > 1, REGS=config["REGS"],
-                EARLY_Q=config.get("EARLY_Q", False) and persistent, num_warps=4), (q.dtype,))
+                EARLY_Q=config.get("EARLY_Q", False) and persistent, GATHER=packed is not None,
+                CHUNK=chunk, num_warps=4), (q.dtype,))
     return out, lse
+
+
+def tile_rows(D):
+    """The queries of a forward tile at head dimension D (bands; `gather_counts`' ``bm``)."""
+    return ROWS.value * CONFIGS[D]["NUM_WG"]
+
+
+def gather_counts(first, Lq, bm):
+    """int32 [tiles, 2] on first's device: for each tile of ``bm`` queries of Lq, the packed keys
+    its first row keeps and those its last row keeps -- counts from the start, as the keys'
+    first queries (``first``, int32) are nondecreasing; None where they are not."""
+    if first.numel() > 1 and not bool((first[1:] >= first[:-1]).all()):
+        return None
+    starts = torch.arange(0, Lq, bm, device=first.device, dtype=torch.int32)
+    ends = torch.clamp(starts + bm, max=Lq) - 1
+    return torch.stack([torch.searchsorted(first, starts, right=True),
+                        torch.searchsorted(first, ends, right=True)], 1).to(torch.int32)

@@ -29,6 +29,7 @@ NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the
 
 
 GLOBALS = ("ra", "rb", "ca", "cb")  # a band's global rows and columns (`band.banded_of`)
+GATHER_FWD_DIMS = (128,)  # where the generated modules give a gather pattern's forward to Gluon
 
 
 def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=False,
@@ -63,23 +64,29 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=F
                           options=dict(num_warps=BN // 16, maxnreg=gb.MAXNREG[BN]))
 
 
-def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False):
+def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False, gather=False,
+                persistent=False):
     """The forward's kernel with its configuration at head dimension D (`gf.config_of`), for
-    bands, (``glob``) bands with global rows and columns or (``classes``) a strided band's
-    residue classes."""
+    bands, (``glob``) bands with global rows and columns, (``classes``) a strided band's
+    residue classes or (``gather``) the fixed pattern's chunks and packed summary columns, one
+    program a tile or (``persistent``: from GATHER_PERSISTENT_MIN queries) persistent."""
     name = NAMES[dtype]
     config = gf.config_of(D, glob)
     rows, BN = gf.ROWS.value, config["BN"]
     qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{shared_layout(BN, D, dtype)!r}>"
+    ids = "*i32" if gather else "*fp32"  # (without GATHER the launch passes lse there)
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "o_desc": qd, "lse_ptr": "*fp32",
                  **{n: "i32" for n in ("BH", "H", "group", "Lq", "Lk", "back", "ahead")
                     + GLOBALS + ("t0", "t1")},
-                 "qk_scale": "fp32", **{n: "constexpr" for n in (
+                 "qk_scale": "fp32", "kp_desc": kd, "vp_desc": kd, "counts_ptr": ids,
+                 "first_ptr": ids, "P": "i32", **{n: "constexpr" for n in (
                      "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "GLOBAL",
-                     "CLASSES", "REGS", "EARLY_Q")}}
-    constexprs = {"D": D, "GLOBAL": glob, "CLASSES": classes,
-                  "EARLY_Q": config.get("EARLY_Q", False) and not glob, **{n: config[n] for n in (
+                     "CLASSES", "REGS", "EARLY_Q", "GATHER", "CHUNK")}}
+    persistent = config["PERSISTENT"] and not glob and (not gather or persistent)
+    constexprs = {"D": D, "GLOBAL": glob, "CLASSES": classes, "GATHER": gather,
+                  "CHUNK": 128 if gather else 0,
+                  "EARLY_Q": config.get("EARLY_Q", False) and persistent, **{n: config[n] for n in (
                       "BN", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "REGS")}}
     source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
                             {(4,): [["tt.divisibility", 16]]})
@@ -160,6 +167,10 @@ def main():
                          f"residue classes {report(compile_fwd(D, dtype, classes=True))}; "
                          f"the backward of a gather component's keys "
                          f"{report(compile_bwd(D, dtype, first=True))}")
+                if D in GATHER_FWD_DIMS:  # (the template's GLUON_GATHER_FWD_DIMS)
+                    extra += (f"; the forward of a gather pattern "
+                              f"{report(compile_fwd(D, dtype, gather=True))}, persistent "
+                              f"{report(compile_fwd(D, dtype, gather=True, persistent=True))}")
             if dtype == torch.bfloat16 and D == 64:  # (bands' 64-key blocks: at d = 64 only)
                 narrow = report(compile_bwd(D, dtype, keys=gb.DOCS_BN))
                 banded = report(compile_bwd(D, dtype, glob=True, keys=gb.DOCS_BN))

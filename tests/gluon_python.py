@@ -1,16 +1,31 @@
 """Gluon helpers run as Python: a Gluon function's own code with the few calls of ``gl`` the
-kernels' index arithmetic makes (where, minimum, maximum, cdiv, int64) given by Python's and
-torch's, so that tests without a GPU check that arithmetic itself (every division there has
-operands of 0 or more, where Python's floor and the GPU's truncation agree); and the band
-backward kernel's writes emulated in float64 (`emulate_backward`) and its launch's query tiles
-checked (`check_tiles`)."""
+kernels' index arithmetic makes (where, minimum, maximum, cdiv, int64, and load through a
+`Pointer`) given by Python's and torch's, so that tests without a GPU check that arithmetic
+itself (every division there has operands of 0 or more, where Python's floor and the GPU's
+truncation agree); and the band backward kernel's writes emulated in float64
+(`emulate_backward`) and its launch's query tiles checked (`check_tiles`)."""
 import types
 
 import torch
 from triton.runtime.jit import JITFunction
 
 SCALAR_GL = types.SimpleNamespace(where=lambda c, a, b: a if c else b, minimum=min, maximum=max,
-                                  cdiv=lambda a, b: -(-a // b), int64=torch.int64)
+                                  cdiv=lambda a, b: -(-a // b), int64=torch.int64,
+                                  load=lambda pointer: pointer.read())
+
+
+class Pointer:
+    """A pointer into a tensor for Gluon functions run as Python: ``pointer + i`` moves it,
+    ``gl.load`` reads the element there (as an int)."""
+
+    def __init__(self, t, at=0):
+        self.t, self.at = t.reshape(-1), at
+
+    def __add__(self, i):
+        return Pointer(self.t, self.at + int(i))
+
+    def read(self):
+        return int(self.t[self.at])
 
 
 def as_python(jit_fn, done=None):

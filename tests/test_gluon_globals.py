@@ -164,13 +164,13 @@ def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengt
         return
     mask, back, ahead, globs, n_q, n_k, off = case
     (Lq, Lk), (BM, BN), (t0, t1) = lengths, tile, globs[4:]
-    shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, globs)
+    shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, globs, (0, 0, 0))
     tile_of = _python(gf._tile_of)
     block_at = _python(gh.block_at)
     partial = _python(gh.partial_tile)
     seen = []
     for index in range(n_q * BH):
-        b, h, bh, m0, seq, n = tile_of(index, shape, BM, BN, True)
+        b, h, bh, m0, seq, n, _ = tile_of(index, shape, BM, BN, True, False, 0)
         seen.append((bh, m0))
         rows = mask[m0:m0 + BM]
         if index < (t1 - t0) * BH:  # a tile of global rows

@@ -1,0 +1,200 @@
+"""The forward of a gather pattern on the Gluon kernel (the template's GLUON_GATHER_FWD: each tile
+reads the gather component's packed keys that its rows keep, then the blocks of its one other
+component, a band or a band within chunks -- the fixed pattern), as far as a machine without a
+GPU can check it.
+
+Which modules take it (codegen's (back, ahead, chunk)), `band.chunked_band_of` against the dense
+masks, `gluon_forward.gather_counts`, the kernel's tiles (`gluon_forward._tile_of` and `_block`
+run as Python) covering every pair the pattern keeps, and generated modules' training steps with
+the kernel emulated in float64 on the tensors its descriptors read and write -- against the
+dense float64 reference, with the routing rules.  The kernel itself runs on sm_90 GPUs only:
+`benchmarks/gpu_check.py --only "cols("` checks it there."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import attnlang
+from attnlang import ir
+from attnlang.band import band_of, chunked_band_of
+from attnlang.cache import load_module
+from attnlang.plan import decompose
+from attnlang.predicate import evaluate
+from attnlang.reference import mask as dense_mask
+
+from strategies import band_intersections
+
+gf = pytest.importorskip("attnlang.gluon_forward")
+from gluon_python import Pointer, as_python  # noqa: E402
+from test_gluon_strided import _check_step  # noqa: E402
+
+FIXED = "causal & (chunk({c}) | cols(every({c}, {a}..{c})))"
+
+
+def _module(text):
+    return load_module(attnlang.parse(f"pattern x = {text}")["x"])
+
+
+def test_which_modules_take_the_gluon_gather_forward():
+    """A gather component beside one band (chunk 0) or band within chunks; not a pattern without
+    a gather component, nor one whose other component is neither."""
+    assert _module(FIXED.format(c=128, a=112)).GLUON_GATHER_FWD == (None, 0, 128)
+    assert _module("window(4, 0) | cols(every(16, 12..16))").GLUON_GATHER_FWD == (4, 0, 0)
+    assert _module("chunk(64) | cols(every(64, 0..8))").GLUON_GATHER_FWD == (None, None, 64)
+    for text in ("causal & window(1023, 0)", "causal & (window(127, 0) | stride(128))",
+                 "causal & (chunk(16, 1, 0) | cols(every(16, 12..16)))",
+                 "causal & segment"):
+        assert _module(text).GLUON_GATHER_FWD is None, text
+
+
+@settings(max_examples=60, deadline=None)
+@given(band_intersections(), st.integers(1, 9), st.integers(1, 40), st.integers(0, 12))
+def test_chunked_band_of_names_exactly_the_kept_pairs(band, size, Lq, extra):
+    """Where `chunked_band_of` finds ((back, ahead), size), the pattern keeps exactly the band's
+    pairs whose position and key share a chunk of that size (Lk >= Lq: positions from 0 on)."""
+    expr = ir.Intersect(band, ir.Chunk(ir.Int(size), ir.Int(0), ir.Int(0)))
+    found = chunked_band_of(expr)
+    if band_of(band) is None:
+        assert found is None
+        return
+    (back, ahead), got_size = found
+    assert got_size == size and (back, ahead) == band_of(band)
+    Lk = Lq + extra
+    p = torch.arange(Lq)[:, None] + extra
+    key = torch.arange(Lk)[None, :]
+    d = p - key
+    want = (d <= (Lk if back is None else back)) & (d >= -(Lk if ahead is None else ahead)) & \
+        (p // size == key // size)
+    assert torch.equal(dense_mask(expr, Lq, Lk)[0], want)
+    assert chunked_band_of(ir.Intersect(band, ir.Chunk(ir.Int(size), ir.Int(1), ir.Int(0)))) \
+        is None
+
+
+def test_gather_counts():
+    """The packed keys kept by each tile's first and last rows: counts from the start of
+    nondecreasing first queries; None where they decrease."""
+    first = torch.tensor([0, 0, 3, 5, 5, 9], dtype=torch.int32)
+    assert gf.gather_counts(first, 10, 4).tolist() == [[2, 3], [3, 5], [5, 6]]
+    assert gf.gather_counts(first[:0], 7, 4).tolist() == [[0, 0], [0, 0]]
+    assert gf.gather_counts(torch.tensor([0, 4, 2], dtype=torch.int32), 8, 4) is None
+
+
+def _tiles(module, Lq, Lk, bm, bn, heads=3):
+    """Each tile of `band_forward_kernel` for this module's GLUON_GATHER_FWD at tiles of bm
+    queries and bn keys: (m0, packed key blocks, key blocks, c_lo), `_tile_of` and `_block` run as
+    Python on the counts and first queries the module gives the kernel."""
+    back, ahead, chunk = module.GLUON_GATHER_FWD
+    keys = module._prepare(torch.zeros(1, 1, Lq, 64), torch.zeros(1, 1, Lk, 64), "dq", None, None,
+                           None)[3][module.GLUON_GATHER]["kindex"]
+    module._FIRSTS.clear()
+    first = module._gather_first(keys, Lq, Lk)
+    counts = gf.gather_counts(first, Lq, bm)
+    back, ahead = gf.band_bounds(back, ahead, Lq, Lk)
+    n_q = -(-Lq // bm)
+    shape = (n_q * heads, heads, heads, n_q, 2, Lq, Lk, back, ahead, (0,) * 6,
+             (Pointer(counts), Pointer(first), first.numel()))
+    tile_of, block = as_python(gf._tile_of), as_python(gf._block)
+    out = []
+    for tile in range(n_q * heads):
+        _, _, bh, m0, seq, n, c_lo = tile_of(tile, shape, bm, bn, False, True, chunk)
+        blocks = [block(seq, i, False, True) for i in range(n)]
+        out.append((bh, m0, blocks[:seq[1]], blocks[seq[1]:], c_lo))
+    return keys, first, out
+
+
+SHAPES = {  # the other component: causal & chunk(c), a band, a band within chunks
+    "fixed": FIXED, "window": "causal & (window({c}, 0) | cols(every({c}, {a}..{c})))",
+    "chunked window": "(window({h}, {h}) & chunk({c})) | (causal & cols(every({c}, {a}..{c})))"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([4, 8, 16]), st.integers(1, 4), st.integers(1, 90), st.integers(0, 20),
+       st.sampled_from([(8, 8), (16, 8), (8, 16), (32, 16)]), st.sampled_from(sorted(SHAPES)))
+def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shape):
+    """Every tile of every head once; a tile's packed blocks are those its last row's keys need
+    (0 .. cdiv(count, bn)), its key blocks cover each of its rows' pairs of the other component
+    and each holds some of them, and the packed keys below c_lo are kept by its first row: so
+    with the kernel's masks (`first` on packed blocks from c_lo on, the band and chunk on key
+    blocks) it reads every pair the pattern keeps.  Lengths of any size, Lk >= Lq."""
+    text = SHAPES[shape].format(c=c, a=c - width, h=c // 2)
+    module = _module(text)
+    Lk = Lq + extra
+    bm, bn = tile
+    keys, first, tiles = _tiles(module, Lq, Lk, bm, bn)
+    assert sorted((bh, m0) for bh, m0, *_ in tiles) == \
+        [(bh, m0) for bh in range(3) for m0 in range(0, Lq, bm)]
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    other = decompose(expr)[1 - module.GLUON_GATHER].predicate
+    rows = torch.arange(Lq)[:, None]
+    local = evaluate(other, rows, torch.arange(Lk)[None, :], q_len=Lq, k_len=Lk)
+    for bh, m0, packed, blocks, c_lo in tiles:
+        last = min(m0 + bm, Lq) - 1
+        assert packed == list(range(-(-int((first <= last).sum()) // bn)))
+        assert c_lo == int((first <= m0).sum())
+        covered = torch.zeros(Lk, dtype=torch.bool)
+        for b in blocks:
+            covered[b * bn:(b + 1) * bn] = True
+        need = local[m0:last + 1].any(0)
+        assert not (need & ~covered).any(), (m0, blocks)
+        for b in blocks:
+            assert local[m0:last + 1, b * bn:(b + 1) * bn].any(), (m0, b)
+
+
+def _emulate_forward(kernel, grid, args, options, extra=()):
+    """`band_forward_kernel` with GATHER emulated in float64 on the tensors its descriptors read
+    and write: softmax over the packed keys (kept from each one's first query on) and the keys
+    of the band within chunks; lse in natural log, -inf (out 0) on rows that keep nothing."""
+    assert options["GATHER"] and not options["GLOBAL"] and not options["CLASSES"]
+    a = dict(zip(kernel.arg_names, args))
+    q, k, v, o, kp, vp = (a[n].base for n in ("q_desc", "k_desc", "v_desc", "o_desc", "kp_desc",
+                                                "vp_desc"))
+    first = a["first_ptr"].long()
+    assert a["P"] == first.numel() <= kp.shape[2]
+    assert torch.equal(a["counts_ptr"], gf.gather_counts(a["first_ptr"], a["Lq"],
+                                                         64 * options["NUM_WG"]))
+    Lq, Lk, chunk = a["Lq"], a["Lk"], options["CHUNK"]
+    rows = torch.arange(Lq)[:, None]
+    p, key = rows + (Lk - Lq), torch.arange(Lk)[None, :]
+    keep = (p - key >= -a["ahead"]) & (p - key <= a["back"])
+    if chunk:
+        keep &= p // chunk == key // chunk
+    keep = torch.cat([rows >= first[None, :], keep], 1)
+    kk = torch.cat([kp[:, :, :first.numel()], k], 2).double()
+    vv = torch.cat([vp[:, :, :first.numel()], v], 2).double()
+    s = (q.double() @ kk.transpose(-1, -2)) * (a["qk_scale"] / 1.4426950408889634)
+    s = s.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    o.copy_(torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None]) @ vv)
+    a["lse_ptr"].copy_(lse.float())
+
+
+@pytest.mark.parametrize("text", [FIXED.format(c=16, a=12),
+                                  "causal & (window(5, 0) | cols(every(16, 13..16)))"])
+def test_a_training_step_through_the_gluon_gather_forward(monkeypatch, text):
+    """A generated gather pattern's forward runs the Gluon kernel (emulated) where
+    `_gluon_forward_ok` allows it -- head dims of GLUON_GATHER_FWD_DIMS, Lk >= Lq -- and its
+    backward follows it (the `tl` kernels); output and gradients are the reference's at lengths
+    that are and are not multiples of the tiles, Lk > Lq included, and rows that keep nothing."""
+    module = _module(text)
+    if module._gluon_module("gluon_forward") is None:
+        pytest.skip("this Triton has no Gluon")
+    ran = []
+    launch = module._launch
+
+    def emulate(kernel, grid, args, options, extra=()):
+        if getattr(getattr(kernel, "fn", None), "__name__", "") == "band_forward_kernel":
+            ran.append(options["CHUNK"])
+            return _emulate_forward(kernel, grid, args, options)
+        return launch(kernel, grid, args, options, extra)
+    monkeypatch.setattr(module, "_launch", emulate)
+    monkeypatch.setattr(module, "_gluon_usable", lambda *a: True)
+    monkeypatch.setattr(module, "_gluon_gather_ok", lambda *a: False)  # (`tl` backward)
+    monkeypatch.setattr(module, "_CALLS", {})
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    chunk = module.GLUON_GATHER_FWD[2]
+    for Lq, Lk, D, runs in ((64, 64, 128, True), (50, 61, 128, True), (40, 40, 64, False),
+                            (61, 50, 128, False)):
+        torch.manual_seed(Lq + Lk)
+        ran.clear()
+        _check_step(module, expr, torch.randn(2, 2, Lq, D), torch.randn(2, 2, Lk, D),
+                    torch.randn(2, 2, Lk, D), torch.randn(2, 2, Lq, D))
+        assert ran == ([chunk] if runs else []), (Lq, Lk, D)
