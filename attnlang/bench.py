@@ -3,8 +3,9 @@
 Every implementation runs in the same process on the same inputs; every output is checked on a
 sample of query rows against a float64 reference before it is timed; times are CUDA-event medians
 (``triton.testing.do_bench``) after warm-up, taken in interleaved rounds (every implementation of a
-pattern once per round; the best round's median kept, all rounds recorded), so that a slow stretch
-of the host or the GPU does not fall on one implementation alone.  Useful TFLOP/s = 4 * D * kept pairs * B * H / time,
+pattern once per round, odd rounds in reverse order; the best round's median kept, all rounds
+recorded), so that a slow stretch of the host or the GPU does not fall on one implementation
+alone.  Useful TFLOP/s = 4 * D * kept pairs * B * H / time,
 forward+backward counted as 3.5x the forward FLOPs.  Results: one JSON record per (pattern, n, d,
 mode, impl) with ``pattern, n, d, mode, impl, ms, tflops, device, torch, triton``.
 """
@@ -55,13 +56,17 @@ class Record:
 
 def time_in_rounds(benches, rounds, warmup, rep, do_bench, log=print):
     """{key: [median ms of each round]} for ``benches`` ({key: (fn, grad_to_none)}): ``rounds``
-    rounds, each timing every entry once in order for ``rep / rounds`` ms.  A slow stretch of the
-    host (or of the GPU) then falls on every entry alike, not on whichever was being timed.  An
-    entry that raises is logged and dropped from later rounds."""
+    rounds, each timing every entry once for ``rep / rounds`` ms, in order and (odd rounds) in
+    reverse.  A slow stretch of the host (or of the GPU) then falls on every entry alike, not on
+    whichever was being timed; and no entry always follows the same one (the GPU's clock after
+    a memory-bound entry is not the one after a compute-bound one: in round 58's run SDPA's
+    `all` 8k d = 128 forward, always timed after the dense-mask SDPA, took 1.593 ms in its
+    first round and 1.719 / 2.015 in the next, attnlang's 1.749-1.820).  An entry that raises is
+    logged and dropped from later rounds."""
     times = {key: [] for key in benches}
     failed = set()
-    for _ in range(rounds):
-        for key, (fn, grads) in benches.items():
+    for r in range(rounds):
+        for key, (fn, grads) in (reversed(benches.items()) if r % 2 else benches.items()):
             if key in failed:
                 continue
             try:

@@ -30,8 +30,9 @@ def test_ratios_compare_one_run_and_layout_cost_is_a_share_of_the_forward():
 
 
 def test_timing_rounds_interleave_implementations_and_drop_failures():
-    """Each round times every entry once, in order; an entry that raises is logged and not timed
-    again; the rounds' medians are all returned (the benchmark keeps the least)."""
+    """Each round times every entry once, in order and (odd rounds) in reverse; an entry that
+    raises is logged and not timed again; the rounds' medians are all returned (the benchmark
+    keeps the least)."""
     from attnlang.bench import time_in_rounds
 
     calls = []
@@ -48,7 +49,7 @@ def test_timing_rounds_interleave_implementations_and_drop_failures():
     benches = {("a", "fwd"): (lambda: "a", None), ("b", "fwd"): (lambda: "b", None),
                ("c", "fwd"): (lambda: "broken", None)}
     times = time_in_rounds(benches, 3, 25, 150, fake_do_bench, logged.append)
-    assert calls == ["a", "b", "broken", "a", "b", "a", "b"]
+    assert calls == ["a", "b", "broken", "b", "a", "a", "b"]
     assert times == {("a", "fwd"): [1.0, 1.0, 1.0], ("b", "fwd"): [10.0, 2.0, 2.0]}
     assert logged == ["!! ('c', 'fwd'): RuntimeError: out of resources"]
     assert min(times[("b", "fwd")]) == 2.0
