@@ -155,13 +155,7 @@ def strided_band_of(expr) -> Optional[Strided]:
     step = math.lcm(*steps)
     if step == 1:
         return None
-    if rest:
-        band = rest[0]
-        for other in rest[1:]:
-            band = ir.Intersect(band, other)
-        found = band_of(band)
-    else:
-        found = (None, None)
+    found = _band_of_factors(rest)
     if found is None:
         return None
     back, ahead = found
@@ -187,11 +181,15 @@ def chunked_band_of(expr) -> Optional[Chunked]:
     size = int(ir.const(chunks[0].size))
     if size < 1:
         return None
-    if rest:
-        band = rest[0]
-        for other in rest[1:]:
-            band = ir.Intersect(band, other)
-        found = band_of(band)
-    else:
-        found = (None, None)
+    found = _band_of_factors(rest)
     return None if found is None else (found, size)
+
+
+def _band_of_factors(factors) -> Optional[Band]:
+    """``band_of`` the intersection of ``factors`` (``all``'s band where there are none)."""
+    if not factors:
+        return None, None
+    band = factors[0]
+    for other in factors[1:]:
+        band = ir.Intersect(band, other)
+    return band_of(band)
