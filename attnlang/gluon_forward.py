@@ -78,13 +78,17 @@ CONFIGS = {
 # tile of global rows is then exactly the 128 global rows: with three warpgroups the third one's
 # rows (128-191) visited every key block too, masked all but a few.  (Without EARLY 0.548.  A
 # band alone gained too, `window(512)` 0.499 -> 0.459, but its `tl` forward takes 0.390.)
+# A gather pattern's forward (GATHER) at d = 64 would take it too: 128-query tiles, which align
+# with the fixed pattern's 128-token chunks (three warpgroups spilled 568 bytes in GATHER mode,
+# Triton 3.6); the generated modules take that forward at d = 128 only (GLUON_GATHER_FWD_DIMS:
+# d = 64 not measured; `benchmarks/ab_gather_forward.py --d 64` times it).
 CONFIGS_GLOBAL = {64: dict(CONFIGS[64], NUM_WG=2, EARLY=True, REGS=240)}
 
 
-def config_of(D, glob):
+def config_of(D, glob, gather=False):
     """The configuration of the forward at head dimension D, ``glob``: with global rows and
-    columns."""
-    return CONFIGS_GLOBAL.get(D, CONFIGS[D]) if glob else CONFIGS[D]
+    columns, ``gather``: of a gather pattern (GATHER)."""
+    return CONFIGS_GLOBAL.get(D, CONFIGS[D]) if glob or gather else CONFIGS[D]
 
 
 __all__ = ["CONFIGS", "CONFIGS_GLOBAL", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
@@ -535,7 +539,7 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, 
     # rows whose lengths grow along the sequence (a gather component's keys: the fixed pattern's)
     grows = (back is None) != (ahead is None) or packed is not None
     glob = rows is not None or cols is not None
-    config = config_of(D, glob)
+    config = config_of(D, glob, packed is not None)
     # (global rows make a few tiles long: one program a tile, those first, evens out the end)
     persistent = config["PERSISTENT"] and not glob and (not grows or (
         packed is not None and Lq >= GATHER_PERSISTENT_MIN))
@@ -569,9 +573,10 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, 
     return out, lse
 
 
-def tile_rows(D):
-    """The queries of a forward tile at head dimension D (bands; `gather_counts`' ``bm``)."""
-    return ROWS.value * CONFIGS[D]["NUM_WG"]
+def tile_rows(D, gather=False):
+    """The queries of a forward tile at head dimension D (``gather``: a gather pattern's,
+    `gather_counts`' ``bm``)."""
+    return ROWS.value * config_of(D, False, gather)["NUM_WG"]
 
 
 def gather_counts(first, Lq, bm):

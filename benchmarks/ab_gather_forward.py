@@ -3,9 +3,11 @@ columns, then its chunk) against the `tl` one-pass forward, in one process on th
 outputs against the `tl` forward's (bf16: max difference over max value), then interleaved
 rounds of `do_bench` medians -- the forward alone (`tl`; Gluon one program a tile; Gluon
 persistent, `gluon_forward.GATHER_PERSISTENT_MIN` set to 0) and the training step with each
-forward (the backward as the module runs it).  16 heads, 16k tokens per batch, d = 128.
+forward (the backward as the module runs it).  16 heads, 16k tokens per batch, d = 128, or
+(``--d 64``) d = 64, which the generated modules do not give the Gluon forward: the script lets
+it (GLUON_GATHER_FWD_DIMS) for its own calls, with `gluon_forward.config_of`'s gather tiles.
 
-    python benchmarks/ab_gather_forward.py [--lengths 8192,16384,32768] [--rounds 5]
+    python benchmarks/ab_gather_forward.py [--d 64] [--lengths 8192,16384,32768] [--rounds 5]
 
 (results/ab_gather_forward_r58d.log ran it with GATHER_PERSISTENT, the flag that
 GATHER_PERSISTENT_MIN replaced, off and on.)
@@ -32,14 +34,15 @@ def arg(name, default):
 def main():
     lengths = [int(n) for n in arg("--lengths", "8192,16384,32768").split(",")]
     rounds = int(arg("--rounds", "5"))
+    D = int(arg("--d", "128"))
     pattern = attnlang.parse(f"pattern x = {FIXED}")["x"]
     mod = pattern.module(backend="triton")
     gen = load_module(pattern)
     gf = gen._gluon_module("gluon_forward")
     rule, chosen = gen._gluon_forward_ok, gf.GATHER_PERSISTENT_MIN
+    gen.GLUON_GATHER_FWD_DIMS = (D,)  # (the module's rule at d = 128; d = 64 let in here)
     variants = {"tl": (lambda *a: False, 1 << 30), "gluon": (rule, 1 << 30),
                 "gluon persistent": (rule, 0)}  # (the forward's rule, GATHER_PERSISTENT_MIN)
-    D = 128
     for L in lengths:
         B, H = max(1, 16384 // L), 16
         q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
@@ -54,7 +57,7 @@ def main():
             with torch.no_grad():
                 outs[name] = mod(q, k, v).float()
         scale = outs["tl"].abs().max().item()
-        print(f"L={L}: outputs against tl's, max difference / max value: " + ", ".join(
+        print(f"D={D} L={L}: outputs against tl's, max difference / max value: " + ", ".join(
             f"{n} {(o - outs['tl']).abs().max().item() / scale:.1e}"
             for n, o in outs.items() if n != "tl"), flush=True)
         fwd = {n: [] for n in variants}
@@ -70,9 +73,9 @@ def main():
         base_f, base_s = statistics.median(fwd["tl"]), statistics.median(steps["tl"])
         for name in variants:
             f, s = statistics.median(fwd[name]), statistics.median(steps[name])
-            print(f"L={L} {name:17s} forward {f:.4f} ms ({base_f / f:.3f}x tl)  step {s:.4f} ms "
-                  f"({base_s / s:.3f}x)  rounds " + " ".join(f"{x:.4f}" for x in fwd[name]),
-                  flush=True)
+            print(f"D={D} L={L} {name:17s} forward {f:.4f} ms ({base_f / f:.3f}x tl)  step "
+                  f"{s:.4f} ms ({base_s / s:.3f}x)  rounds "
+                  + " ".join(f"{x:.4f}" for x in fwd[name]), flush=True)
         gen._gluon_forward_ok, gf.GATHER_PERSISTENT_MIN = rule, chosen
     return 0
 

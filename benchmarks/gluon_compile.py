@@ -29,7 +29,6 @@ NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # Triton's names of the
 
 
 GLOBALS = ("ra", "rb", "ca", "cb")  # a band's global rows and columns (`band.banded_of`)
-GATHER_FWD_DIMS = (128,)  # where the generated modules give a gather pattern's forward to Gluon
 
 
 def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=False,
@@ -71,7 +70,7 @@ def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False, gather=F
     residue classes or (``gather``) the fixed pattern's chunks and packed summary columns, one
     program a tile or (``persistent``: from GATHER_PERSISTENT_MIN queries) persistent."""
     name = NAMES[dtype]
-    config = gf.config_of(D, glob)
+    config = gf.config_of(D, glob, gather)
     rows, BN = gf.ROWS.value, config["BN"]
     qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{shared_layout(BN, D, dtype)!r}>"
@@ -167,10 +166,9 @@ def main():
                          f"residue classes {report(compile_fwd(D, dtype, classes=True))}; "
                          f"the backward of a gather component's keys "
                          f"{report(compile_bwd(D, dtype, first=True))}")
-                if D in GATHER_FWD_DIMS:  # (the template's GLUON_GATHER_FWD_DIMS)
-                    extra += (f"; the forward of a gather pattern "
-                              f"{report(compile_fwd(D, dtype, gather=True))}, persistent "
-                              f"{report(compile_fwd(D, dtype, gather=True, persistent=True))}")
+                extra += (f"; the forward of a gather pattern "
+                          f"{report(compile_fwd(D, dtype, gather=True))}, persistent "
+                          f"{report(compile_fwd(D, dtype, gather=True, persistent=True))}")
             if dtype == torch.bfloat16 and D == 64:  # (bands' 64-key blocks: at d = 64 only)
                 narrow = report(compile_bwd(D, dtype, keys=gb.DOCS_BN))
                 banded = report(compile_bwd(D, dtype, glob=True, keys=gb.DOCS_BN))
