@@ -79,9 +79,10 @@ def test_gather_counts():
 
 
 def _tiles(module, Lq, Lk, bm, bn, heads=3):
-    """Each tile of `band_forward_kernel` for this module's GLUON_GATHER_FWD at tiles of bm
-    queries and bn keys: (m0, packed key blocks, key blocks, c_lo), `_tile_of` and `_block` run as
-    Python on the counts and first queries the module gives the kernel."""
+    """The module's gather keys, their first queries and each tile of `band_forward_kernel` for its
+    GLUON_GATHER_FWD at tiles of bm queries and bn keys -- (head, m0, packed key blocks, key
+    blocks, c_lo) -- `_tile_of` and `_block` run as Python on the counts and first queries the
+    module gives the kernel."""
     back, ahead, chunk = module.GLUON_GATHER_FWD
     keys = module._prepare(torch.zeros(1, 1, Lq, 64), torch.zeros(1, 1, Lk, 64), "dq", None, None,
                            None)[3][module.GLUON_GATHER]["kindex"]
@@ -101,9 +102,11 @@ def _tiles(module, Lq, Lk, bm, bn, heads=3):
     return keys, first, out
 
 
-SHAPES = {  # the other component: causal & chunk(c), a band, a band within chunks
+SHAPES = {  # the other component: causal & chunk(c), a band, bands within chunks (the last
+    # keeps 1-3 keys behind in the chunk, so a chunk's first row keeps none of them)
     "fixed": FIXED, "window": "causal & (window({c}, 0) | cols(every({c}, {a}..{c})))",
-    "chunked window": "(window({h}, {h}) & chunk({c})) | (causal & cols(every({c}, {a}..{c})))"}
+    "chunked window": "(window({h}, {h}) & chunk({c})) | (causal & cols(every({c}, {a}..{c})))",
+    "keys behind": "(window(3, -1) & chunk({c})) | (causal & cols(every({c}, {b}..{c})))"}
 
 
 @settings(max_examples=60, deadline=None)
@@ -115,7 +118,7 @@ def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shap
     and each holds some of them, and the packed keys below c_lo are kept by its first row: so
     with the kernel's masks (`first` on packed blocks from c_lo on, the band and chunk on key
     blocks) it reads every pair the pattern keeps.  Lengths of any size, Lk >= Lq."""
-    text = SHAPES[shape].format(c=c, a=c - width, h=c // 2)
+    text = SHAPES[shape].format(c=c, a=c - width, h=c // 2, b=c - 1)
     module = _module(text)
     Lk = Lq + extra
     bm, bn = tile
@@ -167,13 +170,15 @@ def _emulate_forward(kernel, grid, args, options, extra=()):
     a["lse_ptr"].copy_(lse.float())
 
 
-@pytest.mark.parametrize("text", [FIXED.format(c=16, a=12),
-                                  "causal & (window(5, 0) | cols(every(16, 13..16)))"])
+@pytest.mark.parametrize("text", [
+    FIXED.format(c=16, a=12), "causal & (window(5, 0) | cols(every(16, 13..16)))",
+    "(window(3, -1) & chunk(16)) | (causal & cols(every(16, 15..16)))"])  # (row 0 keeps none)
 def test_a_training_step_through_the_gluon_gather_forward(monkeypatch, text):
     """A generated gather pattern's forward runs the Gluon kernel (emulated) where
     `_gluon_forward_ok` allows it -- head dims of GLUON_GATHER_FWD_DIMS, Lk >= Lq -- and its
     backward follows it (the `tl` kernels); output and gradients are the reference's at lengths
-    that are and are not multiples of the tiles, Lk > Lq included, and rows that keep nothing."""
+    that are and are not multiples of the tiles, Lk > Lq included, and (the third pattern) a row
+    that keeps nothing."""
     module = _module(text)
     if module._gluon_module("gluon_forward") is None:
         pytest.skip("this Triton has no Gluon")
