@@ -25,7 +25,7 @@ from strategies import band_intersections
 
 gf = pytest.importorskip("attnlang.gluon_forward")
 from gluon_python import Pointer, as_python  # noqa: E402
-from test_gluon_strided import _check_step  # noqa: E402
+from test_gluon_strided import _check_step, _kept  # noqa: E402
 
 FIXED = "causal & (chunk({c}) | cols(every({c}, {a}..{c})))"
 
@@ -157,13 +157,13 @@ def _emulate_forward(kernel, grid, args, options, extra=()):
     Lq, Lk, chunk = a["Lq"], a["Lk"], options["CHUNK"]
     rows = torch.arange(Lq)[:, None]
     p, key = rows + (Lk - Lq), torch.arange(Lk)[None, :]
-    keep = (p - key >= -a["ahead"]) & (p - key <= a["back"])
+    keep = _kept(a["back"], a["ahead"], Lq, Lk)
     if chunk:
         keep &= p // chunk == key // chunk
     keep = torch.cat([rows >= first[None, :], keep], 1)
     kk = torch.cat([kp[:, :, :first.numel()], k], 2).double()
     vv = torch.cat([vp[:, :, :first.numel()], v], 2).double()
-    s = (q.double() @ kk.transpose(-1, -2)) * (a["qk_scale"] / 1.4426950408889634)
+    s = (q.double() @ kk.transpose(-1, -2)) * (a["qk_scale"] / gf.LOG2E)
     s = s.masked_fill(~keep, float("-inf"))
     lse = torch.logsumexp(s, -1)
     o.copy_(torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None]) @ vv)
