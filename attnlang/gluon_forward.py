@@ -31,7 +31,10 @@ the longest rows first):
   the next tile's Q, K and V while the warpgroups finish the last one -- on bands whose rows
   have about one length (`all`, windows).  Where they grow along the sequence (causal), one
   program a tile, which the GPU hands out as multiprocessors free up, was faster
-  (results/gluon_fwd_r31a.log: causal 32k d = 128 7.12 ms against 8.08 persistent).
+  (results/gluon_fwd_r31a.log: causal 32k d = 128 7.12 ms against 8.08 persistent) -- except
+  a gather pattern's (GATHER): persistent, every head's tiles longest first and each program's
+  picks going back and forth (`gluon_hopper.snake`), it beat one program a tile
+  (GATHER_HEAD_GROUP).
 * EARLY_Q: each warpgroup releases the tile's Q once its last S = Q K^T is done, not after its
   last P V, so that the loader (which brings a tile's Q before its first K and V) starts the
   next tile's Q, K and V under the last block's softmax, P V and the epilogue (persistent
@@ -51,8 +54,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, class_band, \
     descriptor, global_bounds, grouped, heavy_first, heavy_span, jit_launch, kept, \
-    named_barrier, partial_tile, residue_classes, row_offset, tma_load, tma_store, two_ranges, \
-    wgmma_layout
+    named_barrier, partial_tile, residue_classes, row_offset, snake, tma_load, tma_store, \
+    two_ranges, wgmma_layout
 
 ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
 TURNS = gl.constexpr(14)  # the ping-pong's named barriers: 14, 15 (Triton's own take the first)
@@ -161,9 +164,9 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
     NUM_WG: gl.constexpr = q_bufs.type.shape[0]
     c = 0  # blocks loaded so far: the ring's position
     t = 0  # tiles so far
-    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, c_lo = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL, GATHER,
-                                              CHUNK)
+    for pick in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        b, h, bh, m0, seq, n, c_lo = _tile_of(snake(pick, gl.num_programs(0), tiles), shape,
+                                              ROWS * NUM_WG, BN, GLOBAL, GATHER, CHUNK)
         mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for w in gl.static_range(NUM_WG):
@@ -316,9 +319,9 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             _turn(1, False)  # warpgroup 0 issues first
     c = 0
     t = 0
-    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, c_lo = _tile_of(tile, shape, ROWS * NUM_WG, BN, GLOBAL, GATHER,
-                                              CHUNK)
+    for pick in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        b, h, bh, m0, seq, n, c_lo = _tile_of(snake(pick, gl.num_programs(0), tiles), shape,
+                                              ROWS * NUM_WG, BN, GLOBAL, GATHER, CHUNK)
         r0 = m0 + wg * ROWS
         rows = r0 + gl.arange(0, ROWS, layout=row_s)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
@@ -500,12 +503,17 @@ _SMS = {}  # multiprocessors per device
 # 1.046x with two at 8k, 1.013x at 32k (four: 1.030x, 1.004x); d = 64 1.013x / 1.007x with two,
 # within the rounds' spread, and 0.977x at 32k in round 23 (results/ab_fwd_r23d.log): one.
 HEAD_GROUP = {64: 1, 128: 2}
-# A gather component's tiles (`forward`'s ``packed``: the fixed pattern's) in a persistent launch,
-# longest first in turn, from GATHER_PERSISTENT_MIN queries on, else one program a tile.  The
-# fixed pattern's forward against its `tl` one (results/ab_gather_forward_r58d.log, d = 128, 16
-# heads, 16k tokens a batch): one program a tile 1.168x at 8k, 1.128x at 16k, 1.154x at 32k;
-# persistent (with EARLY_Q) 1.101x, 1.098x, 1.192x.
-GATHER_PERSISTENT_MIN = 32768
+# A gather component's tiles (`forward`'s ``packed``: the fixed pattern's) in a persistent launch
+# from GATHER_PERSISTENT_MIN queries on (else one program a tile), GATHER_HEAD_GROUP heads at a
+# time (None: every head), the programs' picks going back and forth (`gluon_hopper.snake`), so
+# that each program's tiles, longest first across the heads, add up to about the same time.  The
+# fixed pattern's forward, d = 128, 16 heads, 16k tokens a batch, at 8k / 16k / 32k tokens
+# (results/ab_gather_forward_r59a.log): one program a tile 0.239 / 0.356 / 1.140 ms; persistent
+# two heads at a time 0.243 / 0.422 / 1.202; every head 0.205 / 0.323 / 1.088.  (Round 58's
+# persistent launch, two heads at a time in a fixed stride, lost at 8k and 16k; NOTES round 59's
+# schedule model puts it down to uneven sums: program 0 took the longest tile of every turn.)
+GATHER_PERSISTENT_MIN = 0
+GATHER_HEAD_GROUP = None
 
 
 def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, packed=None,
@@ -554,6 +562,8 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, 
         programs = min(programs, _SMS[device])
     BN = config["BN"]
     group = min(HEAD_GROUP[D], B * H) if grows else 1
+    if packed is not None and persistent:
+        group = min(GATHER_HEAD_GROUP or B * H, B * H)
     k_desc, v_desc = descriptor(k, BN), descriptor(v, BN)
     if packed is not None:
         kp, vp, first, counts = packed

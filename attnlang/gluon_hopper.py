@@ -68,6 +68,20 @@ def grouped(index, per_head, group, BH):
     return first + within % heads, within // heads
 
 
+@gluon.jit
+def snake(index, programs, items):
+    """The item a persistent program's ``index``-th pick names (``index``: the program's id plus a
+    multiple of ``programs``) when picks go back and forth: the programs take items 0, 1, ... in
+    the first round, the next ``programs`` items in reverse in the second, and so on, the last
+    round's reversal over the items left.  Where items come longest first, each program's sum
+    evens out (a fixed stride gives program 0 the longest of every round); one program an item
+    (``programs`` = ``items``) keeps every index."""
+    r = index // programs
+    p = index - r * programs
+    left = gl.minimum(programs, items - r * programs)
+    return r * programs + gl.where(r % 2 == 1, left - 1 - p, p)
+
+
 def band_bounds(back, ahead, Lq, Lk):
     """(back, ahead) as the band kernels take them: no bound (None) as Lq + Lk, a distance
     beyond every pair's, and every bound clamped to within it (the kernels' int32)."""

@@ -68,7 +68,7 @@ def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False, gather=F
     """The forward's kernel with its configuration at head dimension D (`gf.config_of`), for
     bands, (``glob``) bands with global rows and columns, (``classes``) a strided band's
     residue classes or (``gather``) the fixed pattern's chunks and packed summary columns, one
-    program a tile or (``persistent``: from GATHER_PERSISTENT_MIN queries) persistent."""
+    program a tile or (``persistent``: the gather patterns' launch) persistent."""
     name = NAMES[dtype]
     config = gf.config_of(D, glob, gather)
     rows, BN = gf.ROWS.value, config["BN"]

@@ -78,11 +78,12 @@ def test_gather_counts():
     assert gf.gather_counts(torch.tensor([0, 4, 2], dtype=torch.int32), 8, 4) is None
 
 
-def _tiles(module, Lq, Lk, bm, bn, heads=3):
+def _tiles(module, Lq, Lk, bm, bn, heads=3, programs=None):
     """The module's gather keys, their first queries and each tile of `band_forward_kernel` for its
     GLUON_GATHER_FWD at tiles of bm queries and bn keys -- (head, m0, packed key blocks, key
     blocks, c_lo) -- `_tile_of` and `_block` run as Python on the counts and first queries the
-    module gives the kernel."""
+    module gives the kernel, in the order a launch of ``programs`` programs (default: one a
+    tile) takes them: each program's picks, `gluon_hopper.snake`."""
     back, ahead, chunk = module.GLUON_GATHER_FWD
     keys = module._prepare(torch.zeros(1, 1, Lq, 64), torch.zeros(1, 1, Lk, 64), "dq", None, None,
                            None)[3][module.GLUON_GATHER]["kindex"]
@@ -93,9 +94,12 @@ def _tiles(module, Lq, Lk, bm, bn, heads=3):
     n_q = -(-Lq // bm)
     shape = (n_q * heads, heads, heads, n_q, 2, Lq, Lk, back, ahead, (0,) * 6,
              (Pointer(counts), Pointer(first), first.numel()))
-    tile_of, block = as_python(gf._tile_of), as_python(gf._block)
+    tile_of, block, snake = as_python(gf._tile_of), as_python(gf._block), as_python(gf.snake)
+    tiles = n_q * heads
+    programs = programs or tiles
     out = []
-    for tile in range(n_q * heads):
+    for pick in (i for p in range(programs) for i in range(p, tiles, programs)):
+        tile = snake(pick, programs, tiles)
         _, _, bh, m0, seq, n, c_lo = tile_of(tile, shape, bm, bn, False, True, chunk)
         blocks = [block(seq, i, False, True) for i in range(n)]
         out.append((bh, m0, blocks[:seq[1]], blocks[seq[1]:], c_lo))
@@ -111,9 +115,11 @@ SHAPES = {  # the other component: causal & chunk(c), a band, bands within chunk
 
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from([4, 8, 16]), st.integers(1, 4), st.integers(1, 90), st.integers(0, 20),
-       st.sampled_from([(8, 8), (16, 8), (8, 16), (32, 16)]), st.sampled_from(sorted(SHAPES)))
-def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shape):
-    """Every tile of every head once; a tile's packed blocks are those its last row's keys need
+       st.sampled_from([(8, 8), (16, 8), (8, 16), (32, 16)]), st.sampled_from(sorted(SHAPES)),
+       st.integers(1, 40))
+def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shape, programs):
+    """Every tile of every head once, one program a tile or persistent (``programs``, each
+    taking its picks through `gluon_hopper.snake`); a tile's packed blocks are those its last row's keys need
     (0 .. cdiv(count, bn)), its key blocks cover each of its rows' pairs of the other component
     and each holds some of them, and the packed keys below c_lo are kept by its first row: so
     with the kernel's masks (`first` on packed blocks from c_lo on, the band and chunk on key
@@ -122,7 +128,8 @@ def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shap
     module = _module(text)
     Lk = Lq + extra
     bm, bn = tile
-    keys, first, tiles = _tiles(module, Lq, Lk, bm, bn)
+    programs = min(programs, -(-Lq // bm) * 3)  # (a launch has at most one program a tile)
+    keys, first, tiles = _tiles(module, Lq, Lk, bm, bn, programs=programs)
     assert sorted((bh, m0) for bh, m0, *_ in tiles) == \
         [(bh, m0) for bh in range(3) for m0 in range(0, Lq, bm)]
     expr = attnlang.parse(f"pattern x = {text}")["x"].ir
@@ -178,15 +185,24 @@ def test_a_training_step_through_the_gluon_gather_forward(monkeypatch, text):
     `_gluon_forward_ok` allows it -- head dims of GLUON_GATHER_FWD_DIMS, Lk >= Lq -- and its
     backward follows it (the `tl` kernels); output and gradients are the reference's at lengths
     that are and are not multiples of the tiles, Lk > Lq included, and (the third pattern) a row
-    that keeps nothing."""
+    that keeps nothing.  At d = 128 the launch is persistent (here on 3 multiprocessors), every
+    head at once (`gluon_forward.GATHER_HEAD_GROUP`)."""
     module = _module(text)
-    if module._gluon_module("gluon_forward") is None:
+    kernels = module._gluon_module("gluon_forward")
+    if kernels is None:
         pytest.skip("this Triton has no Gluon")
+    monkeypatch.setattr(kernels, "_SMS", {0: 3})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     ran = []
     launch = module._launch
 
     def emulate(kernel, grid, args, options, extra=()):
         if getattr(getattr(kernel, "fn", None), "__name__", "") == "band_forward_kernel":
+            a = dict(zip(kernel.arg_names, args))
+            tiles = -(-a["Lq"] // (64 * options["NUM_WG"])) * a["BH"]
+            persistent = options["NUM_WG"] == 2 and a["q_desc"].base.shape[-1] == 128
+            assert grid == ((min(tiles, 3),) if persistent else (tiles,))
+            assert a["group"] == (a["BH"] if persistent else 1)
             _emulate_forward(kernel, grid, args, options)  # (a failure: the `tl` forward, warned)
             ran.append(options["CHUNK"])
             return None

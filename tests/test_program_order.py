@@ -2,9 +2,11 @@
 programs of causal-like patterns take two heads at a time on short sequences (`_interleaved`,
 INTERLEAVE), the Gluon backward's grid takes HEAD_GROUP heads at a time except where every
 block has the same rows, and the Gluon forward's takes heads in pairs at d = 128 where rows grow
-(NOTES round 31).  Outputs and gradients must not depend on it."""
+(NOTES round 31) but a gather pattern's every head at once, persistent, each program's picks
+going back and forth (`gluon_hopper.snake`, NOTES round 59).  Outputs and gradients must not depend on it."""
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import attnlang
 from attnlang import reference
@@ -226,3 +228,70 @@ def test_the_gather_grid_takes_every_head_where_groups_end_late(monkeypatch):
     # keys no query keeps (first = Lq) visit no tile: nothing to even out
     assert gb.gather_group(torch.full((1024,), 8192, dtype=torch.int32), 8192, 32, 132,
                            128) == 4
+
+
+def _snake():
+    gh = pytest.importorskip("attnlang.gluon_hopper")
+    from gluon_python import as_python
+    return as_python(gh.snake)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 300))
+def test_snake_picks_every_item_once(programs, items):
+    """`gluon_hopper.snake` (a persistent program's picks, the Gluon forward's tiles): the picks
+    of ``programs`` programs (each its id, then every ``programs``-th) name every item once;
+    rounds go forward and back, a round's reversal over the items it has; one program an item
+    keeps the order."""
+    snake = _snake()
+    programs = min(programs, items)  # (a launch has at most one program an item)
+    named = {}
+    for p in range(programs):
+        for pick in range(p, items, programs):
+            r = pick // programs
+            named[pick] = snake(pick, programs, items)
+            left = min(programs, items - r * programs)
+            assert named[pick] == r * programs + (left - 1 - p if r % 2 else p)
+    assert sorted(named.values()) == list(range(items))
+    if programs == items:
+        assert all(named[i] == i for i in named)
+
+
+def test_snake_by_hand():
+    """Eight items on three programs: 0 1 2 | 5 4 3 | 6 7, so program 0 takes the items 0, 5
+    and 6 and program 2 the items 2 and 3; five items: 0 1 2 | 4 3."""
+    snake = _snake()
+    assert [[snake(i, 3, 8) for i in range(p, 8, 3)] for p in range(3)] == \
+        [[0, 5, 6], [1, 4, 7], [2, 3]]
+    assert [snake(i, 3, 5) for i in range(5)] == [0, 1, 2, 4, 3]
+
+
+@pytest.mark.parametrize("D,minimum,head_group,grid,group", [
+    (128, 0, None, (7,), 6),           # the default: persistent, every head at once
+    (128, 0, 2, (7,), 2),              # persistent, two heads at a time
+    (128, 1 << 30, None, (48,), 2),    # one program a tile: HEAD_GROUP's pairs
+    (64, 0, None, (48,), 1)])          # d = 64: one program a tile, a head at a time
+def test_the_gluon_gather_forward_grid(monkeypatch, D, minimum, head_group, grid, group):
+    """The Gluon forward of a gather pattern (`packed`): persistent from GATHER_PERSISTENT_MIN
+    queries at d = 128, its tiles GATHER_HEAD_GROUP heads at a time (None: every head; NOTES
+    round 59), and one program a tile at d = 64 (128-query tiles, as `config_of` gives gather
+    patterns) and below GATHER_PERSISTENT_MIN."""
+    gf = pytest.importorskip("attnlang.gluon_forward")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(gf, "_SMS", {0: 7})
+    monkeypatch.setattr(gf, "GATHER_PERSISTENT_MIN", minimum)
+    monkeypatch.setattr(gf, "GATHER_HEAD_GROUP", head_group)
+    launches = []
+
+    def launch(kernel, grid, args, options, key=()):
+        launches.append((grid, dict(zip(kernel.arg_names, args)), options))
+    B, H, L, P = 2, 3, 1000, 100
+    q, k, v = (torch.randn(B, H, L, D, dtype=torch.bfloat16) for _ in range(3))
+    kp, vp = (torch.randn(B, H, P, D, dtype=torch.bfloat16) for _ in range(2))
+    first = torch.arange(P, dtype=torch.int32) * 10
+    packed = (kp, vp, first, gf.gather_counts(first, L, gf.tile_rows(D, True)))
+    gf.forward(q, k, v, 0.1, 0, 0, chunk=128, packed=packed, launch=launch)
+    [(got, args, options)] = launches
+    assert -(-L // gf.tile_rows(D, True)) * B * H == 48
+    assert got == grid and args["group"] == group and options["GATHER"]
+    assert options["EARLY_Q"] == (grid == (7,))
