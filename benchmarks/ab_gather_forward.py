@@ -9,10 +9,17 @@ modules do not give the Gluon forward: the script lets it (GLUON_GATHER_FWD_DIMS
 calls, with `gluon_forward.config_of`'s gather tiles.
 
     python benchmarks/ab_gather_forward.py [--d 64] [--lengths 8192,16384,32768] [--rounds 5]
+        [--base FILE] [--profile]
+
+``--base FILE``: another version of attnlang/gluon_forward.py (``git show REV:...``) against
+this one, both persistent with every head at once, in place of the Gluon variants above.
+``--profile``: then each variant's forward kernels' GPU time (torch.profiler, 20 calls), apart
+from the host's.
 
 (results/ab_gather_forward_r58d.log ran it with GATHER_PERSISTENT, the flag that
 GATHER_PERSISTENT_MIN replaced, off and on.)
 """
+import importlib.util
 import os
 import statistics
 import sys
@@ -23,6 +30,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import attnlang  # noqa: E402
+from profile_kernels import kernel_times  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
 
 FIXED = "causal & (chunk(128) | cols(every(128, 112..128)))"
@@ -30,6 +38,17 @@ FIXED = "causal & (chunk(128) | cols(every(128, 112..128)))"
 
 def arg(name, default):
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+def load_base(gen, path):
+    """The file ``path`` as a Gluon forward module of the generated module ``gen`` (its own
+    imports relative to the copies the module loads)."""
+    name = f"{gen.__name__}._support.gluon_forward_base"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main():
@@ -43,13 +62,18 @@ def main():
     rule, chosen = gen._gluon_forward_ok, (gf.GATHER_PERSISTENT_MIN, gf.GATHER_HEAD_GROUP)
     gen.GLUON_GATHER_FWD_DIMS = (D,)  # (the module's rule at d = 128; d = 64 let in here)
 
-    def use(ok, order):
+    def use(ok, order, module=gf):
         gen._gluon_forward_ok = ok
-        gf.GATHER_PERSISTENT_MIN, gf.GATHER_HEAD_GROUP = order
+        gen._GLUON["gluon_forward"] = module
+        module.GATHER_PERSISTENT_MIN, module.GATHER_HEAD_GROUP = order
 
-    # (the forward's rule, (GATHER_PERSISTENT_MIN, GATHER_HEAD_GROUP))
+    # (the forward's rule, (GATHER_PERSISTENT_MIN, GATHER_HEAD_GROUP)[, its module])
     variants = {"tl": (lambda *a: False, (1 << 30, None)), "gluon": (rule, (1 << 30, None)),
                 "gluon persistent 2": (rule, (0, 2)), "gluon persistent": (rule, (0, None))}
+    if "--base" in sys.argv:
+        variants = {"tl": variants["tl"],
+                    "base persistent": (rule, (0, None), load_base(gen, arg("--base", ""))),
+                    "gluon persistent": variants["gluon persistent"]}
     for L in lengths:
         B, H = max(1, 16384 // L), 16
         q, k, v, do = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
@@ -59,8 +83,8 @@ def main():
         def step():
             mod(qg, kg, vg).backward(do)
         outs = {}
-        for name, (ok, order) in variants.items():
-            use(ok, order)
+        for name, how in variants.items():
+            use(*how)
             with torch.no_grad():
                 outs[name] = mod(q, k, v).float()
         scale = outs["tl"].abs().max().item()
@@ -70,8 +94,8 @@ def main():
         fwd = {n: [] for n in variants}
         steps = {n: [] for n in variants}
         for _ in range(rounds):
-            for name, (ok, order) in variants.items():
-                use(ok, order)
+            for name, how in variants.items():
+                use(*how)
                 with torch.no_grad():
                     fwd[name].append(do_bench(lambda: mod(q, k, v), warmup=10, rep=100,
                                               return_mode="median"))
@@ -83,6 +107,13 @@ def main():
             print(f"D={D} L={L} {name:18s} forward {f:.4f} ms ({base_f / f:.3f}x tl)  step "
                   f"{s:.4f} ms ({base_s / s:.3f}x)  rounds "
                   + " ".join(f"{x:.4f}" for x in fwd[name]), flush=True)
+        if "--profile" in sys.argv:
+            for name, how in variants.items():
+                use(*how)
+                with torch.no_grad():
+                    times = kernel_times(lambda: mod(q, k, v), reps=20)
+                print(f"D={D} L={L} {name:18s} kernels (µs a call): " + ", ".join(
+                    f"{kern[:40]} {t / n:.1f}" for kern, (t, n) in times.items()), flush=True)
         use(rule, chosen)
     return 0
 

@@ -2,8 +2,9 @@
 kernels' index arithmetic makes (where, minimum, maximum, cdiv, int64, and load through a
 `Pointer`) given by Python's and torch's, so that tests without a GPU check that arithmetic
 itself (every division there has operands of 0 or more, where Python's floor and the GPU's
-truncation agree); and the band backward kernel's writes emulated in float64
-(`emulate_backward`) and its launch's query tiles checked (`check_tiles`)."""
+truncation agree), or (`TENSOR_GL`) a block's mask on tensors; and the band backward kernel's
+writes emulated in float64 (`emulate_backward`) and its launch's query tiles checked
+(`check_tiles`)."""
 import types
 
 import torch
@@ -16,29 +17,42 @@ SCALAR_GL = types.SimpleNamespace(where=lambda c, a, b: a if c else b, minimum=m
 
 class Pointer:
     """A pointer into a tensor for Gluon functions run as Python: ``pointer + i`` moves it,
-    ``gl.load`` reads the element there (as an int)."""
+    ``gl.load`` reads the element there (as an int); ``pointer + offsets`` (a tensor) points at
+    several, which `TENSOR_GL`'s load reads (a tensor) where ``mask`` holds, else ``other``."""
 
     def __init__(self, t, at=0):
         self.t, self.at = t.reshape(-1), at
 
     def __add__(self, i):
-        return Pointer(self.t, self.at + int(i))
+        return Pointer(self.t, self.at + (i if torch.is_tensor(i) else int(i)))
 
-    def read(self):
-        return int(self.t[self.at])
+    def read(self, mask=None, other=None):
+        if not torch.is_tensor(self.at):
+            return int(self.t[self.at])
+        mask = torch.ones_like(self.at, dtype=torch.bool) if mask is None else mask
+        got = self.t[torch.where(mask, self.at, 0)]
+        return torch.where(mask, got, torch.as_tensor(other, dtype=got.dtype))
 
 
-def as_python(jit_fn, done=None):
-    """The Gluon function's own code as a Python function, ``gl`` its scalar calls and the
-    Gluon functions it calls made Python the same way."""
+# ... and a Gluon function's block arithmetic on tensors (layouts ignored), as `as_python`'s gl
+TENSOR_GL = types.SimpleNamespace(
+    **dict(vars(SCALAR_GL), where=lambda c, a, b: torch.where(torch.as_tensor(c), a, b),
+           load=lambda pointer, mask=None, other=None: pointer.read(mask, other)),
+    arange=lambda start, end, layout=None: torch.arange(start, end),
+    SliceLayout=lambda dim, parent: None)
+
+
+def as_python(jit_fn, done=None, gl=SCALAR_GL):
+    """The Gluon function's own code as a Python function, ``gl`` its scalar calls (or
+    `TENSOR_GL`'s) and the Gluon functions it calls made Python the same way."""
     done = {} if done is None else done
     if jit_fn not in done:
         fn = jit_fn.fn
-        scope = dict(fn.__globals__, gl=SCALAR_GL)
+        scope = dict(fn.__globals__, gl=gl)
         done[jit_fn] = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__)
         for name, value in fn.__globals__.items():
             if isinstance(value, JITFunction):
-                scope[name] = as_python(value, done)
+                scope[name] = as_python(value, done, gl)
     return done[jit_fn]
 
 

@@ -24,7 +24,7 @@ from attnlang.reference import mask as dense_mask
 from strategies import band_intersections
 
 gf = pytest.importorskip("attnlang.gluon_forward")
-from gluon_python import Pointer, as_python  # noqa: E402
+from gluon_python import TENSOR_GL, Pointer, as_python  # noqa: E402
 from test_gluon_strided import _check_step, _kept  # noqa: E402
 
 FIXED = "causal & (chunk({c}) | cols(every({c}, {a}..{c})))"
@@ -81,9 +81,9 @@ def test_gather_counts():
 def _tiles(module, Lq, Lk, bm, bn, heads=3, programs=None):
     """The module's gather keys, their first queries and each tile of `band_forward_kernel` for its
     GLUON_GATHER_FWD at tiles of bm queries and bn keys -- (head, m0, packed key blocks, key
-    blocks, c_lo) -- `_tile_of` and `_block` run as Python on the counts and first queries the
-    module gives the kernel, in the order a launch of ``programs`` programs (default: one a
-    tile) takes them: each program's picks, `gluon_hopper.snake`."""
+    blocks, c_lo) -- `_tile_of` and `_block` run as Python on the counts and first
+    queries the module gives the kernel, in the order a launch of ``programs`` programs
+    (default: one a tile) takes them: each program's picks, `gluon_hopper.snake`."""
     back, ahead, chunk = module.GLUON_GATHER_FWD
     keys = module._prepare(torch.zeros(1, 1, Lq, 64), torch.zeros(1, 1, Lk, 64), "dq", None, None,
                            None)[3][module.GLUON_GATHER]["kindex"]
@@ -119,11 +119,12 @@ SHAPES = {  # the other component: causal & chunk(c), a band, bands within chunk
        st.integers(1, 40))
 def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shape, programs):
     """Every tile of every head once, one program a tile or persistent (``programs``, each
-    taking its picks through `gluon_hopper.snake`); a tile's packed blocks are those its last row's keys need
-    (0 .. cdiv(count, bn)), its key blocks cover each of its rows' pairs of the other component
-    and each holds some of them, and the packed keys below c_lo are kept by its first row: so
-    with the kernel's masks (`first` on packed blocks from c_lo on, the band and chunk on key
-    blocks) it reads every pair the pattern keeps.  Lengths of any size, Lk >= Lq."""
+    taking its picks through `gluon_hopper.snake`); a tile's packed blocks are those its last
+    row's keys need (0 .. cdiv(count, bn)), the packed keys below c_lo are kept by its first
+    row, and `_masked` (run on tensors) keeps exactly the pairs of their keys that the rows
+    keep; its key blocks cover each of its rows' pairs of the other component and each holds
+    some of them: so with the band and chunk masks on key blocks it reads every pair the
+    pattern keeps.  Lengths of any size, Lk >= Lq."""
     text = SHAPES[shape].format(c=c, a=c - width, h=c // 2, b=c - 1)
     module = _module(text)
     Lk = Lq + extra
@@ -136,10 +137,20 @@ def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shap
     other = decompose(expr)[1 - module.GLUON_GATHER].predicate
     rows = torch.arange(Lq)[:, None]
     local = evaluate(other, rows, torch.arange(Lk)[None, :], q_len=Lq, k_len=Lk)
+    masked = as_python(gf._masked, gl=TENSOR_GL)
+    P = first.numel()
+    band = (Lk, Lk - Lq, 0, 0, (0,) * 6, (None, Pointer(first), P), Lq)
     for bh, m0, packed, blocks, c_lo in tiles:
         last = min(m0 + bm, Lq) - 1
         assert packed == list(range(-(-int((first <= last).sum()) // bn)))
         assert c_lo == int((first <= m0).sum())
+        r = torch.arange(m0, last + 1)
+        for b in packed:
+            got = masked(torch.zeros(len(r), bn), r, b * bn, band, m0, (True, c_lo), bn, None,
+                         False, True, module.GLUON_GATHER_FWD[2])
+            kk = torch.arange(b * bn, (b + 1) * bn)
+            want = (kk < P) & (first[kk.clamp(max=P - 1)][None, :] <= r[:, None])
+            assert torch.equal(got == 0, want) and not (got > float("-inf"))[~want].any()
         covered = torch.zeros(Lk, dtype=torch.bool)
         for b in blocks:
             covered[b * bn:(b + 1) * bn] = True
