@@ -52,10 +52,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, class_band, \
-    descriptor, global_bounds, grouped, heavy_first, heavy_span, jit_launch, kept, \
-    named_barrier, partial_tile, residue_classes, row_offset, snake, tma_load, tma_store, \
-    two_ranges, wgmma_layout
+from .gluon_hopper import DTYPES, HEAD_DIMS, LOG2E, band_bounds, barrier, block_at, \
+    block_layout, class_band, descriptor, global_bounds, grouped, heavy_first, heavy_span, \
+    host_descriptor, jit_launch, kept, mergeable, named_barrier, partial_tile, reinterpret, \
+    residue_classes, row_offset, snake, tma_load, tma_store, two_ranges, wgmma_layout
 
 ROWS = gl.constexpr(64)  # query rows per warpgroup (one wgmma M)
 TURNS = gl.constexpr(14)  # the ping-pong's named barriers: 14, 15 (Triton's own take the first)
@@ -94,7 +94,8 @@ def config_of(D, glob, gather=False):
     return CONFIGS_GLOBAL.get(D, CONFIGS[D]) if glob or gather else CONFIGS[D]
 
 
-__all__ = ["CONFIGS", "CONFIGS_GLOBAL", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward"]
+__all__ = ["CONFIGS", "CONFIGS_GLOBAL", "DTYPES", "HEAD_DIMS", "band_forward_kernel", "forward",
+           "reads_runs", "runs_descriptor"]
 
 
 @gluon.jit
@@ -155,10 +156,11 @@ def _block(seq, i, GLOBAL: gl.constexpr, GATHER: gl.constexpr):
 
 @gluon.jit
 def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
-            GLOBAL: gl.constexpr, GATHER: gl.constexpr, CHUNK: gl.constexpr):
+            GLOBAL: gl.constexpr, GATHER: gl.constexpr, CHUNK: gl.constexpr,
+            RUNS: gl.constexpr):
     tiles = shape[0]
     q_desc, k_desc, v_desc, kp_desc, vp_desc = descs
-    q_bufs, k_bufs, v_bufs = bufs
+    q_bufs, k_bufs, v_bufs, kr_bufs, vr_bufs = bufs
     q_bar, q_empty, k_ready, v_ready, k_empty, v_empty = bars
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     NUM_WG: gl.constexpr = q_bufs.type.shape[0]
@@ -183,7 +185,11 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
             if GATHER:
                 if i < seq[1]:  # packed keys
-                    tma_load(kp_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
+                    if RUNS > 0:  # runs of RUNS keys: BN // RUNS of them
+                        tma_load(kp_desc, [bh, key0 // RUNS, 0, 0], k_ready.index(s),
+                                 kr_bufs.index(s))
+                    else:
+                        tma_load(kp_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
                 else:
                     tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
             else:
@@ -193,7 +199,11 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
             if GATHER:
                 if i < seq[1]:
-                    tma_load(vp_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
+                    if RUNS > 0:
+                        tma_load(vp_desc, [bh, key0 // RUNS, 0, 0], v_ready.index(s),
+                                 vr_bufs.index(s))
+                    else:
+                        tma_load(vp_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
                 else:
                     tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
             else:
@@ -430,7 +440,7 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
                         NUM_WG: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
                         EARLY: gl.constexpr, GLOBAL: gl.constexpr, CLASSES: gl.constexpr,
                         REGS: gl.constexpr, EARLY_Q: gl.constexpr, GATHER: gl.constexpr,
-                        CHUNK: gl.constexpr):
+                        CHUNK: gl.constexpr, RUNS: gl.constexpr):
     """O and the natural log-sum-exp (lse_ptr: [B * H, Lq]) of the pairs (query q, key k) with
     -ahead <= p - k <= back (p = q + Lk - Lq), and with GLOBAL those with ra <= p < rb or
     ca <= k < cb (the tiles [t0, t1) of each head have such rows: `gluon_hopper.heavy_span`);
@@ -438,9 +448,9 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
     residue classes (`gluon_hopper.residue_classes`: H the step, Lq and Lk a class's lengths)
     and the log-sum-exp goes to the rows' natural order (`gluon_hopper.row_offset`).  With CHUNK
     only the band's pairs in one chunk of CHUNK positions (p div CHUNK = k div CHUNK; Lk >= Lq).
-    With GATHER, also the pairs of packed keys (kp_desc, vp_desc: P keys a head) and the queries
-    from each one's first on (first_ptr), a tile's packed keys first (counts_ptr:
-    `gather_counts`)."""
+    With GATHER, also the pairs of packed keys (kp_desc, vp_desc: P keys a head; with RUNS,
+    `runs_descriptor`s, P = count * RUNS keys read in place) and the queries from each one's
+    first on (first_ptr), a tile's packed keys first (counts_ptr: `gather_counts`)."""
     n_q = gl.cdiv(Lq, ROWS * NUM_WG)
     dtype: gl.constexpr = k_desc.block_type.element_ty
     q_bufs = gl.allocate_shared_memory(dtype, [NUM_WG, 1, 1, ROWS, D], q_desc.layout)
@@ -473,7 +483,12 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
     shape = (n_q * BH, BH, H, n_q, group, Lq, Lk, back, ahead, globs, gath)
     bufs = (q_bufs, o_bufs, k_bufs, v_bufs)
     descs = (q_desc, k_desc, v_desc, kp_desc, vp_desc)
-    loads = (q_bufs, k_bufs, v_bufs)
+    if RUNS > 0:  # the same bytes as tiles of BN // RUNS runs of RUNS keys
+        kr_bufs = reinterpret(k_bufs, dtype, [STAGES, 1, BN // RUNS, RUNS, D], kp_desc.layout)
+        vr_bufs = reinterpret(v_bufs, dtype, [STAGES, 1, BN // RUNS, RUNS, D], vp_desc.layout)
+    else:
+        kr_bufs, vr_bufs = k_bufs, v_bufs
+    loads = (q_bufs, k_bufs, v_bufs, kr_bufs, vr_bufs)
     gl.static_assert((NUM_WG == 2) | (not PINGPONG))  # the ping-pong is of two warpgroups
     if NUM_WG == 2:
         gl.warp_specialize([
@@ -481,7 +496,7 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
                          PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
             (_consumer, (1, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
                          PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
-            (_loader, (descs, loads, bars, shape, BN, EARLY, GLOBAL, GATHER, CHUNK))],
+            (_loader, (descs, loads, bars, shape, BN, EARLY, GLOBAL, GATHER, CHUNK, RUNS))],
             [4, 1], [REGS, 24])
     else:
         gl.static_assert(NUM_WG == 3)
@@ -492,7 +507,7 @@ def band_forward_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, BH, H, group, L
                          PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
             (_consumer, (2, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN, D, OVERLAP,
                          PINGPONG, EARLY, GLOBAL, CLASSES, EARLY_Q, GATHER, CHUNK)),
-            (_loader, (descs, loads, bars, shape, BN, EARLY, GLOBAL, GATHER, CHUNK))],
+            (_loader, (descs, loads, bars, shape, BN, EARLY, GLOBAL, GATHER, CHUNK, RUNS))],
             [4, 4, 1], [REGS, REGS, 24])
 
 
@@ -533,7 +548,8 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, 
 
     With ``chunk`` > 0 the band's pairs are only those of one chunk (p div chunk = k div chunk;
     Lk >= Lq); with ``packed`` = (kp, vp, first, counts), also the pairs of the packed keys kp,
-    vp ([B, H, P, D], the same dtype and layout rules) and the queries from each one's
+    vp ([B, H, P, D], the same dtype and layout rules; or views [B, H, count, W, D] of runs of
+    W keys, where `reads_runs`) and the queries from each one's
     ``first`` on (int32 [P], nondecreasing: a gather component's, the fixed pattern's summary
     columns), ``counts`` `gather_counts`' (the tiles' packed keys, read first)."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -565,9 +581,15 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, 
     if packed is not None and persistent:
         group = min(GATHER_HEAD_GROUP or B * H, B * H)
     k_desc, v_desc = descriptor(k, BN), descriptor(v, BN)
+    runs = 0
     if packed is not None:
         kp, vp, first, counts = packed
-        gather = (descriptor(kp, BN), descriptor(vp, BN), counts, first, first.numel())
+        if kp.dim() == 5:  # runs of keys, in place
+            runs = kp.shape[3]
+            gather = (runs_descriptor(kp, BN), runs_descriptor(vp, BN))
+        else:
+            gather = (descriptor(kp, BN), descriptor(vp, BN))
+        gather += (counts, first, first.numel())
     else:  # (read only with GATHER)
         gather = (k_desc, v_desc, lse, lse, 0)
     launch(band_forward_kernel, (programs,),
@@ -579,8 +601,26 @@ def forward(q, k, v, scale, back, ahead, rows=None, cols=None, step=1, chunk=0, 
                 OVERLAP=config["OVERLAP"], PINGPONG=config["PINGPONG"], EARLY=config["EARLY"],
                 GLOBAL=glob, CLASSES=step > 1, REGS=config["REGS"],
                 EARLY_Q=config.get("EARLY_Q", False) and persistent, GATHER=packed is not None,
-                CHUNK=chunk, num_warps=4), (q.dtype,))
+                CHUNK=chunk, RUNS=runs, num_warps=4), (q.dtype,))
     return out, lse
+
+
+def reads_runs(k, v, width):
+    """Whether `forward` can read a gather component's keys of k and v ([B, H, L, D], their
+    descriptors readable) in place where they come in runs of ``width`` at a period (the fixed
+    pattern's summary columns): a tile's blocks of packed keys whole runs, and B and H one
+    dimension in memory (`runs_descriptor`)."""
+    BN = config_of(k.shape[3], False, True)["BN"]
+    return BN % width == 0 and mergeable(k) and mergeable(v)
+
+
+def runs_descriptor(t, rows):
+    """A TMA descriptor over the [B, H, count, W, D] view ``t`` (each head's keys in count runs
+    of W: the template's `_strided_keys`) as [B * H, count, W, D], reading tiles of rows // W
+    runs -- the bytes of a [rows, D] tile of `descriptor`'s layout."""
+    B, H, count, W, D = t.shape
+    block = (1, rows // W, W, D)
+    return host_descriptor(t.view(B * H, count, W, D), block, block_layout(block, t.dtype))
 
 
 def tile_rows(D, gather=False):

@@ -198,7 +198,14 @@ def wgmma_layout(warps_m, warps_n, n):
 def shared_layout(rows, D, dtype):
     """The NVMMA shared layout of a [1, 1, rows, D] tile of ``dtype`` (one of DTYPES, or float32
     for the backward's dQ sums)."""
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], {
+    return block_layout((1, 1, rows, D), dtype)
+
+
+@functools.lru_cache(maxsize=None)  # (~20 µs each on a CPU)
+def block_layout(block, dtype):
+    """The NVMMA shared layout of a tile of shape ``block`` (a tuple) of ``dtype`` (as
+    `shared_layout`)."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), {
         **DTYPES, torch.float32: gl.float32}[dtype])
 
 

@@ -21,7 +21,7 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 from attnlang import gluon_backward as gb  # noqa: E402
 from attnlang import gluon_forward as gf  # noqa: E402
-from attnlang.gluon_hopper import shared_layout  # noqa: E402
+from attnlang.gluon_hopper import block_layout, shared_layout  # noqa: E402
 from compile_check import SHARED  # noqa: E402  (sm_90's shared memory a program may use)
 
 
@@ -64,27 +64,32 @@ def compile_bwd(D=128, dtype=torch.bfloat16, segments=False, glob=False, first=F
 
 
 def compile_fwd(D=128, dtype=torch.bfloat16, glob=False, classes=False, gather=False,
-                persistent=False):
+                persistent=False, runs=0):
     """The forward's kernel with its configuration at head dimension D (`gf.config_of`), for
     bands, (``glob``) bands with global rows and columns, (``classes``) a strided band's
     residue classes or (``gather``) the fixed pattern's chunks and packed summary columns, one
-    program a tile or (``persistent``: the gather patterns' launch) persistent."""
+    program a tile or (``persistent``: the gather patterns' launch) persistent, the packed keys
+    copies or (``runs``) read in place in runs of that many keys (RUNS)."""
     name = NAMES[dtype]
     config = gf.config_of(D, glob, gather)
     rows, BN = gf.ROWS.value, config["BN"]
     qd = f"tensordesc<{name}[1, 1, {rows}, {D}],{shared_layout(rows, D, dtype)!r}>"
     kd = f"tensordesc<{name}[1, 1, {BN}, {D}],{shared_layout(BN, D, dtype)!r}>"
     ids = "*i32" if gather else "*fp32"  # (without GATHER the launch passes lse there)
+    rd = kd
+    if runs:
+        block = (1, BN // runs, runs, D)
+        rd = f"tensordesc<{name}{list(block)},{block_layout(block, dtype)!r}>"
     signature = {"q_desc": qd, "k_desc": kd, "v_desc": kd, "o_desc": qd, "lse_ptr": "*fp32",
                  **{n: "i32" for n in ("BH", "H", "group", "Lq", "Lk", "back", "ahead")
                     + GLOBALS + ("t0", "t1")},
-                 "qk_scale": "fp32", "kp_desc": kd, "vp_desc": kd, "counts_ptr": ids,
+                 "qk_scale": "fp32", "kp_desc": rd, "vp_desc": rd, "counts_ptr": ids,
                  "first_ptr": ids, "P": "i32", **{n: "constexpr" for n in (
                      "BN", "D", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "GLOBAL",
-                     "CLASSES", "REGS", "EARLY_Q", "GATHER", "CHUNK")}}
+                     "CLASSES", "REGS", "EARLY_Q", "GATHER", "CHUNK", "RUNS")}}
     persistent = config["PERSISTENT"] and not glob and (not gather or persistent)
     constexprs = {"D": D, "GLOBAL": glob, "CLASSES": classes, "GATHER": gather,
-                  "CHUNK": 128 if gather else 0,
+                  "CHUNK": 128 if gather else 0, "RUNS": runs,
                   "EARLY_Q": config.get("EARLY_Q", False) and persistent, **{n: config[n] for n in (
                       "BN", "STAGES", "NUM_WG", "OVERLAP", "PINGPONG", "EARLY", "REGS")}}
     source = GluonASTSource(gf.band_forward_kernel, signature, constexprs,
@@ -168,7 +173,9 @@ def main():
                          f"{report(compile_bwd(D, dtype, first=True))}")
                 extra += (f"; the forward of a gather pattern "
                           f"{report(compile_fwd(D, dtype, gather=True))}, persistent "
-                          f"{report(compile_fwd(D, dtype, gather=True, persistent=True))}")
+                          f"{report(compile_fwd(D, dtype, gather=True, persistent=True))}, "
+                          f"reading runs of 16 keys in place "
+                          f"{report(compile_fwd(D, dtype, gather=True, persistent=True, runs=16))}")
             if dtype == torch.bfloat16 and D == 64:  # (bands' 64-key blocks: at d = 64 only)
                 narrow = report(compile_bwd(D, dtype, keys=gb.DOCS_BN))
                 banded = report(compile_bwd(D, dtype, glob=True, keys=gb.DOCS_BN))

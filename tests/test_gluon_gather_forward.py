@@ -168,6 +168,12 @@ def _emulate_forward(kernel, grid, args, options, extra=()):
     a = dict(zip(kernel.arg_names, args))
     q, k, v, o, kp, vp = (a[n].base for n in ("q_desc", "k_desc", "v_desc", "o_desc", "kp_desc",
                                                 "vp_desc"))
+    runs = options["RUNS"]
+    if runs:  # views of k and v, [B * H, count, runs, D], read in tiles of whole runs
+        assert kp.dim() == 4 and kp.shape[2] == runs and kp.shape[0] == q.shape[0] * q.shape[1]
+        assert a["kp_desc"].block_shape == [1, options["BN"] // runs, runs, q.shape[3]]
+        assert kp.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    kp, vp = (t.reshape(*q.shape[:2], -1, q.shape[3]) for t in (kp, vp))
     first = a["first_ptr"].long()
     assert a["P"] == first.numel() <= kp.shape[2]
     assert torch.equal(a["counts_ptr"], gf.gather_counts(a["first_ptr"], a["Lq"],
@@ -188,16 +194,19 @@ def _emulate_forward(kernel, grid, args, options, extra=()):
     a["lse_ptr"].copy_(lse.float())
 
 
-@pytest.mark.parametrize("text", [
-    FIXED.format(c=16, a=12), "causal & (window(5, 0) | cols(every(16, 13..16)))",
-    "(window(3, -1) & chunk(16)) | (causal & cols(every(16, 15..16)))"])  # (row 0 keeps none)
-def test_a_training_step_through_the_gluon_gather_forward(monkeypatch, text):
+@pytest.mark.parametrize("text,runs", [
+    (FIXED.format(c=16, a=12), 4), ("causal & (window(5, 0) | cols(every(16, 13..16)))", 0),
+    ("(window(3, -1) & chunk(16)) | (causal & cols(every(16, 15..16)))", 1)])  # (row 0: none)
+def test_a_training_step_through_the_gluon_gather_forward(monkeypatch, text, runs):
     """A generated gather pattern's forward runs the Gluon kernel (emulated) where
     `_gluon_forward_ok` allows it -- head dims of GLUON_GATHER_FWD_DIMS, Lk >= Lq -- and its
     backward follows it (the `tl` kernels); output and gradients are the reference's at lengths
     that are and are not multiples of the tiles, Lk > Lq included, and (the third pattern) a row
     that keeps nothing.  At d = 128 the launch is persistent (here on 3 multiprocessors), every
-    head at once (`gluon_forward.GATHER_HEAD_GROUP`)."""
+    head at once (`gluon_forward.GATHER_HEAD_GROUP`); where the keys come in runs of a width
+    that divides the key blocks (``runs``: 3 does not) at lengths where every run is whole,
+    and k's and v's batches and heads are one dimension in memory, it reads them in place
+    (RUNS), else from `_packed`'s copies."""
     module = _module(text)
     kernels = module._gluon_module("gluon_forward")
     if kernels is None:
@@ -215,7 +224,7 @@ def test_a_training_step_through_the_gluon_gather_forward(monkeypatch, text):
             assert grid == ((min(tiles, 3),) if persistent else (tiles,))
             assert a["group"] == (a["BH"] if persistent else 1)
             _emulate_forward(kernel, grid, args, options)  # (a failure: the `tl` forward, warned)
-            ran.append(options["CHUNK"])
+            ran.append((options["CHUNK"], options["RUNS"]))
             return None
         return launch(kernel, grid, args, options, extra)
     monkeypatch.setattr(module, "_launch", emulate)
@@ -224,15 +233,20 @@ def test_a_training_step_through_the_gluon_gather_forward(monkeypatch, text):
     monkeypatch.setattr(module, "_CALLS", {})
     expr = attnlang.parse(f"pattern x = {text}")["x"].ir
     chunk = module.GLUON_GATHER_FWD[2]
-    for Lq, Lk, D, runs in ((64, 64, 128, True), (50, 61, 128, True), (40, 40, 64, False),
-                            (61, 50, 128, False)):
+    # (Lq, Lk, D, what the forward runs: None the `tl` one, else its RUNS; heads first in memory;
+    # at 61 keys the last run is cut short, unless runs are of one key)
+    for Lq, Lk, D, how, swap in ((64, 64, 128, runs, False), (64, 64, 128, 0, True),
+                                 (50, 61, 128, runs if runs == 1 else 0, False),
+                                 (40, 40, 64, None, False),
+                                 (61, 50, 128, None, False)):
         torch.manual_seed(Lq + Lk)
         ran.clear()
-        _check_step(module, expr, torch.randn(2, 2, Lq, D), torch.randn(2, 2, Lk, D),
-                    torch.randn(2, 2, Lk, D), torch.randn(2, 2, Lq, D))
-        assert ran == ([chunk] if runs else []), (Lq, Lk, D)
+        k, v = (torch.randn(2, 2, Lk, D).transpose(0, 1) if swap else torch.randn(2, 2, Lk, D)
+                for _ in range(2))
+        _check_step(module, expr, torch.randn(2, 2, Lq, D), k, v, torch.randn(2, 2, Lq, D))
+        assert ran == ([] if how is None else [(chunk, how)]), (Lq, Lk, D)
     # d = 64 where a caller lets it in (`benchmarks/ab_gather_forward.py --d 64`): its own tiles
     monkeypatch.setattr(module, "GLUON_GATHER_FWD_DIMS", (64, 128))
     ran.clear()
-    _check_step(module, expr, *(torch.randn(1, 2, 150, 64) for _ in range(4)))
-    assert ran == [chunk]
+    _check_step(module, expr, *(torch.randn(1, 2, 160, 64) for _ in range(4)))
+    assert ran == [(chunk, runs)]
