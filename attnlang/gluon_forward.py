@@ -145,6 +145,19 @@ def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constex
 
 
 @gluon.jit
+def _order(pick, tiles, GATHER: gl.constexpr):
+    """The tile of a program's pick: with GATHER back and forth (`gluon_hopper.snake`: tiles of
+    many lengths, longest first), else in turn -- persistent bands, whose tiles have about one
+    length, ran 1.005-1.10x slower with the snake (results/ab_band_order_r59f.log: `all` at 8k
+    and 32k 1.024x and 1.040x, `window(2048) & stride(4)` 1.104x and 1.053x); one program a
+    tile takes its own tile either way."""
+    if GATHER:
+        return snake(pick, gl.num_programs(0), tiles)
+    else:
+        return pick
+
+
+@gluon.jit
 def _block(seq, i, GLOBAL: gl.constexpr, GATHER: gl.constexpr):
     """The i-th key block of a tile's `_tile_of` sequence: with GATHER, of the packed keys for
     i < seq[1], else of the keys."""
@@ -167,8 +180,8 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
     c = 0  # blocks loaded so far: the ring's position
     t = 0  # tiles so far
     for pick in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, c_lo = _tile_of(snake(pick, gl.num_programs(0), tiles), shape,
-                                              ROWS * NUM_WG, BN, GLOBAL, GATHER, CHUNK)
+        b, h, bh, m0, seq, n, c_lo = _tile_of(_order(pick, tiles, GATHER), shape, ROWS * NUM_WG,
+                                              BN, GLOBAL, GATHER, CHUNK)
         mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for w in gl.static_range(NUM_WG):
@@ -330,8 +343,8 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
     c = 0
     t = 0
     for pick in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, c_lo = _tile_of(snake(pick, gl.num_programs(0), tiles), shape,
-                                              ROWS * NUM_WG, BN, GLOBAL, GATHER, CHUNK)
+        b, h, bh, m0, seq, n, c_lo = _tile_of(_order(pick, tiles, GATHER), shape, ROWS * NUM_WG,
+                                              BN, GLOBAL, GATHER, CHUNK)
         r0 = m0 + wg * ROWS
         rows = r0 + gl.arange(0, ROWS, layout=row_s)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)

@@ -4,6 +4,8 @@ INTERLEAVE), the Gluon backward's grid takes HEAD_GROUP heads at a time except w
 block has the same rows, and the Gluon forward's takes heads in pairs at d = 128 where rows grow
 (NOTES round 31) but a gather pattern's every head at once, persistent, each program's picks
 going back and forth (`gluon_hopper.snake`, NOTES round 59).  Outputs and gradients must not depend on it."""
+import types
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -264,6 +266,19 @@ def test_snake_by_hand():
     assert [[snake(i, 3, 8) for i in range(p, 8, 3)] for p in range(3)] == \
         [[0, 5, 6], [1, 4, 7], [2, 3]]
     assert [snake(i, 3, 5) for i in range(5)] == [0, 1, 2, 4, 3]
+
+
+def test_only_gather_forwards_pick_back_and_forth():
+    """`gluon_forward._order`: a gather pattern's persistent forward takes its tiles through
+    `gluon_hopper.snake`, every other forward in turn (bands of one length ran slower with the
+    snake: NOTES round 59)."""
+    gf = pytest.importorskip("attnlang.gluon_forward")
+    from gluon_python import SCALAR_GL, as_python
+    programs = 3
+    scalar = types.SimpleNamespace(**vars(SCALAR_GL), num_programs=lambda axis: programs)
+    order = as_python(gf._order, gl=scalar)
+    assert [order(i, 8, False) for i in range(8)] == list(range(8))
+    assert [order(i, 8, True) for i in range(8)] == [0, 1, 2, 5, 4, 3, 6, 7]
 
 
 @pytest.mark.parametrize("D,minimum,head_group,grid,group", [
