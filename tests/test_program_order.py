@@ -3,7 +3,8 @@ programs of causal-like patterns take two heads at a time on short sequences (`_
 INTERLEAVE), the Gluon backward's grid takes HEAD_GROUP heads at a time except where every
 block has the same rows, and the Gluon forward's takes heads in pairs at d = 128 where rows grow
 (NOTES round 31) but a gather pattern's every head at once, persistent, each program's picks
-going back and forth (`gluon_hopper.snake`, NOTES round 59).  Outputs and gradients must not depend on it."""
+going back and forth (`gluon_hopper.snake`, NOTES round 59).  Outputs and gradients must not
+depend on it."""
 import types
 
 import pytest
