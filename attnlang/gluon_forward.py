@@ -168,6 +168,26 @@ def _block(seq, i, GLOBAL: gl.constexpr, GATHER: gl.constexpr):
 
 
 @gluon.jit
+def _load_block(desc, packed_desc, bufs, runs_bufs, bar, s, head, key0, packed,
+                GATHER: gl.constexpr, RUNS: gl.constexpr):
+    """TMA-load ring slot s (of K or of V: ``bufs``) with the block of keys from key0 of ``head``
+    (b, h, bh): the band's (``desc``), or with GATHER where ``packed`` the packed keys'
+    (``packed_desc``; with RUNS a view of runs of RUNS keys, BN // RUNS of them, written through
+    ``runs_bufs``, the same bytes)."""
+    b, h, bh = head
+    if GATHER:
+        if packed:
+            if RUNS > 0:
+                tma_load(packed_desc, [bh, key0 // RUNS, 0, 0], bar, runs_bufs.index(s))
+            else:
+                tma_load(packed_desc, [b, h, key0, 0], bar, bufs.index(s))
+        else:
+            tma_load(desc, [b, h, key0, 0], bar, bufs.index(s))
+    else:
+        tma_load(desc, [b, h, key0, 0], bar, bufs.index(s))
+
+
+@gluon.jit
 def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
             GLOBAL: gl.constexpr, GATHER: gl.constexpr, CHUNK: gl.constexpr,
             RUNS: gl.constexpr):
@@ -196,31 +216,13 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
             else:  # once P V has
                 mbarrier.wait(v_empty.index(s), phase)
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-            if GATHER:
-                if i < seq[1]:  # packed keys
-                    if RUNS > 0:  # runs of RUNS keys: BN // RUNS of them
-                        tma_load(kp_desc, [bh, key0 // RUNS, 0, 0], k_ready.index(s),
-                                 kr_bufs.index(s))
-                    else:
-                        tma_load(kp_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
-                else:
-                    tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
-            else:
-                tma_load(k_desc, [b, h, key0, 0], k_ready.index(s), k_bufs.index(s))
+            _load_block(k_desc, kp_desc, k_bufs, kr_bufs, k_ready.index(s), s, (b, h, bh), key0,
+                        i < seq[1], GATHER, RUNS)
             if EARLY:
                 mbarrier.wait(v_empty.index(s), phase)  # V's once P V has
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-            if GATHER:
-                if i < seq[1]:
-                    if RUNS > 0:
-                        tma_load(vp_desc, [bh, key0 // RUNS, 0, 0], v_ready.index(s),
-                                 vr_bufs.index(s))
-                    else:
-                        tma_load(vp_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
-                else:
-                    tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
-            else:
-                tma_load(v_desc, [b, h, key0, 0], v_ready.index(s), v_bufs.index(s))
+            _load_block(v_desc, vp_desc, v_bufs, vr_bufs, v_ready.index(s), s, (b, h, bh), key0,
+                        i < seq[1], GATHER, RUNS)
         c += n
         t += 1
 
