@@ -8,7 +8,6 @@ medians, on the benchmark's d = 128 band rows (16 heads, 16k tokens a batch).
 (results/ab_band_order_r59f.log: round59a's tree, programs' picks back and forth on every
 persistent launch, against picks in turn on all but the gather patterns'.)
 """
-import importlib.util
 import math
 import os
 import statistics
@@ -19,6 +18,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ab_gather_forward import load_file  # noqa: E402  (this script's folder is on the path)
 from attnlang import gluon_forward as gf  # noqa: E402
 
 # (row, L, back, ahead, step): the benchmark's d = 128 rows that take a persistent launch
@@ -29,16 +29,8 @@ ROWS = [("all", 8192, None, None, 1), ("all", 32768, None, None, 1),
         ("window(2048) & stride(4)", 32768, 2048, 2048, 4)]
 
 
-def load(path):
-    spec = importlib.util.spec_from_file_location("attnlang.gluon_forward_base", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main():
-    base = load(sys.argv[1])
+    base = load_file("attnlang.gluon_forward_base", sys.argv[1])
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 5
     variants = {"base": base, "this tree": gf}
     for name, L, back, ahead, step in ROWS:

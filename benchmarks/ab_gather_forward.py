@@ -40,14 +40,20 @@ def arg(name, default):
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
-def load_base(gen, path):
-    """The file ``path`` as a Gluon forward module of the generated module ``gen`` (its own
-    imports relative to the copies the module loads)."""
-    name = f"{gen.__name__}._support.gluon_forward_base"
+def load_file(name, path):
+    """The file ``path`` imported as the module ``name`` (its relative imports from name's
+    package): another version of a module beside this tree's."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def load_base(gen, path):
+    """The file ``path`` as a Gluon forward module of the generated module ``gen`` (its own
+    imports relative to the copies the module loads)."""
+    module = load_file(f"{gen.__name__}._support.gluon_forward_base", path)
     if not hasattr(module, "reads_runs"):  # (before round 59: packed keys copied)
         module.reads_runs = lambda *args: False
     return module
