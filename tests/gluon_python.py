@@ -8,6 +8,7 @@ writes emulated in float64 (`emulate_backward`) and its launch's query tiles che
 import types
 
 import torch
+from triton.language import constexpr
 from triton.runtime.jit import JITFunction
 
 SCALAR_GL = types.SimpleNamespace(where=lambda c, a, b: a if c else b, minimum=min, maximum=max,
@@ -34,10 +35,17 @@ class Pointer:
         return torch.where(mask, got, torch.as_tensor(other, dtype=got.dtype))
 
 
+def _either(scalar, tensor):
+    """``scalar`` of two numbers, else ``tensor`` (torch's elementwise one) of their tensors."""
+    return lambda a, b: (tensor(torch.as_tensor(a), torch.as_tensor(b))
+                         if torch.is_tensor(a) or torch.is_tensor(b) else scalar(a, b))
+
+
 # ... and a Gluon function's block arithmetic on tensors (layouts ignored), as `as_python`'s gl
 TENSOR_GL = types.SimpleNamespace(
     **dict(vars(SCALAR_GL), where=lambda c, a, b: torch.where(torch.as_tensor(c), a, b),
-           load=lambda pointer, mask=None, other=None: pointer.read(mask, other)),
+           load=lambda pointer, mask=None, other=None: pointer.read(mask, other),
+           minimum=_either(min, torch.minimum), maximum=_either(max, torch.maximum)),
     arange=lambda start, end, layout=None: torch.arange(start, end),
     SliceLayout=lambda dim, parent: None)
 
@@ -49,6 +57,8 @@ def as_python(jit_fn, done=None, gl=SCALAR_GL):
     if jit_fn not in done:
         fn = jit_fn.fn
         scope = dict(fn.__globals__, gl=gl)
+        scope.update({name: value.value for name, value in fn.__globals__.items()
+                      if isinstance(value, constexpr)})  # (the module's, e.g. ROWS: numbers)
         done[jit_fn] = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__)
         for name, value in fn.__globals__.items():
             if isinstance(value, JITFunction):

@@ -58,6 +58,37 @@ def test_band_of_names_exactly_the_kept_pairs(expr, Lq, extra):
         assert found is not None
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.integers(-40, 300)), st.one_of(st.none(), st.integers(-40, 300)),
+       st.integers(1, 300), st.integers(-60, 60), st.sampled_from([0, 8, 16, 64]),
+       st.integers(0, 9), st.integers(0, 30), st.sampled_from([16, 32, 64]))
+def test_the_gluon_forward_masks_exactly_a_band_blocks_pairs(back, ahead, Lq, extra, chunk,
+                                                              tile, block, BN):
+    """`gluon_forward._masked` on a block of a band's keys, run on tensors: a block it masks
+    keeps exactly the pairs in the band (with ``chunk``, whose position and key share a chunk
+    too) with keys before Lk, and every pair of a block it leaves is one -- on the rows of a
+    warpgroup's 64 that are queries (Lk >= Lq with chunks)."""
+    gf = pytest.importorskip("attnlang.gluon_forward")
+    gh = pytest.importorskip("attnlang.gluon_hopper")
+    from gluon_python import TENSOR_GL, as_python
+    Lk = max(1, Lq + (abs(extra) if chunk else extra))
+    back, ahead = gh.band_bounds(back, ahead, Lq, Lk)
+    rows = tile * 64 + torch.arange(64)
+    key0 = block * BN
+    band = (Lk, Lk - Lq, back, ahead, (0,) * 6, (0, 0, 0), Lq)
+    masked = as_python(gf._masked, gl=TENSOR_GL)
+    got = masked(torch.zeros(64, BN), rows, key0, band, tile * 64, (False, (0, 0)), BN, None,
+                 False, False, chunk)
+    p = rows[:, None] + (Lk - Lq)
+    k = key0 + torch.arange(BN)[None, :]
+    want = (p - k <= back) & (p - k >= -ahead) & (k < Lk)
+    if chunk:
+        want &= p // chunk == k // chunk
+    query = rows < Lq
+    assert torch.equal((got == 0)[query], want[query])
+    assert not (got > float("-inf"))[query[:, None] & ~want].any()
+
+
 def _pattern_nodes(expr):
     yield expr
     if isinstance(expr, (ir.Intersect, ir.Union, ir.Difference)):
