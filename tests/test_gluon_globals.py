@@ -22,7 +22,7 @@ from strategies import band_intersections as _bands
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
 gb = pytest.importorskip("attnlang.gluon_backward")
-from gluon_python import as_python as _python  # noqa: E402
+from gluon_python import TENSOR_GL, as_python as _python  # noqa: E402
 
 
 def _bound():
@@ -215,6 +215,29 @@ def test_backward_key_blocks_visit_every_kept_tile_once_global_columns_first(
         for t in tiles:
             if not partial(t * BM + off, BM, block * BN, BN, back, ahead, globs, True):
                 assert keys[t * BM:(t + 1) * BM].all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_bands(), _banded(starting=True)), _lengths(), st.sampled_from([4, 8, 16]))
+def test_the_backward_keeps_exactly_a_key_blocks_pairs(expr, lengths, BN):
+    """`gluon_backward._band_keep` (an S^T tile: a block of keys as rows, the queries as
+    columns), run on tensors over every key block: exactly the pattern's pairs and none of keys
+    past Lk -- a band without GLOBAL, a band with global rows and columns with it."""
+    Lq, Lk = lengths
+    found = banded_of(expr)
+    if found is not None:
+        back, ahead, globs = _globs(found, Lq, Lk)
+    elif band_of(expr) is not None:
+        back, ahead = gh.band_bounds(*band_of(expr), Lq, Lk)
+        globs = (0,) * 6
+    else:
+        return
+    keep = _python(gb._band_keep, gl=TENSOR_GL)
+    band = (Lq, Lk, Lk - Lq, back, ahead, globs)
+    got = torch.cat([keep(torch.arange(Lq), key0, band, BN, None, found is not None)
+                     for key0 in range(0, Lk, BN)])
+    assert not got[Lk:].any()
+    assert torch.equal(got[:Lk], dense_mask(expr, Lq, Lk)[0].T)
 
 
 def test_heavy_spans():
