@@ -15,11 +15,12 @@ rounds of `do_bench` medians are taken (odd rounds in reverse order):
     python benchmarks/ab_forward_files.py NAME=FILE [NAME=FILE ...] [--rounds 5] [--host]
 
 ``--host``: then the host's time of this tree's fixed-pattern forward at 8k (200 calls back to
-back) and the functions that take it (cProfile).
+back, the benchmark's `_host_ms`) and the functions that take it (cProfile).
 
 (results/ab_across_r60a.log was made by this script's first form -- a scratch copy without the
-causal rows, this tree's column named "tree" -- with ``base=`` round 59's file and ``flat=`` the
-one-loop form of ACROSS, this tree then holding its peeled form: NOTES round 60.)
+causal rows, timing its own rounds and host loop, this tree's column named "tree" -- with
+``base=`` round 59's file and ``flat=`` the one-loop form of ACROSS, this tree then holding its
+peeled form: NOTES round 60.)
 """
 import cProfile
 import math
@@ -27,7 +28,6 @@ import os
 import pstats
 import statistics
 import sys
-import time
 
 import torch
 from triton.testing import do_bench
@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import attnlang  # noqa: E402
 from ab_gather_forward import FIXED, load_file  # noqa: E402  (this script's folder is on the path)
 from attnlang import gluon_forward as gf  # noqa: E402
+from attnlang.bench import _host_ms, time_in_rounds  # noqa: E402
 from attnlang.cache import load_module  # noqa: E402
 from profile_kernels import kernel_times  # noqa: E402
 
@@ -52,13 +53,17 @@ ROWS = [("all", 8192, None, None, 1, 128, 0), ("window(512)", 8192, 512, 512, 1,
 
 
 def _rounds(variants, call, rounds):
-    """{name: median ms} of ``call(module)`` for each variant, in interleaved rounds."""
-    times = {name: [] for name in variants}
-    for r in range(rounds):
-        for name, module in (reversed(variants.items()) if r % 2 else variants.items()):
-            times[name].append(do_bench(lambda: call(module), warmup=10, rep=100,
-                                        return_mode="median"))
+    """{name: median ms} of ``call(module)`` for each variant: the benchmark's interleaved
+    rounds (`attnlang.bench.time_in_rounds`, 100 ms of `do_bench` a round), their median."""
+    benches = {name: ((lambda m=module: call(m)), None) for name, module in variants.items()}
+    times = time_in_rounds(benches, rounds, 10, 100 * rounds, do_bench)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _gap(a, b):
+    """The largest difference of two outputs (-inf, of rows that keep nothing, as a number)."""
+    return (torch.nan_to_num(a.float(), neginf=-1e9)
+            - torch.nan_to_num(b.float(), neginf=-1e9)).abs().max().item()
 
 
 def _line(label, med, diffs):
@@ -112,11 +117,7 @@ def bands(files, rounds):
             return module.forward(q, k, v, scale, back, ahead, step=step)
         outs = {n: call(m) for n, m in variants.items()}
         o0, l0 = next(iter(outs.values()))
-
-        def gap(a, b):  # (-inf, rows that keep nothing, as a number)
-            return (torch.nan_to_num(a.float(), neginf=-1e9)
-                    - torch.nan_to_num(b.float(), neginf=-1e9)).abs().max().item()
-        diffs = {n: f"out {gap(o, o0):.1e}, lse {gap(lse, l0):.1e}"
+        diffs = {n: f"out {_gap(o, o0):.1e}, lse {_gap(lse, l0):.1e}"
                  for n, (o, lse) in outs.items()}
         print(_line(f"{name} L={L} d={D}", _rounds(variants, call, rounds), diffs), flush=True)
 
@@ -125,15 +126,8 @@ def host(mod):
     q, k, v = (torch.randn(2, 16, 8192, 128, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
     with torch.no_grad():
-        for _ in range(50):
-            mod(q, k, v)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(200):
-            mod(q, k, v)
-        took = time.perf_counter() - start
-        torch.cuda.synchronize()
-        print(f"host µs a call (200 back to back): {took / 200 * 1e6:.1f}", flush=True)
+        took = _host_ms(lambda: mod(q, k, v), reps=200, wait=False)  # (median of five rounds)
+        print(f"host µs a call (200 back to back): {took * 1000:.1f}", flush=True)
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(200):
