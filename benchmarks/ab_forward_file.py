@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ab_gather_forward import load_file  # noqa: E402  (this script's folder is on the path)
 from attnlang import gluon_forward as gf  # noqa: E402
+from attnlang.bench import time_in_rounds  # noqa: E402
 
 # (row, L, back, ahead, step): the benchmark's d = 128 rows that take a persistent launch
 ROWS = [("all", 8192, None, None, 1), ("all", 32768, None, None, 1),
@@ -41,12 +42,9 @@ def main():
         outs = {n: m.forward(q, k, v, scale, back, ahead, step=step)[0].float()
                 for n, m in variants.items()}
         diff = (outs["base"] - outs["this tree"]).abs().max().item()
-        times = {n: [] for n in variants}
-        for r in range(rounds):
-            for n, m in (reversed(variants.items()) if r % 2 else variants.items()):
-                times[n].append(do_bench(lambda: m.forward(q, k, v, scale, back, ahead,
-                                                           step=step),
-                                         warmup=10, rep=100, return_mode="median"))
+        times = time_in_rounds(  # (interleaved, odd rounds reversed, 100 ms a round)
+            {n: ((lambda m=m: m.forward(q, k, v, scale, back, ahead, step=step)), None)
+             for n, m in variants.items()}, rounds, 10, 100 * rounds, do_bench)
         med = {n: statistics.median(t) for n, t in times.items()}
         print(f"{name:26s} L={L:5d}: base {med['base']:.4f} ms, this tree "
               f"{med['this tree']:.4f} ms ({med['base'] / med['this tree']:.3f}x); outputs "
