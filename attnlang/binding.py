@@ -123,13 +123,24 @@ class _Report:
     """Where a value error is reported: at the offending node if it lies inside ``site`` (or no
     site is given), else at ``site`` with ``note`` appended; ``fallback`` if a node has no span."""
 
-    def __init__(self, fallback=None, site=None, note=""):
+    def __init__(self, fallback=None, site=None, note="", outside=None):
         self.fallback, self.site, self.note = fallback, site, note
+        self.outside = outside if outside is not None else site
 
     def fail(self, message: str, span) -> None:
         if self.site is not None and not _inside(span, self.site):
-            raise AttnError(message + self.note, self.site)
+            raise AttnError(message + self.note, self.outside)
         raise AttnError(message, span if span is not None else self.fallback)
+
+    def keeps_position(self, exc: AttnError) -> bool:
+        """Whether ``exc`` (from folding) already points at a place this report would use."""
+        if exc.line <= 0:
+            return False
+        if self.site is None:
+            return True
+        site = self.site
+        return (site.line, site.column) <= (exc.line, exc.column) <= (site.end_line,
+                                                                       site.end_column)
 
 
 def _inside(span, site) -> bool:
@@ -140,16 +151,19 @@ def _inside(span, site) -> bool:
 
 
 def check_values(expr: ir.Node, env: Optional[Mapping[str, object]] = None, *, fallback=None,
-                 site=None, note: str = "") -> None:
+                 site=None, note: str = "", outside=None) -> None:
     """Raise ``AttnError`` if a constant argument in ``expr`` breaks a value rule of LANGUAGE.md
-    section 3 (arguments that depend on unknown parameters are skipped)."""
-    report = _Report(fallback, site, note)
+    section 3 (arguments that depend on unknown parameters are skipped).  An error at a node
+    outside ``site`` is reported at ``outside`` (default: ``site``) with ``note`` appended."""
+    report = _Report(fallback, site, note, outside)
     env = env or {}
 
     def value(node):
         try:
             return fold(node, env)
         except AttnError as exc:
+            if report.keeps_position(exc):
+                raise  # already at the offending sub-expression
             report.fail(exc.message, node.span if node.span is not None else None)
 
     def at_least(node, low, what):
@@ -168,6 +182,9 @@ def check_values(expr: ir.Node, env: Optional[Mapping[str, object]] = None, *, f
             if value(node.right) == 0:  # a constant zero divisor is an error, even in where
                 what = "division" if node.op == "div" else "'mod'"
                 report.fail(f"{what} by zero", node.span)
+        elif isinstance(node, ir.Compare):  # constant arithmetic inside where, folded by bind
+            value(node.left)
+            value(node.right)
         elif isinstance(node, ir.Window):
             band(node, "window")
         elif isinstance(node, ir.Stride):

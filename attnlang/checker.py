@@ -157,7 +157,9 @@ class Checker:
         defaults = {p.name: p.default.value for p in decl.params if p.default is not None}
         if defaults:  # a default that breaks a rule is a mistake even if it is never used
             try:
-                check_values(body, defaults, fallback=d.span)
+                check_values(body, defaults, fallback=d.span, site=d.span,
+                             outside=d.name_span,
+                             note=f" (inside a pattern that '{d.name}' uses)")
             except AttnError as exc:
                 raise AttnError(exc.message + " (with the parameters' default values)",
                                 filename=exc.filename, line=exc.line, column=exc.column,

@@ -45,6 +45,7 @@ from .errors import bad_argument, positive_int
 from .layout_runs import AND, DIFF, FULL, IDENT, NOT, OR, PARTIAL, SKIP, UNKNOWN, Runs, combine, \
     expand
 from .layout_where import where_classes
+from .predicate import check_where_range
 from . import layout_segment
 from .layout_segment import segment_pair
 
@@ -471,6 +472,7 @@ def classify(expr, q_axis: Axis, k_axis: Axis, *, block_m: int, block_n: int, q_
     heads = list(range(num_heads)) if heads is None else [int(h) for h in heads]
     if not heads:
         raise bad_argument("heads", heads, "at least one head index")
+    check_where_range(expr, q_len, k_len, num_heads)
     segs = segment_pair(segments, q_len, k_len)
     if segs is None and any(isinstance(n, ir.Segment) for n in expr.walk()):
         raise bad_argument("segments", None, "segment ids (a 1-D integer tensor of length k_len, or a "

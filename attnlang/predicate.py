@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 
 from . import ir
+from .errors import AttnError
 
 MASK32 = 0xFFFFFFFF
+WHERE_LIMIT = 1 << 62  # magnitudes allowed in where arithmetic (int64 with headroom)
 
 
 def evaluate(expr, q_pos, k_pos, *, q_len, k_len=None, heads=None, num_heads=1, seg_q=None,
@@ -40,6 +42,53 @@ def evaluate(expr, q_pos, k_pos, *, q_len, k_len=None, heads=None, num_heads=1, 
     env = _Env(q, k, h, int(q_len), int(k_len), int(num_heads), seg_q, seg_k)
     out = env.pattern(expr)
     return out.expand(env.shape) if tuple(out.shape) != env.shape else out
+
+
+def check_where_range(expr, q_len: int, k_len: int, num_heads: int = 1) -> None:
+    """Refuse ``where`` arithmetic that could leave 64-bit integers at these lengths.
+
+    LANGUAGE.md section 4 promises exact integer arithmetic; every evaluator (this module, the
+    block classifier, the kernels) works in int64, so an expression whose magnitude could pass
+    ``2**62`` would silently wrap.  The bound is the one ``reference.mask`` uses (``|q| <= Lq``,
+    ``|p| <= Lq + Lk``, ``|d| <= 2 (Lq + Lk)``, ``+ -`` add bounds, ``*`` multiplies them, ``div``
+    keeps the dividend's, ``mod``/``min``/``max`` take the larger), so the reference, the layout
+    and the plan refuse exactly the same patterns, with an ``AttnError`` at the expression."""
+    var_bound = {"q": q_len, "k": k_len, "p": q_len + k_len, "d": 2 * (q_len + k_len),
+                 "h": num_heads, "Lq": q_len, "Lk": k_len}
+    memo = {}  # id(node) -> (bound, depends on a where-variable)
+    for where in expr.walk():
+        if not isinstance(where, ir.Where):
+            continue
+        stack = [(where.pred, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in memo:
+                continue
+            kids = list(node.children())
+            if not ready and kids:
+                stack.append((node, True))
+                stack.extend((kid, False) for kid in kids if id(kid) not in memo)
+                continue
+            got = [memo[id(kid)] for kid in kids]
+            bounds = [b for b, _ in got]
+            variable = any(v for _, v in got)
+            if isinstance(node, (ir.Int, ir.Float)):
+                bound = abs(int(node.value))
+            elif isinstance(node, ir.Var):
+                bound, variable = var_bound[node.name], True
+            elif isinstance(node, ir.BinOp):
+                a, b = bounds
+                bound = {"+": a + b, "-": a + b, "*": a * b, "div": a}.get(node.op, max(a, b))
+            elif isinstance(node, (ir.Neg, ir.Func)):
+                bound = max(bounds)
+            else:  # comparisons and boolean operators
+                bound = 0
+            if variable and bound > WHERE_LIMIT:
+                raise AttnError(f"where arithmetic '{node}' may exceed 63 bits (2**62) at "
+                                f"q_len={q_len}, k_len={k_len}, num_heads={num_heads}; where is "
+                                f"evaluated with 64-bit integers, use smaller constants",
+                                node.span)
+            memo[id(node)] = (bound, variable)
 
 
 class _Env:

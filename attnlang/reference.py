@@ -16,7 +16,8 @@ Choices where LANGUAGE.md is silent (kept identical in ``keeps``, the per-elemen
   axis (``Lk`` for ``rows``/``cols``/``global``, ``H`` for ``heads``), each bound separately:
   ``-4..-1`` is ``Lk - 4 <= i < Lk - 1``.
 * ``where`` arithmetic is exact as long as every intermediate fits in 63 bits; ``mask`` checks a
-  bound on the magnitudes before evaluating and raises ``ValueError`` otherwise.
+  bound on the magnitudes before evaluating (``predicate.check_where_range``, which the layout
+  and the plan share) and raises ``AttnError`` at the expression otherwise.
 
 The evaluator walks the IR with an explicit stack, so patterns nested thousands deep are fine.
 """
@@ -30,11 +31,11 @@ import torch
 from . import ir
 from .errors import bad_argument, positive_int
 from .layout_segment import segment_pair
+from .predicate import check_where_range
 
 __all__ = ["mask", "keeps", "attention", "random_keep", "random_hash", "mix32", "random_threshold"]
 
 _U32 = 0xFFFFFFFF
-_LIMIT = 1 << 62  # magnitudes allowed in where arithmetic (int64 with headroom)
 
 
 # ---------------------------------------------------------------- the hash of random (section 5)
@@ -98,9 +99,6 @@ class _Ctx:
         self.d = self.p - self.k
         self.h = torch.arange(num_heads, dtype=torch.int64).view(num_heads, 1, 1)
         self.segs = segs
-        # bound on |value| of each where variable (for the 63-bit check)
-        self.var_bound = {"q": q_len, "k": k_len, "p": q_len + k_len, "d": 2 * (q_len + k_len),
-                          "h": num_heads, "Lq": q_len, "Lk": k_len}
 
     def var(self, name):
         return getattr(self, name)  # q k p d h are tensors; Lq and Lk plain ints
@@ -146,22 +144,6 @@ _ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a 
           "div": _floordiv, "mod": _mod}
 _CMP = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
         "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
-
-
-def _bound(node, vals, ctx):
-    """An upper bound on ``|value|`` of an integer expression, given its children's bounds."""
-    if isinstance(node, ir.BinOp):
-        a, b = vals
-        if node.op in ("+", "-"):
-            return a + b
-        if node.op == "*":
-            return a * b
-        if node.op == "div":
-            return a
-        return max(a, b)  # mod: |x mod y| < |y|, and x mod 0 = x
-    if isinstance(node, ir.Func):
-        return max(vals)
-    return vals[0]  # Neg
 
 
 def _as_bool(value, ctx):
@@ -347,11 +329,10 @@ def _evaluate(root, ctx):
     """Post-order evaluation of ``root`` with an explicit stack (deep trees are fine).
 
     Values travel on a value stack (not keyed by node identity: the IR may share subtrees, as
-    ``window(w)`` shares ``w`` between ``back`` and ``ahead``).  Inside ``where`` it also tracks
-    a bound on each integer subexpression's magnitude and refuses arithmetic that could leave
-    int64.
+    ``window(w)`` shares ``w`` between ``back`` and ``ahead``).  ``where`` arithmetic is checked
+    to stay within int64 before (``mask``'s ``check_where_range``).
     """
-    values, bounds = [], []
+    values = []
     stack = [(root, False)]
     while stack:
         node, expanded = stack.pop()
@@ -362,23 +343,9 @@ def _evaluate(root, ctx):
             continue
         n_kids = len(kids)
         vals = values[len(values) - n_kids:] if n_kids else []
-        kid_bounds = bounds[len(bounds) - n_kids:] if n_kids else []
         if n_kids:
             del values[-n_kids:]
-            del bounds[-n_kids:]
-        value = _visit(node, vals, ctx)
-        bound = 0
-        if isinstance(node, (ir.Int, ir.Float)):
-            bound = abs(node.value)
-        elif isinstance(node, ir.Var) and ctx is not None:
-            bound = ctx.var_bound[node.name]
-        elif isinstance(node, (ir.BinOp, ir.Neg, ir.Func)):
-            bound = _bound(node, kid_bounds, ctx)
-            if bound > _LIMIT and isinstance(value, torch.Tensor):
-                raise ValueError(f"where arithmetic {node} may exceed 63 bits; the reference "
-                                 f"evaluates with int64 (use smaller constants)")
-        values.append(value)
-        bounds.append(bound)
+        values.append(_visit(node, vals, ctx))
     return values[0]
 
 
@@ -397,6 +364,7 @@ def mask(expr, q_len: int, k_len: Optional[int] = None, num_heads: int = 1,
     q_len = positive_int("q_len", q_len)
     k_len = q_len if k_len is None else positive_int("k_len", k_len)
     num_heads = positive_int("num_heads", num_heads)
+    check_where_range(expr, q_len, k_len, num_heads)
     segs = segment_pair(segments, q_len, k_len)
     ctx = _Ctx(q_len, k_len, num_heads, None if segs is None else tuple(t.cpu() for t in segs))
     result = _evaluate(expr, ctx)
