@@ -1,6 +1,7 @@
 """Code generation: a pattern becomes the source of a standalone Python module.
 
-The module (rendered from ``templates/attention.py.jinja``) holds, per plan component, a Triton
+The module (rendered from ``templates/attention.py.jinja``, which includes the other templates'
+parts in order: kernels first, then the host code) holds, per plan component, a Triton
 forward kernel and two backward kernels (dK/dV and dQ), the launchers that run the components and
 merge their results by log-sum-exp (when every component reads the queries in order -- identity
 and gather components -- one forward and one dQ kernel run all of them in one pass instead), a
@@ -27,11 +28,11 @@ from . import ir
 from .resources import templates_dir
 
 def _template_version() -> str:
-    """Changes whenever the template, this file or a copied support module changes, so cached
+    """Changes whenever a template, this file or a copied support module changes, so cached
     generated modules are never stale."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
-    for path in [templates_dir() / "attention.py.jinja", Path(__file__)] + sorted(
+    for path in sorted(templates_dir().glob("*.jinja")) + [Path(__file__)] + sorted(
             package.glob("layout*.py")) + [package / f"{n}.py"
                                            for n in SUPPORT_MODULES + LAZY_SUPPORT_MODULES]:
         digest.update(path.read_bytes())

@@ -1,5 +1,5 @@
 """The `tl` forward with its heavy rows in pieces (HEAVY_PIECES, `_pieces` in
-templates/attention.py.jinja) against the same forward with them whole and against the Gluon
+templates/host_forward.py.jinja) against the same forward with them whole and against the Gluon
 forward, on bands with global rows, in one process on the same inputs: forwards and training
 steps alternated over rounds (`head_order.variant_rounds`), `do_bench` medians.  The backward
 is the module's own in every variant (Gluon's, for these patterns).

@@ -4,7 +4,7 @@
                               [--match :d] [--cands "dkdv=32x64:4:2:t;64x64:4:2:d"]
 
 Prints the median time of the forward kernel(s) and of the backward kernels for each candidate,
-per head dimension, so the defaults in templates/attention.py.jinja (TILES) can be chosen.  Each
+per head dimension, so the defaults in templates/host_tiles.py.jinja (TILES) can be chosen.  Each
 candidate's output (forward) or dQ, dK, dV (backward) is compared with the module's own tiles'
 result first; a candidate that differs by more than bf16 rounding explains is marked WRONG and
 never chosen.  A dK/dV tile with ":t" computes its scores as [keys, queries]; ":d" reads the

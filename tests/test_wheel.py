@@ -22,7 +22,10 @@ def wheel(tmp_path_factory):
 def test_wheel_contains_grammar_and_templates(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "attnlang/grammar/attn.lark" in names
-    assert "attnlang/templates/attention.py.jinja" in names
+    parts = sorted((ROOT / "templates").glob("*.jinja"))  # the top template and its parts
+    assert "attention.py.jinja" in [path.name for path in parts] and len(parts) > 1
+    for path in parts:
+        assert f"attnlang/templates/{path.name}" in names
 
 
 def test_installed_wheel_finds_its_data(wheel, tmp_path):
