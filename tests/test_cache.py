@@ -1,6 +1,7 @@
 """The on-disk cache of generated modules: keys, atomic writes, concurrent processes."""
 import multiprocessing
 import os
+import stat
 import sys
 
 import pytest
@@ -46,6 +47,23 @@ def test_write_atomic_replaces_and_leaves_no_temporaries(tmp_path):
     cache.write_atomic(target, "x = 2\n")
     assert target.read_text() == "x = 2\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.py"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_write_atomic_gives_new_files_the_umask_mode_and_keeps_a_replaced_files_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        fresh = tmp_path / "new.py"
+        cache.write_atomic(fresh, "x = 1\n")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # 0o666 less the umask, not 0o600
+        kept = tmp_path / "kept.attn"
+        kept.write_text("pattern a = causal\n")
+        kept.chmod(0o754)
+        cache.write_atomic(kept, "pattern a = causal\r\n")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o754
+        assert kept.read_bytes() == b"pattern a = causal\r\n"  # written as given
+    finally:
+        os.umask(old)
 
 
 def test_load_module_generates_once_and_imports_under_unique_names(tmp_path):
