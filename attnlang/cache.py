@@ -60,8 +60,9 @@ def cache_key(pattern, block_m=None, block_n=None) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file in the same folder + os.replace),
     as it is (no newline translation).  The file keeps the mode of the file it replaces, and a new
-    one gets the mode ``open`` would give it (0o666 less the umask), not the temporary's 0o600."""
-    path = Path(path)
+    one gets the mode ``open`` would give it (0o666 less the umask), not the temporary's 0o600;
+    a symbolic link is written through (the link stays a link)."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)

@@ -24,10 +24,11 @@ from typing import Optional, Tuple, Union as TUnion
 
 @dataclass(frozen=True, eq=False)
 class Source:
-    """The text a program was parsed from (identity-compared; only spans point at it)."""
+    """The text a program was parsed from (identity-compared; only spans point at it; its repr
+    names the file only, so a repr of an AST does not repeat the text at every span)."""
 
     filename: str
-    text: str
+    text: str = field(repr=False)
 
     def line(self, number: int) -> str:
         lines = self.text.splitlines()

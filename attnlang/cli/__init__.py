@@ -55,11 +55,13 @@ def _run(module, args) -> int:
         print(f"{getattr(args, 'file', 'attnlang')}: error: {exc}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as exc:
-        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+        text = str(exc).strip()
+        if not isinstance(exc, MemoryError) and not any(
+                word in text for word in ("allocate", "bad_alloc")):
             raise
-        print(f"{getattr(args, 'file', 'attnlang')}: error: out of memory "
-              f"({str(exc).splitlines()[0][:200]}); try shorter lengths or fewer heads",
-              file=sys.stderr)
+        detail = f" ({text.splitlines()[0][:200]})" if text else ""  # MemoryError() says nothing
+        print(f"{getattr(args, 'file', 'attnlang')}: error: out of memory{detail}; try shorter "
+              f"lengths or fewer heads", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -16,6 +16,10 @@ from ..errors import AttnError
 STAGES = ("ast", "ir", "plan", "layout", "triton")
 SUMMARY_LENGTHS = (1024, 4096, 16384)
 PICTURE_LENGTH, PICTURE_BLOCK = 256, 16
+# bounds of the numeric options (`show` uses them too): far beyond any model's, and small enough
+# that no size computed from them overflows a tensor or takes the machine's memory unasked
+MAX_HEADS = 1024
+MAX_BLOCK = 1 << 16
 
 
 def add_arguments(parser) -> None:
@@ -27,11 +31,15 @@ def add_arguments(parser) -> None:
                         help="where to write the modules (default: the current folder)")
     parser.add_argument("--emit", choices=STAGES,
                         help="print this stage's artifact to stdout instead of writing modules")
-    parser.add_argument("--block-m", type=int, default=None, help="query block size")
-    parser.add_argument("--block-n", type=int, default=None, help="key block size")
+    parser.add_argument("--block-m", type=int, default=None,
+                        help="query block size (a power of two from 16 to 65536)")
+    parser.add_argument("--block-n", type=int, default=None,
+                        help="key block size (a power of two from 16 to 65536)")
     parser.add_argument("--length", type=int, default=1024,
                         help="sequence length for --emit plan (default 1024)")
-    parser.add_argument("--heads", type=int, default=1, help="number of heads for plan/layout")
+    parser.add_argument("--heads", type=int, default=1,
+                        help="number of heads of the summary, plan and layout (default 1, at "
+                             "most 1024)")
 
 
 def _value(text: str):
@@ -59,12 +67,12 @@ def parse_settings(items, filename):
 
 def select(program, args):
     """The patterns to compile (or show), bound with the ``--set`` values they declare."""
-    if args.pattern and args.pattern not in program:
+    if args.pattern is not None and args.pattern not in program:
         known = ", ".join(p.name for p in program) or "none"
         raise AttnError(f"--pattern: no pattern named {args.pattern!r} (this file declares: "
                         f"{known})", filename=args.file)
     settings = parse_settings(args.set, args.file)
-    patterns = [program[args.pattern]] if args.pattern else list(program)
+    patterns = [program[args.pattern]] if args.pattern is not None else list(program)
     declared = {name for p in patterns for name in p.params}
     unknown = sorted(set(settings) - declared)
     if unknown:
@@ -102,6 +110,10 @@ def emit(stage, program_text, filename, pattern, args) -> str:
     if stage == "ir":
         return f"pattern {pattern.name} = {pattern.ir}"
     if stage == "plan":
+        if uses_segment(pattern.ir):
+            raise AttnError(f"--emit plan: pattern {pattern.name!r} uses segment, so its plan "
+                            f"depends on the segment ids given at run time ('attnlang show' "
+                            f"draws it for 4 equal documents)", filename=args.file)
         return pattern.plan(args.length, block_m=args.block_m or 128,
                             block_n=args.block_n or 128, num_heads=args.heads).describe()
     if stage == "layout":
@@ -123,55 +135,71 @@ def positive_option(name, value, filename, most=None):
 
 def block_option(name, value, filename):
     """``value`` of a block-size option if it is a power of two >= 16, as the kernels and the
-    Python API take them, else an error naming the option (a block of 7 keys would only fail
-    inside Triton when a module first runs)."""
-    if value < 16 or value & (value - 1):
-        raise AttnError(f"{name}: got {value}; expected a power of two >= 16", filename=filename)
+    Python API take them (and at most ``MAX_BLOCK``), else an error naming the option (a block
+    of 7 keys would only fail inside Triton when a module first runs)."""
+    if value < 16 or value > MAX_BLOCK or value & (value - 1):
+        raise AttnError(f"{name}: got {value}; expected a power of two >= 16 (up to "
+                        f"{MAX_BLOCK})", filename=filename)
     return value
+
+
+def uses_segment(expr) -> bool:
+    from .. import ir
+
+    return any(isinstance(n, ir.Segment) for n in expr.walk())
 
 
 def _check_numbers(args) -> None:
     """The numeric options, as the Python API would take them."""
-    for name, value in (("--length", args.length), ("--heads", args.heads)):
-        positive_option(name, value, args.file)
+    positive_option("--length", args.length, args.file)
+    positive_option("--heads", args.heads, args.file, MAX_HEADS)
     for name, value in (("--block-m", args.block_m), ("--block-n", args.block_n)):
         if value is not None:
             block_option(name, value, args.file)
 
 
+def _output_dir(args):
+    """``-o``'s folder, refused up front when it names something that is not a folder."""
+    from pathlib import Path
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AttnError(f"-o: got {args.output!r}, which is a file; expected a folder (made if "
+                        f"missing)", filename=args.file)
+    return out_dir
+
+
+def _write_module(target, source, filename) -> None:
+    from ..cache import write_atomic
+
+    try:
+        write_atomic(target, source)
+    except OSError as exc:
+        raise AttnError(f"-o: cannot write {target} ({exc.strerror})", filename=filename) from None
+
+
 def run(args) -> int:
-    from ..api import parse
+    from ..api import load
 
     _check_numbers(args)
-    try:
-        with open(args.file, "rb") as handle:
-            text = handle.read().decode("utf-8")
-    except OSError as exc:
-        raise AttnError(f"cannot read file ({exc.strerror})", filename=args.file) from None
-    except UnicodeDecodeError:
-        raise AttnError("file is not UTF-8 text", filename=args.file) from None
-    program = parse(text, filename=args.file)
+    program = load(args.file)  # the file checks of `check` (missing, folder, size, encoding)
     patterns = select(program, args)
     if args.emit == "ast":
+        with open(args.file, "rb") as handle:
+            text = handle.read().decode("utf-8")
         print(emit("ast", text, args.file, None, args))
         return 0
     if args.emit:
         for pattern in patterns:
-            print(emit(args.emit, text, args.file, pattern, args))
+            print(emit(args.emit, None, args.file, pattern, args))
         return 0
     from ..codegen import render_module
-    from ..cache import write_atomic
-    from pathlib import Path
 
-    out_dir = Path(args.output)
+    out_dir = _output_dir(args)
     for pattern in patterns:
         source = render_module(pattern, block_m=args.block_m, block_n=args.block_n)
         target = out_dir / f"{pattern.name}.py"
-        try:
-            write_atomic(target, source)
-        except OSError as exc:
-            raise AttnError(f"-o: cannot write {target} ({exc.strerror})",
-                            filename=args.file) from None
+        _write_module(target, source, args.file)
         print(f"pattern {pattern.name} = {pattern.ir}")
         try:
             rows = density_rows(pattern, args.heads)

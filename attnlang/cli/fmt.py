@@ -7,9 +7,7 @@ formatted: its errors are reported as by ``attnlang check`` and the exit status 
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
 
 def add_arguments(parser) -> None:
@@ -23,6 +21,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..api import load
+    from ..cache import write_atomic
     from ..errors import AttnError
     from ..formatter import format_source
 
@@ -44,20 +43,12 @@ def run(args) -> int:
                 status = 1
         elif args.write:
             if formatted != text:
-                _write_atomically(path, formatted)
+                try:
+                    write_atomic(path, formatted)
+                except OSError as exc:
+                    print(AttnError(f"cannot rewrite the file ({exc.strerror or exc})",
+                                    filename=path).format(), file=sys.stderr)
+                    status = 1
         else:
             sys.stdout.write(formatted)
     return status
-
-
-def _write_atomically(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".attnlang-fmt-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise

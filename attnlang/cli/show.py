@@ -17,10 +17,12 @@ Patterns that use ``segment`` are shown with a synthetic segment layout: 4 equal
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 
 from ..errors import AttnError
-from .compile import block_option, positive_option, select
+from .compile import MAX_BLOCK, MAX_HEADS, block_option, positive_option, select, uses_segment
 
 DEFAULT_LENGTHS = (1024, 8192, 32768, 131072)
 DOCUMENTS = 4
@@ -36,11 +38,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kv-len", type=int, default=None, metavar="N",
                         help="key length of the mask picture (default: --len, at most 512); the "
                              "analysis keeps the same key/query ratio")
-    parser.add_argument("--heads", type=int, default=1, metavar="H", help="number of heads")
+    parser.add_argument("--heads", type=int, default=1, metavar="H",
+                        help=f"number of heads (default 1, at most {MAX_HEADS})")
     parser.add_argument("--block", type=int, default=128, metavar="N",
-                        help="block size of the layout and the analysis (default 128)")
+                        help="block size of the layout and the analysis (default 128; a power "
+                             f"of two from 16 to {MAX_BLOCK})")
     parser.add_argument("--layout-len", type=int, default=None, metavar="N",
-                        help="length of the layout picture (default 32 blocks, at most 512)")
+                        help="length of the layout picture (default 32 blocks, at most 512 "
+                             "blocks)")
     parser.add_argument("--lengths", default=None, metavar="N,N,...",
                         help="lengths of the analysis (default 1024,8192,32768,131072)")
     parser.add_argument("--png", metavar="OUT.png", help="also draw mask and layout to a PNG")
@@ -57,12 +62,6 @@ def synthetic_segments(q_len: int, k_len: int):
     seg_k = torch.arange(k_len) * DOCUMENTS // k_len
     seg_q = (torch.arange(q_len) + (k_len - q_len)).clamp(min=0) * DOCUMENTS // k_len
     return seg_q, seg_k
-
-
-def _uses_segment(expr) -> bool:
-    from .. import ir
-
-    return any(isinstance(n, ir.Segment) for n in expr.walk())
 
 
 def mask_pictures(pattern, q_len, k_len, heads, segments):
@@ -102,17 +101,32 @@ def _lengths(args):
     return values
 
 
+def _check_options(args):
+    """Every option, before anything is printed: ``(q_len, k_len, heads, lay_q, lengths)``."""
+    block_option("--block", args.block, args.file)
+    q_len = positive_option("--len", args.length, args.file, PICTURE_MAX)
+    k_len = q_len if args.kv_len is None else args.kv_len
+    k_len = positive_option("--kv-len", k_len, args.file, PICTURE_MAX)
+    heads = positive_option("--heads", args.heads, args.file, MAX_HEADS)
+    lay_q = 32 * args.block if args.layout_len is None else args.layout_len
+    lay_q = positive_option("--layout-len", lay_q, args.file, PICTURE_MAX * args.block)
+    if args.png is not None:
+        if not args.png.lower().endswith(".png") or os.path.isdir(args.png):
+            raise AttnError(f"--png: got {args.png!r}; expected the name of a file ending in "
+                            f".png", filename=args.file)
+        if importlib.util.find_spec("matplotlib") is None:
+            raise AttnError("--png needs matplotlib (pip install matplotlib)",
+                            filename=args.png)
+    return q_len, k_len, heads, lay_q, _lengths(args)
+
+
 def show_pattern(pattern, args, out) -> None:
     from ..analysis import analyze
 
     expr = pattern.ir
-    q_len = positive_option("--len", args.length, args.file, PICTURE_MAX)
-    k_len = positive_option("--kv-len", args.kv_len or q_len, args.file, PICTURE_MAX)
-    heads = positive_option("--heads", args.heads, args.file)
+    q_len, k_len, heads, lay_q, lengths = _check_options(args)
     block = args.block
-    lay_q = positive_option("--layout-len", args.layout_len or 32 * block, args.file,
-                      PICTURE_MAX * block)
-    segmented = _uses_segment(expr)
+    segmented = uses_segment(expr)
     print(f"pattern {pattern.name} = {expr}", file=out)
     if segmented:
         print(f"  (uses segment: shown with a synthetic layout of {DOCUMENTS} equal documents)",
@@ -133,13 +147,13 @@ def show_pattern(pattern, args, out) -> None:
               f"{', ' + label if label else ''} (█ full, ░ partial, · skipped):", file=out)
         print(lay.to_string(g), file=out)
     print(f"\nanalysis (blocks {block}x{block}):", file=out)
-    for length in _lengths(args):
+    for length in lengths:
         kv = max(1, round(length * k_len / q_len))
         report = analyze(expr, length, kv, num_heads=heads, block_m=block, block_n=block,
                          segments=synthetic_segments(length, kv) if segmented else None)
         print(report.format(), file=out)
     print(file=out)
-    if args.png:
+    if args.png is not None:
         _png(args.png, pattern, mask, lay)
 
 
@@ -174,10 +188,10 @@ def _png(path, pattern, mask, lay) -> None:
 def run(args) -> int:
     from ..api import load
 
-    block_option("--block", args.block, args.file)
+    _check_options(args)
     program = load(args.file)
     patterns = select(program, args)
-    if args.png and len(patterns) > 1:
+    if args.png is not None and len(patterns) > 1:
         raise AttnError("--png draws one pattern: choose it with --pattern NAME",
                         filename=args.file)
     for pattern in patterns:
