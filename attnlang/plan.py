@@ -234,8 +234,9 @@ class Plan:
             lines.append("  forward and dQ in one pass over the components (queries in order)")
         elif len(self.components) > 1:
             lines.append("  components merged per query row by log-sum-exp")
-        lines.append(f"  kept pairs {self.kept_pairs}, computed pairs {self.computed_pairs} "
-                     f"({100 * self.efficiency:.1f}% useful)")
+        kept, computed = self.kept_pairs, self.computed_pairs
+        useful = kept / computed if computed else 1.0  # `efficiency`, without counting twice
+        lines.append(f"  kept pairs {kept}, computed pairs {computed} ({100 * useful:.1f}% useful)")
         return "\n".join(lines)
 
 
@@ -348,7 +349,9 @@ _EVAL_ELEMENTS = 1 << 18
 
 
 def _partial_entries(lay: Layout):
-    """Every (query block, key block, head) of a layout's partial table: three int64 tensors."""
+    """Every (query block, key block, head group) of a layout's partial table: the blocks, one
+    head of the group, and the group's size (its heads keep the same pairs: ``_head_groups``),
+    as four int64 tensors."""
     offsets = lay.partial_offsets.to(torch.int64).cpu()
     counts = offsets[1:] - offsets[:-1]
     rows = torch.arange(counts.numel()).repeat_interleave(counts)
@@ -356,17 +359,14 @@ def _partial_entries(lay: Layout):
     group = torch.div(rows, max(lay.num_q_blocks, 1), rounding_mode="floor")
     m = rows - group * lay.num_q_blocks
     sizes = torch.tensor([len(g) for g in lay.groups], dtype=torch.int64)
-    members = torch.tensor([h for g in lay.groups for h in g], dtype=torch.int64)
-    first = torch.cumsum(sizes, 0) - sizes
-    reps = sizes[group]
-    which = torch.arange(rows.numel()).repeat_interleave(reps)
-    slot = torch.arange(which.numel()) - (torch.cumsum(reps, 0) - reps)[which]
-    return m[which], cols[which], members[first[group[which]] + slot]
+    first_head = torch.tensor([g[0] for g in lay.groups], dtype=torch.int64)
+    return m, cols, first_head[group], sizes[group]
 
 
 def _kept_pairs(component: Component, plan: "Plan") -> int:
     """Kept pairs of one component: full blocks by area; partial blocks of every class and head
-    evaluated element-wise, batched (``_EVAL_ELEMENTS`` pairs per call)."""
+    group evaluated element-wise for one head of the group, batched (``_EVAL_ELEMENTS`` pairs per
+    call), and counted once for each of its heads."""
     from .predicate import evaluate  # not needed by generated modules: imported only here
 
     segments = plan.segments
@@ -379,9 +379,9 @@ def _kept_pairs(component: Component, plan: "Plan") -> int:
     for c, (q_axis, k_axis, lay) in enumerate(zip(component.q_axes, component.k_axes,
                                                   component.layouts)):
         total += _visited_pairs(lay, q_axis.length, k_axis.length, full_only=True)
-        m, n, h = _partial_entries(lay)
+        m, n, h, weight = _partial_entries(lay)
         if m.numel():
-            blocks.append((m * lay.block_m + q_base, n * lay.block_n + k_base, h,
+            blocks.append((m * lay.block_m + q_base, n * lay.block_n + k_base, h, weight,
                            torch.full_like(m, q_base + q_axis.length),
                            torch.full_like(m, k_base + k_axis.length)))
             q_flat.append(q_axis.positions().cpu())
@@ -392,7 +392,7 @@ def _kept_pairs(component: Component, plan: "Plan") -> int:
     if not blocks:
         return total
     bm, bn = component.layouts[0].block_m, component.layouts[0].block_n
-    q0, k0, heads, q_end, k_end = (torch.cat(parts) for parts in zip(*blocks))
+    q0, k0, heads, weights, q_end, k_end = (torch.cat(parts) for parts in zip(*blocks))
     q_all, k_all = torch.cat(q_flat), torch.cat(k_flat)
     rm, rn = torch.arange(bm), torch.arange(bn)
     step = max(1, _EVAL_ELEMENTS // (bm * bn))
@@ -405,5 +405,6 @@ def _kept_pairs(component: Component, plan: "Plan") -> int:
         keep = evaluate(component.predicate, qp[:, :, None], kp[:, None, :], q_len=plan.q_len,
                         k_len=plan.k_len, heads=heads[s:s + step, None, None],
                         num_heads=plan.num_heads, seg_q=seg_q, seg_k=seg_k)
-        total += int((keep & q_ok[:, :, None] & k_ok[:, None, :]).sum())
+        kept = (keep & q_ok[:, :, None] & k_ok[:, None, :]).sum((1, 2))
+        total += int((kept * weights[s:s + step]).sum())
     return total
