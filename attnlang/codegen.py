@@ -15,9 +15,10 @@ component is a Triton expression built by ``MaskEmitter`` (one case per IR node)
 ``qp`` (original query positions, ``[BLOCK_M, 1]``), ``kp`` (original key positions,
 ``[1, BLOCK_N]``), ``h`` (query head), ``H``, ``Lq``, ``Lk`` and, for ``segment``, ``sq``/``sk``
 (the segment ids at ``qp``/``kp``).  Primitives compute in int32 (positions and distances of
-sequences shorter than 2^30 fit; larger constants promote to int64), which is what the partial
-blocks' hot loop wants; ``where`` and the ``random`` hash compute in int64, so ``where``
-predicates are exact for any realistic length.  Division and modulo floor (helpers).
+sequences shorter than 2^30 fit), which is what the partial blocks' hot loop wants; their
+constants are clamped to +-2^30 (``KERNEL_LIMIT``), which compares with every such position as
+the written value does (a constant past int32 would not even compile); ``where`` and the
+``random`` hash compute in int64, so ``where`` predicates are exact for any realistic length.  Division and modulo floor (helpers).
 """
 from __future__ import annotations
 
@@ -56,6 +57,15 @@ def mix32(x: int) -> int:
     from .predicate import MASK32, mix32 as mix32_tensor
 
     return int(mix32_tensor(torch.tensor(x & MASK32, dtype=torch.int64)))
+
+
+# Positions in the kernels lie in (-KERNEL_LIMIT, KERNEL_LIMIT): a primitive's constant past it
+# compares with each of them as KERNEL_LIMIT (with its sign) does.
+KERNEL_LIMIT = 1 << 30
+
+
+def _clamped(value: int) -> int:
+    return max(-KERNEL_LIMIT, min(KERNEL_LIMIT, value))
 
 
 class MaskEmitter:
@@ -120,17 +130,23 @@ class MaskEmitter:
             return "(" + " | ".join(f"({x} == {self._bound(i, end)})" for i in s.items) + ")"
         if isinstance(s, ir.Every):
             m = ir.const(s.modulus)
-            r = f"_floormod({x}, {m})"
             if isinstance(s.residue, ir.Range):
                 lo = 0 if s.residue.lo is None else ir.const(s.residue.lo)
                 hi = m if s.residue.hi is None else ir.const(s.residue.hi)
-                return f"(({r} >= {lo}) & ({r} < {hi}))"
-            return f"({r} == {ir.const(s.residue)})"
+            else:
+                lo = hi = ir.const(s.residue)
+                hi += 1
+            if m <= KERNEL_LIMIT:
+                r = f"_floormod({x}, {m})"
+                return f"(({r} >= {_clamped(lo)}) & ({r} < {_clamped(hi)}))"
+            # x mod m is x where x >= 0 and x + m where x < 0 (|x| < KERNEL_LIMIT < m)
+            return (f"((({x} >= 0) & ({x} >= {_clamped(lo)}) & ({x} < {_clamped(hi)})) | "
+                    f"(({x} < 0) & ({x} >= {_clamped(lo - m)}) & ({x} < {_clamped(hi - m)})))")
         raise TypeError(f"not an index set: {s}")
 
     @staticmethod
     def _bound(e, end: str) -> str:
-        v = ir.const(e)
+        v = _clamped(ir.const(e))
         return f"({end} - {-v})" if v < 0 else f"({v})"
 
     # -- patterns
@@ -143,13 +159,15 @@ class MaskEmitter:
         if isinstance(e, ir.Causal):
             return f"({d} >= 0)"
         if isinstance(e, ir.Window):
-            return f"(({d} >= {-ir.const(e.ahead)}) & ({d} <= {ir.const(e.back)}))"
+            back, ahead = _clamped(ir.const(e.back)), _clamped(ir.const(e.ahead))
+            return f"(({d} >= {-ahead}) & ({d} <= {back}))"
         if isinstance(e, ir.Stride):
-            return f"(_floormod({d}, {ir.const(e.s)}) == 0)"
+            return f"(_floormod({d}, {_clamped(ir.const(e.s))}) == 0)"
         if isinstance(e, ir.Chunk):
-            size = ir.const(e.size)
+            size = _clamped(ir.const(e.size))
             t = f"(_floordiv({p}, {size}) - _floordiv(kp, {size}))"
-            return f"(({t} >= {-ir.const(e.ahead)}) & ({t} <= {ir.const(e.back)}))"
+            back, ahead = _clamped(ir.const(e.back)), _clamped(ir.const(e.ahead))
+            return f"(({t} >= {-ahead}) & ({t} <= {back}))"
         if isinstance(e, ir.Rows):
             return self.member(e.set, p, "Lk")
         if isinstance(e, ir.Cols):
@@ -157,12 +175,12 @@ class MaskEmitter:
         if isinstance(e, ir.Global):
             return f"({self.member(e.set, p, 'Lk')} | {self.member(e.set, 'kp', 'Lk')})"
         if isinstance(e, ir.Prefix):
-            m = ir.const(e.m)
+            m = _clamped(ir.const(e.m))
             return f"(({p} < {m}) & (kp < {m}))"
         if isinstance(e, ir.Random):
             density = float(ir.const(e.density))
             threshold = int(density * 2 ** 32)
-            block, seed = ir.const(e.block), ir.const(e.seed)
+            block, seed = _clamped(ir.const(e.block)), ir.const(e.seed)
             return (f"(_block_hash(_floordiv({p}, {block}), _floordiv(kp, {block}), {mix32(seed)})"
                     f" < {threshold})")
         if isinstance(e, ir.Segment):

@@ -35,6 +35,7 @@ import torch
 
 from . import ir
 from .layout import Axis, Layout, classify
+from .layout_prims import in_set
 
 IDENTITY, RESIDUE, GATHER = "identity", "residue", "gather"
 
@@ -241,44 +242,10 @@ class Plan:
 
 
 def _set_members(s, length: int) -> torch.Tensor:
-    """Sorted members of an index set within [0, length) (negative members count from the end)."""
-    keep = torch.zeros(length, dtype=torch.bool)
-    _mark(s, keep, length)
-    return torch.nonzero(keep).flatten()
-
-
-def _bound(expr, length, default):
-    if expr is None:
-        return default
-    v = ir.const(expr)
-    return v + length if v < 0 else v
-
-
-def _mark(s, keep, length):
-    if isinstance(s, ir.SetUnion):
-        _mark(s.left, keep, length)
-        _mark(s.right, keep, length)
-    elif isinstance(s, ir.Range):
-        lo = max(0, _bound(s.lo, length, 0))
-        hi = min(length, _bound(s.hi, length, length))
-        if lo < hi:
-            keep[lo:hi] = True
-    elif isinstance(s, ir.Listed):
-        for item in s.items:
-            v = ir.const(item)
-            v = v + length if v < 0 else v
-            if 0 <= v < length:
-                keep[v] = True
-    elif isinstance(s, ir.Every):
-        mod = ir.const(s.modulus)
-        res = s.residue
-        residues = (range(_bound(res.lo, 0, 0), _bound(res.hi, 0, mod)) if isinstance(res, ir.Range)
-                    else [ir.const(res)])
-        for r in residues:
-            if 0 <= r < mod:
-                keep[r::mod] = True
-    else:  # pragma: no cover - the checker admits only the set forms above
-        raise TypeError(f"not an index set: {s}")
+    """Sorted members of an index set within [0, length) (negative members count from the end):
+    the set's membership test over the positions, in time linear in ``length`` whatever its
+    bounds and moduli."""
+    return torch.nonzero(in_set(s, torch.arange(length, dtype=torch.int64), length)).flatten()
 
 
 def _translation_invariant(expr) -> bool:
@@ -304,7 +271,9 @@ def lower(spec: ComponentSpec, q_len: int, k_len: int, *, block_m: int, block_n:
     Residue classes ``r`` have query axis ``q0 + s i`` and key axis ``r + s j``; when the
     predicate only reads ``d`` (``_translation_invariant``), classes with equal axis lengths and
     equal ``q0 + (k_len - q_len) - r`` are translates of each other and get the same layout
-    (computed once: a residue component has at most a handful of distinct ones)."""
+    (computed once: a residue component has at most a handful of distinct ones).  A modulus
+    beyond ``q_len + k_len`` leaves out the classes with neither queries nor keys (at most
+    ``q_len + k_len`` classes remain, in order of ``r``), so its cost follows the lengths."""
     common = dict(block_m=block_m, block_n=block_n, q_len=q_len, k_len=k_len,
                   num_heads=num_heads, segments=segments)
     if spec.kind == IDENTITY:
@@ -315,10 +284,16 @@ def lower(spec: ComponentSpec, q_len: int, k_len: int, *, block_m: int, block_n:
     else:
         s, off = spec.modulus, k_len - q_len
         axes = []
-        for r in range(s):
+        residues = range(s)
+        if s > q_len + k_len:  # most classes hold no query and no key: only the others
+            residues = sorted(set(range(k_len)) | {(q + off) % s for q in range(q_len)})
+        for r in residues:
             q0 = (r - off) % s
-            axes.append((Axis(max(0, -(-(q_len - q0) // s)), start=q0, step=s),
-                         Axis(max(0, -(-(k_len - r) // s)), start=r, step=s)))
+            qn, kn = max(0, -(-(q_len - q0) // s)), max(0, -(-(k_len - r) // s))
+            # an empty side starts at 0: its start is never read, and the kernels' tables hold
+            # starts as int32 (q0 reaches s - 1)
+            axes.append((Axis(qn, start=q0 if qn else 0, step=s),
+                         Axis(kn, start=r if kn else 0, step=s)))
     shared = spec.kind == RESIDUE and _translation_invariant(spec.predicate)
     done, layouts = {}, []
     for qa, ka in axes:

@@ -63,6 +63,29 @@ def test_structured_patterns_match_reference(text, tmp_path):
                             dtype=torch.float32)
 
 
+BIG = 10 ** 12  # past int32: the kernels' constants are clamped to +-2**30 (codegen.KERNEL_LIMIT)
+
+
+@pytest.mark.parametrize("text, Lq, Lk", [
+    ("window(2) | stride(100000000)", 9, 6),
+    (f"causal & stride({BIG})", 5, 11),
+    (f"window({BIG}, 1) & stride({BIG - 1}) | window(1, {BIG}) & stride(3)", 13, 9),
+    (f"chunk({BIG}, 0, 0) | prefix({BIG}) & window(0) | causal & chunk(4, {BIG}, 0)", 21, 12),
+    (f"rows(-{BIG}..2) | cols(5..{BIG}) | global({{3, -{BIG}, {BIG}}})", 14, 10),
+    (f"cols(every({BIG}, {BIG - 3}..{BIG})) | rows(every({BIG}, {BIG - 5})) | "
+     f"rows(every({BIG}, 1..4))", 17, 11),
+    (f"random(0.5, block = {BIG}, seed = 3) & window(3) | heads(-{BIG}..1) & window(1)", 10, 7),
+])
+def test_constants_and_strides_beyond_the_lengths(text, Lq, Lk, tmp_path):
+    """A stride past the lengths leaves most residue classes empty: the copied plan keeps those
+    holding a query or a key (a loop over all 10**8 never ended); constants past int32 (Triton
+    refused them) compare as the written values do, with negative query positions (Lq > Lk)."""
+    expr = _expr(text)
+    mod = generated(expr, tmp_path)
+    check_against_reference(mod.attention, expr, B=1, Hq=2, Hkv=1, Lq=Lq, Lk=Lk, D=16,
+                            dtype=torch.float32)
+
+
 @pytest.mark.parametrize("text, Lq, Lk, heads", [
     ("causal & (window(15, 0) | stride(8))", 128, 128, (2, 1)),  # classes that fill 16x16
     ("causal & stride(6)", 50, 61, (4, 2)),  # one component; uneven classes; Lq != Lk

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnlang
-from attnlang import ir, layout, layout_segment
+from attnlang import ir, layout, layout_segment, reference
 from attnlang.layout import classify
 from attnlang.plan import RESIDUE, build_plan, decompose
 from attnlang.predicate import evaluate
@@ -228,3 +228,38 @@ def test_plans_say_whether_their_components_run_in_one_pass():
     assert not plan.one_pass(["identity", "residue"])
     assert "FUSED = (_fwd_fused, _bwd_dq_fused)" in codegen.render_module(fixed)
     assert "FUSED = None" in codegen.render_module(strided)
+
+
+# ---------------------------------------------------------------- moduli beyond the lengths
+
+
+@settings(deadline=None)
+@given(st.data(), bound_patterns(max_leaves=3, allow_segment=False), lengths(40), num_heads(2),
+       st.booleans())
+def test_a_modulus_beyond_the_lengths_keeps_the_classes_with_positions(data, pattern, lens, heads,
+                                                                       union):
+    """``stride(s)`` with ``s`` past ``q_len + k_len`` (up to 10**12): the plan keeps only the
+    classes holding a query or a key (a loop over every class never ended), and still covers
+    exactly the pattern's pairs."""
+    q_len, k_len = lens
+    s = data.draw(st.one_of(st.integers(q_len + k_len + 1, q_len + k_len + 40),
+                            st.integers(10 ** 6, 10 ** 12)))
+    expr = ir.Union(pattern, ir.Stride(I(s))) if union else ir.Intersect(pattern, ir.Stride(I(s)))
+    plan = build_plan(expr, q_len, k_len, block_m=16, block_n=16, num_heads=heads)
+    for comp in plan.components:
+        if comp.kind == RESIDUE:
+            assert comp.num_classes <= q_len + k_len
+            assert all(qa.length or ka.length for qa, ka in zip(comp.q_axes, comp.k_axes))
+        for fast, slow in zip(comp.layouts, slow_layouts(comp, plan)):
+            assert_same_layout(fast, slow)
+    assert plan.kept_pairs == int(reference.mask(expr, q_len, k_len, num_heads=heads).sum())
+
+
+def test_column_sets_with_huge_moduli_and_ranges_are_linear_in_the_length():
+    text = ("causal & (chunk(1000000000) | cols(every(1000000000000, 999999999990..1000000000000)"
+            " | every(7, 2..5) | 3..1000000000000))")
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    t0 = time.perf_counter()
+    plan = build_plan(expr, 300, 200, block_m=16, block_n=16)
+    assert time.perf_counter() - t0 < 5.0
+    assert plan.kept_pairs == int(reference.mask(expr, 300, 200).sum())

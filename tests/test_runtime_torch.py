@@ -364,3 +364,24 @@ def test_the_generated_module_records_only_what_autograd_needs(monkeypatch):
     assert not applied and torch.equal(out, recorded.detach())
     module.attention(*(t.clone().requires_grad_(True) for t in (q, k, v)))
     assert applied == [1]
+
+
+@pytest.mark.parametrize("text", ["stride(100000000)", "causal & stride(100000000)",
+                                  "window(2) | stride(1000000000000)"])
+@pytest.mark.parametrize("lq, lk", [(8, 8), (8, 5), (5, 9)])
+def test_a_stride_beyond_the_lengths_runs_and_matches_the_reference(text, lq, lk):
+    """The plan keeps only the residue classes holding a query or a key (every class of
+    ``s = 10**8`` never finished); the outputs, lse and gradients are the reference's."""
+    expr = attnlang.parse(f"pattern x = {text}")["x"].ir
+    gen = torch.Generator().manual_seed(lq * 7 + lk)
+    q = torch.randn(1, 2, lq, 16, generator=gen).requires_grad_()
+    k = torch.randn(1, 2, lk, 16, generator=gen).requires_grad_()
+    v = torch.randn(1, 2, lk, 16, generator=gen).requires_grad_()
+    out, lse = run(Expr(expr), q, k, v, return_lse=True, backend="torch", block_m=16,
+                   block_n=16)
+    want_out, want_lse = reference.attention(q, k, v, dense_mask(expr, lq, lk, 2))
+    close(out, want_out, 1e-5)
+    assert torch.equal(torch.isinf(lse), torch.isinf(want_lse))
+    close(lse[torch.isfinite(want_lse)], want_lse[torch.isfinite(want_lse)], 1e-6)
+    for got, want in zip(grads(out, (q, k, v)), grads(want_out, (q, k, v))):
+        close(got, want, 1e-5)
