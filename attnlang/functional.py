@@ -8,24 +8,48 @@ lengths, heads, block sizes, device); patterns that use ``segment`` get a new pl
 from __future__ import annotations
 
 import functools
+import re
 
 from .api import Pattern, parse
 from .errors import AttnError
 
 _PREFIX = "pattern _ =\n"
+_POSITION = re.compile(r"\b(at |\(at )(\d+):(\d+)")
+
+
+def _shift_positions(message: str) -> str:
+    """Positions quoted in a message ("at 2:1") moved from the wrapped source to ``text``."""
+    def shift(match):
+        line = int(match.group(2))
+        return f"{match.group(1)}{line - 1 if line >= 2 else line}:{match.group(3)}"
+    return _POSITION.sub(shift, message)
 
 
 @functools.lru_cache(maxsize=256)
 def _parse_expression(text: str) -> Pattern:
+    lines = text.splitlines()
     try:
-        return parse(_PREFIX + text, filename="<pattern>")["_"]
+        program = parse(_PREFIX + text, filename="<pattern>")
     except AttnError as exc:
         if exc.line >= 2:
-            lines = text.splitlines()
             source = lines[exc.line - 2] if exc.line - 2 < len(lines) else None
-            raise AttnError(exc.message, filename="<pattern>", line=exc.line - 1,
-                            column=exc.column, source_line=source) from None
+            raise AttnError(_shift_positions(exc.message), filename="<pattern>",
+                            line=exc.line - 1, column=exc.column, source_line=source) from None
+        if exc.line == 1:  # the error is at the end of the hidden ``pattern _ =``: no expression
+            raise AttnError("expected a pattern expression such as 'causal & window(8, 0)', "
+                            "found none (the text is empty or only comments)",
+                            filename="<pattern>", line=1, column=1,
+                            source_line=lines[0] if lines else "") from None
         raise
+    if len(program) > 1:  # the text went on with declarations of its own, which would be ignored
+        span = program.ir.patterns[1].span
+        line = span.line - 1 if span is not None else 0
+        raise AttnError("expected one pattern expression, found a declaration after it "
+                        f"('pattern {program.ir.patterns[1].name} = ...'); pass a single "
+                        "expression, or load the program with attnlang.parse",
+                        filename="<pattern>", line=line, column=span.column if span else 0,
+                        source_line=lines[line - 1] if 0 < line <= len(lines) else None)
+    return program["_"]
 
 
 def as_pattern(pattern) -> Pattern:

@@ -79,6 +79,29 @@ def check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is True or False, or a ValueError naming the argument (a string such as
+    ``"no"`` would otherwise count as True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: got {value!r}; expected True or False")
+    return value
+
+
+def check_dropout(name: str, value) -> float:
+    """``value`` as a float in ``[0, 1)``, or a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: got {value!r}; expected a number in [0, 1)")
+    return float(value)
+
+
+def check_sizes(name: str, value: torch.Tensor, what: str) -> None:
+    """A ValueError naming ``name`` unless every dimension of ``value`` is at least 1 (``what``
+    spells the dimensions, e.g. ``"[B, H, L, D]"``); the kernels take no empty tensors."""
+    if any(size < 1 for size in value.shape):
+        raise ValueError(f"{name}: got a tensor of shape {list(value.shape)}; expected every "
+                         f"dimension of {what} to be at least 1")
+
+
 def check_tensor(name: str, value, dims=None) -> torch.Tensor:
     """``value`` if it is a floating-point tensor (with ``dims`` dimensions when given)."""
     if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:

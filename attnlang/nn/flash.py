@@ -19,17 +19,20 @@ import math
 import torch
 from torch import nn
 
-from ._common import attend, check_tensor
+from ._common import attend, check_bool, check_dropout, check_sizes, check_tensor
 
 __all__ = ["FlashAttention", "reference_attention"]
 
 
-def _broadcastable(name, t, full, boolean):
+def _broadcastable(name, t, full, boolean, device):
     if t is None:
         return None
     kind = "bool" if boolean else "floating-point"
     ok = isinstance(t, torch.Tensor) and (t.dtype == torch.bool if boolean
                                           else t.dtype.is_floating_point)
+    if ok and t.device != device:
+        raise ValueError(f"{name}: got a tensor on {t.device}; expected the device of q "
+                         f"({device})")
     if ok and t.dim() <= 4:
         try:
             torch.broadcast_shapes(t.shape, full)
@@ -52,7 +55,7 @@ def reference_attention(q, k, v, *, causal=False, mask=None, attn_bias=None, dro
     lq, lk = q.shape[-2], k.shape[-2]
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     if attn_bias is not None:
-        scores = scores + attn_bias
+        scores = scores + attn_bias.to(scores.dtype)
     keep = torch.ones(scores.shape, dtype=torch.bool, device=q.device)
     if causal:
         i = torch.arange(lq, device=q.device).view(lq, 1) + (lk - lq)
@@ -75,14 +78,9 @@ class FlashAttention(nn.Module):
 
     def __init__(self, causal=False, dropout=0.0, flash=True):
         super().__init__()
-        if not isinstance(causal, bool):
-            raise ValueError(f"causal: got {causal!r}; expected True or False")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: got {dropout!r}; expected a number in [0, 1)")
-        self.causal = causal
-        self.dropout = float(dropout)
-        self.flash = bool(flash)
+        self.causal = check_bool("causal", causal)
+        self.dropout = check_dropout("dropout", dropout)
+        self.flash = check_bool("flash", flash)
 
     def forward(self, q, k, v, mask=None, attn_bias=None):
         for name, t in (("q", q), ("k", k), ("v", v)):
@@ -91,9 +89,20 @@ class FlashAttention(nn.Module):
         if k.shape[:2] != q.shape[:2] or k.shape[3] != d or v.shape != k.shape:
             raise ValueError(f"k, v: got shapes {list(k.shape)} and {list(v.shape)}; expected "
                              f"[{b}, {h}, Lk, {d}] each")
+        # The same checks on both paths (the plain path would otherwise fail inside torch).
+        for name, t in (("q", q), ("k", k)):
+            check_sizes(name, t, "[B, H, L, D]")
+        for name, t in (("k", k), ("v", v)):
+            if t.dtype != q.dtype:
+                raise ValueError(f"{name}: got dtype {t.dtype}; expected the dtype of q "
+                                 f"({q.dtype})")
+            if t.device != q.device:
+                raise ValueError(f"{name}: got a tensor on {t.device}; expected the device of q "
+                                 f"({q.device})")
         full = (b, h, lq, k.shape[2])
-        mask = _broadcastable("mask", mask, full, boolean=True)
-        attn_bias = _broadcastable("attn_bias", attn_bias, full, boolean=False)
+        mask = _broadcastable("mask", mask, full, boolean=True, device=q.device)
+        attn_bias = _broadcastable("attn_bias", attn_bias, full, boolean=False,
+                                   device=q.device)
         p = self.dropout if self.training else 0.0
         if not self.flash:
             return reference_attention(q, k, v, causal=self.causal, mask=mask,

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import attend, check_int, check_tensor
+from ._common import (attend, check_bool, check_dropout, check_int, check_sizes,
+                      check_tensor)
 from .rotary import RotaryEmbedding
 
 __all__ = ["LocalAttention", "local_pattern"]
@@ -74,6 +75,11 @@ class LocalAttention(nn.Module):
                  use_xpos=False, xpos_scale_base=None):
         super().__init__()
         self.window_size = check_int("window_size", window_size, 1)
+        for name, flag in (("causal", causal), ("shared_qk", shared_qk), ("autopad", autopad),
+                           ("exact_windowsize", exact_windowsize),
+                           ("use_rotary_pos_emb", use_rotary_pos_emb), ("use_xpos", use_xpos)):
+            check_bool(name, flag)
+        dropout = check_dropout("dropout", dropout)
         look_forward = (0 if causal else 1) if look_forward is None else look_forward
         self.look_backward = check_int("look_backward", look_backward, 0)
         self.look_forward = check_int("look_forward", look_forward, 0)
@@ -93,6 +99,10 @@ class LocalAttention(nn.Module):
         self.rel_pos = None
         if use_rotary_pos_emb and (rel_pos_emb_config is not None or dim is not None):
             if rel_pos_emb_config is not None:  # deprecated spelling kept by the package
+                if not isinstance(rel_pos_emb_config, (tuple, list)) or not rel_pos_emb_config:
+                    raise ValueError(f"rel_pos_emb_config: got {rel_pos_emb_config!r}; expected "
+                                     "a tuple (dim, heads) whose first item is the head dim "
+                                     "(deprecated: pass dim=)")
                 dim = rel_pos_emb_config[0]
             base = window_size // 2 if xpos_scale_base is None else xpos_scale_base
             self.rel_pos = RotaryEmbedding(dim, scale_base=base, use_xpos=use_xpos)
@@ -114,7 +124,7 @@ class LocalAttention(nn.Module):
             raise ValueError(f"mask: got {given}; expected a bool tensor [batch, {n_orig}] "
                              "(True = keep)")
         flat = mask.reshape(-1, n_orig)
-        if b % flat.shape[0]:
+        if flat.shape[0] == 0 or b % flat.shape[0]:
             raise ValueError(f"mask: got {flat.shape[0]} rows; expected a number of rows that "
                              f"divides the flattened batch of q ({b})")
         per = b // flat.shape[0]
@@ -128,7 +138,8 @@ class LocalAttention(nn.Module):
             return None
         span = (self.look_backward + self.look_forward + 1) * w
         check_tensor("attn_bias", attn_bias, 3)
-        if attn_bias.shape[1:] != (w, span) or b % attn_bias.shape[0]:
+        if attn_bias.shape[1:] != (w, span) or attn_bias.shape[0] == 0 \
+                or b % attn_bias.shape[0]:
             raise ValueError(f"attn_bias: got shape {list(attn_bias.shape)}; expected [heads, "
                              f"{w}, {span}] with heads dividing the flattened batch ({b})")
         return attn_bias
@@ -159,6 +170,7 @@ class LocalAttention(nn.Module):
         if q.dim() < 2 or k.shape != q.shape or v.shape != q.shape:
             raise ValueError(f"q, k, v: got shapes {list(q.shape)}, {list(k.shape)}, "
                              f"{list(v.shape)}; expected one shape [..., n, d]")
+        check_sizes("q", q, "[..., n, d]")
         lead, n_orig, d = q.shape[:-2], q.shape[-2], q.shape[-1]
         q, k, v = (t.reshape(-1, n_orig, d) for t in (q, k, v))
         b, n = q.shape[0], n_orig

@@ -29,10 +29,12 @@ class RotaryEmbedding(nn.Module):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
             raise ValueError(f"dim: got {dim!r}; expected an even integer >= 2 (the head dim "
                              "for rotary embeddings)")
-        if use_xpos and (scale_base is None or scale_base <= 0):
+        if use_xpos and (isinstance(scale_base, bool)
+                         or not isinstance(scale_base, (int, float)) or not scale_base > 0):
+            hint = (" (the default window_size // 2 is 0 for window_size 1)"
+                    if scale_base == 0 else "")
             raise ValueError(f"xpos_scale_base: got {scale_base!r}; expected a positive number "
-                             "when use_xpos=True (the default window_size // 2 is 0 for "
-                             "window_size 1)")
+                             f"when use_xpos=True{hint}")
         self.dim = dim
         self.use_xpos = use_xpos
         self.scale_base = scale_base

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import attend, check_int, check_tensor
+from ._common import attend, check_int, check_sizes, check_tensor
 
 MODES = ("all", "local", "strided", "fixed")
 
@@ -42,6 +42,12 @@ def sparse_pattern(attn_mode: str, local_attn_ctx=None, *, causal: bool = True,
                          + ", ".join(repr(m) for m in MODES))
     if not isinstance(causal, bool):
         raise ValueError(f"causal: got {causal!r}; expected True or False")
+    # Checked whenever given, also where the mode does not use them: a negative context size
+    # is a mistake in the caller's configuration whatever the mode.
+    if local_attn_ctx is not None:
+        check_int("local_attn_ctx", local_attn_ctx, 1)
+    if summary_size is not None:
+        check_int("summary_size", summary_size, 1)
     if attn_mode == "all":
         return "causal" if causal else "all"
     if local_attn_ctx is None:
@@ -64,6 +70,7 @@ def sparse_pattern(attn_mode: str, local_attn_ctx=None, *, causal: bool = True,
 def _split_heads(x: torch.Tensor, heads: int, name: str) -> torch.Tensor:
     """``[B, L, heads * D]`` -> ``[B, heads, L, D]`` (the reference's ``split_heads``)."""
     check_tensor(name, x, 3)
+    check_sizes(name, x, "[B, L, heads * D]")
     if x.shape[-1] % heads:
         raise ValueError(f"{name}: got last dimension {x.shape[-1]}; expected a multiple of "
                          f"heads ({heads})")
