@@ -140,6 +140,11 @@ def _segments_pair(segments, q_len, k_len):
     return seg, seg
 
 
+def _block_area(lay: Layout) -> int:
+    """Pairs ``_scan`` evaluates a block: blocks longer than a sequence hold only its length."""
+    return min(lay.block_m, lay.q_len) * min(lay.block_n, lay.k_len)
+
+
 def _scan(expr, lay, rows, cols, head, ctx):
     """Evaluate blocks ``(rows[i], cols[i])`` element-wise, a chunk at a time: yields
     ``(query indices [b, bm], keep [b, bm, bn])`` with padding positions masked out."""
@@ -147,11 +152,12 @@ def _scan(expr, lay, rows, cols, head, ctx):
 
     q_len, k_len, num_heads, seg_q, seg_k = ctx
     bm, bn = lay.block_m, lay.block_n
-    chunk = max(1, (1 << 22) // (bm * bn))
+    rows_in, cols_in = min(bm, q_len), min(bn, k_len)  # no block holds more (see _block_area)
+    chunk = max(1, (1 << 22) // (rows_in * cols_in))
     for s in range(0, rows.numel(), chunk):
         r, c = rows[s:s + chunk], cols[s:s + chunk]
-        qi = r[:, None] * bm + torch.arange(bm)[None, :]
-        ki = c[:, None] * bn + torch.arange(bn)[None, :]
+        qi = r[:, None] * bm + torch.arange(rows_in)[None, :]
+        ki = c[:, None] * bn + torch.arange(cols_in)[None, :]
         valid = (qi < q_len)[:, :, None] & (ki < k_len)[:, None, :]
         keep = evaluate(expr, qi.clamp(max=q_len - 1)[:, :, None],
                         ki.clamp(max=k_len - 1)[:, None, :], q_len=q_len, k_len=k_len,
@@ -163,7 +169,7 @@ def _kept_in_partial(expr, lay, rows, cols, head, ctx, limit):
     """Kept pairs in the partial blocks: exact within ``limit`` evaluations, else estimated
     from a fixed pseudo-random subset (even spacing would alias with periodic patterns)."""
     total = rows.numel()
-    per_block = lay.block_m * lay.block_n
+    per_block = _block_area(lay)
     if total * per_block <= limit:
         return sum(int(keep.sum()) for _, keep in _scan(expr, lay, rows, cols, head, ctx)), True
     gen = torch.Generator().manual_seed(0)
@@ -180,7 +186,7 @@ def _rows_with_keys(expr, lay, fr, pr, pc, head, ctx, limit):
     has_full = torch.zeros(qb, dtype=torch.bool)
     has_full[fr] = True
     todo = ~has_full[pr]
-    if int(todo.sum()) * bm * lay.block_n > limit:
+    if int(todo.sum()) * _block_area(lay) > limit:
         return None
     has_key = has_full.repeat_interleave(bm)[:lay.q_len].clone()
     for qi, keep in _scan(expr, lay, pr[todo], pc[todo], head, ctx):
@@ -199,7 +205,7 @@ def _future(expr, lay, group, head, ctx, limit):
         return False
     rows, cols = _entries(lay, lay.partial_offsets, lay.partial_indices, group)
     future = ir.Difference(expr, ir.Causal())
-    per_block = lay.block_m * lay.block_n
+    per_block = _block_area(lay)
     n = min(rows.numel(), max(1, limit // per_block))
     for _, keep in _scan(future, lay, rows[:n], cols[:n], head, ctx):
         if bool(keep.any()):

@@ -94,3 +94,24 @@ def test_segments_at_scale():
     report = analyze(ir.Intersect(ir.Segment(), ir.Causal()), n, segments=seg)
     d = n // 4
     assert report.groups[0].kept_pairs == 4 * d * (d + 1) // 2
+
+
+def test_blocks_longer_than_the_sequences_evaluate_only_its_pairs(monkeypatch):
+    """A 65536-token block over 1000 x 700 tokens: each evaluation covers the sequence's pairs,
+    not the block's 2^32 (which took tens of GB), and the numbers are the reference's."""
+    from attnlang import predicate
+
+    largest = []
+    evaluate = predicate.evaluate
+
+    def recorded(expr, q_pos, k_pos, **kw):
+        largest.append(torch.broadcast_shapes(q_pos.shape, k_pos.shape).numel())
+        return evaluate(expr, q_pos, k_pos, **kw)
+
+    monkeypatch.setattr(predicate, "evaluate", recorded)
+    expr = ir.Union(ir.Intersect(ir.Causal(), ir.Window(I(5), I(0))),
+                    ir.Cols(ir.Listed((I(3), I(600)))))
+    report = analyze(expr, 1000, 700, block_m=1 << 16, block_n=1 << 16, dense_limit=0)
+    (g,) = report.groups
+    assert g.kept_pairs == int(ref_mask(expr, 1000, 700).sum()) and g.density_exact
+    assert largest and max(largest) <= 1000 * 700

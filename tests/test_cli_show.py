@@ -101,3 +101,17 @@ def test_png(program, tmp_path):
     else:
         assert out.returncode == 0, out.stderr
         assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_lengths_skip_a_layout_of_too_many_random_cells(tmp_path):
+    """random(0.5, block = 1) decides its layout cell by cell: 10^9 cells at 32k took minutes,
+    so the default lengths past 2^24 cells say so instead; --lengths asks for any length."""
+    path = tmp_path / "r.attn"
+    path.write_text("pattern r = random(0.5, block = 1)\n")
+    out = attnlang("show", str(path), "--len", "8")
+    assert out.returncode == 0, out.stderr
+    assert "Lq=1024 Lk=1024 H=1 blocks 128x128" in out.stdout
+    for n in (8192, 32768, 131072):
+        assert f"Lq={n} Lk={n}: not analysed by default: random() decides the layout" in out.stdout
+    asked = attnlang("show", str(path), "--len", "8", "--lengths", "300")
+    assert asked.returncode == 0 and "Lq=300 Lk=300 H=1 blocks 128x128" in asked.stdout

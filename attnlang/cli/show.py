@@ -25,6 +25,9 @@ from ..errors import AttnError
 from .compile import MAX_BLOCK, MAX_HEADS, block_option, positive_option, select, uses_segment
 
 DEFAULT_LENGTHS = (1024, 8192, 32768, 131072)
+# random cells the layout of a default length may enumerate (about 4 s on one core); a length
+# given in --lengths is analysed whatever it costs
+DEFAULT_CELLS = 1 << 24
 DOCUMENTS = 4
 
 
@@ -80,6 +83,18 @@ def mask_pictures(pattern, q_len, k_len, heads, segments):
         rows = ["".join("█" if v else "·" for v in row) for row in m.tolist()]
         out.append((members, "\n".join(rows)))
     return out, mask
+
+
+def random_cells(expr, q_len: int, k_len: int) -> int:
+    """The random cells a layout at these lengths decides one by one (``layout_prims.random``)."""
+    from .. import ir
+
+    total = 0
+    for node in expr.walk():
+        if isinstance(node, ir.Random):
+            cell = int(ir.const(node.block))
+            total += (-(-q_len // cell) + 1) * (-(-k_len // cell) + 1)
+    return total
 
 
 def _heads_label(members, total):
@@ -149,6 +164,12 @@ def show_pattern(pattern, args, out) -> None:
     print(f"\nanalysis (blocks {block}x{block}):", file=out)
     for length in lengths:
         kv = max(1, round(length * k_len / q_len))
+        cells = random_cells(expr, length, kv)
+        if args.lengths is None and cells > DEFAULT_CELLS:
+            print(f"Lq={length} Lk={kv}: not analysed by default: random() decides the layout "
+                  f"cell by cell, {cells} cells at this length (the default lengths stop at "
+                  f"{DEFAULT_CELLS}); name it in --lengths to wait for it", file=out)
+            continue
         report = analyze(expr, length, kv, num_heads=heads, block_m=block, block_n=block,
                          segments=synthetic_segments(length, kv) if segmented else None)
         print(report.format(), file=out)
