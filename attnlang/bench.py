@@ -492,12 +492,18 @@ def target_summary(records) -> str:
 
 def add_arguments(parser) -> None:
     """The benchmark's options (``python -m attnlang.bench`` and ``attnlang bench``)."""
-    parser.add_argument("--lengths", default="8192,32768")
-    parser.add_argument("--dims", default="128,64")
+    parser.add_argument("--lengths", default="8192,32768",
+                        help="tokens per sequence, comma-separated (default 8192,32768; 16k "
+                             "tokens a batch: B = 16384 / n, at least 1)")
+    parser.add_argument("--dims", default="128,64",
+                        help="head dimensions, comma-separated (default 128,64)")
     parser.add_argument("--pattern", action="append",
                         help="a suite pattern to run (repeatable; default: every one)")
-    parser.add_argument("--modes", default="fwd,fwd+bwd")
-    parser.add_argument("-o", "--out", default="benchmarks/results/latest.json")
+    parser.add_argument("--modes", default="fwd,fwd+bwd",
+                        help="fwd, fwd+bwd or both, comma-separated (default both)")
+    parser.add_argument("-o", "--out", default="benchmarks/results/latest.json",
+                        help="the JSON records to write (default "
+                             "benchmarks/results/latest.json)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved timing rounds per pattern (best round kept)")
     parser.add_argument("--long", action="store_true",

@@ -12,6 +12,11 @@ from typing import Optional
 from .ir import Span
 
 
+# control characters of an echoed source line as their pictures (one column each: the caret
+# stays under its column, and a NUL or an escape is not sent to the terminal)
+_VISIBLE = {c: 0x2400 + c for c in range(32)} | {0x7F: 0x2421}
+
+
 class AttnError(ValueError):
     """An error in an attnlang program or in the use of one.
 
@@ -37,7 +42,7 @@ class AttnError(ValueError):
         head = f"{self.filename}:{self.line}:{self.column}: error: {self.message}"
         if not self.source_line:
             return head
-        text = self.source_line.replace("\t", " ").rstrip("\n")
+        text = self.source_line.replace("\t", " ").rstrip("\n").translate(_VISIBLE)
         if len(text) > 200:  # keep the caret readable on huge generated lines
             start = max(0, self.column - 100)
             text = text[start:start + 200]

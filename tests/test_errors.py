@@ -144,6 +144,16 @@ def test_caret_is_under_the_column():
     assert caret.index("^") == line.index("0")
 
 
+def test_control_characters_of_the_echoed_line_are_shown_as_pictures():
+    """A NUL (or an escape) in the source is not written to the terminal as is; each control
+    character takes one column, so the caret stays under the reported one."""
+    with pytest.raises(AttnError) as info:
+        check_source("pattern a = \x1b[2Jall\x00", "c.attn")
+    _, line, caret = info.value.format().split("\n")
+    assert line == "    pattern a = \u241b[2Jall\u2400"
+    assert caret.index("^") == line.index("\u2400") and info.value.column == 20
+
+
 def test_not_a_string():
     with pytest.raises(AttnError, match="expected source text"):
         check_source(b"pattern a = all", "x.attn")
