@@ -112,6 +112,8 @@ def test_defaults_and_block_size_spelling():
     (lambda: SparseAttention(2, "strided", 0), "local_attn_ctx: got 0"),
     (lambda: SparseAttention(0, "all"), "heads: got 0"),
     (lambda: SparseAttention(2, "all", blocksize=64, block_size=16), "block_size"),
+    (lambda: SparseAttention(2, "all", blocksize=32, block_size=16), "block_size: got 16 and "
+     "blocksize=32"),  # an explicit 32 is not the default
     (lambda: SparseAttention(2, "fixed", 8, summary_size=9), "summary_size: got 9"),
     (lambda: attention_impl(torch.randn(1, 4, 10), torch.randn(1, 4, 10),
                             torch.randn(1, 4, 10), 3, "all"), "multiple of heads"),

@@ -108,6 +108,13 @@ def blocksparse_attention_impl(q, k, v, heads, attn_mode, local_attn_ctx=None, b
     return _run(q, k, v, heads, attn_mode, local_attn_ctx, causal, blocksize, summary_size)
 
 
+class _Default(int):
+    """The default block size, told apart from an explicit ``blocksize=32`` by identity."""
+
+
+_BLOCKSIZE = _Default(32)
+
+
 class SparseAttention(nn.Module):
     """``SparseAttention(heads=1, attn_mode="all", local_attn_ctx=None, blocksize=32)``.
 
@@ -117,14 +124,15 @@ class SparseAttention(nn.Module):
     pattern's ``c``.  The pattern is checked when the module is built.
     """
 
-    def __init__(self, heads=1, attn_mode="all", local_attn_ctx=None, blocksize=32, *,
+    def __init__(self, heads=1, attn_mode="all", local_attn_ctx=None, blocksize=_BLOCKSIZE, *,
                  block_size=None, causal=True, summary_size=None):
         super().__init__()
         if block_size is not None:
-            if blocksize != 32 and blocksize != block_size:
+            if blocksize is not _BLOCKSIZE and blocksize != block_size:
                 raise ValueError(f"block_size: got {block_size!r} and blocksize={blocksize!r}; "
                                  "expected only one of the two spellings")
             blocksize = block_size
+        blocksize = int(blocksize) if blocksize is _BLOCKSIZE else blocksize
         self.heads = check_int("heads", heads, 1)
         self.attn_mode = attn_mode
         self.local_attn_ctx = local_attn_ctx
