@@ -17,6 +17,7 @@ argument.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import threading
 from typing import Dict
@@ -112,10 +113,20 @@ def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=Non
     if args.dropout_p > 0:
         device = generator.device if generator is not None else "cpu"
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=device).item())
+    attn_mask = compact(args.attn_mask)
+    # The bias compact too: a bias the caller expanded (stride 0, size > 1) enters autograd in
+    # the shape its gradient comes back in (the backward reduces it to the broadcast shape).
     out, lse = op(args.q, args.k, args.v, args.scale, args.seg_q, args.seg_k,
-                  args.key_padding_mask, compact(args.attn_mask), args.attn_bias4,
-                  args.dropout_p, seed)
+                  args.key_padding_mask, attn_mask, compact(args.attn_bias4), args.dropout_p,
+                  seed)
     return (out, lse) if return_lse else out
+
+
+def _check_cache_dir(cache_dir):
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise ValueError(f"cache_dir: got {type(cache_dir).__name__} {cache_dir!r}; expected a "
+                         "directory path (str or os.PathLike) or None")
+    return cache_dir
 
 
 class PatternAttention(torch.nn.Module):
@@ -132,13 +143,13 @@ class PatternAttention(torch.nn.Module):
 
         self.pattern = as_pattern(pattern)
         self.backend = check_backend(backend)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
                 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: got {dropout!r}; expected a number in [0, 1)")
         self.dropout = float(dropout)
         self.block_m = _check_block("block_m", block_m)
         self.block_n = _check_block("block_n", block_n)
-        self.cache_dir = cache_dir
+        self.cache_dir = _check_cache_dir(cache_dir)
         # Resolve now: a missing parameter is reported at construction, and the ops exist
         # before any torch.compile trace reaches ``forward``.
         self._ops = {"torch": _op(self.pattern, "torch", self.block_m, self.block_n, cache_dir)}

@@ -18,6 +18,7 @@ passes comes back as an ``Inputs`` tuple in the normal form the kernels expect:
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from typing import NamedTuple, Optional
 
@@ -62,7 +63,18 @@ def _fail(name, given, accepted):
 def _describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return f"a {x.dtype} tensor of shape {list(x.shape)} on {x.device}"
-    return f"{type(x).__name__} {x!r}"
+    if isinstance(x, (tuple, list)) and any(isinstance(i, torch.Tensor) for i in x):
+        # a tensor's repr runs over many lines: describe the items instead
+        items = ", ".join(_describe(i) for i in x[:3]) + (", ..." if len(x) > 3 else "")
+        return f"a {type(x).__name__} of {len(x)} items ({items})"
+    return f"{type(x).__name__} {_short_repr(x)}"
+
+
+def _short_repr(x) -> str:
+    text = repr(x)
+    if len(text) > 80:  # a long list of numbers: its start says what it is
+        text = f"{text[:72]}... ({len(text)} characters)"
+    return text
 
 
 def validate(q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None, attn_bias=None,
@@ -177,14 +189,26 @@ def ids_identity(t):
     return owner, (t._version, t.dtype, t.storage_offset(), tuple(t.shape), t.stride())
 
 
+def _is_pair(segments) -> bool:
+    """Whether ``segments`` is the pair form ``(seg_q, seg_k)``: two tensors in a tuple or a
+    list, or a tuple of two items that are not single numbers (``(ids_q, ids_k)`` as lists, or
+    with an item missing, which is then reported by name), rather than one id tensor (a list of
+    lists is ids ``[B, L]``, as ``torch.as_tensor`` reads it)."""
+    if not isinstance(segments, (tuple, list)) or len(segments) != 2:
+        return False
+    if all(isinstance(s, torch.Tensor) for s in segments):
+        return True
+    return isinstance(segments, tuple) and not all(
+        isinstance(s, numbers.Number) for s in segments)
+
+
 def _check_segments(segments, batch, lq, lk, device, needs):
     if segments is None:
         if needs:
             raise _fail("segments", "None", "segment ids (the pattern uses 'segment'): a tensor "
                         "[Lk] or [B, Lk], or a pair (seg_q, seg_k)")
         return None, None
-    if isinstance(segments, (tuple, list)) and len(segments) == 2 and all(
-            isinstance(s, torch.Tensor) for s in segments):
+    if _is_pair(segments):
         return (_as_ids("segments[0] (query ids)", segments[0], batch, lq, device),
                 _as_ids("segments[1] (key ids)", segments[1], batch, lk, device))
     seg_k = _as_ids("segments", segments, batch, lk, device)
@@ -239,15 +263,21 @@ def _check_dense(name, t, full, device, boolean):
 def _check_scale(scale, dim):
     if scale is None:
         return 1.0 / math.sqrt(dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise _fail("scale", _describe(scale), "a positive finite number (or None for 1/sqrt(D))")
-    if not (math.isfinite(scale) and scale > 0):
-        raise _fail("scale", repr(scale), "a positive finite number (or None for 1/sqrt(D))")
-    return float(scale)
+    accepted = "a positive finite number (or None for 1/sqrt(D))"
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise _fail("scale", _describe(scale), accepted)
+    try:
+        value = float(scale)  # numpy's scalars too; an int beyond float's range overflows
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise _fail("scale", _short_repr(scale), accepted)
+    return value
 
 
 def _check_dropout(p):
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise _fail("dropout_p", _describe(p) if not isinstance(p, (int, float)) else repr(p),
-                    "a number in [0, 1)")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise _fail("dropout_p", _describe(p), "a number in [0, 1)")
+    if not 0.0 <= p < 1.0:
+        raise _fail("dropout_p", _short_repr(p), "a number in [0, 1)")
     return float(p)
