@@ -366,9 +366,17 @@ def mask(expr, q_len: int, k_len: Optional[int] = None, num_heads: int = 1,
     num_heads = positive_int("num_heads", num_heads)
     check_where_range(expr, q_len, k_len, num_heads)
     segs = segment_pair(segments, q_len, k_len)
-    ctx = _Ctx(q_len, k_len, num_heads, None if segs is None else tuple(t.cpu() for t in segs))
-    result = _evaluate(expr, ctx)
-    return result.expand(num_heads, q_len, k_len).contiguous()
+    try:
+        ctx = _Ctx(q_len, k_len, num_heads,
+                   None if segs is None else tuple(t.cpu() for t in segs))
+        result = _evaluate(expr, ctx)
+        return result.expand(num_heads, q_len, k_len).contiguous()
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+            raise
+        raise bad_argument("q_len, k_len, num_heads", (q_len, k_len, num_heads),
+                           "sizes whose dense mask (one byte a pair, and int64 intermediates) "
+                           "fits in memory; the layout and the plan need no dense mask") from None
 
 
 # ---------------------------------------------------------------- per-element evaluator

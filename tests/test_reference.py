@@ -416,3 +416,9 @@ def test_long_set_unions_are_fine():
     for i in range(1, 2500):
         s = ir.SetUnion(s, ir.Listed((I(i % 60),)))
     assert mask(ir.Cols(s), 3, 64)[0, 0].tolist() == [True] * 60 + [False] * 4
+
+
+def test_a_mask_too_large_for_memory_names_the_sizes():
+    """10^12 x 10^12 pairs: the allocator's RuntimeError became a ValueError naming the sizes."""
+    with pytest.raises(ValueError, match=r"q_len, k_len, num_heads: got \(1000000000000, "):
+        mask(ir.Causal(), 10 ** 12)
