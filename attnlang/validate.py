@@ -128,11 +128,17 @@ def _check_qkv(q, k, v):
     return q, k, v
 
 
+def _one_or(size, batch) -> bool:
+    """``size in (1, batch)``, spelled as comparisons: under ``torch.compile`` with dynamic
+    shapes, ``in`` on a tuple holding a symbolic size answered False for equal sizes."""
+    return size == 1 or size == batch
+
+
 def _as_ids(name, t, batch, length, device):
     if type(t) is torch.Tensor and t.dtype == torch.int32 and t.device == device:
         # the kernels' own dtype: the checks below that apply, in a few µs less of host time
         ids = t.unsqueeze(0) if t.dim() == 1 else t
-        if ids.dim() == 2 and ids.shape[1] == length and ids.shape[0] in (1, batch):
+        if ids.dim() == 2 and ids.shape[1] == length and _one_or(ids.shape[0], batch):
             return ids
     if not isinstance(t, torch.Tensor):
         try:
@@ -147,7 +153,7 @@ def _as_ids(name, t, batch, length, device):
         raise _fail(name, f"a tensor on {t.device}", f"the device of q ({device})")
     if t.dim() == 1:
         t = t.unsqueeze(0)
-    if t.dim() != 2 or t.shape[0] not in (1, batch) or t.shape[1] != length:
+    if t.dim() != 2 or not _one_or(t.shape[0], batch) or t.shape[1] != length:
         raise _fail(name, f"shape {list(t.shape)}", f"[{length}] or [{batch}, {length}]")
     if t.dtype == torch.int32 or _compiling():
         return t.to(torch.int32)
@@ -228,7 +234,7 @@ def _check_key_padding(mask, batch, lk, device):
         raise _fail("key_padding_mask", f"a tensor on {mask.device}", f"the device of q ({device})")
     if mask.dim() == 1:
         mask = mask.unsqueeze(0)
-    if mask.dim() != 2 or mask.shape[0] not in (1, batch) or mask.shape[1] != lk:
+    if mask.dim() != 2 or not _one_or(mask.shape[0], batch) or mask.shape[1] != lk:
         raise _fail("key_padding_mask", f"shape {list(mask.shape)}", f"[{batch}, {lk}]")
     return mask.expand(batch, lk)
 

@@ -255,6 +255,21 @@ def test_compiles_without_graph_breaks():
         torch.testing.assert_close(g, w)
 
 
+def test_segment_ids_under_dynamic_shapes():
+    """A module compiled after one that ran at two lengths (forward's sizes then traced as
+    symbols): the ids' check ``size in (1, batch)`` answered False for equal sizes."""
+    first = torch.compile(make_module("causal & window(8, 0)", backend="torch"), fullgraph=True,
+                          dynamic=True, backend="aot_eager")
+    for n in (17, 40):
+        first(*(torch.randn(1, 2, n, 16) for _ in range(3)))
+    module = make_module("causal & (window(3, 0) | stride(5)) | segment", backend="torch",
+                         block_m=16, block_n=16)
+    q, k, v = (torch.randn(2, 2, 23, 16) for _ in range(3))
+    seg = torch.tensor([[0] * 10 + [1] * 13, [0] * 20 + [1] * 3])
+    got = torch.compile(module, fullgraph=True, backend="aot_eager")(q, k, v, segments=seg)
+    torch.testing.assert_close(got, module(q, k, v, segments=seg))
+
+
 TRITON_SCRIPT = textwrap.dedent("""
     import torch, attnlang
     from attnlang import reference
