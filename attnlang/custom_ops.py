@@ -13,11 +13,14 @@ with fake (meta) implementations and autograd wired through ``register_autograd`
 masks and biases cross the op boundary *compact* (size 1 on broadcast dimensions, see
 ``compact``) and are expanded inside, so nothing ``Lq x Lk``-sized is materialised and the bias
 gradient comes back in the bias's own shape.  ``lse`` is an output for inspection and merging; it
-carries no gradient (a gradient flowing into it is ignored).
+carries no gradient (a gradient flowing into it is ignored).  There is no double backward: the
+eager path's gradients of a ``create_graph=True`` backward raise when differentiated.  The
+implementations run with autocast off (``runtime.run`` casts the inputs beforehand).
 
 This file deliberately has no ``from __future__ import annotations``: ``custom_op`` reads the
 type hints to infer the op schema.
 """
+import contextlib
 import threading
 from typing import Dict, Optional, Tuple
 
@@ -108,10 +111,55 @@ class _Eager(torch.autograd.Function):
             return (None,) * 12
         q, k, v, out, lse, seg_q, seg_k, kpm, attn_mask, attn_bias = ctx.saved_tensors
         need_dbias = attn_bias is not None and ctx.needs_input_grad[9]
-        dq, dk, dv, dbias = _backward(ctx.impl, dout, q, k, v, out, lse, ctx.scale, seg_q, seg_k,
-                                      kpm, attn_mask, attn_bias, ctx.dropout_p, ctx.seed,
-                                      need_dbias, ctx.plan)
+        args = (ctx.impl, dout, q, k, v, out, lse, ctx.scale, seg_q, seg_k, kpm, attn_mask,
+                attn_bias, ctx.dropout_p, ctx.seed, need_dbias, ctx.plan)
+        if not torch.is_grad_enabled():  # the usual backward
+            dq, dk, dv, dbias = _backward(*args)
+        else:  # create_graph=True: differentiating these must fail loudly
+            with torch.no_grad():
+                dq, dk, dv, dbias = _backward(*args)
+            dq, dk, dv, dbias = _no_double_backward((dq, dk, dv, dbias),
+                                                    (dout, q, k, v, attn_bias))
         return None, dq, dk, dv, None, None, None, None, None, dbias, None, None
+
+
+DOUBLE_BACKWARD = ("attnlang attention has no double backward: its gradients (from "
+                   "backward(create_graph=True) or autograd.grad(..., create_graph=True)) cannot "
+                   "be differentiated again")
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """The gradients unchanged, attached to the tensors they depend on, with a backward that
+    raises: a second derivative through attention is an error, never a silent zero (or a
+    gradient that ``autograd.grad`` reports as unconnected)."""
+
+    @staticmethod
+    def forward(ctx, count, *tensors):
+        return tuple(t.view_as(t) for t in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD)
+
+
+def _no_double_backward(grads, inputs):
+    present = [g for g in grads if g is not None]
+    tied = [t for t in inputs if t is not None and t.requires_grad]
+    if not present or not tied:
+        return grads
+    wrapped = iter(_NoDoubleBackward.apply(len(present), *present, *tied))
+    return tuple(None if g is None else next(wrapped) for g in grads)
+
+
+def _no_autocast(t):
+    """A context that turns autocast off for ``t``'s device where it is on: the implementations
+    compute in their inputs' dtypes (float32 accumulation included, as the Triton kernels do),
+    and an autocast matmul inside would give bfloat16 blocks that the float32 buffers reject.
+    ``runtime.run`` casts the inputs to the autocast dtype beforehand."""
+    device = t.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias,
@@ -121,9 +169,10 @@ def _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, at
     plan ``impl`` prepares for it (the generated module's launches; None for the torch backend
     and for the custom op, whose outputs are tensors only) -- shared by the custom op and the
     eager path."""
-    out, lse, plan = impl.attention_forward_with_plan(
-        q, k, v, scale, seg_q, seg_k, key_padding_mask, _full(attn_mask, q, k),
-        _full(attn_bias, q, k), dropout_p, seed, need_dbias)
+    with _no_autocast(q):
+        out, lse, plan = impl.attention_forward_with_plan(
+            q, k, v, scale, seg_q, seg_k, key_padding_mask, _full(attn_mask, q, k),
+            _full(attn_bias, q, k), dropout_p, seed, need_dbias)
     return out.contiguous(), lse.to(torch.float32).contiguous(), plan
 
 
@@ -132,9 +181,10 @@ def _backward(impl, do, q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask
     """One backward of ``impl`` (``plan``: its forward's, or None): dq, dk, dv contiguous in the
     inputs' dtypes, and the bias gradient in the bias's own (compact) shape and dtype, or None --
     shared by the custom op and the eager path."""
-    dq, dk, dv, dbias = impl.attention_backward(
-        do.contiguous(), q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask,
-        _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p, seed, need_dbias, plan)
+    with _no_autocast(q):
+        dq, dk, dv, dbias = impl.attention_backward(
+            do.contiguous(), q, k, v, out, lse, scale, seg_q, seg_k, key_padding_mask,
+            _full(attn_mask, q, k), _full(attn_bias, q, k), dropout_p, seed, need_dbias, plan)
     if need_dbias and attn_bias is not None and dbias is not None:
         dbias = _reduce_to(dbias, attn_bias.shape).to(attn_bias.dtype).contiguous()
     else:

@@ -4,6 +4,9 @@
 ``"causal & window(8, 0)"``; the text is parsed once per process (wrapped as ``pattern _ = ...``,
 with error positions reported against the text as given).  Plans are cached per (pattern,
 lengths, heads, block sizes, device); patterns that use ``segment`` get a new plan per call.
+Under ``torch.compile(fullgraph=True)`` a text pattern must have been used once outside the
+trace (parsing is not traceable); a module (``Pattern.module()``, ``attnlang.nn``) has no such
+need, since it prepares its pattern when it is built.
 """
 from __future__ import annotations
 
@@ -82,7 +85,32 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
 
     block_m = _check_block("block_m", block_m)
     block_n = _check_block("block_n", block_n)
+    ops = needs_segments = None
+    if isinstance(pattern, str):
+        pattern, ops, needs_segments = _prepared(pattern, block_m, block_n)
     return run(as_pattern(pattern), q, k, v, segments=segments,
                key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
                scale=scale, dropout_p=dropout_p, generator=generator, return_lse=return_lse,
-               backend=backend, block_m=block_m, block_n=block_n)
+               backend=backend, block_m=block_m, block_n=block_n, ops=ops,
+               needs_segments=needs_segments)
+
+
+_PREPARED: dict = {}
+
+
+def _prepared(text: str, block_m, block_n):
+    """``(pattern, ops, needs_segments)`` for a pattern given as text, made once per process.
+    The lookup is a plain dict read keyed by the text and the block sizes, which
+    ``torch.compile`` traces without a graph break once an eager call (or an earlier trace)
+    has made the entry; parsing and making the ops are not traceable."""
+    key = (text, block_m, block_n)
+    hit = _PREPARED.get(key)
+    if hit is None:
+        from .runtime import prepare_ops
+        from .torch_backend import uses_segments
+
+        pattern = as_pattern(text)
+        made = (pattern, prepare_ops(pattern, "auto", block_m, block_n),
+                uses_segments(pattern.ir))
+        hit = _PREPARED.setdefault(key, made)
+    return hit

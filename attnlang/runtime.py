@@ -85,6 +85,29 @@ def _make_op(pattern, expr, key, backend, block_m, block_n, cache_dir):
         return _IMPLS[key]
 
 
+def prepare_ops(pattern, backend, block_m=None, block_n=None, cache_dir=None):
+    """``{backend name: op}`` for the backends a call with ``backend`` may pick (the triton
+    op only where it can run: ``backend="triton"``, or ``"auto"`` with CUDA available), made
+    now so that a later ``torch.compile`` trace finds them without tracing the lookup."""
+    ops = {"torch": _op(pattern, "torch", block_m, block_n, cache_dir)}
+    if backend == "triton" or (backend == "auto" and torch.cuda.is_available()):
+        ops["triton"] = _op(pattern, "triton", block_m, block_n, cache_dir)
+    return ops
+
+
+_AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_inputs(q, k, v):
+    """Under ``torch.autocast`` for ``q``'s device, ``q``/``k``/``v`` in the autocast dtype, as
+    ``F.scaled_dot_product_attention`` takes them (float64 is left alone, as autocast does)."""
+    if not isinstance(q, torch.Tensor) or not torch.is_autocast_enabled(q.device.type):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(q.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_CASTS
+                 and t.device == q.device else t for t in (q, k, v))
+
+
 def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None,
         attn_bias=None, scale=None, dropout_p=0.0, generator=None, return_lse=False,
         backend="auto", block_m=None, block_n=None, cache_dir=None, ops=None,
@@ -93,10 +116,13 @@ def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=Non
 
     ``ops``: optional ``{backend name: op}`` made beforehand (``PatternAttention`` passes its
     own, so that ``torch.compile`` finds the op without tracing the lookup);
+    under ``torch.autocast`` ``q``, ``k`` and ``v`` are cast to the autocast dtype first (as
+    ``F.scaled_dot_product_attention`` does), so ``out`` comes back in that dtype;
     ``needs_segments``: whether the pattern uses ``segment``, if already known (walking the
     pattern on every call costs tens of microseconds of host time).
     """
     check_backend(backend)
+    q, k, v = _autocast_inputs(q, k, v)
     if needs_segments is None:
         needs_segments = uses_segments(pattern.ir)
     args = validate(q, k, v, segments=segments, key_padding_mask=key_padding_mask,
@@ -152,11 +178,23 @@ class PatternAttention(torch.nn.Module):
         self.cache_dir = _check_cache_dir(cache_dir)
         # Resolve now: a missing parameter is reported at construction, and the ops exist
         # before any torch.compile trace reaches ``forward``.
-        self._ops = {"torch": _op(self.pattern, "torch", self.block_m, self.block_n, cache_dir)}
+        self._prepare()
+
+    def _prepare(self):
+        self._ops = prepare_ops(self.pattern, self.backend, self.block_m, self.block_n,
+                                self.cache_dir)
         self._needs_segments = uses_segments(self.pattern.ir)
-        if backend == "triton" or (backend == "auto" and torch.cuda.is_available()):
-            self._ops["triton"] = _op(self.pattern, "triton", self.block_m, self.block_n,
-                                      cache_dir)
+
+    def __getstate__(self):
+        # the ops are process-local callables (closures over registered custom ops): pickle,
+        # torch.save and copy.deepcopy carry the settings and make them again on loading
+        state = dict(super().__getstate__())
+        state.pop("_ops", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._prepare()
 
     def extra_repr(self) -> str:
         return f"pattern='{self.pattern.ir}', backend={self.backend!r}, dropout={self.dropout}"

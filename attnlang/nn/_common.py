@@ -1,19 +1,20 @@
 """What the ``attnlang.nn`` modules share: cached patterns and one call into the runtime.
 
 Every module in this package is a thin layer: it turns its arguments into an attnlang pattern
-(source text such as ``"causal & window(31, 0)"``) and runs ``attnlang.functional.attention``.
+(source text such as ``"causal & window(31, 0)"``) and runs it as ``attnlang.functional.attention``
+does (``runtime.run``, with the ops made beforehand by ``prepare``).
 No module here computes attention itself, apart from ``FlashAttention(flash=False)``, whose whole
 point is to be the plain-PyTorch reference path.
 
-``pattern(text)`` parses and checks a pattern expression once per distinct text (an LRU cache),
-so building a module or calling it in a loop never re-parses.  ``attend`` adapts the few things
+``pattern(text)`` parses and checks a pattern expression once per distinct text (a dict cache,
+which ``torch.compile`` can trace, unlike ``functools.lru_cache``), so building a module or
+calling it in a loop never re-parses.  ``attend`` adapts the few things
 the kernels do not take directly: head dims below the kernels' minimum are zero-padded (zeros in
 ``q``/``k`` add nothing to the scores, zeros in ``v`` give columns that are cut off again), with
 the scale fixed to the caller's ``1/sqrt(D)`` so that padding never changes the numbers.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -24,12 +25,37 @@ MIN_BLOCK = 16  # the smallest layout block the kernels take (a power of two)
 MAX_BLOCK = 64  # the largest layout block ``layout_block`` picks
 
 
-@functools.lru_cache(maxsize=256)
+_PATTERNS: dict = {}
+_PREPARED: dict = {}
+
+
 def pattern(text: str):
     """The checked ``attnlang.Pattern`` for the pattern expression ``text`` (cached)."""
-    from ..api import parse
+    hit = _PATTERNS.get(text)
+    if hit is None:
+        from ..api import parse
 
-    return parse(f"pattern nn_pattern = {text}", filename="<attnlang.nn>")["nn_pattern"]
+        parsed = parse(f"pattern nn_pattern = {text}", filename="<attnlang.nn>")["nn_pattern"]
+        hit = _PATTERNS.setdefault(text, parsed)
+    return hit
+
+
+def prepare(text: str, block=None):
+    """``(pattern, ops, needs_segments)`` for the pattern ``text`` with layout blocks ``block``
+    (already a ``layout_block`` or None), made once per process.  The lookup is a plain dict
+    read keyed by strings and ints, which ``torch.compile`` traces without graph breaks; the
+    modules call this at construction so that the ops exist before any trace reaches them
+    (parsing and making an op are not traceable)."""
+    key = (text, block)
+    hit = _PREPARED.get(key)
+    if hit is None:
+        from ..runtime import prepare_ops
+        from ..torch_backend import uses_segments
+
+        pat = pattern(text)
+        made = (pat, prepare_ops(pat, "auto", block, block), uses_segments(pat.ir))
+        hit = _PREPARED.setdefault(key, made)
+    return hit
 
 
 def layout_block(blocksize: int) -> int:
@@ -53,7 +79,7 @@ def attend(q, k, v, text, *, key_padding_mask=None, attn_mask=None, attn_bias=No
     the backend's default blocks).  The result is the same either way.
     Returns ``out`` (and ``lse`` when ``return_lse``), ``out`` with ``q``'s head dim.
     """
-    from ..functional import attention
+    from ..runtime import run
 
     dim = q.shape[-1]
     if scale is None:
@@ -62,10 +88,10 @@ def attend(q, k, v, text, *, key_padding_mask=None, attn_mask=None, attn_bias=No
         pad = (0, MIN_HEAD_DIM - dim)
         q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
     block = None if block is None else layout_block(block)
-    result = attention(q, k, v, pattern(text), key_padding_mask=key_padding_mask,
-                       attn_mask=attn_mask, attn_bias=attn_bias, scale=scale,
-                       dropout_p=dropout_p, return_lse=return_lse, block_m=block,
-                       block_n=block)
+    pat, ops, needs_segments = prepare(text, block)
+    result = run(pat, q, k, v, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                 attn_bias=attn_bias, scale=scale, dropout_p=dropout_p, return_lse=return_lse,
+                 block_m=block, block_n=block, ops=ops, needs_segments=needs_segments)
     if return_lse:
         out, lse = result
         return out[..., :dim], lse

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from ._common import attend, check_bool, check_dropout, check_sizes, check_tensor
+from ._common import attend, check_bool, check_dropout, check_sizes, check_tensor, prepare
 
 __all__ = ["FlashAttention", "reference_attention"]
 
@@ -81,6 +81,8 @@ class FlashAttention(nn.Module):
         self.causal = check_bool("causal", causal)
         self.dropout = check_dropout("dropout", dropout)
         self.flash = check_bool("flash", flash)
+        if self.flash:  # the pattern and its ops made now, before any torch.compile trace
+            prepare("causal" if self.causal else "all")
 
     def forward(self, q, k, v, mask=None, attn_bias=None):
         for name, t in (("q", q), ("k", k), ("v", v)):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import (attend, check_bool, check_dropout, check_int, check_sizes,
-                      check_tensor)
+                      check_tensor, prepare)
 from .rotary import RotaryEmbedding
 
 __all__ = ["LocalAttention", "local_pattern"]
@@ -106,6 +106,11 @@ class LocalAttention(nn.Module):
                 dim = rel_pos_emb_config[0]
             base = window_size // 2 if xpos_scale_base is None else xpos_scale_base
             self.rel_pos = RotaryEmbedding(dim, scale_base=base, use_xpos=use_xpos)
+        # the pattern and its ops made now, before any torch.compile trace reaches forward
+        prepare(local_pattern(self.window_size, self.causal, self.look_backward,
+                              self.look_forward,
+                              self.window_size if self.exact_windowsize else None,
+                              self.shared_qk))
 
     # ------------------------------------------------------------------ argument handling
 
@@ -251,8 +256,9 @@ class LocalAttention(nn.Module):
         if p:
             keep = torch.rand(w_self.shape, device=w_self.device) >= p
             w_self = w_self * keep / (1.0 - p)
+        # in out's dtype (under autocast the kernel's, not v's)
         return (out * w_other.unsqueeze(-1).to(out.dtype)
-                + v * w_self.unsqueeze(-1).to(v.dtype))
+                + v.to(out.dtype) * w_self.unsqueeze(-1).to(out.dtype))
 
     def _dense_bias(self, attn_bias, length, w):
         """The package's per-bucket bias as a dense ``[h, length, length]`` bias over a span of

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import attend, check_int, check_sizes, check_tensor
+from ._common import attend, check_int, check_sizes, check_tensor, layout_block, prepare
 
 MODES = ("all", "local", "strided", "fixed")
 
@@ -141,6 +141,8 @@ class SparseAttention(nn.Module):
         self.summary_size = summary_size
         self.pattern_text = sparse_pattern(attn_mode, local_attn_ctx, causal=causal,
                                            summary_size=summary_size)
+        # the pattern and its ops made now, before any torch.compile trace reaches forward
+        prepare(self.pattern_text, layout_block(self.blocksize))
 
     def forward(self, q, k, v):
         return blocksparse_attention_impl(q, k, v, self.heads, self.attn_mode,
