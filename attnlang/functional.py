@@ -1,9 +1,10 @@
 """``attnlang.functional.attention``: sparse attention of a pattern in one call.
 
 ``pattern`` is an ``attnlang.Pattern`` or the source of one pattern expression, such as
-``"causal & window(8, 0)"``; the text is parsed once per process (wrapped as ``pattern _ = ...``,
-with error positions reported against the text as given).  Plans are cached per (pattern,
-lengths, heads, block sizes, device); patterns that use ``segment`` get a new plan per call.
+``"causal & window(8, 0)"``; the text is parsed once per process (wrapped as ``pattern _ =
+...``, with error positions and messages in terms of the text as given).  Plans are cached per
+(pattern, lengths, heads, block sizes, device); patterns that use ``segment`` get a new plan per
+call.
 Under ``torch.compile(fullgraph=True)`` a text pattern must have been used once outside the
 trace (parsing is not traceable); a module (``Pattern.module()``, ``attnlang.nn``) has no such
 need, since it prepares its pattern when it is built.
@@ -18,6 +19,16 @@ from .errors import AttnError
 
 _PREFIX = "pattern _ =\n"
 _POSITION = re.compile(r"\b(at |\(at )(\d+):(\d+)")
+# the parser's words for what may follow a declaration's body, as a single expression reads them
+_AFTER_BODY = (("the next declaration ('pattern NAME = ...')", "the end of the expression"),
+               ("a declaration ('pattern NAME = ...')", "the end of the expression"))
+
+
+def _as_expression(message: str) -> str:
+    """The parser's message about the wrapped source, in terms of the text as given."""
+    for program_words, text_words in _AFTER_BODY:
+        message = message.replace(program_words, text_words)
+    return _shift_positions(message)
 
 
 def _shift_positions(message: str) -> str:
@@ -36,9 +47,9 @@ def _parse_expression(text: str) -> Pattern:
     except AttnError as exc:
         if exc.line >= 2:
             source = lines[exc.line - 2] if exc.line - 2 < len(lines) else None
-            raise AttnError(_shift_positions(exc.message), filename="<pattern>",
+            raise AttnError(_as_expression(exc.message), filename="<pattern>",
                             line=exc.line - 1, column=exc.column, source_line=source) from None
-        if exc.line == 1:  # the error is at the end of the hidden ``pattern _ =``: no expression
+        if exc.line == 1:  # the error is at the end of the hidden declaration: no expression
             raise AttnError("expected a pattern expression such as 'causal & window(8, 0)', "
                             "found none (the text is empty or only comments)",
                             filename="<pattern>", line=1, column=1,

@@ -198,6 +198,14 @@ def test_string_patterns_and_errors():
     with pytest.raises(attnlang.AttnError) as info:
         F.attention(q, k, v, "causal & windw(3)", backend="torch")
     assert info.value.line == 1 and "<pattern>:1:" in str(info.value)
+    # messages about what may follow the expression speak of the text, not of declarations
+    for text, message, column in (("causal)", "expected the end of the expression, found ')'", 7),
+                                  ("causal window(3)", "expected an operator or the end of the "
+                                   "expression, found the name 'window'", 8)):
+        with pytest.raises(attnlang.AttnError) as info:
+            F.attention(q, k, v, text, backend="torch")
+        assert (info.value.line, info.value.column) == (1, column) and \
+            info.value.message == message, str(info.value)
     with pytest.raises(ValueError, match="^backend: got 'cuda'"):
         F.attention(q, k, v, "causal", backend="cuda")
     with pytest.raises(ValueError, match="^backend: got 'gpu'"):
