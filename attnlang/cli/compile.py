@@ -110,7 +110,9 @@ def emit(stage, program_text, filename, pattern, args) -> str:
     if stage == "ir":
         return f"pattern {pattern.name} = {pattern.ir}"
     if stage == "plan":
-        if uses_segment(pattern.ir):
+        from ..torch_backend import uses_segments
+
+        if uses_segments(pattern.ir):
             raise AttnError(f"--emit plan: pattern {pattern.name!r} uses segment, so its plan "
                             f"depends on the segment ids given at run time ('attnlang show' "
                             f"draws it for 4 equal documents)", filename=args.file)
@@ -141,12 +143,6 @@ def block_option(name, value, filename):
         raise AttnError(f"{name}: got {value}; expected a power of two >= 16 (up to "
                         f"{MAX_BLOCK})", filename=filename)
     return value
-
-
-def uses_segment(expr) -> bool:
-    from .. import ir
-
-    return any(isinstance(n, ir.Segment) for n in expr.walk())
 
 
 def _check_numbers(args) -> None:

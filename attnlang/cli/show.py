@@ -22,7 +22,7 @@ import os
 import sys
 
 from ..errors import AttnError
-from .compile import MAX_BLOCK, MAX_HEADS, block_option, positive_option, select, uses_segment
+from .compile import MAX_BLOCK, MAX_HEADS, block_option, positive_option, select
 
 DEFAULT_LENGTHS = (1024, 8192, 32768, 131072)
 # random cells the layout of a default length may enumerate (about 4 s on one core); a length
@@ -137,11 +137,12 @@ def _check_options(args):
 
 def show_pattern(pattern, args, out) -> None:
     from ..analysis import analyze
+    from ..torch_backend import uses_segments
 
     expr = pattern.ir
     q_len, k_len, heads, lay_q, lengths = _check_options(args)
     block = args.block
-    segmented = uses_segment(expr)
+    segmented = uses_segments(expr)
     print(f"pattern {pattern.name} = {expr}", file=out)
     if segmented:
         print(f"  (uses segment: shown with a synthetic layout of {DOCUMENTS} equal documents)",
