@@ -106,22 +106,8 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
                needs_segments=needs_segments)
 
 
-_PREPARED: dict = {}
-
-
 def _prepared(text: str, block_m, block_n):
-    """``(pattern, ops, needs_segments)`` for a pattern given as text, made once per process.
-    The lookup is a plain dict read keyed by the text and the block sizes, which
-    ``torch.compile`` traces without a graph break once an eager call (or an earlier trace)
-    has made the entry; parsing and making the ops are not traceable."""
-    key = (text, block_m, block_n)
-    hit = _PREPARED.get(key)
-    if hit is None:
-        from .runtime import prepare_ops
-        from .torch_backend import uses_segments
+    """``(pattern, ops, needs_segments)`` for a pattern given as text (``runtime.prepared``)."""
+    from .runtime import prepared
 
-        pattern = as_pattern(text)
-        made = (pattern, prepare_ops(pattern, "auto", block_m, block_n),
-                uses_segments(pattern.ir))
-        hit = _PREPARED.setdefault(key, made)
-    return hit
+    return prepared(("functional", text), lambda: as_pattern(text), block_m, block_n)

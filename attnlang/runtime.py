@@ -95,6 +95,24 @@ def prepare_ops(pattern, backend, block_m=None, block_n=None, cache_dir=None):
     return ops
 
 
+_PREPARED: dict = {}
+
+
+def prepared(key, make, block_m=None, block_n=None):
+    """``(pattern, ops, needs_segments)`` for a pattern given as text, made once per process by
+    ``make()`` (the caller's parse of it) and kept under ``(key, block_m, block_n)``.  The lookup
+    is a plain dict read keyed by strings and ints, which ``torch.compile`` traces without graph
+    breaks once an eager call has made the entry (parsing and making ops are not traceable)."""
+    full_key = (key, block_m, block_n)
+    hit = _PREPARED.get(full_key)
+    if hit is None:
+        pattern = make()
+        made = (pattern, prepare_ops(pattern, "auto", block_m, block_n),
+                uses_segments(pattern.ir))
+        hit = _PREPARED.setdefault(full_key, made)
+    return hit
+
+
 _AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -26,7 +26,6 @@ MAX_BLOCK = 64  # the largest layout block ``layout_block`` picks
 
 
 _PATTERNS: dict = {}
-_PREPARED: dict = {}
 
 
 def pattern(text: str):
@@ -42,20 +41,11 @@ def pattern(text: str):
 
 def prepare(text: str, block=None):
     """``(pattern, ops, needs_segments)`` for the pattern ``text`` with layout blocks ``block``
-    (already a ``layout_block`` or None), made once per process.  The lookup is a plain dict
-    read keyed by strings and ints, which ``torch.compile`` traces without graph breaks; the
-    modules call this at construction so that the ops exist before any trace reaches them
-    (parsing and making an op are not traceable)."""
-    key = (text, block)
-    hit = _PREPARED.get(key)
-    if hit is None:
-        from ..runtime import prepare_ops
-        from ..torch_backend import uses_segments
+    (already a ``layout_block`` or None), made once per process (``runtime.prepared``); the
+    modules call this at construction so that the ops exist before any trace reaches them."""
+    from ..runtime import prepared
 
-        pat = pattern(text)
-        made = (pat, prepare_ops(pat, "auto", block, block), uses_segments(pat.ir))
-        hit = _PREPARED.setdefault(key, made)
-    return hit
+    return prepared(("nn", text), lambda: pattern(text), block, block)
 
 
 def layout_block(blocksize: int) -> int:
