@@ -9,7 +9,9 @@ which it needs.
 Pattern references are inlined: ``lf(w = 64)`` becomes ``lf``'s body with ``64`` substituted for
 ``w`` and ``lf``'s defaults for the parameters not given.  Only patterns declared earlier may be
 used, so there is no recursion.  To keep later (recursive) stages safe, an inlined pattern may be
-at most ``MAX_DEPTH`` levels deep and ``MAX_NODES`` nodes large.
+at most ``MAX_DEPTH`` levels deep and ``MAX_NODES`` nodes large, and one deeper than
+``PRINT_CHECK_DEPTH`` must print to canonical text that parses back (its brackets and parse tree
+within the parser's limits), so that ``str(pattern)`` is always source attnlang reads.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ from . import ast, ir
 from .binding import check_values, param_types, substitute
 from .errors import AttnError
 from .ir import Span
-from .parser import MAX_DEPTH, parse_ast
+from .parser import MAX_BRACKETS, MAX_DEPTH, parse_ast
 
 MAX_NODES = 100_000
+# Canonical text nests brackets at most as deep as its IR, and parses a few levels deeper than
+# it: below this depth it always parses back, above it the checker tries (rare and cheap).
+PRINT_CHECK_DEPTH = MAX_BRACKETS - 10
 
 PATTERN, INT, FLOAT, SET, COND = "pattern", "integer", "float", "index set", "condition"
 _ARTICLE = {PATTERN: "a pattern", INT: "an integer", FLOAT: "a float", SET: "an index set",
@@ -117,6 +122,16 @@ def measure(node: ir.Node) -> Tuple[int, int]:
     return memo[id(node)]
 
 
+def _check_printable(d, body) -> None:
+    """Refuse an inlined pattern whose canonical text the parser would not read back."""
+    try:
+        parse_ast(f"pattern {d.name} = {body}", "<canonical text>")
+    except AttnError as exc:
+        raise AttnError(f"pattern '{d.name}' is nested too deeply once the patterns it uses are "
+                        f"inlined: its canonical text would not parse back ({exc.message})",
+                        d.name_span) from None
+
+
 class Checker:
     """Checks one module's declarations in order."""
 
@@ -152,6 +167,8 @@ class Checker:
                             f"uses are inlined (more than {MAX_DEPTH} levels)", d.name_span)
         if size > MAX_NODES:
             raise AttnError(self._too_large(d.name), d.name_span)
+        if depth > PRINT_CHECK_DEPTH:
+            _check_printable(d, body)
         decl = ir.PatternDecl(d.name, tuple(params.values()), body, span=d.span)
         check_values(body, fallback=d.span)
         defaults = {p.name: p.default.value for p in decl.params if p.default is not None}

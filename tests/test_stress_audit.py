@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import attnlang
+from attnlang.errors import AttnError
 from attnlang.layout import build_layout
 from attnlang.plan import build_plan
 from attnlang.reference import mask as ref_mask
@@ -48,11 +49,19 @@ def test_document_layout_with_shuffled_negative_ids():
         assert_correct(lay, truth_classes(ref_mask(expr, 100, segments=ids), 16, 32))
 
 
-@pytest.mark.xfail(strict=True, reason="reported: the checker accepts an inlined pattern 200 "
-                   "levels deep, but its canonical text nests more than the parser's "
-                   "MAX_BRACKETS = 100 brackets (parser.py/checker.py, outside printer.py)")
-def test_deep_right_nested_union_round_trips():
-    lines = ["pattern p0 = cols({0})"] + [f"pattern p{i} = cols({{{i}}}) | p{i - 1}"
-                                          for i in range(1, 102)]
-    decl = attnlang.parse("\n".join(lines))["p101"].decl
-    assert attnlang.parse(str(decl))["p101"].decl == decl
+@pytest.mark.parametrize("form, last, line", [
+    ("cols({{{i}}}) | p{j}", 101, 101),  # right-nested: a bracket a level, past 100
+    ("p{j} | cols({{{i}}})", 198, 198),  # a flat chain whose parse tree passes 200 levels
+])
+def test_an_inlined_pattern_that_would_not_print_back_is_refused(form, last, line):
+    """The checker accepted inlined patterns whose canonical text (``str(pattern)``) the parser
+    refuses; it now refuses them itself, at the declaration, and what it accepts prints back."""
+    lines = ["pattern p0 = cols({0})"] + [f"pattern p{i} = " + form.format(i=i, j=i - 1)
+                                          for i in range(1, last + 1)]
+    with pytest.raises(AttnError) as info:
+        attnlang.parse("\n".join(lines), "deep.attn")
+    assert (info.value.line, info.value.column) == (line, 9)
+    assert "its canonical text would not parse back" in info.value.message
+    accepted = attnlang.parse("\n".join(lines[:line - 1]))
+    deepest = accepted[f"p{line - 2}"].decl
+    assert attnlang.parse(str(deepest))[deepest.name].decl == deepest
