@@ -179,3 +179,16 @@ def test_flash_reference_scale_unchanged():
     out = FlashAttention(flash=False).eval()(q, k, v)
     probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(4), -1)
     torch.testing.assert_close(out, probs @ v)
+
+
+def test_a_head_dim_past_the_kernels_names_only_the_upper_bound():
+    """nn modules zero-pad head dims below 16, so the error for 300 gives the upper bound only
+    (it said "from 16 to 256", as if 8 were refused too)."""
+    from attnlang.nn import FlashAttention
+
+    q = torch.randn(1, 1, 8, 300)
+    with pytest.raises(ValueError, match=r"^q: got head dim 300; expected a head dim of at most "
+                                         r"256 \(head dims below 16 are zero-padded\)$"):
+        FlashAttention()(q, q, q)
+    small = torch.randn(1, 1, 8, 8)
+    assert FlashAttention()(small, small, small).shape == small.shape

@@ -20,7 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-MIN_HEAD_DIM = 16  # the smallest head dim the generated kernels accept (attnlang.validate)
+from ..validate import MAX_HEAD_DIM, MIN_HEAD_DIM
+
 MIN_BLOCK = 16  # the smallest layout block the kernels take (a power of two)
 MAX_BLOCK = 64  # the largest layout block ``layout_block`` picks
 
@@ -72,6 +73,9 @@ def attend(q, k, v, text, *, key_padding_mask=None, attn_mask=None, attn_bias=No
     from ..runtime import run
 
     dim = q.shape[-1]
+    if dim > MAX_HEAD_DIM:  # (below MIN_HEAD_DIM the head dim is zero-padded, below)
+        raise ValueError(f"q: got head dim {dim}; expected a head dim of at most "
+                         f"{MAX_HEAD_DIM} (head dims below {MIN_HEAD_DIM} are zero-padded)")
     if scale is None:
         scale = 1.0 / math.sqrt(dim)
     if dim < MIN_HEAD_DIM:
