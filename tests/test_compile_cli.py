@@ -155,3 +155,16 @@ def test_generated_module_runs_without_attnlang(attn_file, tmp_path, capsys):
     torch.testing.assert_close(got["lse"].double(), want_lse, atol=1e-4, rtol=1e-4)
     want_out.backward(torch.ones_like(want_out))
     torch.testing.assert_close(got["dq"].double(), q.grad.double(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_summary_skips_lengths_whose_random_layout_is_decided_cell_by_cell(tmp_path, capsys):
+    """random(0.5, block = 1) at 16k tokens: 2.7e8 cells decided one by one took ~20 s of the
+    summary; such lengths are named and skipped, as `show`'s default lengths are."""
+    path = tmp_path / "r.attn"
+    path.write_text("pattern r = random(0.5, block = 1)\n")
+    code, out, err = compile_(capsys, path, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "L=  1024: density" in out
+    assert "L= 16384: not summarised: random() decides the layout cell by cell, 268468225 cells" \
+        in out
+    assert (tmp_path / "out" / "r.py").exists()

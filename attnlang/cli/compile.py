@@ -20,6 +20,9 @@ PICTURE_LENGTH, PICTURE_BLOCK = 256, 16
 # that no size computed from them overflows a tensor or takes the machine's memory unasked
 MAX_HEADS = 1024
 MAX_BLOCK = 1 << 16
+# random cells a layout at a default length may decide one by one (about 4 s on one core):
+# `random(0.5, block = 1)` passes it from 8k tokens on
+DEFAULT_CELLS = 1 << 24
 
 
 def add_arguments(parser) -> None:
@@ -81,12 +84,28 @@ def select(program, args):
     return [p.bind(**{k: v for k, v in settings.items() if k in p.params}) for p in patterns]
 
 
+def random_cells(expr, q_len: int, k_len: int) -> int:
+    """The random cells a layout at these lengths decides one by one (``layout_prims.random``)."""
+    from .. import ir
+
+    total = 0
+    for node in expr.walk():
+        if isinstance(node, ir.Random):
+            cell = int(ir.const(node.block))
+            total += (-(-q_len // cell) + 1) * (-(-k_len // cell) + 1)
+    return total
+
+
 def density_rows(pattern, heads: int):
     """``(length, density, flops saved)`` at ``SUMMARY_LENGTHS``, from the plan (exact, and
     cheap: full blocks by area, partial blocks evaluated): density = kept / all pairs; saved =
-    1 - (pairs inside the blocks the kernels visit) / all pairs."""
+    1 - (pairs inside the blocks the kernels visit) / all pairs; ``(length, None, None)`` where
+    a random() layout there would decide more than ``DEFAULT_CELLS`` cells one by one."""
     rows = []
     for length in SUMMARY_LENGTHS:
+        if random_cells(pattern.ir, length, length) > DEFAULT_CELLS:
+            rows.append((length, None, None))
+            continue
         total = length * length * heads
         plan = pattern.plan(length, num_heads=heads)
         rows.append((length, plan.kept_pairs / total, 1.0 - plan.computed_pairs / total))
@@ -203,6 +222,10 @@ def run(args) -> int:
             rows = []
             print(f"  density: depends on run-time data ({str(exc).splitlines()[0]})")
         for length, density, saved in rows:
+            if density is None:
+                print(f"  L={length:>6}: not summarised: random() decides the layout cell by "
+                      f"cell, {random_cells(pattern.ir, length, length)} cells")
+                continue
             print(f"  L={length:>6}: density {100 * density:6.2f}%   FLOPs saved "
                   f"{100 * saved:6.2f}%")
         print(f"  layout at L={PICTURE_LENGTH}, {PICTURE_BLOCK}x{PICTURE_BLOCK} blocks:")

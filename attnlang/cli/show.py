@@ -22,12 +22,10 @@ import os
 import sys
 
 from ..errors import AttnError
-from .compile import MAX_BLOCK, MAX_HEADS, block_option, positive_option, select
+from .compile import (DEFAULT_CELLS, MAX_BLOCK, MAX_HEADS, block_option,
+                      positive_option, random_cells, select)
 
 DEFAULT_LENGTHS = (1024, 8192, 32768, 131072)
-# random cells the layout of a default length may enumerate (about 4 s on one core); a length
-# given in --lengths is analysed whatever it costs
-DEFAULT_CELLS = 1 << 24
 DOCUMENTS = 4
 
 
@@ -83,18 +81,6 @@ def mask_pictures(pattern, q_len, k_len, heads, segments):
         rows = ["".join("█" if v else "·" for v in row) for row in m.tolist()]
         out.append((members, "\n".join(rows)))
     return out, mask
-
-
-def random_cells(expr, q_len: int, k_len: int) -> int:
-    """The random cells a layout at these lengths decides one by one (``layout_prims.random``)."""
-    from .. import ir
-
-    total = 0
-    for node in expr.walk():
-        if isinstance(node, ir.Random):
-            cell = int(ir.const(node.block))
-            total += (-(-q_len // cell) + 1) * (-(-k_len // cell) + 1)
-    return total
 
 
 def _heads_label(members, total):
