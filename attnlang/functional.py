@@ -5,8 +5,8 @@
 ...``, with error positions and messages in terms of the text as given).  Plans are cached per
 (pattern, lengths, heads, block sizes, device); patterns that use ``segment`` get a new plan per
 call.
-Under ``torch.compile(fullgraph=True)`` a text pattern must have been used once outside the
-trace (parsing is not traceable); a module (``Pattern.module()``, ``attnlang.nn``) has no such
+Under ``torch.compile(fullgraph=True)`` a text pattern (or a ``Pattern`` object) must have been
+used once outside the trace (parsing and making ops are not traceable); a module (``Pattern.module()``, ``attnlang.nn``) has no such
 need, since it prepares its pattern when it is built.
 """
 from __future__ import annotations
@@ -99,11 +99,21 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
     ops = needs_segments = None
     if isinstance(pattern, str):
         pattern, ops, needs_segments = _prepared(pattern, block_m, block_n)
+    elif isinstance(pattern, Pattern):
+        pattern, ops, needs_segments = _prepared_object(pattern, block_m, block_n)
     return run(as_pattern(pattern), q, k, v, segments=segments,
                key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
                scale=scale, dropout_p=dropout_p, generator=generator, return_lse=return_lse,
                backend=backend, block_m=block_m, block_n=block_n, ops=ops,
                needs_segments=needs_segments)
+
+
+def _prepared_object(pattern: Pattern, block_m, block_n):
+    """The same for a ``Pattern`` object, kept under its ``id``: the entry holds the pattern, so
+    the id is not reused while the entry lives (and ``torch.compile`` traces an ``id``)."""
+    from .runtime import prepared
+
+    return prepared(("object", id(pattern)), lambda: pattern, block_m, block_n)
 
 
 def _prepared(text: str, block_m, block_n):

@@ -99,13 +99,18 @@ _PREPARED: dict = {}
 
 
 def prepared(key, make, block_m=None, block_n=None):
-    """``(pattern, ops, needs_segments)`` for a pattern given as text, made once per process by
-    ``make()`` (the caller's parse of it) and kept under ``(key, block_m, block_n)``.  The lookup
+    """``(pattern, ops, needs_segments)`` for a pattern given as text or as a ``Pattern`` object,
+    made once per process by ``make()`` (the caller's parse of it, or the object) and kept under
+    ``(key, block_m, block_n)``, at most 1024 entries.  The lookup
     is a plain dict read keyed by strings and ints, which ``torch.compile`` traces without graph
-    breaks once an eager call has made the entry (parsing and making ops are not traceable)."""
+    breaks once an eager call has made the entry (parsing and making ops are not traceable).
+    An entry holds its pattern, so a key made of the pattern's ``id`` is not reused while it
+    lives."""
     full_key = (key, block_m, block_n)
     hit = _PREPARED.get(full_key)
     if hit is None:
+        if len(_PREPARED) >= 1024:  # (new Pattern objects every call): start again, never grow
+            _PREPARED.clear()
         pattern = make()
         made = (pattern, prepare_ops(pattern, "auto", block_m, block_n),
                 uses_segments(pattern.ir))

@@ -408,3 +408,20 @@ def test_a_stride_beyond_the_lengths_runs_and_matches_the_reference(text, lq, lk
     close(lse[torch.isfinite(want_lse)], want_lse[torch.isfinite(want_lse)], 1e-6)
     for got, want in zip(grads(out, (q, k, v)), grads(want_out, (q, k, v))):
         close(got, want, 1e-5)
+
+
+def test_functional_with_a_pattern_object_compiles_fullgraph_and_its_cache_stays_bounded():
+    """A Pattern object's ops are kept under its id after an eager call (the lookup traced through
+    the op's string key and failed under fullgraph=True); the cache starts again at 1024."""
+    from attnlang import runtime
+
+    pattern = attnlang.parse("pattern x = causal & window(3, 0)")["x"]
+    q = torch.randn(1, 2, 20, 16)
+    want = F.attention(q, q, q, pattern, backend="torch")
+    compiled = torch.compile(lambda t: F.attention(t, t, t, pattern, backend="torch"),
+                             fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q), want)
+    for i in range(1100 - len(runtime._PREPARED)):
+        runtime._PREPARED[("filler", i)] = None
+    F.attention(q, q, q, attnlang.parse("pattern y = causal")["y"], backend="torch")
+    assert len(runtime._PREPARED) == 1
