@@ -199,10 +199,8 @@ def run(args) -> int:
     _check_numbers(args)
     program = load(args.file)  # the file checks of `check` (missing, folder, size, encoding)
     patterns = select(program, args)
-    if args.emit == "ast":
-        with open(args.file, "rb") as handle:
-            text = handle.read().decode("utf-8")
-        print(emit("ast", text, args.file, None, args))
+    if args.emit == "ast":  # the text `load` read (a span's source), not a second read
+        print(emit("ast", program.ir.span.source.text, args.file, None, args))
         return 0
     if args.emit:
         for pattern in patterns:

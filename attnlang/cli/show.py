@@ -121,12 +121,13 @@ def _check_options(args):
     return q_len, k_len, heads, lay_q, _lengths(args)
 
 
-def show_pattern(pattern, args, out) -> None:
+def show_pattern(pattern, args, options, out) -> None:
+    """Print one pattern; ``options`` are ``_check_options(args)``'s values."""
     from ..analysis import analyze
     from ..torch_backend import uses_segments
 
     expr = pattern.ir
-    q_len, k_len, heads, lay_q, lengths = _check_options(args)
+    q_len, k_len, heads, lay_q, lengths = options
     block = args.block
     segmented = uses_segments(expr)
     print(f"pattern {pattern.name} = {expr}", file=out)
@@ -196,12 +197,12 @@ def _png(path, pattern, mask, lay) -> None:
 def run(args) -> int:
     from ..api import load
 
-    _check_options(args)
+    options = _check_options(args)
     program = load(args.file)
     patterns = select(program, args)
     if args.png is not None and len(patterns) > 1:
         raise AttnError("--png draws one pattern: choose it with --pattern NAME",
                         filename=args.file)
     for pattern in patterns:
-        show_pattern(pattern, args, sys.stdout)
+        show_pattern(pattern, args, options, sys.stdout)
     return 0
