@@ -6,8 +6,9 @@
 (pattern, lengths, heads, block sizes, device); patterns that use ``segment`` get a new plan per
 call.
 Under ``torch.compile(fullgraph=True)`` a text pattern (or a ``Pattern`` object) must have been
-used once outside the trace (parsing and making ops are not traceable); a module (``Pattern.module()``, ``attnlang.nn``) has no such
-need, since it prepares its pattern when it is built.
+used once outside the trace (parsing and making ops are not traceable); a module
+(``Pattern.module()``, ``attnlang.nn``) has no such need, since it prepares its pattern when it
+is built.
 """
 from __future__ import annotations
 
@@ -97,10 +98,8 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
     block_m = _check_block("block_m", block_m)
     block_n = _check_block("block_n", block_n)
     ops = needs_segments = None
-    if isinstance(pattern, str):
+    if isinstance(pattern, (str, Pattern)):
         pattern, ops, needs_segments = _prepared(pattern, block_m, block_n)
-    elif isinstance(pattern, Pattern):
-        pattern, ops, needs_segments = _prepared_object(pattern, block_m, block_n)
     return run(as_pattern(pattern), q, k, v, segments=segments,
                key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
                scale=scale, dropout_p=dropout_p, generator=generator, return_lse=return_lse,
@@ -108,16 +107,11 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
                needs_segments=needs_segments)
 
 
-def _prepared_object(pattern: Pattern, block_m, block_n):
-    """The same for a ``Pattern`` object, kept under its ``id``: the entry holds the pattern, so
-    the id is not reused while the entry lives (and ``torch.compile`` traces an ``id``)."""
+def _prepared(pattern, block_m, block_n):
+    """``(pattern, ops, needs_segments)`` for a pattern given as text, kept under the text, or as
+    a ``Pattern`` object, kept under its ``id`` (the entry holds the pattern, so the id is not
+    reused while the entry lives; ``torch.compile`` traces an ``id``): ``runtime.prepared``."""
     from .runtime import prepared
 
-    return prepared(("object", id(pattern)), lambda: pattern, block_m, block_n)
-
-
-def _prepared(text: str, block_m, block_n):
-    """``(pattern, ops, needs_segments)`` for a pattern given as text (``runtime.prepared``)."""
-    from .runtime import prepared
-
-    return prepared(("functional", text), lambda: as_pattern(text), block_m, block_n)
+    key = ("functional", pattern) if isinstance(pattern, str) else ("object", id(pattern))
+    return prepared(key, lambda: as_pattern(pattern), block_m, block_n)
