@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import attend, check_int, check_sizes, check_tensor, layout_block, prepare
+from ._common import (attend, check_bool, check_int, check_sizes, check_tensor, layout_block,
+                      prepare)
 
 MODES = ("all", "local", "strided", "fixed")
 
@@ -40,8 +41,7 @@ def sparse_pattern(attn_mode: str, local_attn_ctx=None, *, causal: bool = True,
     if attn_mode not in MODES:
         raise ValueError(f"attn_mode: got {attn_mode!r}; expected one of "
                          + ", ".join(repr(m) for m in MODES))
-    if not isinstance(causal, bool):
-        raise ValueError(f"causal: got {causal!r}; expected True or False")
+    check_bool("causal", causal)
     # Checked whenever given, also where the mode does not use them: a negative context size
     # is a mistake in the caller's configuration whatever the mode.
     if local_attn_ctx is not None:
