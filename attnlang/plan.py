@@ -29,6 +29,7 @@ This module imports only the standard library, torch and its siblings ``ir`` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional, Tuple
 
 import torch
@@ -210,15 +211,15 @@ class Plan:
     block_n: int
     segments: object = None
 
-    @property
+    @cached_property
     def computed_pairs(self) -> int:
-        """Pairs inside the blocks the kernels visit, summed over heads."""
+        """Pairs inside the blocks the kernels visit, summed over heads (counted once)."""
         return sum(c.computed_pairs for c in self.components)
 
-    @property
+    @cached_property
     def kept_pairs(self) -> int:
         """Pairs the pattern keeps, summed over heads: full blocks by area, partial blocks
-        evaluated element by element (cost proportional to the visited blocks)."""
+        evaluated element by element (cost proportional to the visited blocks; counted once)."""
         return sum(_kept_pairs(c, self) for c in self.components)
 
     @property
@@ -235,9 +236,8 @@ class Plan:
             lines.append("  forward and dQ in one pass over the components (queries in order)")
         elif len(self.components) > 1:
             lines.append("  components merged per query row by log-sum-exp")
-        kept, computed = self.kept_pairs, self.computed_pairs
-        useful = kept / computed if computed else 1.0  # `efficiency`, without counting twice
-        lines.append(f"  kept pairs {kept}, computed pairs {computed} ({100 * useful:.1f}% useful)")
+        lines.append(f"  kept pairs {self.kept_pairs}, computed pairs {self.computed_pairs} "
+                     f"({100 * self.efficiency:.1f}% useful)")
         return "\n".join(lines)
 
 
