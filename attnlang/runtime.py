@@ -17,7 +17,6 @@ argument.
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 import threading
 from typing import Dict
@@ -26,7 +25,7 @@ import torch
 
 from .custom_ops import attention_op, compact
 from .torch_backend import TorchBackend, uses_segments
-from .validate import validate
+from .validate import check_dropout, validate
 
 BACKENDS = ("auto", "triton", "torch")
 DEFAULT_TORCH_BLOCK = 64
@@ -192,10 +191,7 @@ class PatternAttention(torch.nn.Module):
 
         self.pattern = as_pattern(pattern)
         self.backend = check_backend(backend)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
-                or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: got {dropout!r}; expected a number in [0, 1)")
-        self.dropout = float(dropout)
+        self.dropout = check_dropout("dropout", dropout)
         self.block_m = _check_block("block_m", block_m)
         self.block_n = _check_block("block_n", block_n)
         self.cache_dir = _check_cache_dir(cache_dir)

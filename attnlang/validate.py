@@ -95,7 +95,7 @@ def validate(q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None, a
     if mask is not None:
         mask = mask.expand(full)
     return Inputs(q, k, v, seg_q, seg_k, kpm, mask, bias, bias4,
-                  _check_scale(scale, dim), _check_dropout(dropout_p))
+                  _check_scale(scale, dim), check_dropout("dropout_p", dropout_p))
 
 
 def _check_qkv(q, k, v):
@@ -281,9 +281,11 @@ def _check_scale(scale, dim):
     return value
 
 
-def _check_dropout(p):
+def check_dropout(name, p) -> float:
+    """``p`` as a float in ``[0, 1)`` (any real number, numpy's scalars too; not a bool), or a
+    ValueError naming the argument ``name`` (every entry point's dropout is checked here)."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise _fail("dropout_p", _describe(p), "a number in [0, 1)")
+        raise _fail(name, _describe(p), "a number in [0, 1)")
     if not 0.0 <= p < 1.0:
-        raise _fail("dropout_p", _short_repr(p), "a number in [0, 1)")
+        raise _fail(name, _short_repr(p), "a number in [0, 1)")
     return float(p)

@@ -115,7 +115,7 @@ def test_sparse_context_larger_than_the_sequence(lq, lk, mode, ctx, c, causal):
     (dict(autopad=1), "autopad: got 1"),
     (dict(shared_qk=None), "shared_qk: got None"),
     (dict(exact_windowsize="yes"), "exact_windowsize: got 'yes'"),
-    (dict(dropout="0.1"), r"dropout: got '0.1'; expected a number in \[0, 1\)"),
+    (dict(dropout="0.1"), r"dropout: got str '0.1'; expected a number in \[0, 1\)"),
     (dict(dropout=1.0), r"dropout: got 1.0; expected a number in \[0, 1\)"),
     (dict(rel_pos_emb_config=16), "rel_pos_emb_config: got 16"),
     (dict(dim=16, use_xpos=True, xpos_scale_base="2"), "xpos_scale_base: got '2'"),
@@ -192,3 +192,19 @@ def test_a_head_dim_past_the_kernels_names_only_the_upper_bound():
         FlashAttention()(q, q, q)
     small = torch.randn(1, 1, 8, 8)
     assert FlashAttention()(small, small, small).shape == small.shape
+
+
+@pytest.mark.parametrize("make", [lambda p: FlashAttention(dropout=p),
+                                  lambda p: LocalAttention(window_size=4, dropout=p),
+                                  lambda p: as_pattern("causal").module(dropout=p)])
+def test_every_dropout_is_checked_alike(make):
+    """The nn modules and PatternAttention take any real dropout in [0, 1) (numpy's scalars
+    too, as functional's dropout_p) and refuse the rest with the argument's name."""
+    import numpy as np
+    def rate(module):  # LocalAttention keeps an nn.Dropout
+        return getattr(module.dropout, "p", module.dropout)
+    assert rate(make(np.float32(0.25))) == 0.25 and rate(make(0)) == 0.0
+    for bad, given in ((1.0, "1.0"), (True, "bool True"), ("x", "str 'x'"),
+                       (float("nan"), "nan"), (np.float32(-0.5), r"np\.float32\(-0\.5\)")):
+        with pytest.raises(ValueError, match=rf"^dropout: got {given}; expected a number in "):
+            make(bad)

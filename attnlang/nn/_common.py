@@ -107,13 +107,6 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
-def check_dropout(name: str, value) -> float:
-    """``value`` as a float in ``[0, 1)``, or a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: got {value!r}; expected a number in [0, 1)")
-    return float(value)
-
-
 def check_sizes(name: str, value: torch.Tensor, what: str) -> None:
     """A ValueError naming ``name`` unless every dimension of ``value`` is at least 1 (``what``
     spells the dimensions, e.g. ``"[B, H, L, D]"``); the kernels take no empty tensors."""

@@ -19,7 +19,8 @@ import math
 import torch
 from torch import nn
 
-from ._common import attend, check_bool, check_dropout, check_sizes, check_tensor, prepare
+from ..validate import check_dropout
+from ._common import attend, check_bool, check_sizes, check_tensor, prepare
 
 __all__ = ["FlashAttention", "reference_attention"]
 

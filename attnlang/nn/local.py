@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (attend, check_bool, check_dropout, check_int, check_sizes,
-                      check_tensor, prepare)
+from ..validate import check_dropout
+from ._common import attend, check_bool, check_int, check_sizes, check_tensor, prepare
 from .rotary import RotaryEmbedding
 
 __all__ = ["LocalAttention", "local_pattern"]
