@@ -205,6 +205,34 @@ def test_a_tile_too_big_even_unpipelined_says_what_to_change(mod):
                     dict(BLOCK=32, FLAG=True, num_stages=2))
 
 
+class InterpreterError(Exception):
+    """Stands for triton.runtime.errors.InterpreterError (matched by name, as Tritons differ)."""
+
+
+class FailsInInterpreter(Kernel):
+    def compile(self, options):
+        raise InterpreterError("TypeError('only 0-dimensional arrays ...')")
+
+
+@pytest.mark.parametrize("old", [True, False])
+def test_an_old_interpreters_failure_says_which_triton_runs_the_kernels(mod, monkeypatch, old):
+    """Triton 3.6's interpreter fails on the kernels' run-time loop bounds under numpy 2: there
+    the error names Triton's version and what to use instead; a newer Triton's interpreter
+    error (a real failure of a kernel) passes through as it is."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(mod, "_OLD_INTERPRETER", old)
+    expected = ((RuntimeError, rf"^attnlang: Triton {triton.__version__}'s interpreter failed in "
+                 r"the kernel .* from Triton 3\.7 on .*backend='torch'") if old else
+                (InterpreterError, r"^TypeError"))
+    with pytest.raises(expected[0], match=expected[1]):
+        mod._compile_and_launch(FailsInInterpreter(Compiled()), (1, 1), (torch.zeros(4),),
+                                dict(BLOCK=32))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(InterpreterError):  # not interpreting: not the interpreter's failure
+        mod._compile_and_launch(FailsInInterpreter(Compiled()), (1, 1), (torch.zeros(4),),
+                                dict(BLOCK=32))
+
+
 def test_float32_inputs_take_small_tiles_above_head_dim_64(mod):
     """float32 tiles take twice the shared memory: above d = 64 every role is unpipelined and
     small enough for a Hopper multiprocessor; 16-bit inputs keep the tuned tiles."""
