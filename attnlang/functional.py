@@ -40,6 +40,19 @@ def _shift_positions(message: str) -> str:
     return _POSITION.sub(shift, message)
 
 
+def in_text(exc: AttnError, text: str) -> AttnError:
+    """``exc``, an error about the pattern parsed from ``text`` (at the parse, or later at a
+    call: a ``where`` too large for the call's lengths), with its position and message in terms
+    of ``text`` as given rather than the wrapped source (``exc`` itself where it is not about
+    that source)."""
+    if exc.filename != "<pattern>" or exc.line < 2:
+        return exc
+    lines = text.splitlines()
+    source = lines[exc.line - 2] if exc.line - 2 < len(lines) else None
+    return AttnError(_as_expression(exc.message), filename="<pattern>", line=exc.line - 1,
+                     column=exc.column, source_line=source)
+
+
 @functools.lru_cache(maxsize=256)
 def _parse_expression(text: str) -> Pattern:
     lines = text.splitlines()
@@ -47,9 +60,7 @@ def _parse_expression(text: str) -> Pattern:
         program = parse(_PREFIX + text, filename="<pattern>")
     except AttnError as exc:
         if exc.line >= 2:
-            source = lines[exc.line - 2] if exc.line - 2 < len(lines) else None
-            raise AttnError(_as_expression(exc.message), filename="<pattern>",
-                            line=exc.line - 1, column=exc.column, source_line=source) from None
+            raise in_text(exc, text) from None
         if exc.line == 1:  # the error is at the end of the hidden declaration: no expression
             raise AttnError("expected a pattern expression such as 'causal & window(8, 0)', "
                             "found none (the text is empty or only comments)",
@@ -98,13 +109,19 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
     block_m = _check_block("block_m", block_m)
     block_n = _check_block("block_n", block_n)
     ops = needs_segments = None
+    text = pattern if isinstance(pattern, str) else None
     if isinstance(pattern, (str, Pattern)):
         pattern, ops, needs_segments = _prepared(pattern, block_m, block_n)
-    return run(as_pattern(pattern), q, k, v, segments=segments,
-               key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
-               scale=scale, dropout_p=dropout_p, generator=generator, return_lse=return_lse,
-               backend=backend, block_m=block_m, block_n=block_n, ops=ops,
-               needs_segments=needs_segments)
+    try:
+        return run(as_pattern(pattern), q, k, v, segments=segments,
+                   key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
+                   scale=scale, dropout_p=dropout_p, generator=generator,
+                   return_lse=return_lse, backend=backend, block_m=block_m, block_n=block_n,
+                   ops=ops, needs_segments=needs_segments)
+    except AttnError as exc:
+        if text is None:
+            raise
+        raise in_text(exc, text) from None
 
 
 def _prepared(pattern, block_m, block_n):

@@ -24,6 +24,8 @@ from typing import Dict
 import torch
 
 from .custom_ops import attention_op, compact
+from .errors import AttnError
+from .predicate import check_where_range
 from .torch_backend import TorchBackend, uses_segments
 from .validate import check_dropout, validate
 
@@ -164,9 +166,15 @@ def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=Non
     attn_mask = compact(args.attn_mask)
     # The bias compact too: a bias the caller expanded (stride 0, size > 1) enters autograd in
     # the shape its gradient comes back in (the backward reduces it to the broadcast shape).
-    out, lse = op(args.q, args.k, args.v, args.scale, args.seg_q, args.seg_k,
-                  args.key_padding_mask, attn_mask, compact(args.attn_bias4), args.dropout_p,
-                  seed)
+    try:
+        out, lse = op(args.q, args.k, args.v, args.scale, args.seg_q, args.seg_k,
+                      args.key_padding_mask, attn_mask, compact(args.attn_bias4),
+                      args.dropout_p, seed)
+    except ValueError:
+        # A generated module plans from the pattern's text without its positions: a `where`
+        # too large for these lengths is reported here at the user's expression instead.
+        check_where_range(pattern.ir, args.q.shape[2], args.k.shape[2], args.q.shape[1])
+        raise
     return (out, lse) if return_lse else out
 
 
@@ -190,6 +198,7 @@ class PatternAttention(torch.nn.Module):
         from .functional import as_pattern
 
         self.pattern = as_pattern(pattern)
+        self._text = pattern if isinstance(pattern, str) else None  # for errors' positions
         self.backend = check_backend(backend)
         self.dropout = check_dropout("dropout", dropout)
         self.block_m = _check_block("block_m", block_m)
@@ -220,12 +229,19 @@ class PatternAttention(torch.nn.Module):
 
     def forward(self, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None,
                 attn_bias=None, scale=None, return_lse=False, generator=None):
-        return run(self.pattern, q, k, v, segments=segments, key_padding_mask=key_padding_mask,
-                   attn_mask=attn_mask, attn_bias=attn_bias, scale=scale,
-                   dropout_p=self.dropout if self.training else 0.0, generator=generator,
-                   return_lse=return_lse, backend=self.backend, block_m=self.block_m,
-                   block_n=self.block_n, cache_dir=self.cache_dir, ops=self._ops,
-                   needs_segments=self._needs_segments)
+        try:
+            return run(self.pattern, q, k, v, segments=segments,
+                       key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                       attn_bias=attn_bias, scale=scale,
+                       dropout_p=self.dropout if self.training else 0.0, generator=generator,
+                       return_lse=return_lse, backend=self.backend, block_m=self.block_m,
+                       block_n=self.block_n, cache_dir=self.cache_dir, ops=self._ops,
+                       needs_segments=self._needs_segments)
+        except AttnError as exc:
+            if self._text is None:
+                raise
+            from .functional import in_text
+            raise in_text(exc, self._text) from None
 
 
 def make_module(pattern, backend="auto", **options) -> PatternAttention:

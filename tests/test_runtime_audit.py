@@ -10,6 +10,7 @@ import torch
 
 import attnlang
 from attnlang import functional as F
+from attnlang.runtime import make_module
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 
@@ -144,3 +145,28 @@ def test_cache_dir_of_the_wrong_type_is_named():
     for backend in ("torch", "triton"):
         with pytest.raises(ValueError, match=r"^cache_dir: got int 3; expected a directory "):
             pattern.module(backend=backend, cache_dir=3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_where_too_large_at_call_time_points_at_the_users_text(backend, tmp_path):
+    """A `where` whose arithmetic could pass 2**62 at the call's lengths is found when the call
+    plans: its error points at the expression in the text as given (functional and a module
+    made from text: line 1 of the text, not of the hidden wrapper) and, on the Triton path,
+    whose generated module plans from text without positions, still at the user's source."""
+    if backend == "triton" and not INTERPRETED:
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    q = torch.randn(1, 1, 4, 16)
+    huge = "q * 100000000000 * 100000000000"
+    with pytest.raises(attnlang.AttnError) as info:
+        F.attention(q, q, q, f"where({huge} > k)", backend=backend)
+    assert (info.value.filename, info.value.line, info.value.column) == ("<pattern>", 1, 7)
+    assert info.value.source_line == f"where({huge} > k)"
+    layer = make_module(f"causal &\n  where({huge} > k)", backend=backend,
+                        cache_dir=tmp_path)
+    with pytest.raises(attnlang.AttnError) as info:
+        layer(q, q, q)
+    assert (info.value.line, info.value.column) == (2, 9), str(info.value)
+    program = attnlang.parse(f"pattern a = causal\npattern b = a & where({huge} < 3)", "f.attn")
+    with pytest.raises(attnlang.AttnError) as info:
+        program["b"].module(backend=backend, cache_dir=tmp_path)(q, q, q)
+    assert (info.value.filename, info.value.line, info.value.column) == ("f.attn", 2, 23)
