@@ -125,8 +125,9 @@ _AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
 def _autocast_inputs(q, k, v):
     """Under ``torch.autocast`` for ``q``'s device, ``q``/``k``/``v`` in the autocast dtype, as
     ``F.scaled_dot_product_attention`` takes them (float64 is left alone, as autocast does)."""
-    if not isinstance(q, torch.Tensor) or not torch.is_autocast_enabled(q.device.type):
-        return q, k, v
+    if not isinstance(q, torch.Tensor) or q.is_meta \
+            or not torch.is_autocast_enabled(q.device.type):
+        return q, k, v  # (no autocast on the meta device: validate names the argument)
     dtype = torch.get_autocast_dtype(q.device.type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_CASTS
                  and t.device == q.device else t for t in (q, k, v))

@@ -102,6 +102,7 @@ def _check_qkv(q, k, v):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise _fail(name, _describe(t), "a torch.Tensor of shape [B, H, L, D]")
+        check_strided(name, t, _PADDING_HINT)
         if t.dim() != 4:
             raise _fail(name, f"a tensor of shape {list(t.shape)}",
                         "4 dimensions [batch, heads, length, head_dim]")
@@ -128,6 +129,20 @@ def _check_qkv(q, k, v):
     return q, k, v
 
 
+_PADDING_HINT = "; pad variable lengths and pass key_padding_mask or segments"
+
+
+def check_strided(name, t, hint="") -> None:
+    """A ValueError naming ``name`` unless the tensor ``t`` is a dense (strided) tensor with
+    data: sparse, nested and meta tensors are refused here, before anything reads them
+    (``hint`` ends the message of a tensor that is not dense)."""
+    if t.layout is not torch.strided or t.is_nested:
+        kind = "nested" if t.is_nested else str(t.layout).replace("torch.", "")
+        raise _fail(name, f"a {kind} tensor", "a dense (strided) tensor" + hint)
+    if t.is_meta:
+        raise _fail(name, "a tensor on the meta device", "a tensor with data (CPU or CUDA)")
+
+
 def _one_or(size, batch) -> bool:
     """``size in (1, batch)``, spelled as comparisons: under ``torch.compile`` with dynamic
     shapes, ``in`` on a tuple holding a symbolic size answered False for equal sizes."""
@@ -135,7 +150,8 @@ def _one_or(size, batch) -> bool:
 
 
 def _as_ids(name, t, batch, length, device):
-    if type(t) is torch.Tensor and t.dtype == torch.int32 and t.device == device:
+    if type(t) is torch.Tensor and t.dtype == torch.int32 and t.device == device \
+            and t.layout is torch.strided and not t.is_nested:
         # the kernels' own dtype: the checks below that apply, in a few µs less of host time
         ids = t.unsqueeze(0) if t.dim() == 1 else t
         if ids.dim() == 2 and ids.shape[1] == length and _one_or(ids.shape[0], batch):
@@ -145,6 +161,7 @@ def _as_ids(name, t, batch, length, device):
             t = torch.as_tensor(t, device=device)
         except (TypeError, ValueError, RuntimeError):
             raise _fail(name, _describe(t), "an integer tensor of segment ids") from None
+    check_strided(name, t)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise _fail(name, f"dtype {t.dtype}", "an integer dtype (segment ids)")
     if t.dtype == getattr(torch, "uint64", None):  # no range check exists for it: ids may wrap
@@ -230,6 +247,7 @@ def _check_key_padding(mask, batch, lk, device):
         return None
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise _fail("key_padding_mask", _describe(mask), "a bool tensor [B, Lk] (True = keep)")
+    check_strided("key_padding_mask", mask)
     if mask.device != device:
         raise _fail("key_padding_mask", f"a tensor on {mask.device}", f"the device of q ({device})")
     if mask.dim() == 1:
@@ -246,6 +264,7 @@ def _check_dense(name, t, full, device, boolean):
                 f"a floating-point tensor broadcastable to {list(full)} (added to the scores)")
     if not isinstance(t, torch.Tensor):
         raise _fail(name, _describe(t), accepted)
+    check_strided(name, t)
     if boolean and t.dtype != torch.bool:
         hint = "; pass additive float masks as attn_bias" if t.dtype.is_floating_point else ""
         raise _fail(name, f"dtype {t.dtype}", accepted + hint)

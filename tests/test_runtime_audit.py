@@ -10,6 +10,7 @@ import torch
 
 import attnlang
 from attnlang import functional as F
+from attnlang.nn import FlashAttention, LocalAttention
 from attnlang.runtime import make_module
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
@@ -170,3 +171,39 @@ def test_a_where_too_large_at_call_time_points_at_the_users_text(backend, tmp_pa
     with pytest.raises(attnlang.AttnError) as info:
         program["b"].module(backend=backend, cache_dir=tmp_path)(q, q, q)
     assert (info.value.filename, info.value.line, info.value.column) == ("f.attn", 2, 23)
+
+
+def _sparse(t):
+    return t.to_sparse()
+
+
+def _meta(t):
+    return t.to("meta")
+
+
+@pytest.mark.parametrize("convert, given", [(_sparse, "a sparse_coo tensor"),
+                                            (_meta, "a tensor on the meta device")])
+def test_tensors_without_dense_data_name_the_argument(convert, given):
+    """Sparse and meta tensors (nested ones too) were internal errors of torch's operators or
+    of autocast's device check; every tensor argument now names itself."""
+    q = torch.randn(1, 2, 8, 16)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2], dtype=torch.int32)
+    calls = {"q": dict(q=convert(q)),
+             "attn_mask": dict(attn_mask=convert(torch.ones(8, 8, dtype=torch.bool))),
+             "attn_bias": dict(attn_bias=convert(torch.zeros(8, 8))),
+             "key_padding_mask": dict(key_padding_mask=convert(torch.ones(1, 8, dtype=torch.bool))),
+             "segments": dict(segments=convert(ids))}
+    for name, change in calls.items():
+        args = {"q": q, "segments": ids, **change}
+        with pytest.raises(ValueError, match=rf"^{name}: got {given}; expected "):
+            F.attention(args.pop("q"), q, q, "causal & segment", backend="torch", **args)
+    for module in (FlashAttention(), LocalAttention(window_size=4, dropout=0.0)):
+        with pytest.raises(ValueError, match=rf"^q: got {given}; expected "):
+            module(convert(q), q, q)
+
+
+def test_nested_tensors_name_the_argument():
+    nested = torch.nested.nested_tensor([torch.randn(2, 4, 16), torch.randn(2, 3, 16)])
+    with pytest.raises(ValueError, match=r"^q: got a nested tensor; expected a dense \(strided\) "
+                                         r"tensor; pad variable lengths"):
+        F.attention(nested, nested, nested, "causal", backend="torch")

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..validate import MAX_HEAD_DIM, MIN_HEAD_DIM
+from ..validate import MAX_HEAD_DIM, MIN_HEAD_DIM, check_strided
 
 MIN_BLOCK = 16  # the smallest layout block the kernels take (a power of two)
 MAX_BLOCK = 64  # the largest layout block ``layout_block`` picks
@@ -121,6 +121,7 @@ def check_tensor(name: str, value, dims=None) -> torch.Tensor:
         given = (f"a {value.dtype} tensor" if isinstance(value, torch.Tensor)
                  else type(value).__name__)
         raise ValueError(f"{name}: got {given}; expected a floating-point torch.Tensor")
+    check_strided(name, value)
     if dims is not None and value.dim() != dims:
         raise ValueError(f"{name}: got a tensor of shape {list(value.shape)}; expected "
                          f"{dims} dimensions")
