@@ -59,3 +59,19 @@ def test_a_shown_command_prints_what_the_docs_show(doc, line, command, expected,
     output = result.stdout if result.stdout.endswith("\n") else result.stdout + "\n"
     assert output_pattern(expected).fullmatch(output), (
         f"{doc}:{line}: `{command}` printed:\n{output}\nthe docs show:\n" + "\n".join(expected))
+
+
+def test_the_readmes_python_tour_runs_and_prints_what_its_comments_say(tmp_path, monkeypatch):
+    """The README's Python block runs as written (from the repository's root, on the CPU), and
+    each ``print(...)  # TEXT`` line prints TEXT."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    claims = re.findall(r"^print\((.+?)\)\s+# (.+)$", block, re.MULTILINE)
+    assert claims, "the tour prints something"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ATTNLANG_CACHE_DIR", str(tmp_path))
+    names = {}
+    exec(compile(block, "README.md", "exec"), names)  # noqa: S102 - the docs' own code
+    assert names["out"].shape == names["q"].shape
+    for expression, printed in claims:
+        assert str(eval(expression, names)) == printed  # noqa: S307
