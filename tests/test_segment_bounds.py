@@ -472,3 +472,33 @@ def test_new_query_and_key_ids_of_other_lengths_take_the_earlier_launches(tmp_pa
                                                                     segments=(seg_q, seg_k)),
                                 q, k, v, do, seg_q, seg_k)
         assert len(prepared) == (index == 0)
+
+
+@pytest.mark.parametrize("scenario", ["grad, then no_grad", "key_padding_mask"])
+def test_ids_of_another_length_between_two_calls_keep_the_order_flag(scenario, tmp_path):
+    """A call's bounds are kept per lengths and tile, the ids' order flag per batch count: ids of
+    another length in between replaced the flag, and the first ids' next call that prepared
+    again (a new call key: no gradients, or a padding mask, never kept) found its bounds but no
+    flag and launched with SEG_FLAG None (found by an audit)."""
+    def ids(length):
+        s = torch.zeros(length, dtype=torch.int32)
+        s[length // 3:] = 1
+        s[2 * length // 3:] = 2
+        return s
+
+    layer = attnlang.parse("pattern x = causal & segment")["x"].module(
+        backend="triton", cache_dir=tmp_path)
+    ids_a, ids_b = ids(32), ids(48)
+    qa, ka, va = random_inputs(1, 1, 1, 32, 32, 16, torch.float32, seed=1)
+    qb, kb, vb = random_inputs(1, 1, 1, 48, 48, 16, torch.float32, seed=2)
+    kpm = torch.ones(1, 32, dtype=torch.bool) if scenario == "key_padding_mask" else None
+    if kpm is None:
+        layer(qa.clone().requires_grad_(), ka, va, segments=ids_a).sum().backward()
+    else:
+        layer(qa, ka, va, segments=ids_a, key_padding_mask=kpm)
+    layer(qb, kb, vb, segments=ids_b)
+    with torch.no_grad():
+        out = layer(qa, ka, va, segments=ids_a, key_padding_mask=kpm)
+    keep = reference.mask(_expr("causal & segment"), 32, 32, segments=ids_a)
+    want = reference.attention(qa.double(), ka.double(), va.double(), keep)[0]
+    assert rel_err(out, want) < 1e-4
