@@ -556,3 +556,17 @@ def test_an_unknown_launcher_is_called_as_it_is(mod, change):
                                run=Run(launcher))
     mod._bare_launcher(compiled)(4, 2, 1, 1234, ("a", 48))
     assert calls == [(4, 2, 1, 1234, "function", "metadata", None, None, None, "a", 48)]
+
+
+def test_tables_of_many_lengths_never_grow_without_bound(tmp_path):
+    """A run of varying lengths made a new entry of the plans' device tables (and of the rows'
+    mean blocks) per length, kept for good: both caches start again when full."""
+    from attnlang.cache import load_module
+
+    module = load_module(pattern_of(_expr("causal & window(8, 0)")), directory=tmp_path)
+    for length in range(16, 16 + 150):
+        module._plans(length, length, 2, 16, 16, None, None, torch.device("cpu"))
+        module._row_blocks(length, length, 2, 16, 16, torch.device("cpu"))
+        assert len(module._TABLES) <= 64 and len(module._ROW_BLOCKS) <= 64
+    plans, tables = module._plans(165, 165, 2, 16, 16, None, None, torch.device("cpu"))
+    assert module._TABLES[(165, 165, 2, 16, 16, "cpu")] == (plans, tables)  # kept, the latest
