@@ -502,3 +502,25 @@ def test_ids_of_another_length_between_two_calls_keep_the_order_flag(scenario, t
     keep = reference.mask(_expr("causal & segment"), 32, 32, segments=ids_a)
     want = reference.attention(qa.double(), ka.double(), va.double(), keep)[0]
     assert rel_err(out, want) < 1e-4
+
+
+def test_the_launches_kept_per_shape_do_not_keep_the_callers_ids(tmp_path):
+    """The launches kept as the template of a shape's calls held the first call's ids, and
+    through a view the whole storage it views (a batch buffer, say), for good: the template
+    now takes copies, so only the last call's ids (the memo of the call) stay alive."""
+    import gc
+    import weakref
+
+    layer = attnlang.parse("pattern x = causal & segment")["x"].module(
+        backend="triton", cache_dir=tmp_path)
+    buffers = []
+    for step in range(3):
+        buffer = torch.zeros(2, 4096, dtype=torch.int32)
+        buffer[0, :32] = torch.tensor([0] * 10 + [1] * 12 + [2] * 10, dtype=torch.int32)
+        q, k, v = (t.requires_grad_() for t in random_inputs(1, 1, 1, 32, 32, 16,
+                                                             torch.float32, seed=step))
+        layer(q, k, v, segments=buffer[0, :32]).sum().backward()
+        buffers.append(weakref.ref(buffer))
+        del buffer
+    gc.collect()
+    assert [ref() is None for ref in buffers] == [True, True, False]
