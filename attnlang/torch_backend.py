@@ -22,8 +22,9 @@ does not depend on how the work is blocked, and the backward pass regenerates it
 """
 from __future__ import annotations
 
-import functools
+import collections
 import math
+import threading
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -93,10 +94,30 @@ def plan_work(plan) -> List[Work]:
     return items
 
 
-@functools.lru_cache(maxsize=64)
+# The work of recent geometries, least recently used first: at most WORK_ENTRIES of them and
+# WORK_BYTES of index tensors (one causal geometry at 16k tokens holds ~17 MB of key indices, so
+# a count alone let a run of varying lengths keep gigabytes).
+WORK_ENTRIES, WORK_BYTES = 64, 256 << 20
+_WORK: "collections.OrderedDict" = collections.OrderedDict()
+_WORK_LOCK = threading.Lock()
+
+
 def _cached_work(expr, q_len, k_len, block_m, block_n, num_heads, device) -> Tuple[Work, ...]:
+    key = (expr, q_len, k_len, block_m, block_n, num_heads, device)
+    with _WORK_LOCK:
+        hit = _WORK.get(key)
+        if hit is not None:
+            _WORK.move_to_end(key)
+            return hit[0]
     plan = _build_plan(expr, q_len, k_len, block_m=block_m, block_n=block_n, num_heads=num_heads)
-    return tuple(_to_device(w, device) for w in plan_work(plan))
+    work = tuple(_to_device(w, device) for w in plan_work(plan))
+    size = sum(t.numel() * t.element_size() for w in work for t in (w.heads, w.q_idx, w.k_idx))
+    with _WORK_LOCK:
+        _WORK[key] = (work, size)
+        total = sum(entry[1] for entry in _WORK.values())
+        while len(_WORK) > 1 and (len(_WORK) > WORK_ENTRIES or total > WORK_BYTES):
+            total -= _WORK.popitem(last=False)[1][1]
+    return work
 
 
 def _to_device(w: Work, device) -> Work:

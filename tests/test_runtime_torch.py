@@ -425,3 +425,22 @@ def test_functional_with_a_pattern_object_compiles_fullgraph_and_its_cache_stays
         runtime._PREPARED[("filler", i)] = None
     F.attention(q, q, q, attnlang.parse("pattern y = causal")["y"], backend="torch")
     assert len(runtime._PREPARED) == 1
+
+
+def test_the_torch_backends_work_cache_is_bounded_by_bytes(monkeypatch):
+    """The blocked backend keeps each geometry's work (index tensors) for the next call: by
+    count and by bytes, least recently used first, so varying lengths cannot pin gigabytes."""
+    from attnlang import torch_backend
+
+    monkeypatch.setattr(torch_backend, "_WORK", type(torch_backend._WORK)())
+    monkeypatch.setattr(torch_backend, "WORK_BYTES", 200_000)
+    expr = attnlang.parse("pattern c = causal")["c"].ir
+    cpu = torch.device("cpu")
+    first = torch_backend._cached_work(expr, 64, 64, 16, 16, 1, cpu)
+    assert torch_backend._cached_work(expr, 64, 64, 16, 16, 1, cpu) is first  # kept
+    for length in range(100, 400, 20):
+        torch_backend._cached_work(expr, length, length, 16, 16, 1, cpu)
+        sizes = [size for _, size in torch_backend._WORK.values()]
+        assert sum(sizes) <= 200_000 or len(sizes) == 1
+    assert (expr, 64, 64, 16, 16, 1, cpu) not in torch_backend._WORK  # the oldest went first
+    assert (expr, 380, 380, 16, 16, 1, cpu) in torch_backend._WORK
