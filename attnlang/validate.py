@@ -189,7 +189,14 @@ def _as_ids(name, t, batch, length, device):
         return ids
     if len(_INT32_IDS) >= 64:  # the id tensors of a few steps: never grows without bound
         _INT32_IDS.clear()
-    _INT32_IDS[id(known[0])] = (weakref.ref(known[0]), known[1], ids)
+    key = id(known[0])
+
+    def forget(ref):  # the caller's ids are gone: so is their copy (unless the key was reused)
+        entry = _INT32_IDS.get(key)
+        if entry is not None and entry[0] is ref:
+            del _INT32_IDS[key]
+
+    _INT32_IDS[key] = (weakref.ref(known[0], forget), known[1], ids)
     return ids
 
 

@@ -207,3 +207,20 @@ def test_nested_tensors_name_the_argument():
     with pytest.raises(ValueError, match=r"^q: got a nested tensor; expected a dense \(strided\) "
                                          r"tensor; pad variable lengths"):
         F.attention(nested, nested, nested, "causal", backend="torch")
+
+
+def test_an_int32_copy_of_wider_ids_goes_with_the_callers_ids():
+    """validate keeps the int32 copy of int64 ids while the caller's ids live (their range
+    check runs once); it kept the copy after them until its table filled."""
+    import gc
+
+    from attnlang import validate as checks
+
+    q = torch.randn(1, 1, 8, 16)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    F.attention(q, q, q, "causal & segment", segments=ids, backend="torch")
+    assert id(ids) in checks._INT32_IDS
+    key = id(ids)
+    del ids
+    gc.collect()
+    assert key not in checks._INT32_IDS
