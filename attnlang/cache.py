@@ -125,6 +125,8 @@ def load_module(pattern, block_m=None, block_n=None, directory=None):
             from .codegen import render_module
 
             write_atomic(path, render_module(pattern, block_m=block_m, block_n=block_n))
-        module = import_path(path, f"attnlang_generated_{path.stem[:24]}")
+        # named by the module's key and its folder: two cache directories never share a name
+        folder = hashlib.sha256(str(path.parent.resolve()).encode()).hexdigest()[:8]
+        module = import_path(path, f"attnlang_generated_{path.stem[:24]}_{folder}")
         _LOADED[key] = module
         return module

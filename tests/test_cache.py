@@ -77,6 +77,13 @@ def test_load_module_generates_once_and_imports_under_unique_names(tmp_path):
     other = cache.load_module(pattern(w=2), directory=tmp_path)
     assert other is not module and other.__name__ != module.__name__
     assert sys.modules[module.__name__] is module
+    # the same pattern from another cache directory is a module of its own, with its own
+    # support package (the second took the first's name, and so its support modules)
+    (tmp_path / "second").mkdir()
+    again = cache.load_module(p, directory=tmp_path / "second")
+    assert again is not module and again.__name__ != module.__name__
+    assert sys.modules[module.__name__] is module and sys.modules[again.__name__] is again
+    assert again._support.plan is not module._support.plan
 
 
 def _worker(directory, queue):
