@@ -158,6 +158,8 @@ def in_set(node, i: torch.Tensor, end: int) -> torch.Tensor:
         return r == int(ir.const(node.residue))
     if isinstance(node, ir.Listed):
         members = sorted({_resolve(int(ir.const(x)), end) for x in node.items})
+        if not members:  # `{}`, the empty set
+            return torch.zeros_like(i, dtype=torch.bool)
         table = torch.as_tensor(members, dtype=torch.int64, device=i.device)
         where = torch.searchsorted(table, i).clamp(max=len(members) - 1)
         return table[where] == i

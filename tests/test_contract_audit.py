@@ -64,3 +64,25 @@ def test_default_value_errors_point_into_the_declaration(source, line, column, n
     err = info.value
     assert (err.line, err.column) == (line, column), str(err)
     assert note in err.message and "default values" in err.message
+
+
+@pytest.mark.parametrize("text", ["rows({}) | causal", "cols({})", "heads({}) | causal",
+                                  "global({}) | window(1)", "causal & ~cols({} | {3})",
+                                  "heads({}) & window(2) | heads({0}) & causal"])
+def test_the_empty_index_set_on_every_path(text):
+    """`{}` is the empty index set (docs/language.md): the reference took it, while layouts,
+    plans and both backends indexed an empty table of members (IndexError)."""
+    import torch
+
+    from attnlang import reference
+    from attnlang.runtime import run
+
+    pattern = attnlang.parse(f"pattern x = {text}")["x"]
+    want = reference.mask(pattern.ir, 20, 20, num_heads=2)
+    pattern.layout(20, 20, block_m=16, block_n=16, num_heads=2)
+    plan = pattern.plan(20, 20, block_m=16, block_n=16, num_heads=2)
+    assert plan.kept_pairs == int(want.sum())
+    q = torch.randn(1, 2, 20, 16, generator=torch.Generator().manual_seed(0))
+    out = run(pattern, q, q, q, backend="torch", block_m=16, block_n=16)
+    want_out = reference.attention(q.double(), q.double(), q.double(), want[None])[0]
+    torch.testing.assert_close(out.double(), want_out, atol=1e-5, rtol=1e-5)
