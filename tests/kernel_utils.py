@@ -1,6 +1,5 @@
 """Helpers for the generated-kernel tests: render a pattern's module once and compare it with
 the float64 reference."""
-import math
 
 import torch
 

@@ -8,11 +8,12 @@ from attnlang import ir
 from attnlang.analysis import analyze
 from attnlang.reference import mask as ref_mask
 from tests.strategies import bound_patterns, lengths, num_heads
+from budget import scaled
 
 I = ir.Int
 
 
-@settings(deadline=None, max_examples=15)
+@settings(deadline=None, max_examples=scaled(15))
 @given(expr=bound_patterns(allow_segment=False), lens=lengths(), heads=num_heads(3))
 def test_layout_path_agrees_with_dense(expr, lens, heads):
     """The no-dense-mask path (dense_limit=0) gives the reference's exact numbers."""

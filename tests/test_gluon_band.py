@@ -26,6 +26,7 @@ from attnlang.cache import load_module
 from attnlang.reference import mask as dense_mask
 
 from strategies import bound_patterns, primitives
+from budget import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def _bands():
                         max_leaves=5)
 
 
-@settings(max_examples=150)
+@settings(max_examples=scaled(150))
 @given(st.one_of(_bands(), bound_patterns(max_leaves=4)), st.integers(1, 40), st.integers(0, 30))
 def test_band_of_names_exactly_the_kept_pairs(expr, Lq, extra):
     """Where band_of finds (back, ahead), the pattern keeps exactly that band, at any lengths
@@ -58,7 +59,7 @@ def test_band_of_names_exactly_the_kept_pairs(expr, Lq, extra):
         assert found is not None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scaled(300), deadline=None)
 @given(st.one_of(st.none(), st.integers(-40, 300)), st.one_of(st.none(), st.integers(-40, 300)),
        st.integers(1, 300), st.integers(-60, 60), st.sampled_from([0, 8, 16, 64]),
        st.integers(0, 9), st.integers(0, 30), st.sampled_from([16, 32, 64]))

@@ -16,6 +16,7 @@ import attnlang
 from attnlang.cache import load_module
 from attnlang.predicate import evaluate
 from attnlang.plan import decompose
+from budget import scaled
 
 gb = pytest.importorskip("attnlang.gluon_backward")
 from gluon_python import check_tiles, emulate_backward  # noqa: E402
@@ -46,7 +47,7 @@ def test_which_modules_have_a_gluon_gather_component():
         assert _module(text).GLUON_GATHER is None, text
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=scaled(30), deadline=None)
 @given(st.sampled_from([4, 8, 16]), st.integers(1, 4), st.integers(1, 80), st.integers(0, 20),
        st.booleans())
 def test_gather_first_names_exactly_each_keys_queries(c, width, Lq, extra, windowed):
@@ -188,7 +189,7 @@ def _one_key_block(chunk, length, block_m, block_n):
     return True
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=scaled(5), deadline=None)
 @given(chunk=st.sampled_from([8, 16, 32, 64]), length=st.integers(33, 96),
        tile=st.sampled_from([(32, 32, None), (16, 32, "16x32:4:1:t"), (32, 64, "32x64:4:1:t")]))
 @example(chunk=64, length=70, tile=(32, 32, None))  # a chunk query block meets two key blocks
@@ -216,7 +217,7 @@ def test_the_chunks_route_and_gradients_at_random_chunks_lengths_and_tiles(chunk
     assert ("_bwd_dq_fused" in launched) == (not pairs)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(st.integers(1, 300), st.integers(1, 64), st.integers(1, 200))
 @example(64, 28, 132)  # 8k tokens, 28 heads on an H200: 16 a program (112 programs), not 14 (140)
 def test_the_pairs_grid_fits_one_wave_with_the_fewest_key_blocks_a_program(n_kb, heads, slots):

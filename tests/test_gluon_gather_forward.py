@@ -22,6 +22,7 @@ from attnlang.predicate import evaluate
 from attnlang.reference import mask as dense_mask
 
 from strategies import band_intersections
+from budget import scaled
 
 gf = pytest.importorskip("attnlang.gluon_forward")
 from gluon_python import TENSOR_GL, Pointer, as_python  # noqa: E402
@@ -46,7 +47,7 @@ def test_which_modules_take_the_gluon_gather_forward():
         assert _module(text).GLUON_GATHER_FWD is None, text
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled(60), deadline=None)
 @given(band_intersections(), st.integers(1, 9), st.integers(1, 40), st.integers(0, 12))
 def test_chunked_band_of_names_exactly_the_kept_pairs(band, size, Lq, extra):
     """Where `chunked_band_of` finds ((back, ahead), size), the pattern keeps exactly the band's
@@ -113,7 +114,7 @@ SHAPES = {  # the other component: causal & chunk(c), a band, bands within chunk
     "keys behind": "(window(3, -1) & chunk({c})) | (causal & cols(every({c}, {b}..{c})))"}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled(60), deadline=None)
 @given(st.sampled_from([4, 8, 16]), st.integers(1, 4), st.integers(1, 90), st.integers(0, 20),
        st.sampled_from([(8, 8), (16, 8), (8, 16), (32, 16)]), st.sampled_from(sorted(SHAPES)),
        st.integers(1, 40))

@@ -18,6 +18,7 @@ from attnlang.band import band_of, banded_of
 from attnlang.reference import mask as dense_mask
 
 from strategies import band_intersections as _bands
+from budget import scaled
 
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
@@ -65,7 +66,7 @@ def _expected(found, Lq, Lk):
     return keep
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(_banded(), _lengths())
 def test_banded_of_names_exactly_the_kept_pairs(expr, lengths):
     """Where banded_of finds (band, rows, cols), the pattern keeps exactly those pairs at any
@@ -75,7 +76,7 @@ def test_banded_of_names_exactly_the_kept_pairs(expr, lengths):
         assert torch.equal(dense_mask(expr, *lengths)[0], _expected(found, *lengths))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=scaled(100), deadline=None)
 @given(_banded(starting=True))
 def test_banded_of_finds_every_band_with_one_range_of_each_kind(expr):
     """A band with ranges that count from the start is found whenever the ranges of each kind
@@ -116,7 +117,7 @@ def _globs(found, Lq, Lk, spans=None):
     return back, ahead, bounds + (spans or (0, 0))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(_banded(starting=True), _lengths())
 def test_the_kernels_keep_exactly_the_patterns_pairs(expr, lengths):
     """`gluon_hopper.kept`, with the bounds the host gives the kernels (`band_bounds`,
@@ -151,7 +152,7 @@ def _case(expr, lengths, tile, forward):
     return dense_mask(expr, Lq, Lk)[0], back, ahead, globs[:4] + span, n_q, n_k, off
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=scaled(150), deadline=None)
 @given(_banded(starting=True), _lengths(), TILES, st.integers(1, 3), st.integers(1, 2))
 def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengths, tile, BH,
                                                                      group):
@@ -186,7 +187,7 @@ def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengt
     assert sorted(seen) == [(bh, t * BM) for bh in range(BH) for t in range(n_q)]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=scaled(150), deadline=None)
 @given(_banded(starting=True), _lengths(), TILES, st.integers(1, 3), st.integers(1, 4))
 def test_backward_key_blocks_visit_every_kept_tile_once_global_columns_first(
         expr, lengths, tile, BH, group):
@@ -217,7 +218,7 @@ def test_backward_key_blocks_visit_every_kept_tile_once_global_columns_first(
                 assert keys[t * BM:(t + 1) * BM].all()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(st.one_of(_bands(), _banded(starting=True)), _lengths(), st.sampled_from([4, 8, 16]))
 def test_the_backward_keeps_exactly_a_key_blocks_pairs(expr, lengths, BN):
     """`gluon_backward._band_keep` (an S^T tile: a block of keys as rows, the queries as

@@ -21,6 +21,7 @@ from attnlang.cache import load_module
 from attnlang.reference import mask as dense_mask
 
 from strategies import band_intersections as _bands
+from budget import scaled
 
 gh = pytest.importorskip("attnlang.gluon_hopper")
 gf = pytest.importorskip("attnlang.gluon_forward")
@@ -43,7 +44,7 @@ def _kept(back, ahead, Lq, Lk):
     return as_python(gh.kept)(p, torch.arange(Lk)[None, :], back, ahead, (0,) * 6, False)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(_strided(), st.integers(1, 40), st.integers(0, 30))
 def test_strided_band_of_names_exactly_the_kept_pairs(expr, Lq, extra):
     """Where strided_band_of finds (s, band), the pattern keeps exactly the band's pairs whose
@@ -68,7 +69,7 @@ def _nodes(expr):
         yield from _nodes(expr.right)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(_strided(), st.integers(1, 12), st.integers(0, 6))
 def test_each_residue_class_is_the_class_band_of_its_own_positions(expr, lq, extra):
     """With lengths that are multiples of s: the queries of class r meet only the keys of class
@@ -242,7 +243,7 @@ def _strided_case(draw):
     return expr, found, lq * step, (lq + draw(st.integers(0, 4))) * step
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=scaled(12), deadline=None)
 @given(_strided_case(), st.integers(1, 2), st.integers(1, 2), st.sampled_from([128, 64]))
 def test_the_gluon_host_functions_of_residue_classes_match_the_reference(case, B, H, keys):
     """`gluon_forward.forward` and `gluon_backward.backward` with ``step`` (the kernels

@@ -10,6 +10,7 @@ import attnlang
 from attnlang import reference
 from attnlang.cache import load_module
 from attnlang.reference import mask as dense_mask
+from budget import scaled
 
 
 def _step(text, monkeypatch, piece_blocks, Lq, Lk, B=1, H=2, D=16, seed=0):
@@ -62,7 +63,7 @@ def test_rows_whole_below_two_pieces(monkeypatch):
     assert _step("window(8) | global(0..40)", monkeypatch, 7, 400, 400)[0] == [None]
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=scaled(4), deadline=None)
 @given(width=st.integers(0, 24), start=st.integers(0, 250), span=st.integers(1, 60),
        piece_blocks=st.integers(1, 3), Lq=st.integers(160, 300), extra=st.sampled_from([0, 37]),
        rows_only=st.booleans(), seed=st.integers(0, 2 ** 16))

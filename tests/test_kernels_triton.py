@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from kernel_utils import (check_against_reference, generated, pattern_of, record_host_work,
                           record_launches, shapes_of)
 from strategies import bound_patterns, lengths, segments_for
+from budget import scaled
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
@@ -199,7 +200,7 @@ def test_forward_after_one_block_classes_as_a_dependent_launch(tmp_path, monkeyp
     assert calls == {"gdc_launch_dependents": programs[0], "gdc_wait": programs[1]}
 
 
-@settings(max_examples=8)
+@settings(max_examples=scaled(8))
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]), d=st.sampled_from([16, 24]),
        dtype=st.sampled_from([torch.float32, torch.float16]), one_block=st.booleans(),
@@ -233,7 +234,7 @@ def test_random_patterns_match_reference(tmp_path_factory, expr, shape, heads, d
                                 Lk=Lk, D=d, dtype=dtype)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=scaled(6), deadline=None)
 @given(expr=bound_patterns(max_leaves=4, allow_segment=False), shape=lengths(max_len=40),
        heads=st.sampled_from([(1, 1), (2, 1)]), d=st.sampled_from([16, 24]),
        tiles=st.sampled_from(["fwd=16x16:4:1,dkdv=16x32:4:1:t,dq=16x16:4:1",
@@ -255,7 +256,7 @@ def test_random_patterns_with_the_gpu_tile_flags(tmp_path_factory, expr, shape, 
                                 Lk=Lk, D=d, dtype=torch.float32)
 
 
-@settings(max_examples=6)
+@settings(max_examples=scaled(6))
 @given(data=st.data(), shape=lengths(max_len=40))
 def test_segments_and_padding(tmp_path_factory, data, shape):
     Lq, Lk = shape

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 import attnlang
 from attnlang import ir, layout, layout_segment, reference
 from attnlang.layout import classify
-from attnlang.plan import RESIDUE, build_plan, decompose
+from attnlang.plan import RESIDUE, build_plan
 from attnlang.predicate import evaluate
-from tests.strategies import bound_patterns, lengths, num_heads, segment_ids, segments_for
+from tests.strategies import bound_patterns, lengths, num_heads, segments_for
 
 I = ir.Int
 CSR_FIELDS = ("full_offsets", "full_indices", "partial_offsets", "partial_indices",

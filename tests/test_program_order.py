@@ -15,6 +15,7 @@ import attnlang
 from attnlang import reference
 from attnlang.cache import load_module
 from attnlang.reference import mask as dense_mask
+from budget import scaled
 
 
 def _interleaves(text, monkeypatch, H=3, L=200, max_blocks=None):
@@ -239,7 +240,7 @@ def _snake():
     return as_python(gh.snake)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(st.integers(1, 300), st.integers(1, 300))
 def test_snake_picks_every_item_once(programs, items):
     """`gluon_hopper.snake` (a persistent program's picks, the Gluon forward's tiles): the picks

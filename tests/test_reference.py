@@ -12,6 +12,7 @@ from attnlang import ir
 from attnlang.reference import attention, keeps, mask, mix32, random_hash, random_keep
 from strategies import (PRIMITIVE_KINDS, bound_patterns, lengths, num_heads, primitives,
                         segments_for)
+from budget import scaled
 
 I = ir.Int
 
@@ -40,7 +41,7 @@ def assert_matches_keeps(expr, q_len, k_len, heads, segments, sample_seed=0, max
 
 
 @pytest.mark.parametrize("kind", PRIMITIVE_KINDS)
-@settings(deadline=None, max_examples=15)
+@settings(deadline=None, max_examples=scaled(15))
 @given(data=st.data())
 def test_each_primitive_matches_the_table(kind, data):
     expr = data.draw(primitives(kind))

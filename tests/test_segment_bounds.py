@@ -13,6 +13,7 @@ from attnlang.cache import load_module
 
 from kernel_utils import generated, pattern_of, random_inputs, record_launches, rel_err
 from strategies import segment_ids
+from budget import scaled
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
@@ -57,7 +58,7 @@ def _unsorted(flag):
     return [int(mark == token) for token, mark in pairs]
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=scaled(12), deadline=None)
 @given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), length=st.integers(1, 70),
        blocks=st.sampled_from([(16, 16), (16, 8), (8, 16)]))
 def test_bounds_are_the_exact_block_classes_for_sorted_ids(tmp_path_factory, data, text, length,
@@ -80,7 +81,7 @@ def test_bounds_are_the_exact_block_classes_for_sorted_ids(tmp_path_factory, dat
             assert lo <= flo <= fhi <= hi
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=scaled(10), deadline=None)
 @given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), lq=st.integers(1, 60),
        lk=st.integers(1, 60))
 def test_bounds_cover_every_kept_pair_across_lengths(tmp_path_factory, data, text, lq, lk):
@@ -184,7 +185,7 @@ def _count_preparations(mod, monkeypatch):
     monkeypatch.setattr(mod, "_SHAPES", {})
     return prepared
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=scaled(8), deadline=None)
 @given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), lq=st.integers(1, 50),
        lk=st.integers(1, 50), padded=st.booleans())
 def test_document_patterns_with_per_batch_ids_match_reference(tmp_path_factory, data, text, lq,
@@ -396,7 +397,7 @@ def test_the_order_flag_needs_no_zeroed_memory(fill, tmp_path, monkeypatch):
         assert rel_err(got, want) < 5e-5
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=scaled(4), deadline=None)
 @given(data=st.data(), text=st.sampled_from(DOCUMENT_PATTERNS), length=st.integers(17, 48))
 def test_new_ids_take_the_launches_of_an_earlier_call_of_their_shape(tmp_path_factory, data, text,
                                                                      length):
