@@ -93,7 +93,8 @@ def int_exprs(params=(), variables=(), max_leaves: int = 4, lo: int = -6, hi: in
 
     No compound node has only literal children, so there is nothing for the checker to fold
     (``Neg`` never wraps a literal: the IR invariant).  ``div``/``mod`` divide by a non-zero
-    literal; ``abs`` appears only when ``variables`` are given (it is a ``where`` function).
+    literal, or (with ``variables``) by an expression over them, which may be zero at some
+    pairs; ``abs`` appears only when ``variables`` are given (it is a ``where`` function).
     """
     names = [ir.Param(p) for p in params] + [ir.Var(v) for v in variables]
     literal = st.integers(lo, hi).map(I)
@@ -104,7 +105,11 @@ def int_exprs(params=(), variables=(), max_leaves: int = 4, lo: int = -6, hi: in
     def extend(children):
         nonzero = st.integers(lo, hi).filter(lambda v: v != 0).map(I)
         binop = st.builds(ir.BinOp, st.sampled_from(["+", "-", "*"]), children, children)
-        divmod_ = st.builds(ir.BinOp, st.sampled_from(["div", "mod"]), children, nonzero)
+        # inside `where` a divisor may depend on the variables, and so be zero at some pairs
+        # (x div 0 = 0, x mod 0 = x: docs/language.md); elsewhere it is a non-zero literal
+        divisor = st.one_of(nonzero, children.filter(lambda e: not _is_literal(e))) \
+            if variables else nonzero
+        divmod_ = st.builds(ir.BinOp, st.sampled_from(["div", "mod"]), children, divisor)
         neg = children.filter(lambda e: not _is_literal(e) and not isinstance(e, ir.Neg)).map(
             ir.Neg)
         minmax = st.builds(lambda f, a, b: ir.Func(f, (a, b)), st.sampled_from(["min", "max"]),
