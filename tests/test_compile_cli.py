@@ -131,6 +131,18 @@ RUNNER = textwrap.dedent("""
                 "lse": lse.detach(), "dq": q.grad}, sys.argv[2])
     layer = module.Attention()
     assert torch.allclose(layer(q, k, v), out)
+    # its own checks name the argument (they were Triton's or torch's errors)
+    import os
+    for call, message in ((lambda: module.Attention(dropout=2), "dropout: got 2;"),
+                          (lambda: module.attention(q, k, v, generator=3), "generator: got int"),
+                          (lambda: (os.environ.update(TRITON_INTERPRET="0"),
+                                    module.attention(q, k, v)), "q: got tensors on cpu")):
+        try:
+            call()
+        except ValueError as exc:
+            assert str(exc).startswith(message), exc
+        else:
+            raise SystemExit(f"no error: {message}")
     print("OK")
 """)
 
