@@ -33,6 +33,7 @@ from attnlang.api import Pattern
 from attnlang.runtime import run
 
 from kernel_utils import check_against_reference, generated, pattern_of, random_inputs
+from test_layout import per_head, truth_classes
 from strategies import (DENSITIES, FLOAT_PARAM, _valid_with, bound_patterns, decls, lengths,
                         num_heads, primitives, segments_for)
 
@@ -58,28 +59,11 @@ def _ref_mask(expr, lq, lk, heads, segments):
         assume(False)
 
 
-def _block_classes(keep: torch.Tensor, bm: int, bn: int) -> torch.Tensor:
-    """[H, Qb, Kb] classes (0 skipped, 1 partial, 2 full) of a [H, Lq, Lk] boolean mask."""
-    H, lq, lk = keep.shape
-    qb, kb = -(-lq // bm), -(-lk // bn)
-    pad = torch.zeros(H, qb * bm, kb * bn, dtype=torch.int64)
-    valid = torch.zeros_like(pad)
-    pad[:, :lq, :lk] = keep.long()
-    valid[:, :lq, :lk] = 1
-    kept = pad.view(H, qb, bm, kb, bn).sum((2, 4))
-    total = valid.view(H, qb, bm, kb, bn).sum((2, 4))
-    return torch.where(kept == 0, 0, torch.where(kept == total, 2, 1))
-
-
-def _per_head(lay) -> torch.Tensor:
-    return lay.classes()[lay.head_group.long()].long()
-
-
 def assert_layout_right(lay, keep, what=""):
     """No FULL block with a masked pair, no skipped block with a kept pair; exact if it says
     so.  ``keep``: the [H, n, m] truth in the layout's own (mapped) coordinates."""
-    got = _per_head(lay)
-    truth = _block_classes(keep, lay.block_m, lay.block_n)
+    got = per_head(lay)
+    truth = truth_classes(keep, lay.block_m, lay.block_n)
     assert got.shape == truth.shape, (what, got.shape, truth.shape)
     wrong_full = (got == 2) & (truth != 2)
     wrong_skip = (got == 0) & (truth != 0)
