@@ -202,6 +202,7 @@ def test_tensors_without_dense_data_name_the_argument(convert, given):
             module(convert(q), q, q)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 def test_nested_tensors_name_the_argument():
     nested = torch.nested.nested_tensor([torch.randn(2, 4, 16), torch.randn(2, 3, 16)])
     with pytest.raises(ValueError, match=r"^q: got a nested tensor; expected a dense \(strided\) "
