@@ -26,7 +26,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .validate import records_grad
+from .validate import int32_ids, records_grad
 
 _OPS: Dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -71,7 +71,7 @@ def attention_op(name: str, impl):
 
             def hit(*args, op=op):
                 if torch.compiler.is_compiling():
-                    return op(*args)
+                    return op(*args[:10], _seed_tensor(args[10]))
                 if not records_grad(args[0], args[1], args[2], args[8]):
                     # nothing for autograd to record: no autograd.Function, whose apply costs
                     # ~18 µs of host time a call (an inference forward 83 -> 64 µs on the CPU
@@ -81,6 +81,15 @@ def attention_op(name: str, impl):
             hit.op = op
             _OPS[name] = hit
         return hit
+
+
+def _seed_tensor(seed):
+    """The custom ops take the dropout seed as a tensor: a Python int drawn by a graph break
+    (`runtime.run`) would be a constant of the graph after it, which Dynamo guards on, so that
+    with ``dynamic=False`` every new seed compiled the graph again."""
+    if isinstance(seed, torch.Tensor):
+        return seed.reshape(()).to(torch.int64)
+    return torch.tensor(seed, dtype=torch.int64)
 
 
 class _Eager(torch.autograd.Function):
@@ -201,9 +210,12 @@ def _register(name, impl):
                 seg_q: Optional[torch.Tensor], seg_k: Optional[torch.Tensor],
                 key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
                 attn_bias: Optional[torch.Tensor], dropout_p: float,
-                seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                seed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        # traced calls pass int64 ids unchecked (`validate._as_ids`): checked here, at run time
+        seg_q = None if seg_q is None else int32_ids("segments", seg_q)
+        seg_k = None if seg_k is None else int32_ids("segments", seg_k)
         return _forward(impl, q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask,
-                        attn_bias, dropout_p, seed)[:2]
+                        attn_bias, dropout_p, int(seed))[:2]
 
     @forward.register_fake
     def _(q, k, v, scale, seg_q, seg_k, key_padding_mask, attn_mask, attn_bias, dropout_p, seed):
@@ -215,12 +227,15 @@ def _register(name, impl):
                  out: torch.Tensor, lse: torch.Tensor, scale: float,
                  seg_q: Optional[torch.Tensor], seg_k: Optional[torch.Tensor],
                  key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
-                 attn_bias: Optional[torch.Tensor], dropout_p: float, seed: int,
+                 attn_bias: Optional[torch.Tensor], dropout_p: float, seed: torch.Tensor,
                  need_dbias: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                             torch.Tensor]:
+        # (the forward checked these ids' range)
+        seg_q = None if seg_q is None else seg_q.to(torch.int32)
+        seg_k = None if seg_k is None else seg_k.to(torch.int32)
         dq, dk, dv, dbias = _backward(impl, do, q, k, v, out, lse, scale, seg_q, seg_k,
-                                      key_padding_mask, attn_mask, attn_bias, dropout_p, seed,
-                                      need_dbias)
+                                      key_padding_mask, attn_mask, attn_bias, dropout_p,
+                                      int(seed), need_dbias)
         return dq, dk, dv, (q.new_empty(_EMPTY_SHAPE) if dbias is None else dbias)
 
     @backward.register_fake

@@ -9,8 +9,8 @@ Backends:
 * ``"auto"``: ``"triton"`` for CUDA tensors, ``"torch"`` otherwise.
 
 Both run as ``torch.library`` custom ops under ``torch.compile`` (``custom_ops.attention_op``), so
-a module compiles with ``torch.compile(fullgraph=True)`` (dropout excepted: drawing its seed reads
-the generator); eager calls run the same functions without the dispatcher.
+a module compiles with ``torch.compile(fullgraph=True)`` (dropout with a ``generator`` argument
+excepted: Dynamo cannot trace one); eager calls run the same functions without the dispatcher.
 Inputs are checked by ``validate.validate``; every complaint is a ``ValueError`` naming the
 argument.
 """
@@ -163,7 +163,9 @@ def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=Non
     seed = 0
     if args.dropout_p > 0:
         device = generator.device if generator is not None else "cpu"
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=device).item())
+        seed = torch.randint(0, 2 ** 62, (1,), generator=generator, device=device)
+        # traced, the op takes the tensor (no graph break, no recompile per seed: custom_ops)
+        seed = seed if torch.compiler.is_compiling() else int(seed.item())
     attn_mask = compact(args.attn_mask)
     # The bias compact too: a bias the caller expanded (stride 0, size > 1) enters autograd in
     # the shape its gradient comes back in (the backward reduces it to the broadcast shape).

@@ -143,6 +143,15 @@ def check_strided(name, t, hint="") -> None:
         raise _fail(name, "a tensor on the meta device", "a tensor with data (CPU or CUDA)")
 
 
+def broadcasts_to(shape, full) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``full``: each size, aligned from the
+    right, 1 or the full one.  Spelled as comparisons, not ``torch.broadcast_shapes``, whose
+    failure under ``torch.compile`` is Dynamo's own error rather than a RuntimeError to catch."""
+    if len(shape) > len(full):
+        return False
+    return all(_one_or(size, want) for size, want in zip(reversed(shape), reversed(full)))
+
+
 def _one_or(size, batch) -> bool:
     """``size in (1, batch)``, spelled as comparisons: under ``torch.compile`` with dynamic
     shapes, ``in`` on a tuple holding a symbolic size answered False for equal sizes."""
@@ -172,19 +181,15 @@ def _as_ids(name, t, batch, length, device):
         t = t.unsqueeze(0)
     if t.dim() != 2 or not _one_or(t.shape[0], batch) or t.shape[1] != length:
         raise _fail(name, f"shape {list(t.shape)}", f"[{length}] or [{batch}, {length}]")
-    if t.dtype == torch.int32 or _compiling():
-        return t.to(torch.int32)
+    if t.dtype == torch.int32:
+        return t
+    if _compiling():  # the range check reads the ids: int64 ids are checked by the op, at run time
+        return t if t.dtype == torch.int64 else t.to(torch.int32)
     known = ids_identity(t)
     hit = _INT32_IDS.get(id(known[0])) if known else None
     if hit is not None and hit[0]() is known[0] and hit[1] == known[1]:
         return hit[2]
-    if t.dtype == torch.int64 and t.numel():
-        # int32 is what the kernels compare; a wrapped id could join two documents.  On a GPU
-        # this reads two numbers back (one host sync per call): int32 ids skip the check.
-        lo, hi = torch.stack(torch.aminmax(t)).tolist()
-        if lo < -2 ** 31 or hi >= 2 ** 31:
-            raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
-    ids = t.to(torch.int32)
+    ids = int32_ids(name, t)
     if known is None:
         return ids
     if len(_INT32_IDS) >= 64:  # the id tensors of a few steps: never grows without bound
@@ -198,6 +203,17 @@ def _as_ids(name, t, batch, length, device):
 
     _INT32_IDS[key] = (weakref.ref(known[0], forget), known[1], ids)
     return ids
+
+
+def int32_ids(name, t):
+    """Integer ids ``t`` as int32, what the kernels compare, or a ValueError naming ``name``
+    where an int64 id does not fit (a wrapped id could join two documents).  On a GPU the check
+    reads two numbers back (one host sync per call): int32 ids skip it."""
+    if t.dtype == torch.int64 and t.numel():
+        lo, hi = torch.stack(torch.aminmax(t)).tolist()
+        if lo < -2 ** 31 or hi >= 2 ** 31:
+            raise _fail(name, f"ids from {lo} to {hi}", "ids that fit in int32")
+    return t.to(torch.int32)
 
 
 # Wider ids converted to int32, kept while the caller's ids stay the same (`ids_identity`): the
@@ -281,11 +297,7 @@ def _check_dense(name, t, full, device, boolean):
         raise _fail(name, f"a tensor on {t.device}", f"the device of q ({device})")
     if t.dim() > 4:
         raise _fail(name, f"shape {list(t.shape)}", accepted)
-    try:
-        fits = tuple(torch.broadcast_shapes(t.shape, full)) == tuple(full)
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(t.shape, full):
         raise _fail(name, f"shape {list(t.shape)}", accepted)
     while t.dim() < 4:
         t = t.unsqueeze(0)

@@ -237,3 +237,63 @@ def test_two_threads_share_one_module():
     for t in threads:
         t.join()
     assert len(errors) == 10 and max(errors) < 1e-5
+
+
+def test_compiled_dropout_takes_its_seed_as_a_tensor():
+    """Under torch.compile the dropout seed was read back with .item(): the next graph took it as
+    a constant, so with dynamic=False every step compiled again (the recompile limit after 8);
+    as a tensor it is one graph, fullgraph too, and with a generator the same numbers as eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    layer = make_module("causal & window(8, 0)", backend="torch", dropout=0.3).train()
+    q, k, v = (randn(1, 2, 24, 16, seed=s, requires_grad=True) for s in range(3))
+    compiled = torch.compile(layer, dynamic=False, backend="aot_eager")
+    outs = [compiled(q, k, v) for _ in range(4)]
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not torch.equal(outs[0], outs[1])  # a new mask every step
+    torch._dynamo.reset()
+    full = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert not torch.equal(full(q, k, v), full(q, k, v))
+    torch._dynamo.reset()  # a generator: a graph break, and the seed eager draws from it
+    step = torch.compile(lambda g: layer(q, k, v, generator=g), backend="aot_eager")
+    got = step(torch.Generator().manual_seed(5))
+    want = layer(q, k, v, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    grads = torch.autograd.grad(got.sum(), (q, k, v))
+    for g, w in zip(grads, torch.autograd.grad(want.sum(), (q, k, v))):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_compiled_int64_ids_past_int32_are_refused_when_the_op_runs():
+    """Traced, int64 ids skipped the range check that reads them and wrapped: 2**32 became 0
+    and two documents one (silently). The op checks them when it runs."""
+    torch._dynamo.reset()
+    q = randn(1, 1, 16, 16)
+    ids = torch.cat([torch.zeros(8, dtype=torch.int64), torch.full((8,), 2 ** 32)])
+    F.attention(q, q, q, "causal & segment", segments=ids.clamp(max=1), backend="torch")
+    call = torch.compile(lambda q, ids: F.attention(q, q, q, "causal & segment", segments=ids,
+                                                    backend="torch"), backend="aot_eager")
+    with pytest.raises(ValueError, match=r"segments: got ids from 0 to 4294967296"):
+        call(q, ids)
+    fine = torch.cat([torch.zeros(8, dtype=torch.int64), torch.full((8,), 2 ** 31 - 1)])
+    want = F.attention(q, q, q, "causal & segment", segments=fine, backend="torch")
+    torch.testing.assert_close(call(q, fine), want, rtol=0, atol=0)
+
+
+def test_compiled_calls_with_a_mask_of_the_wrong_shape_name_it():
+    """torch.broadcast_shapes' failure under a trace is Dynamo's error, which the check's
+    `except RuntimeError` never saw: the message was Dynamo's, not the argument's."""
+    torch._dynamo.reset()
+    q = randn(1, 2, 16, 16)
+    F.attention(q, q, q, "causal", backend="torch")
+    for name, bad in (("attn_mask", torch.ones(16, 15, dtype=torch.bool)),
+                      ("attn_bias", torch.zeros(3, 16))):
+        call = torch.compile(lambda q, m, name=name: F.attention(
+            q, q, q, "causal", backend="torch", **{name: m}), backend="aot_eager")
+        with pytest.raises(ValueError, match=rf"^{name}: got shape \[{bad.shape[0]}, "):
+            call(q, bad)
+    flash = torch.compile(FlashAttention(), backend="aot_eager")
+    with pytest.raises(ValueError, match=r"^mask: got a torch.bool tensor of shape \[16, 15\]"):
+        flash(q, q, q, mask=torch.ones(16, 15, dtype=torch.bool))

@@ -323,13 +323,14 @@ def test_eager_path_equals_the_custom_op():
     g = torch.Generator().manual_seed(0)
     seg = torch.tensor([[0] * 20 + [1] * 17])
     results = []
-    for call in (op, op.op):
+    # the op takes the dropout seed as a tensor (custom_ops._seed_tensor), the eager path an int
+    for call, seed in ((op, 7), (op.op, torch.tensor(7))):
         q, k, v = (torch.randn(2, 4, 37, 8, generator=torch.Generator().manual_seed(i))
                    .requires_grad_(True) for i in range(3))
         bias = torch.randn(1, 4, 37, 37, generator=g.manual_seed(5)).requires_grad_(True)
         mask = torch.rand(37, 37, generator=g.manual_seed(6)) > 0.2
         out, lse = call(q, k, v, 0.3, seg, seg, None, compact(mask.expand(2, 4, 37, 37)),
-                        bias, 0.0, 0)
+                        bias, 0.2, seed)
         (out * torch.arange(8.0)).sum().backward()
         results.append([out, lse, q.grad, k.grad, v.grad, bias.grad])
     for eager, custom in zip(*results):

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from ..validate import check_dropout
+from ..validate import broadcasts_to, check_dropout
 from ._common import attend, check_bool, check_sizes, check_tensor, prepare
 
 __all__ = ["FlashAttention", "reference_attention"]
@@ -34,12 +34,8 @@ def _broadcastable(name, t, full, boolean, device):
     if ok and t.device != device:
         raise ValueError(f"{name}: got a tensor on {t.device}; expected the device of q "
                          f"({device})")
-    if ok and t.dim() <= 4:
-        try:
-            torch.broadcast_shapes(t.shape, full)
-            return t
-        except RuntimeError:
-            pass
+    if ok and t.dim() <= 4 and broadcasts_to(t.shape, full):
+        return t
     given = (f"a {t.dtype} tensor of shape {list(t.shape)}" if isinstance(t, torch.Tensor)
              else type(t).__name__)
     raise ValueError(f"{name}: got {given}; expected a {kind} tensor broadcastable to "
