@@ -188,6 +188,13 @@ def _check_cache_dir(cache_dir):
     return cache_dir
 
 
+# PatternAttention's settings: how each is checked when set
+_SETTINGS = {"pattern": lambda p: p, "backend": check_backend,
+             "dropout": lambda p: check_dropout("dropout", p),
+             "block_m": lambda b: _check_block("block_m", b),
+             "block_n": lambda b: _check_block("block_n", b), "cache_dir": _check_cache_dir}
+
+
 class PatternAttention(torch.nn.Module):
     """Sparse attention of one pattern: ``forward(q, k, v, *, segments=None, ...)``.
 
@@ -198,18 +205,31 @@ class PatternAttention(torch.nn.Module):
     def __init__(self, pattern, backend="auto", *, dropout=0.0, block_m=None, block_n=None,
                  cache_dir=None):
         super().__init__()
-        from .functional import as_pattern
-
-        self.pattern = as_pattern(pattern)
-        self._text = pattern if isinstance(pattern, str) else None  # for errors' positions
-        self.backend = check_backend(backend)
-        self.dropout = check_dropout("dropout", dropout)
-        self.block_m = _check_block("block_m", block_m)
-        self.block_n = _check_block("block_n", block_n)
-        self.cache_dir = _check_cache_dir(cache_dir)
+        self.pattern = pattern
+        self.backend = backend
+        self.dropout = dropout
+        self.block_m = block_m
+        self.block_n = block_n
+        self.cache_dir = cache_dir
         # Resolve now: a missing parameter is reported at construction, and the ops exist
         # before any torch.compile trace reaches ``forward``.
         self._prepare()
+
+    def __setattr__(self, name, value):
+        """The settings are checked when set, and the ops made again when one that makes them
+        changes after construction (assigning ``pattern`` was silently ignored before)."""
+        check = _SETTINGS.get(name)
+        if check is None:
+            return super().__setattr__(name, value)
+        if name == "pattern":
+            from .functional import as_pattern
+
+            # the text is kept for errors' positions in it (`functional.in_text`)
+            super().__setattr__("_text", value if isinstance(value, str) else None)
+            value = as_pattern(value)
+        super().__setattr__(name, check(value))
+        if name != "dropout" and "_ops" in self.__dict__:
+            self._prepare()
 
     def _prepare(self):
         self._ops = prepare_ops(self.pattern, self.backend, self.block_m, self.block_n,

@@ -297,3 +297,27 @@ def test_compiled_calls_with_a_mask_of_the_wrong_shape_name_it():
     flash = torch.compile(FlashAttention(), backend="aot_eager")
     with pytest.raises(ValueError, match=r"^mask: got a torch.bool tensor of shape \[16, 15\]"):
         flash(q, q, q, mask=torch.ones(16, 15, dtype=torch.bool))
+
+
+def test_a_modules_settings_assigned_later_take_effect_or_are_refused():
+    """Assigning ``pattern`` (or a block size, the backend) after construction was silently
+    ignored: the ops were made once. Settings are checked when set and the ops made again."""
+    layer = make_module("causal", backend="torch")
+    q = randn(1, 1, 8, 16)
+    causal = layer(q, q, q)
+    layer.pattern = "all"
+    torch.testing.assert_close(layer(q, q, q), F.attention(q, q, q, "all", backend="torch"),
+                               rtol=0, atol=0)
+    assert not torch.equal(layer(q, q, q), causal)
+    layer.pattern = attnlang.parse("pattern c = causal")["c"]
+    torch.testing.assert_close(layer(q, q, q), causal, rtol=0, atol=0)
+    layer.block_m = 32
+    torch.testing.assert_close(layer(q, q, q), causal)
+    for name, value, message in (("backend", "gpu", "^backend: got 'gpu'"),
+                                 ("block_n", 24, "^block_n: got 24"),
+                                 ("dropout", 1.5, "^dropout: got 1.5"),
+                                 ("pattern", "causal &", "^<pattern>:1:9: error")):
+        with pytest.raises(ValueError, match=message):
+            setattr(layer, name, value)
+    torch.testing.assert_close(layer(q, q, q), causal)  # a refused setting changed nothing
+    assert copy.deepcopy(layer).block_m == 32
