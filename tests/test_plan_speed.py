@@ -123,22 +123,30 @@ def test_position_dependent_classes_are_not_shared():
 
 
 def test_plan_with_128_classes_builds_fast():
+    """A guard against a plan that grows past linear in what it keeps (such plans took minutes):
+    ~0.05 s each on one idle core, bounded 100x above that.  One torch thread: two threads on a
+    loaded two-core machine spun for seconds on these small ops."""
     expr = attnlang.parse("pattern x = causal & (window(127, 0) | stride(128))")["x"].ir
-    build_plan(expr, 1024)  # warm-up
-    t0 = time.perf_counter()
-    plan = build_plan(expr, 32768)
-    build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    kept = plan.kept_pairs
-    count = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_plan(expr, 1024)  # warm-up
+        t0 = time.perf_counter()
+        plan = build_plan(expr, 32768)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        kept = plan.kept_pairs
+        count = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
     assert plan.components[1].num_classes == 128
     # causal & window(127, 0): 128 pairs per row (fewer in the first 127 rows); the stride
     # diagonals d = 128 t, t >= 1, add (32768 - 128 t) pairs each
     rows = sum(min(p + 1, 128) for p in range(32768))
     diagonals = sum(32768 - 128 * t for t in range(1, 256))
     assert kept == rows + diagonals
-    assert build < 3.0, f"plan took {build:.2f} s (about 0.05 s expected)"
-    assert count < 6.0, f"kept_pairs took {count:.2f} s"
+    assert build < 5.0, f"plan took {build:.2f} s (about 0.05 s expected)"
+    assert count < 5.0, f"kept_pairs took {count:.2f} s (about 0.05 s expected)"
 
 
 # ---------------------------------------------------------------- document masks
