@@ -402,3 +402,15 @@ def decls(draw, max_leaves: int = 6):
         params.append(ir.ParamDecl(name, default))
     name = draw(st.sampled_from(["pat", "longformer_like", "mixed2", "Pattern_3", "_x"]))
     return ir.PatternDecl(name, tuple(params), body)
+
+
+def mix32_int(x: int) -> int:
+    """LANGUAGE.md section 5's 32-bit mix, written out in plain Python integers: the tests'
+    copy, independent of attnlang's tensor code (random's hash and dropout's build on it)."""
+    m = 0xFFFFFFFF
+    x &= m
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & m
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & m
+    return x ^ (x >> 16)

@@ -35,7 +35,7 @@ from attnlang.runtime import run
 from kernel_utils import check_against_reference, generated, pattern_of, random_inputs
 from test_layout import per_head, truth_classes
 from strategies import (DENSITIES, FLOAT_PARAM, _valid_with, bound_patterns, decls, lengths,
-                        num_heads, primitives, segments_for)
+                        mix32_int, num_heads, primitives, segments_for)
 
 I = ir.Int
 _BASE = settings.default.max_examples  # 25 under the ci profile, 500 under thorough
@@ -349,21 +349,11 @@ def test_kernels_with_per_head_patterns_under_grouped_heads(tmp_path_factory, ex
 _M32 = 0xFFFFFFFF
 
 
-def _mix32(x):
-    x &= _M32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _M32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _M32
-    x ^= x >> 16
-    return x
-
-
 def _random(density, block, seed):
     """LANGUAGE.md section 5, in plain Python integers."""
     def keep(q, k, p, d, h, Lq, Lk, H):
         i, j = p // block, k // block
-        value = _mix32((_mix32((_mix32(seed) + i) & _M32) + j) & _M32)
+        value = mix32_int((mix32_int((mix32_int(seed) + i) & _M32) + j) & _M32)
         return value < math.floor(density * 2 ** 32)
     return keep
 

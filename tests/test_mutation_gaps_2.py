@@ -11,6 +11,7 @@ import attnlang
 from attnlang import ir
 from attnlang.reference import mask
 
+from strategies import mix32_int
 from test_layout import truth_classes
 
 I = ir.Int
@@ -311,21 +312,12 @@ def test_brackets_inside_comments_are_not_counted():
 # ---------------------------------------------------------------- torch backend
 
 
-def _mix(x):
-    m = 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & m
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & m
-    return x ^ (x >> 16)
-
-
 def _keep(seed, counter, qi, ki, p):
     """The module doc's dropout hash of ``(seed, counter, q, k)``, in plain integers."""
     m = 0xFFFFFFFF
-    x = _mix(seed & m)
+    x = mix32_int(seed & m)
     for value in ((seed >> 32) & m, counter, qi, ki):
-        x = _mix((x + (value & m)) & m)
+        x = mix32_int((x + (value & m)) & m)
     return x >= int(p * 4294967296.0)
 
 

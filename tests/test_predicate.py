@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from attnlang import ir, reference
 from attnlang.predicate import evaluate, hash32, in_set, random_keep
-from strategies import bound_patterns, lengths, num_heads, segment_ids
+from strategies import bound_patterns, lengths, mix32_int, num_heads, segment_ids
 
 I = ir.Int
 
@@ -46,13 +46,7 @@ def test_random_hash_matches_reference_and_language_md():
     j = torch.arange(0, 30).view(1, -1)
     assert torch.equal(random_keep(7, i, j, 0.3), reference.random_keep(7, i, j, 0.3))
 
-    def mix(x):  # LANGUAGE.md section 5, written out in plain integers
-        m = 0xFFFFFFFF
-        x ^= x >> 16
-        x = (x * 0x7FEB352D) & m
-        x ^= x >> 15
-        x = (x * 0x846CA68B) & m
-        return x ^ (x >> 16)
+    mix = mix32_int  # LANGUAGE.md section 5, written out in plain integers
 
     for seed, a, b in [(0, 0, 0), (2 ** 32 - 1, -1, 5), (123456789, 77, -3)]:
         expected = mix((mix((mix(seed) + (a & 0xFFFFFFFF)) & 0xFFFFFFFF) + (b & 0xFFFFFFFF))
