@@ -112,16 +112,11 @@ def attention(q, k, v, pattern, *, segments=None, key_padding_mask=None, attn_ma
     text = pattern if isinstance(pattern, str) else None
     if isinstance(pattern, (str, Pattern)):
         pattern, ops, needs_segments = _prepared(pattern, block_m, block_n)
-    try:
-        return run(as_pattern(pattern), q, k, v, segments=segments,
-                   key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
-                   scale=scale, dropout_p=dropout_p, generator=generator,
-                   return_lse=return_lse, backend=backend, block_m=block_m, block_n=block_n,
-                   ops=ops, needs_segments=needs_segments)
-    except AttnError as exc:
-        if text is None:
-            raise
-        raise in_text(exc, text) from None
+    return run(as_pattern(pattern), q, k, v, segments=segments,
+               key_padding_mask=key_padding_mask, attn_mask=attn_mask, attn_bias=attn_bias,
+               scale=scale, dropout_p=dropout_p, generator=generator, return_lse=return_lse,
+               backend=backend, block_m=block_m, block_n=block_n, ops=ops,
+               needs_segments=needs_segments, text=text)
 
 
 def _prepared(pattern, block_m, block_n):

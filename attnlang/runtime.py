@@ -136,7 +136,7 @@ def _autocast_inputs(q, k, v):
 def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None,
         attn_bias=None, scale=None, dropout_p=0.0, generator=None, return_lse=False,
         backend="auto", block_m=None, block_n=None, cache_dir=None, ops=None,
-        needs_segments=None):
+        needs_segments=None, text=None):
     """Attention of ``pattern`` (an ``attnlang.Pattern``): validate, pick the backend, run.
 
     ``ops``: optional ``{backend name: op}`` made beforehand (``PatternAttention`` passes its
@@ -144,7 +144,9 @@ def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=Non
     under ``torch.autocast`` ``q``, ``k`` and ``v`` are cast to the autocast dtype first (as
     ``F.scaled_dot_product_attention`` does), so ``out`` comes back in that dtype;
     ``needs_segments``: whether the pattern uses ``segment``, if already known (walking the
-    pattern on every call costs tens of microseconds of host time).
+    pattern on every call costs tens of microseconds of host time); ``text``: the source the
+    pattern was parsed from as one expression, if it was (its errors are reported in terms of
+    that text: `functional.in_text`).
     """
     check_backend(backend)
     q, k, v = _autocast_inputs(q, k, v)
@@ -173,12 +175,28 @@ def run(pattern, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=Non
         out, lse = op(args.q, args.k, args.v, args.scale, args.seg_q, args.seg_k,
                       args.key_padding_mask, attn_mask, compact(args.attn_bias4),
                       args.dropout_p, seed)
-    except ValueError:
-        # A generated module plans from the pattern's text without its positions: a `where`
-        # too large for these lengths is reported here at the user's expression instead.
-        check_where_range(pattern.ir, args.q.shape[2], args.k.shape[2], args.q.shape[1])
-        raise
+    except ValueError as failure:
+        error = _at_the_source(failure, pattern, args, text)
+        if error is failure:
+            raise
+        raise error from None
     return (out, lse) if return_lse else out
+
+
+def _at_the_source(failure, pattern, args, text):
+    """The error to report for a call whose op failed with ``failure``.  A generated module
+    plans from the pattern's text without its positions: a `where` too large for these lengths
+    is found again here, at the user's expression; and an error about a pattern given as one
+    expression's ``text`` is put in terms of that text."""
+    try:
+        check_where_range(pattern.ir, args.q.shape[2], args.k.shape[2], args.q.shape[1])
+    except AttnError as where:
+        failure = where
+    if text is not None and isinstance(failure, AttnError):
+        from .functional import in_text
+
+        return in_text(failure, text)
+    return failure
 
 
 def _check_cache_dir(cache_dir):
@@ -252,19 +270,12 @@ class PatternAttention(torch.nn.Module):
 
     def forward(self, q, k, v, *, segments=None, key_padding_mask=None, attn_mask=None,
                 attn_bias=None, scale=None, return_lse=False, generator=None):
-        try:
-            return run(self.pattern, q, k, v, segments=segments,
-                       key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                       attn_bias=attn_bias, scale=scale,
-                       dropout_p=self.dropout if self.training else 0.0, generator=generator,
-                       return_lse=return_lse, backend=self.backend, block_m=self.block_m,
-                       block_n=self.block_n, cache_dir=self.cache_dir, ops=self._ops,
-                       needs_segments=self._needs_segments)
-        except AttnError as exc:
-            if self._text is None:
-                raise
-            from .functional import in_text
-            raise in_text(exc, self._text) from None
+        return run(self.pattern, q, k, v, segments=segments, key_padding_mask=key_padding_mask,
+                   attn_mask=attn_mask, attn_bias=attn_bias, scale=scale,
+                   dropout_p=self.dropout if self.training else 0.0, generator=generator,
+                   return_lse=return_lse, backend=self.backend, block_m=self.block_m,
+                   block_n=self.block_n, cache_dir=self.cache_dir, ops=self._ops,
+                   needs_segments=self._needs_segments, text=self._text)
 
 
 def make_module(pattern, backend="auto", **options) -> PatternAttention:
