@@ -18,7 +18,8 @@ component is a Triton expression built by ``MaskEmitter`` (one case per IR node)
 sequences shorter than 2^30 fit), which is what the partial blocks' hot loop wants; their
 constants are clamped to +-2^30 (``KERNEL_LIMIT``), which compares with every such position as
 the written value does (a constant past int32 would not even compile); ``where`` and the
-``random`` hash compute in int64, so ``where`` predicates are exact for any realistic length.  Division and modulo floor (helpers).
+``random`` hash compute in int64, so ``where`` predicates are exact for any realistic length.
+Division and modulo floor (helpers).
 """
 from __future__ import annotations
 
