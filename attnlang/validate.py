@@ -109,10 +109,7 @@ def _check_qkv(q, k, v):
         if t.dtype not in FLOAT_DTYPES:
             raise _fail(name, f"dtype {t.dtype}", "torch.float16, torch.bfloat16 or torch.float32")
     for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise _fail(name, f"dtype {t.dtype}", f"the dtype of q ({q.dtype})")
-        if t.device != q.device:
-            raise _fail(name, f"a tensor on {t.device}", f"the device of q ({q.device})")
+        check_like_q(name, t, q)
     batch, hq, lq, dim = q.shape
     if batch < 1 or hq < 1 or lq < 1:
         raise _fail("q", f"shape {list(q.shape)}", "batch, heads and length of at least 1")
@@ -127,6 +124,14 @@ def _check_qkv(q, k, v):
     if v.shape != k.shape:
         raise _fail("v", f"shape {list(v.shape)}", f"the shape of k {list(k.shape)}")
     return q, k, v
+
+
+def check_like_q(name, t, q) -> None:
+    """A ValueError naming ``name`` unless the tensor ``t`` has ``q``'s dtype and device."""
+    if t.dtype != q.dtype:
+        raise _fail(name, f"dtype {t.dtype}", f"the dtype of q ({q.dtype})")
+    if t.device != q.device:
+        raise _fail(name, f"a tensor on {t.device}", f"the device of q ({q.device})")
 
 
 _PADDING_HINT = "; pad variable lengths and pass key_padding_mask or segments"

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from ..validate import broadcasts_to, check_dropout
+from ..validate import broadcasts_to, check_dropout, check_like_q
 from ._common import attend, check_bool, check_sizes, check_tensor, prepare
 
 __all__ = ["FlashAttention", "reference_attention"]
@@ -92,12 +92,7 @@ class FlashAttention(nn.Module):
         for name, t in (("q", q), ("k", k)):
             check_sizes(name, t, "[B, H, L, D]")
         for name, t in (("k", k), ("v", v)):
-            if t.dtype != q.dtype:
-                raise ValueError(f"{name}: got dtype {t.dtype}; expected the dtype of q "
-                                 f"({q.dtype})")
-            if t.device != q.device:
-                raise ValueError(f"{name}: got a tensor on {t.device}; expected the device of q "
-                                 f"({q.device})")
+            check_like_q(name, t, q)
         full = (b, h, lq, k.shape[2])
         mask = _broadcastable("mask", mask, full, boolean=True, device=q.device)
         attn_bias = _broadcastable("attn_bias", attn_bias, full, boolean=False,
