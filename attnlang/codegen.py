@@ -89,10 +89,13 @@ class MaskEmitter:
                     "Lk": lk}[e.name]
         if isinstance(e, ir.BinOp):
             a, b = self.int_expr(e.left), self.int_expr(e.right)
-            if e.op == "div":
-                return f"_floordiv({a}, {b})"
-            if e.op == "mod":
-                return f"_floormod({a}, {b})"
+            if e.op in ("div", "mod"):
+                # a divisor over the coordinates may be zero at some pairs (x div 0 = 0,
+                # x mod 0 = x: docs/language.md); a literal one never is (the checker)
+                safe = isinstance(e.right, ir.Int)
+                helper = {"div": ("_floordiv", "_where_div"),
+                          "mod": ("_floormod", "_where_mod")}[e.op][0 if safe else 1]
+                return f"{helper}({a}, {b})"
             return f"({a} {e.op} {b})"
         if isinstance(e, ir.Neg):
             return f"(-{self.int_expr(e.operand)})"
