@@ -101,15 +101,15 @@ __all__ = ["CONFIGS", "CONFIGS_GLOBAL", "DTYPES", "HEAD_DIMS", "band_forward_ker
 @gluon.jit
 def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constexpr,
              GATHER: gl.constexpr, CHUNK: gl.constexpr):
-    """(b, h, bh, m0, seq, n, c_lo): the tile's batch and head, first query row and its n key
+    """(b, h, bh, m0, seq, n, cnt): the tile's batch and head, first query row and its n key
     blocks (`_block` of seq: the band's blocks [lo, hi), and with GLOBAL the global columns' too,
     or every block where the tile has global rows; with GATHER the blocks of packed keys that
     some row of the tile keeps first, then the band's; with CHUNK the band's within the rows'
-    chunks), and with GATHER the packed keys every row of the tile keeps (c_lo, the first
-    ones).  Heads come ``group`` at a time (they share their K and V in L2: ordered by tile
-    first, the heads' K and V did not fit and `all` at d = 128 ran 15% slower), a group's tiles
-    longest rows (causal) first, its heads in turn; with GLOBAL, the tiles of global rows of
-    every head first (`heavy_first`)."""
+    chunks), and with GATHER the packed keys (the first ones) that the tile's first row keeps
+    and those its last row keeps (cnt: c_lo, c_hi).  Heads come ``group`` at a time (they share
+    their K and V in L2: ordered by tile first, the heads' K and V did not fit and `all` at
+    d = 128 ran 15% slower), a group's tiles longest rows (causal) first, its heads in turn;
+    with GLOBAL, the tiles of global rows of every head first (`heavy_first`)."""
     tiles, BH, H, n_q, group, Lq, Lk, back, ahead, globs, gath = shape
     ra, rb, ca, cb, t0, t1 = globs  # tiles [t0, t1) have global rows (`gluon_hopper.heavy_span`)
     if GLOBAL:
@@ -127,21 +127,22 @@ def _tile_of(tile, shape, BM: gl.constexpr, BN: gl.constexpr, GLOBAL: gl.constex
         k_hi = gl.minimum(k_hi, ((rows_end - 1 + off) // CHUNK + 1) * CHUNK)
     lo = k_lo // BN
     hi = gl.maximum(gl.cdiv(k_hi, BN), lo)
-    c_lo = 0
+    cnt = (0, 0)
     if GLOBAL:
         every = (j >= t0) & (j < t1)  # the tile has global rows: every key block
         seq, n = two_ranges(gl.where(every, 0, lo), gl.where(every, gl.cdiv(Lk, BN), hi),
                             ca // BN, gl.cdiv(gl.minimum(cb, Lk), BN))
     elif GATHER:  # `gather_counts`: the packed keys the tile's first row keeps, and its last
         counts_ptr, first_ptr, P = gath
-        c_lo = gl.load(counts_ptr + 2 * (m0 // BM))
-        n_p = gl.cdiv(gl.load(counts_ptr + 2 * (m0 // BM) + 1), BN)
+        c_hi = gl.load(counts_ptr + 2 * (m0 // BM) + 1)
+        cnt = (gl.load(counts_ptr + 2 * (m0 // BM)), c_hi)
+        n_p = gl.cdiv(c_hi, BN)
         seq = (0, n_p, lo)
         n = n_p + hi - lo
     else:
         seq = (lo, 0, 0)
         n = hi - lo
-    return bh // H, bh % H, bh, m0, seq, n, c_lo
+    return bh // H, bh % H, bh, m0, seq, n, cnt
 
 
 @gluon.jit
@@ -200,8 +201,8 @@ def _loader(descs, bufs, bars, shape, BN: gl.constexpr, EARLY: gl.constexpr,
     c = 0  # blocks loaded so far: the ring's position
     t = 0  # tiles so far
     for pick in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, c_lo = _tile_of(_order(pick, tiles, GATHER), shape, ROWS * NUM_WG,
-                                              BN, GLOBAL, GATHER, CHUNK)
+        b, h, bh, m0, seq, n, cnt = _tile_of(_order(pick, tiles, GATHER), shape, ROWS * NUM_WG,
+                                             BN, GLOBAL, GATHER, CHUNK)
         mbarrier.wait(q_empty, (t & 1) ^ 1)  # every warpgroup is done with the last tile's Q
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for w in gl.static_range(NUM_WG):
@@ -232,17 +233,23 @@ def _masked(sc, rows, key0, band, r0, src, BN: gl.constexpr, s_layout: gl.conste
             GLOBAL: gl.constexpr, GATHER: gl.constexpr, CHUNK: gl.constexpr):
     """S with the pairs outside the band (with GLOBAL: and outside the global rows and
     columns; with CHUNK: and outside the rows' chunks), and keys past Lk, at -inf (partial
-    blocks only); with GATHER, on a block of packed keys (``src``: (packed, c_lo)), the pairs
-    of keys whose first query (`gather_counts`' ``first``) comes after the row."""
+    blocks only); with GATHER, on a block of packed keys (``src``: (packed, (c_lo, c_hi)), the
+    `_tile_of` counts), the pairs of keys whose first query (`gather_counts`' ``first``) comes
+    after the row -- keys from c_hi on where c_lo = c_hi (every row keeps the same: the fixed
+    pattern's tiles, its chunks), without reading ``first``."""
     Lk, off, back, ahead, globs, gath, Lq = band
     keys = key0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
     if GATHER:
-        packed, c_lo = src
+        packed, cnt = src
+        c_lo, c_hi = cnt
         counts_ptr, first_ptr, P = gath
         if packed:
             if key0 + BN > c_lo:  # keys some row of the tile does not keep yet
-                first = gl.load(first_ptr + keys, mask=keys < P, other=Lq)
-                sc = gl.where(first[None, :] <= rows[:, None], sc, float("-inf"))
+                if c_lo == c_hi:  # (no row keeps them)
+                    sc = gl.where((keys < c_hi)[None, :], sc, float("-inf"))
+                else:
+                    first = gl.load(first_ptr + keys, mask=keys < P, other=Lq)
+                    sc = gl.where(first[None, :] <= rows[:, None], sc, float("-inf"))
         else:
             sc = _band_masked(sc, rows, keys, key0, band, r0, BN, GLOBAL, CHUNK)
     else:
@@ -253,16 +260,28 @@ def _masked(sc, rows, key0, band, r0, src, BN: gl.constexpr, s_layout: gl.conste
 @gluon.jit
 def _band_masked(sc, rows, keys, key0, band, r0, BN: gl.constexpr, GLOBAL: gl.constexpr,
                  CHUNK: gl.constexpr):
-    """`_masked` on a block of the band's keys."""
+    """`_masked` on a block of the band's keys: without GLOBAL, each row's keys kept as one
+    interval [lo, hi] (the band's, within the row's chunk and before Lk), so that a pair takes
+    two comparisons (the distance, the chunks and the end compared pair by pair took 2.5x the
+    instructions: the softmax warpgroups' issue slots are what the other one's products
+    hide)."""
     Lk, off, back, ahead, globs, gath, Lq = band
+    p = rows + off
     if CHUNK > 0:  # (every block: few of a chunked band's blocks are whole)
-        p = (rows + off)[:, None]
-        keep = kept(p, keys[None, :], back, ahead, globs, GLOBAL) & \
-            (p // CHUNK == (keys // CHUNK)[None, :])
-        sc = gl.where(keep & (keys < Lk)[None, :], sc, float("-inf"))
+        start = p // CHUNK * CHUNK
+        lo = gl.maximum(p - back, start)
+        hi = gl.minimum(gl.minimum(p + ahead, start + CHUNK - 1), Lk - 1)
+        sc = gl.where((keys[None, :] >= lo[:, None]) & (keys[None, :] <= hi[:, None]), sc,
+                      float("-inf"))
     elif partial_tile(r0 + off, ROWS, key0, BN, back, ahead, globs, GLOBAL) | (key0 + BN > Lk):
-        keep = kept((rows + off)[:, None], keys[None, :], back, ahead, globs, GLOBAL)
-        sc = gl.where(keep & (keys < Lk)[None, :], sc, float("-inf"))
+        if GLOBAL:
+            keep = kept(p[:, None], keys[None, :], back, ahead, globs, GLOBAL)
+            sc = gl.where(keep & (keys < Lk)[None, :], sc, float("-inf"))
+        else:
+            lo = p - back
+            hi = gl.minimum(p + ahead, Lk - 1)
+            sc = gl.where((keys[None, :] >= lo[:, None]) & (keys[None, :] <= hi[:, None]), sc,
+                          float("-inf"))
     return sc
 
 
@@ -345,8 +364,8 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
     c = 0
     t = 0
     for pick in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        b, h, bh, m0, seq, n, c_lo = _tile_of(_order(pick, tiles, GATHER), shape, ROWS * NUM_WG,
-                                              BN, GLOBAL, GATHER, CHUNK)
+        b, h, bh, m0, seq, n, cnt = _tile_of(_order(pick, tiles, GATHER), shape, ROWS * NUM_WG,
+                                             BN, GLOBAL, GATHER, CHUNK)
         r0 = m0 + wg * ROWS
         rows = r0 + gl.arange(0, ROWS, layout=row_s)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, row_s)
@@ -362,7 +381,7 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
             if n > 0:
                 pf, alpha, m_i, l_i = _block_alone(
                     wg, c, _block(seq, 0, GLOBAL, GATHER) * BN, q_s, k_bufs, k_ready, k_empty,
-                    rows, band, r0, (0 < seq[1], c_lo), m_i, l_i, qk_scale, BN, D, PINGPONG,
+                    rows, band, r0, (0 < seq[1], cnt), m_i, l_i, qk_scale, BN, D, PINGPONG,
                     EARLY, GLOBAL, GATHER, CHUNK)
                 if EARLY_Q:
                     if n == 1:  # the tile's last S: its Q is free
@@ -389,7 +408,7 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                     if i == n - 1:  # the tile's last S: its Q is free
                         mbarrier.arrive(q_empty, count=1)
                 sc = _masked(sc, rows, _block(seq, i, GLOBAL, GATHER) * BN, band, r0,
-                             (i < seq[1], c_lo), BN, s_layout, GLOBAL, GATHER, CHUNK)
+                             (i < seq[1], cnt), BN, s_layout, GLOBAL, GATHER, CHUNK)
                 pf, alpha, m_i, l_i = _softmax(sc, m_i, l_i, qk_scale)
                 acc, p = warpgroup_mma_wait(0, deps=(acc, p))
                 mbarrier.arrive(v_empty.index(sp), count=1)
@@ -415,7 +434,7 @@ def _consumer(wg: gl.constexpr, o_desc, bufs, bars, lse_ptr, shape, qk_scale, BN
                 s = j % STAGES
                 pf, alpha, m_i, l_i = _block_alone(
                     wg, j, _block(seq, i, GLOBAL, GATHER) * BN, q_s, k_bufs, k_ready, k_empty,
-                    rows, band, r0, (i < seq[1], c_lo), m_i, l_i, qk_scale, BN, D, PINGPONG,
+                    rows, band, r0, (i < seq[1], cnt), m_i, l_i, qk_scale, BN, D, PINGPONG,
                     EARLY, GLOBAL, GATHER, CHUNK)
                 if EARLY_Q:
                     if i == n - 1:

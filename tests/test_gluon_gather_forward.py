@@ -82,7 +82,7 @@ def test_gather_counts():
 def _tiles(module, Lq, Lk, bm, bn, heads=3, programs=None):
     """The module's gather keys, their first queries and each tile of `band_forward_kernel` for its
     GLUON_GATHER_FWD at tiles of bm queries and bn keys -- (head, m0, packed key blocks, key
-    blocks, c_lo) -- `_tile_of` and `_block` run as Python on the counts and first
+    blocks, (c_lo, c_hi)) -- `_tile_of` and `_block` run as Python on the counts and first
     queries the module gives the kernel, in the order a launch of ``programs`` programs
     (default: one a tile) takes them: each program's picks, `gluon_hopper.snake`."""
     back, ahead, chunk = module.GLUON_GATHER_FWD
@@ -101,9 +101,9 @@ def _tiles(module, Lq, Lk, bm, bn, heads=3, programs=None):
     out = []
     for pick in (i for p in range(programs) for i in range(p, tiles, programs)):
         tile = snake(pick, programs, tiles)
-        _, _, bh, m0, seq, n, c_lo = tile_of(tile, shape, bm, bn, False, True, chunk)
+        _, _, bh, m0, seq, n, cnt = tile_of(tile, shape, bm, bn, False, True, chunk)
         blocks = [block(seq, i, False, True) for i in range(n)]
-        out.append((bh, m0, blocks[:seq[1]], blocks[seq[1]:], c_lo))
+        out.append((bh, m0, blocks[:seq[1]], blocks[seq[1]:], cnt))
     return keys, first, out
 
 
@@ -122,10 +122,11 @@ def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shap
     """Every tile of every head once, one program a tile or persistent (``programs``, each
     taking its picks through `gluon_hopper.snake`); a tile's packed blocks are those its last
     row's keys need (0 .. cdiv(count, bn)), the packed keys below c_lo are kept by its first
-    row, and `_masked` (run on tensors) keeps exactly the pairs of their keys that the rows
-    keep; its key blocks cover each of its rows' pairs of the other component and each holds
-    some of them: so with the band and chunk masks on key blocks it reads every pair the
-    pattern keeps.  Lengths of any size, Lk >= Lq."""
+    row and those below c_hi by its last, and `_masked` (run on tensors: its count-only mask
+    where c_lo = c_hi, else `first`) keeps exactly the pairs of their keys that the rows keep;
+    its key blocks cover each of its rows' pairs of the other component and each holds some of
+    them: so with the band and chunk masks on key blocks (`test_gluon_band`'s test of
+    `_masked`) it reads every pair the pattern keeps.  Lengths of any size, Lk >= Lq."""
     text = SHAPES[shape].format(c=c, a=c - width, h=c // 2, b=c - 1)
     module = _module(text)
     Lk = Lq + extra
@@ -141,14 +142,14 @@ def test_the_forward_tiles_cover_every_kept_pair(c, width, Lq, extra, tile, shap
     masked = as_python(gf._masked, gl=TENSOR_GL)
     P = first.numel()
     band = (Lk, Lk - Lq, 0, 0, (0,) * 6, (None, Pointer(first), P), Lq)
-    for bh, m0, packed, blocks, c_lo in tiles:
+    for bh, m0, packed, blocks, (c_lo, c_hi) in tiles:
         last = min(m0 + bm, Lq) - 1
         assert packed == list(range(-(-int((first <= last).sum()) // bn)))
-        assert c_lo == int((first <= m0).sum())
+        assert (c_lo, c_hi) == (int((first <= m0).sum()), int((first <= last).sum()))
         r = torch.arange(m0, last + 1)
         for b in packed:
-            got = masked(torch.zeros(len(r), bn), r, b * bn, band, m0, (True, c_lo), bn, None,
-                         False, True, module.GLUON_GATHER_FWD[2])
+            got = masked(torch.zeros(len(r), bn), r, b * bn, band, m0, (True, (c_lo, c_hi)), bn,
+                         None, False, True, module.GLUON_GATHER_FWD[2])
             kk = torch.arange(b * bn, (b + 1) * bn)
             want = (kk < P) & (first[kk.clamp(max=P - 1)][None, :] <= r[:, None])
             assert torch.equal(got == 0, want) and not (got > float("-inf"))[~want].any()
