@@ -13,6 +13,10 @@ rounds of `do_bench` medians are taken (odd rounds in reverse order):
 16 heads, 16k tokens a batch, bf16.
 
     python benchmarks/ab_forward_files.py NAME=FILE [NAME=FILE ...] [--rounds 5] [--host]
+        [--only TEXT[,TEXT...]]
+
+``--only``: only the rows whose label (as printed: "fixed pattern L=8192", "causal L=8192
+d=128") contains one of the texts.
 
 ``--host``: then the host's time of this tree's fixed-pattern forward at 8k (200 calls back to
 back, the benchmark's `_host_ms`) and the functions that take it (cProfile).
@@ -72,6 +76,13 @@ def _line(label, med, diffs):
         f"{name} {ms:.4f} ms ({base / ms:.3f}x; {diffs[name]})" for name, ms in med.items())
 
 
+def _chosen(label):
+    """Whether ``--only`` (if given) lets the row of this label run."""
+    if "--only" not in sys.argv:
+        return True
+    return any(text in label for text in sys.argv[sys.argv.index("--only") + 1].split(","))
+
+
 def fixed(files, rounds):
     pattern = attnlang.parse(f"pattern x = {FIXED}")["x"]
     mod = pattern.module(backend="triton")
@@ -86,6 +97,8 @@ def fixed(files, rounds):
         with torch.no_grad():
             return mod(q, k, v)
     for L in (8192, 32768):
+        if not _chosen(f"fixed pattern L={L}"):
+            continue
         q, k, v = (torch.randn(max(1, 16384 // L), 16, L, 128, device="cuda",
                                dtype=torch.bfloat16) for _ in range(3))
         outs = {name: call(m).float() for name, m in variants.items()}
@@ -107,6 +120,8 @@ def bands(files, rounds):
     variants = {name: load_file(f"attnlang.gf_{name}", path) for name, path in files.items()}
     variants["this tree"] = gf
     for name, L, back, ahead, step, D, extra in ROWS:
+        if not _chosen(f"{name} L={L} d={D}"):
+            continue
         B = max(1, 16384 // L)
         q = torch.randn(B, 16, L, D, device="cuda", dtype=torch.bfloat16)
         k, v = (torch.randn(B, 16, L + extra, D, device="cuda", dtype=torch.bfloat16)
