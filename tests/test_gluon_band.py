@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import attnlang
 from attnlang import ir
@@ -88,6 +88,45 @@ def test_the_gluon_forward_masks_exactly_a_band_blocks_pairs(back, ahead, Lq, ex
     query = rows < Lq
     assert torch.equal((got == 0)[query], want[query])
     assert not (got > float("-inf"))[query[:, None] & ~want].any()
+
+
+@settings(max_examples=scaled(300), deadline=None)
+@given(st.one_of(st.none(), st.integers(-40, 300)), st.one_of(st.none(), st.integers(-40, 300)),
+       st.integers(1, 300), st.integers(-60, 60), st.sampled_from([(16, 8), (16, 16), (24, 8),
+                                                                    (32, 16), (48, 32)]),
+       st.integers(1, 3), st.integers(1, 3))
+def test_the_gluon_forward_tiles_of_a_band_cover_its_kept_pairs(back, ahead, Lq, extra, tile, BH,
+                                                                group):
+    """The band forward's tiles without global rows (`gluon_forward._tile_of` and `_block` run
+    as Python; the benchmark's causal and window forwards): every (head, query tile) once, each
+    tile's key blocks distinct and within the keys, every key block where a row of the tile
+    keeps a pair among them, and each of them with such a pair -- but a tile whose rows keep no
+    key, which holds at most one block (an empty interval not at a block's start: wasted work,
+    masked by `_masked`; branch r63-empty-band).  Lk of any size beside Lq."""
+    gf = pytest.importorskip("attnlang.gluon_forward")
+    gh = pytest.importorskip("attnlang.gluon_hopper")
+    from gluon_python import as_python
+    Lk = max(1, Lq + extra)
+    (BM, BN), n_q, n_k = tile, -(-Lq // tile[0]), -(-Lk // tile[1])
+    kept = _band_mask(back, ahead, Lq, Lk)
+    back, ahead = gh.band_bounds(back, ahead, Lq, Lk)
+    assume(back + ahead >= 0)  # (a band keeps a distance: `band.band_of` gives None otherwise)
+    shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, (0,) * 6, (0, 0, 0))
+    tile_of, block = as_python(gf._tile_of), as_python(gf._block)
+    seen = []
+    for index in range(n_q * BH):
+        _, _, bh, m0, seq, n, _ = tile_of(index, shape, BM, BN, False, False, 0)
+        seen.append((bh, m0))
+        blocks = [block(seq, i, False, False) for i in range(n)]
+        assert len(set(blocks)) == n and all(0 <= j < n_k for j in blocks), (m0, blocks)
+        rows = kept[m0:m0 + BM]
+        needed = [j for j in range(n_k) if rows[:, j * BN:(j + 1) * BN].any()]
+        assert set(needed) <= set(blocks), (m0, needed, blocks)
+        if needed:
+            assert set(blocks) == set(needed), (m0, needed, blocks)
+        else:
+            assert len(blocks) <= 1, (m0, blocks)
+    assert sorted(seen) == [(bh, t * BM) for bh in range(BH) for t in range(n_q)]
 
 
 def _pattern_nodes(expr):
