@@ -129,6 +129,45 @@ def test_the_gluon_forward_tiles_of_a_band_cover_its_kept_pairs(back, ahead, Lq,
     assert sorted(seen) == [(bh, t * BM) for bh in range(BH) for t in range(n_q)]
 
 
+@settings(max_examples=scaled(300), deadline=None)
+@given(st.one_of(st.none(), st.integers(-40, 300)), st.one_of(st.none(), st.integers(-40, 300)),
+       st.integers(1, 300), st.integers(-60, 60), st.sampled_from([(8, 16), (16, 16), (8, 24),
+                                                                    (16, 32), (32, 48)]))
+def test_the_gluon_backward_query_tiles_of_a_band_cover_its_kept_pairs(back, ahead, Lq, extra,
+                                                                       tile):
+    """The band backward's query tiles of a key block without global rows
+    (`gluon_backward._query_tiles` run as Python): distinct tiles within the queries, every
+    tile where one of the block's keys is kept by a row of it, and each of them with such a
+    pair if the block's keys past Lk counted: where keys ahead are kept (back < 0) the last
+    block's tiles reach the rows that would keep those keys, all their pairs masked (wasted
+    work); a block whose keys no row keeps meets at most one tile (an empty interval of queries
+    not at a tile's start).  Lk of any size beside Lq."""
+    gb = pytest.importorskip("attnlang.gluon_backward")
+    gh = pytest.importorskip("attnlang.gluon_hopper")
+    from gluon_python import as_python
+    Lk = max(1, Lq + extra)
+    (BM, BN), n_q, n_k = tile, -(-Lq // tile[0]), -(-Lk // tile[1])
+    kept = _band_mask(back, ahead, Lq, Lk)
+    back, ahead = gh.band_bounds(back, ahead, Lq, Lk)
+    assume(back + ahead >= 0)  # (a band keeps a distance: `band.band_of` gives None otherwise)
+    query_tiles, block_at = as_python(gb._query_tiles), as_python(gh.block_at)
+    d = torch.arange(Lq)[:, None] + (Lk - Lq) - torch.arange(n_k * BN)[None, :]
+    wide = (d <= back) & (d >= -ahead)
+    for j in range(n_k):
+        seq, n = query_tiles(j, Lq, Lk, back, ahead, (0,) * 6, BM, BN, False)
+        tiles = [block_at(seq, i, False) for i in range(n)]
+        assert len(set(tiles)) == n and all(0 <= t < n_q for t in tiles), (j, tiles)
+        cols = kept[:, j * BN:(j + 1) * BN]
+        needed = [t for t in range(n_q) if cols[t * BM:(t + 1) * BM].any()]
+        assert set(needed) <= set(tiles), (j, needed, tiles)
+        whole = wide[:, j * BN:(j + 1) * BN]  # (the block's keys past Lk counted as keys)
+        reach = [t for t in range(n_q) if whole[t * BM:(t + 1) * BM].any()]
+        if reach:
+            assert set(tiles) == set(reach), (j, reach, tiles)
+        else:
+            assert len(tiles) <= 1, (j, tiles)
+
+
 def _pattern_nodes(expr):
     yield expr
     if isinstance(expr, (ir.Intersect, ir.Union, ir.Difference)):
