@@ -90,6 +90,17 @@ def test_the_gluon_forward_masks_exactly_a_band_blocks_pairs(back, ahead, Lq, ex
     assert not (got > float("-inf"))[query[:, None] & ~want].any()
 
 
+def _band_case(back, ahead, Lq, extra, tile):
+    """(Lk, query tiles, key blocks, kept pairs, back, ahead as the kernels take them) of a
+    drawn band case; bands that keep no distance are not drawn (`band.band_of` gives None)."""
+    gh = pytest.importorskip("attnlang.gluon_hopper")
+    Lk = max(1, Lq + extra)
+    kept = _band_mask(back, ahead, Lq, Lk)
+    back, ahead = gh.band_bounds(back, ahead, Lq, Lk)
+    assume(back + ahead >= 0)
+    return Lk, -(-Lq // tile[0]), -(-Lk // tile[1]), kept, back, ahead
+
+
 @settings(max_examples=scaled(300), deadline=None)
 @given(st.one_of(st.none(), st.integers(-40, 300)), st.one_of(st.none(), st.integers(-40, 300)),
        st.integers(1, 300), st.integers(-60, 60), st.sampled_from([(16, 8), (16, 16), (24, 8),
@@ -104,13 +115,9 @@ def test_the_gluon_forward_tiles_of_a_band_cover_its_kept_pairs(back, ahead, Lq,
     key, which holds at most one block (an empty interval not at a block's start: wasted work,
     masked by `_masked`; branch r63-empty-band).  Lk of any size beside Lq."""
     gf = pytest.importorskip("attnlang.gluon_forward")
-    gh = pytest.importorskip("attnlang.gluon_hopper")
     from gluon_python import as_python
-    Lk = max(1, Lq + extra)
-    (BM, BN), n_q, n_k = tile, -(-Lq // tile[0]), -(-Lk // tile[1])
-    kept = _band_mask(back, ahead, Lq, Lk)
-    back, ahead = gh.band_bounds(back, ahead, Lq, Lk)
-    assume(back + ahead >= 0)  # (a band keeps a distance: `band.band_of` gives None otherwise)
+    Lk, n_q, n_k, kept, back, ahead = _band_case(back, ahead, Lq, extra, tile)
+    BM, BN = tile
     shape = (n_q * BH, BH, BH, n_q, group, Lq, Lk, back, ahead, (0,) * 6, (0, 0, 0))
     tile_of, block = as_python(gf._tile_of), as_python(gf._block)
     seen = []
@@ -145,11 +152,8 @@ def test_the_gluon_backward_query_tiles_of_a_band_cover_its_kept_pairs(back, ahe
     gb = pytest.importorskip("attnlang.gluon_backward")
     gh = pytest.importorskip("attnlang.gluon_hopper")
     from gluon_python import as_python
-    Lk = max(1, Lq + extra)
-    (BM, BN), n_q, n_k = tile, -(-Lq // tile[0]), -(-Lk // tile[1])
-    kept = _band_mask(back, ahead, Lq, Lk)
-    back, ahead = gh.band_bounds(back, ahead, Lq, Lk)
-    assume(back + ahead >= 0)  # (a band keeps a distance: `band.band_of` gives None otherwise)
+    Lk, n_q, n_k, kept, back, ahead = _band_case(back, ahead, Lq, extra, tile)
+    BM, BN = tile
     query_tiles, block_at = as_python(gb._query_tiles), as_python(gh.block_at)
     d = torch.arange(Lq)[:, None] + (Lk - Lq) - torch.arange(n_k * BN)[None, :]
     wide = (d <= back) & (d >= -ahead)
