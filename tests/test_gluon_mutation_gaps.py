@@ -191,17 +191,28 @@ GLOBAL_CASES = [  # (Lq, Lk, BM, BN, (back, ahead), rows, cols): `band.banded_of
 
 
 def _spans(case):
-    """(back, ahead, globs, mask, band mask, n_q, n_k, off) of a GLOBAL_CASES case as the host
-    gives the kernels (`band_bounds`, `global_bounds`; no spans of long tiles yet)."""
+    """(back, ahead, globs, band, wide band, n_q, n_k, off) of a GLOBAL_CASES case as the host
+    gives the kernels (`band_bounds`, `global_bounds`; no spans of long tiles yet): the band's
+    pairs, and the same over the key blocks' whole width (keys past Lk counted)."""
     Lq, Lk, BM, BN, (back, ahead), rows, cols = case
     back, ahead = gh.band_bounds(back, ahead, Lq, Lk)
-    ra, rb, ca, cb = gh.global_bounds(rows, cols, Lq, Lk)
-    off = Lk - Lq
-    p = torch.arange(Lq)[:, None] + off
-    k = torch.arange(Lk)[None, :]
-    band = (p - k <= back) & (p - k >= -ahead)
-    mask = band | ((p >= ra) & (p < rb)) | ((k >= ca) & (k < cb))
-    return back, ahead, (ra, rb, ca, cb), mask, band, -(-Lq // BM), -(-Lk // BN), off
+    off, n_k = Lk - Lq, -(-Lk // BN)
+    d = torch.arange(Lq)[:, None] + off - torch.arange(n_k * BN)[None, :]
+    wide = (d <= back) & (d >= -ahead)
+    globs = gh.global_bounds(rows, cols, Lq, Lk)
+    return back, ahead, globs, wide[:, :Lk], wide, -(-Lq // BM), n_k, off
+
+
+def _assert_visits(got, every, banded, extra, where):
+    """A tile's key blocks (a key block's query tiles) with globals: all of them (``every``) where
+    it is a long one, else exactly those of its band and the global ones (``extra``), or where
+    its band has none, those and at most one more (an empty band interval: known)."""
+    if every is not None:
+        assert got == every, where
+    elif banded:
+        assert set(got) == banded | extra, (where, banded, extra)
+    else:
+        assert extra <= set(got) and len(set(got) - extra) <= 1, where
 
 
 @pytest.mark.parametrize("case", GLOBAL_CASES)
@@ -211,7 +222,7 @@ def test_the_forward_tiles_with_globals_visit_exactly_their_blocks(case):
     rows keep a band pair, and those of the global columns within the keys -- no block of a
     tile of ordinary rows more (an empty band interval aside: at most one block, known)."""
     Lq, Lk, BM, BN = case[:4]
-    back, ahead, globs, mask, band, n_q, n_k, off = _spans(case)
+    back, ahead, globs, band, _, n_q, n_k, off = _spans(case)
     t0, t1 = gh.heavy_span(globs[0], globs[1], off, BM, n_q)
     shape = (n_q, 1, 1, n_q, 1, Lq, Lk, back, ahead, globs + (t0, t1), (0, 0, 0))
     tile_of, block_at = as_python(gf._tile_of), as_python(gh.block_at)
@@ -224,12 +235,8 @@ def test_the_forward_tiles_with_globals_visit_exactly_their_blocks(case):
         assert heavy == (t0 <= m0 // BM < t1), (m0, t0, t1)
         rows = band[m0:m0 + BM]
         banded = {j for j in range(n_k) if rows[:, j * BN:(j + 1) * BN].any()}
-        if heavy:
-            assert blocks == list(range(n_k)), (m0, blocks)
-        elif banded:
-            assert set(blocks) == banded | columns, (m0, blocks, banded, columns)
-        else:
-            assert columns <= set(blocks) and len(set(blocks) - columns) <= 1, (m0, blocks)
+        _assert_visits(blocks, list(range(n_k)) if heavy else None, banded, columns,
+                       (m0, blocks))
 
 
 @pytest.mark.parametrize("case", GLOBAL_CASES)
@@ -239,11 +246,9 @@ def test_the_backward_query_tiles_with_globals_are_exactly_their_tiles(case):
     keys (keys past Lk counted, as the band alone: known) and the tiles of global rows among
     the queries."""
     Lq, Lk, BM, BN = case[:4]
-    back, ahead, globs, mask, band, n_q, n_k, off = _spans(case)
+    back, ahead, globs, _, wide, n_q, n_k, off = _spans(case)
     c0, c1 = gh.heavy_span(globs[2], globs[3], 0, BN, n_k)
     query_tiles, block_at = as_python(gb._query_tiles), as_python(gh.block_at)
-    d = torch.arange(Lq)[:, None] + off - torch.arange(n_k * BN)[None, :]
-    wide = (d <= back) & (d >= -ahead)
     p = torch.arange(Lq) + off
     global_rows = (p >= globs[0]) & (p < globs[1])
     row_tiles = {t for t in range(n_q) if global_rows[t * BM:(t + 1) * BM].any()}
@@ -254,12 +259,8 @@ def test_the_backward_query_tiles_with_globals_are_exactly_their_tiles(case):
         assert every == (c0 <= block < c1), (block, c0, c1)
         keys = wide[:, block * BN:(block + 1) * BN]
         banded = {t for t in range(n_q) if keys[t * BM:(t + 1) * BM].any()}
-        if every:
-            assert tiles == list(range(n_q)), (block, tiles)
-        elif banded:
-            assert set(tiles) == banded | row_tiles, (block, tiles, banded, row_tiles)
-        else:
-            assert row_tiles <= set(tiles) and len(set(tiles) - row_tiles) <= 1, (block, tiles)
+        _assert_visits(tiles, list(range(n_q)) if every else None, banded, row_tiles,
+                       (block, tiles))
 
 
 @pytest.mark.parametrize("ahead", [0, 5, None])
