@@ -663,7 +663,7 @@ def _plan(tensors, lse, scale, back, ahead, rows, cols, step, keys, documents):
         rows_options=dict(ROWS=BM, D=D), specs=specs, fields=None,
         grid=(triton.cdiv(Lk, bn) * B * H,),
         args=(B * H, H, Lq, Lk, back, ahead, ra, rb, ca, cb,
-              *heavy_span(ca, cb, 0, bn, triton.cdiv(Lk, bn)), group, int(back < ahead),
+              *heavy_span(ca, cb, 0, Lk, bn), group, int(back < ahead),
               scale * LOG2E, scale),
         options=_options(bn, D, SEGMENTS=documents, GLOBAL=glob, FIRST=False))
 

@@ -98,27 +98,33 @@ def class_band(back, ahead, step):
 
 def global_bounds(rows, cols, Lq, Lk):
     """(ra, rb, ca, cb) as the kernels take a band's global rows and columns (`band.banded_of`):
-    the queries at positions p in [ra, rb) keep every key, the keys in [ca, cb) every query;
-    None (no such rows or columns) as [0, 0), no bound as -(Lq + Lk) (rows: positions start at
-    Lk - Lq) or 0 (columns) and Lq + Lk, every bound clamped to within those (the kernels'
-    int32)."""
+    the queries at positions p in [ra, rb) keep every key, the keys in [ca, cb) every query; no
+    bound as -(Lq + Lk) (rows: positions start at Lk - Lq) or 0 (columns) and Lq + Lk, every
+    bound clamped to within those (the kernels' int32). None, or a span that holds none of the
+    queries' positions (keys), is the empty span at the first of them, [Lk - Lq, Lk - Lq) ([0,
+    0)): the kernels' tiles (blocks) of such rows (columns) are then none, where a span past
+    the last position would reach a last partial tile's padding, and [0, 0) with Lq > Lk one of
+    the tiles."""
     reach = Lq + Lk
     bounds = []
-    for span, first in ((rows, -reach), (cols, 0)):
-        start, stop = (0, 0) if span is None else span
+    for span, first, (lo, hi) in ((rows, -reach, (Lk - Lq, Lk)), (cols, 0, (0, Lk))):
+        start, stop = (lo, lo) if span is None else span
         start = first if start is None else max(first, min(start, reach))
-        bounds += [start, reach if stop is None else max(first, min(stop, reach))]
+        stop = reach if stop is None else max(first, min(stop, reach))
+        bounds += [start, stop] if max(start, lo) < min(stop, hi) else [lo, lo]
     return tuple(bounds)
 
 
-def heavy_span(start, stop, offset, size, count):
-    """[first, last) of the ``count`` items of ``size`` positions (items i covering offset +
-    i * size ...) that meet the positions [start, stop): the tiles that global rows or columns
-    make long, which the kernels take first (`heavy_first`)."""
+def heavy_span(start, stop, offset, length, size):
+    """[first, last) of the items of ``size`` positions (item i covering offset + i * size ...,
+    cdiv(length, size) of them) that meet the positions [start, stop) among the ``length`` ones
+    from ``offset`` on: the tiles that global rows or columns make long, which the kernels take
+    first (`heavy_first`). Positions past the last (a last partial item's padding) meet none:
+    global rows or columns wholly past the queries or keys make no item long."""
+    start, stop = max(start, offset), min(stop, offset + length)
     if stop <= start:
         return 0, 0
-    first = min(max((start - offset) // size, 0), count)
-    return first, min(max(-(-(stop - offset) // size), first), count)
+    return (start - offset) // size, -(-(stop - offset) // size)
 
 
 @gluon.jit

@@ -147,8 +147,8 @@ def _case(expr, lengths, tile, forward):
     (Lq, Lk), (BM, BN) = lengths, tile
     off, n_q, n_k = Lk - Lq, -(-Lq // BM), -(-Lk // BN)
     back, ahead, globs = _globs(found, Lq, Lk)
-    span = gh.heavy_span(globs[0], globs[1], off, BM, n_q) if forward else \
-        gh.heavy_span(globs[2], globs[3], 0, BN, n_k)
+    span = gh.heavy_span(globs[0], globs[1], off, Lq, BM) if forward else \
+        gh.heavy_span(globs[2], globs[3], 0, Lk, BN)
     return dense_mask(expr, Lq, Lk)[0], back, ahead, globs[:4] + span, n_q, n_k, off
 
 
@@ -174,8 +174,8 @@ def test_forward_tiles_visit_every_kept_block_once_global_rows_first(expr, lengt
         b, h, bh, m0, seq, n, _ = tile_of(index, shape, BM, BN, True, False, 0)
         seen.append((bh, m0))
         rows = mask[m0:m0 + BM]
-        if index < (t1 - t0) * BH:  # a tile of global rows
-            assert globs[0] <= m0 + BM - 1 + off and m0 + off < globs[1]
+        if index < (t1 - t0) * BH:  # a tile of global rows: one of them among its queries
+            assert globs[0] <= min(m0 + BM, Lq) - 1 + off and m0 + off < globs[1]
         blocks = [block_at(seq, i, True) for i in range(n)]
         assert len(set(blocks)) == n and all(0 <= j < n_k for j in blocks)
         needed = {j for j in range(n_k) if rows[:, j * BN:(j + 1) * BN].any()}
@@ -242,16 +242,23 @@ def test_the_backward_keeps_exactly_a_key_blocks_pairs(expr, lengths, BN):
 
 
 def test_heavy_spans():
-    """The tiles (key blocks) that meet global rows (columns): none for an empty range."""
-    assert gh.heavy_span(0, 128, 0, 128, 64) == (0, 1)
-    assert gh.heavy_span(0, 129, 0, 128, 64) == (0, 2)
-    assert gh.heavy_span(100, 300, 50, 64, 10) == (0, 4)  # positions 50 + 64 i ...
-    assert gh.heavy_span(0, 10, 100, 64, 10) == (0, 0)  # rows before the first query
-    assert gh.heavy_span(5, 5, 0, 64, 10) == (0, 0)
-    assert gh.heavy_span(0, 10 ** 6, 0, 64, 10) == (0, 10)
-    assert gh.global_bounds(None, (3, None), 10, 20) == (0, 0, 3, 30)
+    """The tiles (key blocks) that meet global rows (columns) among the positions: none for an
+    empty range, nor for one wholly in a last partial tile's padding."""
+    assert gh.heavy_span(0, 128, 0, 8192, 128) == (0, 1)
+    assert gh.heavy_span(0, 129, 0, 8192, 128) == (0, 2)
+    assert gh.heavy_span(100, 300, 50, 640, 64) == (0, 4)  # positions 50 + 64 i ...
+    assert gh.heavy_span(0, 10, 100, 640, 64) == (0, 0)  # rows before the first query
+    assert gh.heavy_span(5, 5, 0, 640, 64) == (0, 0)
+    assert gh.heavy_span(0, 10 ** 6, 0, 640, 64) == (0, 10)
+    assert gh.heavy_span(31, 41, 0, 30, 8) == (0, 0)  # past Lq = 30, in tile 3's padding
+    assert gh.heavy_span(29, 41, 0, 30, 8) == (3, 4)  # position 29 is tile 3's
+    assert gh.heavy_span(34, 45, 5, 30, 8) == (3, 4)  # the same from offset 5
+    assert gh.heavy_span(35, 45, 5, 30, 8) == (0, 0)
+    assert gh.global_bounds(None, (3, None), 10, 20) == (10, 10, 3, 30)  # [Lk - Lq, Lk - Lq)
+    assert gh.global_bounds((21, 25), (20, None), 10, 20) == (10, 10, 0, 0)  # past the ends
+    assert gh.global_bounds((-5, 11), (19, 22), 10, 20) == (-5, 11, 19, 22)  # reach into them
     assert gh.global_bounds((0, 10 ** 9), None, 10, 20) == (0, 30, 0, 0)
-    assert gh.global_bounds((None, 4), (None, 4), 10, 20) == (-30, 4, 0, 4)
+    assert gh.global_bounds((None, 4), (None, 4), 10, 20) == (10, 10, 0, 4)  # rows before p 10
 
 
 def test_partial_tile_is_false_only_where_every_pair_is_kept():

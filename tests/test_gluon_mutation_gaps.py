@@ -172,9 +172,10 @@ def test_the_hosts_bounds_stay_within_the_kernels_int32():
     huge = 2 ** 40
     assert gh.band_bounds(-huge, huge, Lq, Lk) == (-reach, reach)
     assert gh.band_bounds(huge, -huge, Lq, Lk) == (reach, -reach)
-    assert gh.global_bounds((-huge, -huge), (huge, huge), Lq, Lk) == (-reach, -reach, reach, reach)
-    assert gh.global_bounds((huge, huge), (-huge, -huge), Lq, Lk) == (reach, reach, 0, 0)
-    assert gh.global_bounds((None, -huge), (None, -huge), Lq, Lk) == (-reach, -reach, 0, 0)
+    assert gh.global_bounds((-huge, huge), (-huge, huge), Lq, Lk) == (-reach, reach, 0, reach)
+    assert gh.global_bounds((-huge, huge), (huge, huge), Lq, Lk) == (-reach, reach, 0, 0)
+    assert gh.global_bounds((huge, huge), (-huge, -huge), Lq, Lk) == (10, 10, 0, 0)  # empty
+    assert gh.global_bounds((None, -huge), (None, -huge), Lq, Lk) == (10, 10, 0, 0)
     for bounds in (gh.band_bounds(-huge, huge, Lq, Lk),
                    gh.global_bounds((-huge, huge), (-huge, huge), Lq, Lk)):
         assert all(-INT32 <= x <= INT32 for x in bounds)
@@ -187,6 +188,7 @@ GLOBAL_CASES = [  # (Lq, Lk, BM, BN, (back, ahead), rows, cols): `band.banded_of
     (50, 30, 12, 8, (-2, 5), (30, 41), (3, None)),
     (37, 45, 8, 8, (4, 4), (None, 12), (40, 44)),
     (45, 37, 12, 4, (0, 6), (20, None), (None, 6)),
+    (30, 30, 8, 8, (3, 0), (31, 41), (31, 40)),  # both past the last partial tile's positions
 ]
 
 
@@ -217,21 +219,23 @@ def _assert_visits(got, every, banded, extra, where):
 
 @pytest.mark.parametrize("case", GLOBAL_CASES)
 def test_the_forward_tiles_with_globals_visit_exactly_their_blocks(case):
-    """`_tile_of` with GLOBAL: a tile of global rows (`heavy_span`'s, which counts the rows of
-    its last tile past Lq) visits every key block; any other tile exactly the blocks where its
-    rows keep a band pair, and those of the global columns within the keys -- no block of a
-    tile of ordinary rows more (an empty band interval aside: at most one block, known)."""
+    """`_tile_of` with GLOBAL: a tile with a global row among its queries (`heavy_span`'s)
+    visits every key block; any other tile exactly the blocks where its rows keep a band pair,
+    and those of the global columns within the keys -- no block of a tile of ordinary rows more
+    (an empty band interval aside: at most one block, known)."""
     Lq, Lk, BM, BN = case[:4]
     back, ahead, globs, band, _, n_q, n_k, off = _spans(case)
-    t0, t1 = gh.heavy_span(globs[0], globs[1], off, BM, n_q)
+    t0, t1 = gh.heavy_span(globs[0], globs[1], off, Lq, BM)
     shape = (n_q, 1, 1, n_q, 1, Lq, Lk, back, ahead, globs + (t0, t1), (0, 0, 0))
     tile_of, block_at = as_python(gf._tile_of), as_python(gh.block_at)
-    ca, cb = globs[2:]
-    columns = {j for j in range(n_k) if j * BN < min(cb, Lk) and ca < (j + 1) * BN}
+    ca, cb = (None, 0) if case[6] is None else case[6]  # the pattern's own, not the host's
+    k = torch.arange(Lk)
+    column = (k >= (0 if ca is None else ca)) & (k < (Lk if cb is None else cb))
+    columns = {j for j in range(n_k) if column[j * BN:(j + 1) * BN].any()}
     for index in range(n_q):
         _, _, _, m0, seq, n, _ = tile_of(index, shape, BM, BN, True, False, 0)
         blocks = [block_at(seq, i, True) for i in range(n)]
-        heavy = globs[0] <= m0 + BM - 1 + off and m0 + off < globs[1]
+        heavy = globs[0] <= min(m0 + BM, Lq) - 1 + off and m0 + off < globs[1]
         assert heavy == (t0 <= m0 // BM < t1), (m0, t0, t1)
         rows = band[m0:m0 + BM]
         banded = {j for j in range(n_k) if rows[:, j * BN:(j + 1) * BN].any()}
@@ -247,7 +251,7 @@ def test_the_backward_query_tiles_with_globals_are_exactly_their_tiles(case):
     the queries."""
     Lq, Lk, BM, BN = case[:4]
     back, ahead, globs, _, wide, n_q, n_k, off = _spans(case)
-    c0, c1 = gh.heavy_span(globs[2], globs[3], 0, BN, n_k)
+    c0, c1 = gh.heavy_span(globs[2], globs[3], 0, Lk, BN)
     query_tiles, block_at = as_python(gb._query_tiles), as_python(gh.block_at)
     p = torch.arange(Lq) + off
     global_rows = (p >= globs[0]) & (p < globs[1])
@@ -255,7 +259,7 @@ def test_the_backward_query_tiles_with_globals_are_exactly_their_tiles(case):
     for block in range(n_k):
         seq, n = query_tiles(block, Lq, Lk, back, ahead, globs + (c0, c1), BM, BN, True)
         tiles = [block_at(seq, i, True) for i in range(n)]
-        every = globs[2] < (block + 1) * BN and block * BN < min(globs[3], Lk)
+        every = globs[2] < min((block + 1) * BN, Lk) and block * BN < globs[3]
         assert every == (c0 <= block < c1), (block, c0, c1)
         keys = wide[:, block * BN:(block + 1) * BN]
         banded = {t for t in range(n_q) if keys[t * BM:(t + 1) * BM].any()}
