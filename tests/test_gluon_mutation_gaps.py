@@ -189,6 +189,7 @@ GLOBAL_CASES = [  # (Lq, Lk, BM, BN, (back, ahead), rows, cols): `band.banded_of
     (37, 45, 8, 8, (4, 4), (None, 12), (40, 44)),
     (45, 37, 12, 4, (0, 6), (20, None), (None, 6)),
     (30, 30, 8, 8, (3, 0), (31, 41), (31, 40)),  # both past the last partial tile's positions
+    (50, 30, 12, 8, (2, 0), None, (3, 9)),  # no global rows, queries from position -20 on
 ]
 
 
