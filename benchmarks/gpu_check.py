@@ -202,7 +202,8 @@ def band_cases(n, gen):
     strided bands (`band.strided_band_of`: each residue class a band of the Gluon kernels),
     lengths multiples of the step; then n // 8 (at least one) fixed patterns (chunks and
     summary columns of random sizes: the summary columns' backward on the Gluon kernel,
-    GLUON_GATHER); then four bands with global rows at d = 64."""
+    GLUON_GATHER); then four bands with global rows at d = 64, and three whose global rows or
+    columns hold none of the positions."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
     cases = []
@@ -256,6 +257,12 @@ def band_cases(n, gen):
         ("window(100, 3) | rows(130..250)", 1531, 1531, 2, 3),
         ("window(64) | rows(..300) | cols(150..350)", 2048, 2300, 1, 3),
         ("window(64, 0) | rows(100..)", 1000, 1000, 1, 2)]]
+    # global rows or columns wholly past the queries or keys (the host's empty spans,
+    # `gluon_hopper.global_bounds`); keys ahead only, whose last rows keep keys past Lk alone
+    cases += [((text, Lq, Lk, 1, 2, 2, D), torch.bfloat16, False, {}) for text, Lq, Lk, D in [
+        ("window(5, -2) | rows(1000..1100)", 1000, 1000, 64),
+        ("window(-2, 40) | cols(1100..1200)", 1000, 1000, 128),
+        ("window(-2, 40) | rows(..16) | cols(1000..)", 1531, 1000, 64)]]
     # one shape in both dtypes, one after the other: the second must not take the first's
     # compiled kernels (the generated modules launch them directly after a first launch)
     return cases + [(("causal & window(300, 20)", 1000, 1000, 1, 2, 2, 128), dtype, False, {})
