@@ -101,10 +101,10 @@ def global_bounds(rows, cols, Lq, Lk):
     the queries at positions p in [ra, rb) keep every key, the keys in [ca, cb) every query; no
     bound as -(Lq + Lk) (rows: positions start at Lk - Lq) or 0 (columns) and Lq + Lk, every
     bound clamped to within those (the kernels' int32). None, or a span that holds none of the
-    queries' positions (keys), is the empty span at the first of them, [Lk - Lq, Lk - Lq) ([0,
-    0)): the kernels' tiles (blocks) of such rows (columns) are then none, where a span past
-    the last position would reach a last partial tile's padding, and [0, 0) with Lq > Lk one of
-    the tiles."""
+    queries' positions (of the keys), becomes the empty span at the first of them: [Lk - Lq,
+    Lk - Lq) for rows, [0, 0) for columns. The kernels round a span out to whole tiles
+    (blocks), so an empty span elsewhere -- past the last position, or rows' [0, 0) where
+    Lq > Lk -- would still give them one."""
     reach = Lq + Lk
     bounds = []
     for span, first, (lo, hi) in ((rows, -reach, (Lk - Lq, Lk)), (cols, 0, (0, Lk))):
