@@ -572,12 +572,14 @@ def attention(q, k, v, mask=None, scale=None, bias=None, dropout_mask=None, drop
             raise bad_argument("mask", f"tensor of shape {tuple(mask.shape)}",
                                f"a bool tensor broadcastable to {list(shape)}")
     keep = keep & (scores.detach() != -math.inf)
-    # Safe softmax: masked scores are replaced by 0 *before* exp, so no inf or NaN ever enters
-    # the graph; the row maximum is taken over kept scores only (0 for an empty row).
-    finite = torch.where(keep, scores, torch.zeros_like(scores))
+    # Safe softmax: the row maximum is taken over kept scores only (0 for an empty row), and
+    # masked scores are replaced by it *before* exp, so no inf or NaN ever enters the graph: a
+    # masked pair's exp is 1 before the keep mask zeroes it, whatever the kept scores are (0 in
+    # its place overflowed exp where every kept score was below -709: inf * 0 = NaN).
     row_max = torch.where(keep, scores.detach(), torch.full_like(scores, -math.inf)).amax(-1,
                                                                                          keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    finite = torch.where(keep, scores, row_max)
     weights = torch.exp(finite - row_max) * keep.to(torch.float64)
     denom = weights.sum(-1, keepdim=True)
     nonempty = denom > 0
