@@ -46,8 +46,9 @@ def reference_attention(q, k, v, *, causal=False, mask=None, attn_bias=None, dro
                         training=False):
     """Plain PyTorch masked attention with the module's semantics (the ``flash=False`` path).
 
-    Computed in the inputs' dtype; masked scores are replaced before ``exp`` so that empty rows
-    give exact zeros and zero gradients.
+    Computed in the inputs' dtype; masked scores are replaced by the row's maximum over the kept
+    ones before ``exp``, so that empty rows give exact zeros and zero gradients and no kept
+    score, however low, overflows ``exp``.
     """
     lq, lk = q.shape[-2], k.shape[-2]
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
@@ -61,7 +62,9 @@ def reference_attention(q, k, v, *, causal=False, mask=None, attn_bias=None, dro
         keep = keep & mask
     row_max = scores.detach().masked_fill(~keep, -math.inf).amax(-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    weights = torch.exp(scores.masked_fill(~keep, 0.0) - row_max) * keep
+    # a masked score takes the row's maximum (exp 1, then zeroed): 0 in its place overflowed
+    # exp where every kept score was below -88.7 (float32, bfloat16) or -11.1 (float16): NaN
+    weights = torch.exp(torch.where(keep, scores, row_max) - row_max) * keep
     denom = weights.sum(-1, keepdim=True)
     probs = weights / torch.where(denom > 0, denom, torch.ones_like(denom))
     if dropout_p and training:
