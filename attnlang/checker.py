@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from . import ast, ir
-from .binding import check_values, param_types, substitute
+from .binding import check_values, fold, param_types, substitute
 from .errors import AttnError
 from .ir import Span
 from .parser import MAX_BRACKETS, MAX_DEPTH, parse_ast
@@ -368,6 +368,8 @@ class Checker:
             if p.name in given:
                 kind = "density" if info.types[p.name] == "float" else INT
                 value = self.argument(given[p.name].value, kind, scope)
+                if not info.uses[p.name]:  # (never substituted: its constants checked here)
+                    fold(value)
             else:
                 value = type(p.default)(p.default.value, span=span)
             mapping[p.name] = value

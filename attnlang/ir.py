@@ -31,8 +31,10 @@ class Source:
     text: str = field(repr=False)
 
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
-        return lines[number - 1] if 1 <= number <= len(lines) else ""
+        """Line ``number`` (from 1) as the lexer counts lines, ended by ``\\n`` alone (a
+        ``\\r`` before it dropped); ``""`` past the text."""
+        lines = self.text.split("\n")
+        return lines[number - 1].removesuffix("\r") if 1 <= number <= len(lines) else ""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Each test names the mutant it kills and the rule of LANGUAGE.md (sections 1, 3 and 7) or the
 documented helper behaviour it pins.  Errors are checked where the user sees them: the message,
-the ``file:line:col`` and the echoed source line with its caret.  The two strict xfails at
-the end are places where the code disagrees with LANGUAGE.md (library code is not changed here).
+the ``file:line:col`` and the echoed source line with its caret.  The two tests at the end are
+where the code disagreed with LANGUAGE.md until round 65 (both fixed: ``Source.line``, and the
+checker's arguments for unused parameters).
 """
 import pytest
 
@@ -273,12 +274,11 @@ def test_kind_predicates():
 # ---------------------------------------------------------------- disagreements with LANGUAGE.md
 
 
-@pytest.mark.xfail(strict=True, reason="ir.Source.line splits with str.splitlines, which also "
-                   "breaks at \\f, \\x1c-\\x1e, \\x85, \\u2028, \\u2029 and a lone \\r; the lexer "
-                   "counts only \\n, so after such a character in a comment the error echoes the "
-                   "wrong source line (LANGUAGE.md section 7)")
 @pytest.mark.parametrize("sep", ["\f", "\x85", "\u2028", "\r"])
 def test_error_echoes_the_offending_line_after_a_form_feed_in_a_comment(sep):
+    """The echoed source line is the lexer's line, which only ``\\n`` ends: ``Source.line``
+    split with ``str.splitlines`` (which breaks at ``\\f``, ``\\x85``, ``\\u2028``, a lone ``\\r``
+    ...) until round 65 and echoed ``two`` here, the caret under it (LANGUAGE.md section 7)."""
     text = f"# one{sep}two\npattern b = stride(0)\n"
     with pytest.raises(AttnError) as info:
         check_source(text, "m.attn")
@@ -286,11 +286,10 @@ def test_error_echoes_the_offending_line_after_a_form_feed_in_a_comment(sep):
     assert str(info.value).splitlines()[1].strip() == "pattern b = stride(0)"
 
 
-@pytest.mark.xfail(strict=True, reason="an argument given for a parameter the referenced pattern "
-                   "never uses is not checked: 'a(x = 1 div 0)' is accepted although the same "
-                   "constant division by zero is an error anywhere else (even in where); "
-                   "LANGUAGE.md sections 3-4 give div by zero no value")
 def test_division_by_zero_in_an_unused_argument_is_an_error():
+    """An argument for a parameter the pattern never uses is checked as any constant is: ``1 div
+    0`` is an error here as anywhere else (it was accepted until round 65: only substituted
+    arguments were folded)."""
     with pytest.raises(AttnError) as info:
         check_source("pattern a(x = 1) = causal\npattern b = a(x = 1 div 0)", "m.attn")
     assert info.value.message == "division by zero"
