@@ -40,6 +40,21 @@ def _shift_positions(message: str) -> str:
     return _POSITION.sub(shift, message)
 
 
+def _lines(text: str):
+    """``text``'s lines as the lexer counts them (``\\n`` alone ends one; ``ir.Source.line``)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def expression_text(pattern: Pattern):
+    """The text that `as_pattern` parsed ``pattern`` from, or None for a Pattern made otherwise
+    (its errors are about its own source, positioned there)."""
+    span = pattern.decl.span
+    source = span.source if span is not None else None
+    if source is None or source.filename != "<pattern>" or not source.text.startswith(_PREFIX):
+        return None
+    return source.text[len(_PREFIX):]
+
+
 def in_text(exc: AttnError, text: str) -> AttnError:
     """``exc``, an error about the pattern parsed from ``text`` (at the parse, or later at a
     call: a ``where`` too large for the call's lengths), with its position and message in terms
@@ -47,7 +62,7 @@ def in_text(exc: AttnError, text: str) -> AttnError:
     that source)."""
     if exc.filename != "<pattern>" or exc.line < 2:
         return exc
-    lines = text.splitlines()
+    lines = _lines(text)
     source = lines[exc.line - 2] if exc.line - 2 < len(lines) else None
     return AttnError(_as_expression(exc.message), filename="<pattern>", line=exc.line - 1,
                      column=exc.column, source_line=source)
@@ -55,7 +70,7 @@ def in_text(exc: AttnError, text: str) -> AttnError:
 
 @functools.lru_cache(maxsize=256)
 def _parse_expression(text: str) -> Pattern:
-    lines = text.splitlines()
+    lines = _lines(text)
     try:
         program = parse(_PREFIX + text, filename="<pattern>")
     except AttnError as exc:

@@ -192,10 +192,12 @@ def _at_the_source(failure, pattern, args, text):
         check_where_range(pattern.ir, args.q.shape[2], args.k.shape[2], args.q.shape[1])
     except AttnError as where:
         failure = where
-    if text is not None and isinstance(failure, AttnError):
-        from .functional import in_text
+    if isinstance(failure, AttnError):
+        from .functional import expression_text, in_text
 
-        return in_text(failure, text)
+        text = text if text is not None else expression_text(pattern)
+        if text is not None:
+            return in_text(failure, text)
     return failure
 
 
@@ -239,15 +241,32 @@ class PatternAttention(torch.nn.Module):
         check = _SETTINGS.get(name)
         if check is None:
             return super().__setattr__(name, value)
+        text = None
         if name == "pattern":
             from .functional import as_pattern
 
-            # the text is kept for errors' positions in it (`functional.in_text`)
-            super().__setattr__("_text", value if isinstance(value, str) else None)
+            text = value if isinstance(value, str) else None
             value = as_pattern(value)
-        super().__setattr__(name, check(value))
-        if name != "dropout" and "_ops" in self.__dict__:
+        value = check(value)
+        if name == "dropout" or "_ops" not in self.__dict__:
+            super().__setattr__(name, value)
+            if name == "pattern":  # the text, for errors' positions in it (`functional.in_text`)
+                super().__setattr__("_text", text)
+            return None
+        # after construction: the ops made with the new setting, and only then the setting kept
+        # (a setting refused by `prepare_ops` -- a pattern with a parameter unset -- changes
+        # nothing)
+        kept = {key: self.__dict__[key] for key in (name, "_ops", "_needs_segments", "_text")
+                if key in self.__dict__}
+        super().__setattr__(name, value)
+        if name == "pattern":
+            super().__setattr__("_text", text)
+        try:
             self._prepare()
+        except BaseException:
+            self.__dict__.update(kept)
+            raise
+        return None
 
     def _prepare(self):
         self._ops = prepare_ops(self.pattern, self.backend, self.block_m, self.block_n,

@@ -147,13 +147,10 @@ def test_the_plan_of_a_per_head_pattern_is_kept_per_head_count():
         torch.testing.assert_close(out, dense(q, q, q, keep), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="a refused pattern assignment (missing parameter) "
-                   "still stores the pattern: the module reports the new pattern, runs the "
-                   "old one's ops, and its repr raises")
 def test_a_refused_pattern_assignment_changes_nothing():
-    """Real bug: ``layer.pattern = p`` for a pattern with an unset parameter raises (as the
-    constructor does), but ``layer.pattern`` is ``p`` afterwards while the calls still compute
-    the old pattern, and ``repr(layer)`` raises the binding error."""
+    """``layer.pattern = p`` for a pattern with an unset parameter raises (as the constructor
+    does) and changes nothing.  Until round 65 ``layer.pattern`` was ``p`` afterwards while the
+    calls still computed the old pattern, and ``repr(layer)`` raised the binding error."""
     layer = make_module("causal", "torch")
     q = randn(1, 1, 8, 16)
     causal = layer(q, q, q)
@@ -165,11 +162,10 @@ def test_a_refused_pattern_assignment_changes_nothing():
     repr(layer)
 
 
-@pytest.mark.xfail(strict=True, reason="a refused text assignment still replaces the text that "
-                   "the old pattern's errors are reported against")
 def test_a_refused_text_assignment_keeps_errors_at_the_modules_text():
-    """Real bug: ``layer.pattern = "causal &"`` is refused, but the module keeps that text as the
-    source of its (old) pattern, so a later call-time error quotes the refused text."""
+    """``layer.pattern = "causal &"`` is refused and the module's text stays its own: until round
+    65 the refused text was kept as the (old) pattern's source, and a later call-time error
+    quoted it."""
     text = f"where({HUGE} > k)"
     layer = make_module(text, "torch")
     with pytest.raises(attnlang.AttnError):
@@ -290,13 +286,11 @@ def test_an_assigned_pattern_object_is_not_reported_against_the_old_text():
     assert info.value.source_line == where and info.value.column == 7
 
 
-@pytest.mark.xfail(strict=True, reason="a Pattern made by functional.as_pattern(text) reports "
-                   "call-time errors at the hidden wrapper's line 2, not line 1 of the text")
 def test_call_time_errors_of_an_as_pattern_object_are_at_the_texts_line():
-    """Real bug: ``functional.as_pattern(text)`` returns a Pattern parsed as ``pattern _ =\\n``
-    + text; passed to ``attention`` or ``make_module`` it carries no text, so a `where` too large
-    for the call's lengths is reported at ``<pattern>:2:7`` for a one-line text (the same text
-    passed as a string gives ``<pattern>:1:7``, as docs/runtime.md promises)."""
+    """``functional.as_pattern(text)`` returns a Pattern parsed as ``pattern _ =\\n`` + text; a
+    `where` too large for a call's lengths is reported at ``<pattern>:1:7`` of a one-line text,
+    as for the same text passed as a string (docs/runtime.md).  Until round 65 such a Pattern
+    carried no text to the call, and the error was at the hidden wrapper's ``<pattern>:2:7``."""
     where = f"where({HUGE} > k)"
     q = randn(1, 1, 4, 16)
     with pytest.raises(attnlang.AttnError) as info:
@@ -311,3 +305,14 @@ def test_a_text_that_goes_on_with_a_declaration_is_refused():
     with pytest.raises(attnlang.AttnError, match="found a declaration after it") as info:
         F.attention(q, q, q, "causal\npattern b = all", backend="torch")
     assert (info.value.line, info.value.source_line) == (2, "pattern b = all")
+
+
+def test_an_expressions_error_echoes_the_lexers_line_after_a_form_feed():
+    """A text given as one expression echoes the line the lexer counted (``\\n`` alone ends one):
+    until round 65 ``functional.in_text`` took the text's lines with ``str.splitlines``, which
+    also breaks at ``\\f``, and echoed ``two`` for an error on the line after it."""
+    q = randn(1, 1, 4, 16)
+    with pytest.raises(attnlang.AttnError) as info:
+        F.attention(q, q, q, "# one\ftwo\nstride(0)", backend="torch")
+    assert (info.value.filename, info.value.line, info.value.source_line) == \
+        ("<pattern>", 2, "stride(0)")
