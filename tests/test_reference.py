@@ -303,8 +303,9 @@ def test_random_is_independent_of_the_lengths():
 # ---------------------------------------------------------------- attention (section 6)
 
 
-def _naive_attention(q, k, v, keep, scale):
-    """Row by row: softmax over the kept keys, zeros for an empty row."""
+def _naive_attention(q, k, v, keep, scale, bias=None):
+    """Row by row: softmax over the kept keys (``bias`` added to the scaled scores), zeros for
+    an empty row."""
     B, H, Lq, D = q.shape
     group = H // k.shape[1]
     out = torch.zeros(B, H, Lq, v.shape[-1], dtype=torch.float64)
@@ -316,6 +317,7 @@ def _naive_attention(q, k, v, keep, scale):
                 if not cols:
                     continue
                 s = torch.stack([scale * (q[b, h, i].double() @ k[b, h // group, j].double())
+                                 + (0.0 if bias is None else float(bias[b, h, i, j]))
                                  for j in cols])
                 lse[b, h, i] = torch.logsumexp(s, 0)
                 w = torch.softmax(s, 0)

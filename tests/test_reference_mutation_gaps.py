@@ -13,6 +13,7 @@ import torch
 
 from attnlang import ir
 from attnlang.reference import attention, keeps, mask
+from test_reference import _naive_attention
 
 I, F, V = ir.Int, ir.Float, ir.Var
 U32 = 0xFFFFFFFF
@@ -223,29 +224,6 @@ def test_segment_is_equality_of_query_and_key_ids():
 # ---------------------------------------------------------------- attention (section 6)
 
 
-def _naive(q, k, v, keep, scale, bias=None):
-    """Per-row softmax over the kept keys, in float64 Python loops; (out, lse)."""
-    B, H, Lq, D = q.shape
-    group = H // k.shape[1]
-    out = torch.zeros(B, H, Lq, v.shape[-1], dtype=torch.float64)
-    lse = torch.full((B, H, Lq), -math.inf, dtype=torch.float64)
-    for b in range(B):
-        for h in range(H):
-            for i in range(Lq):
-                cols = [j for j in range(k.shape[2]) if keep[b, h, i, j]]
-                if not cols:
-                    continue
-                s = [float(q[b, h, i].double() @ k[b, h // group, j].double()) * scale
-                     + (0.0 if bias is None else float(bias[b, h, i, j])) for j in cols]
-                top = max(s)
-                w = [math.exp(x - top) for x in s]
-                total = sum(w)
-                lse[b, h, i] = math.log(total) + top
-                for wj, j in zip(w, cols):
-                    out[b, h, i] += wj / total * v[b, h // group, j].double()
-    return out, lse
-
-
 def _qkv(hq=2, hkv=1, lq=3, lk=4, d=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(1, hq, lq, d, generator=g, dtype=torch.float64),
@@ -273,7 +251,7 @@ def test_bias_is_added_after_scaling():
                        dtype=torch.float64)
     keep = torch.ones(1, 2, 3, 4, dtype=torch.bool)
     out, lse = attention(q, k, v, bias=bias)
-    want_out, want_lse = _naive(q, k, v, keep, 1 / 4, bias)
+    want_out, want_lse = _naive_attention(q, k, v, keep, 1 / 4, bias)
     assert torch.allclose(out, want_out, atol=1e-12) and torch.allclose(lse, want_lse)
 
 
