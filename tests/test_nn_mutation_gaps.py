@@ -180,3 +180,12 @@ def test_bool_is_not_an_integer_argument():
         LocalAttention(True)
     with pytest.raises(ValueError, match="^heads: "):
         SparseAttention(heads=True)
+
+
+def test_a_bad_block_size_is_named_as_the_caller_spelled_it():
+    """``SparseAttention(block_size=0)`` names ``block_size`` (the documents' other spelling),
+    ``blocksize=0`` names ``blocksize``: until round 65 both errors said ``blocksize``."""
+    with pytest.raises(ValueError, match="^block_size: got 0"):
+        SparseAttention(block_size=0)
+    with pytest.raises(ValueError, match="^blocksize: got 0"):
+        SparseAttention(blocksize=0)

@@ -132,11 +132,12 @@ class SparseAttention(nn.Module):
                 raise ValueError(f"block_size: got {block_size!r} and blocksize={blocksize!r}; "
                                  "expected only one of the two spellings")
             blocksize = block_size
+        spelled = "blocksize" if block_size is None else "block_size"  # (for its error)
         blocksize = int(blocksize) if blocksize is _BLOCKSIZE else blocksize
         self.heads = check_int("heads", heads, 1)
         self.attn_mode = attn_mode
         self.local_attn_ctx = local_attn_ctx
-        self.blocksize = check_int("blocksize", blocksize, 1)
+        self.blocksize = check_int(spelled, blocksize, 1)
         self.causal = causal
         self.summary_size = summary_size
         self.pattern_text = sparse_pattern(attn_mode, local_attn_ctx, causal=causal,
