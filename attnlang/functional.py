@@ -17,6 +17,7 @@ import re
 
 from .api import Pattern, parse
 from .errors import AttnError
+from .ir import text_lines
 
 _PREFIX = "pattern _ =\n"
 _POSITION = re.compile(r"\b(at |\(at )(\d+):(\d+)")
@@ -40,11 +41,6 @@ def _shift_positions(message: str) -> str:
     return _POSITION.sub(shift, message)
 
 
-def _lines(text: str):
-    """``text``'s lines as the lexer counts them (``\\n`` alone ends one; ``ir.Source.line``)."""
-    return [line.removesuffix("\r") for line in text.split("\n")]
-
-
 def expression_text(pattern: Pattern):
     """The text that `as_pattern` parsed ``pattern`` from, or None for a Pattern made otherwise
     (its errors are about its own source, positioned there)."""
@@ -62,7 +58,7 @@ def in_text(exc: AttnError, text: str) -> AttnError:
     that source)."""
     if exc.filename != "<pattern>" or exc.line < 2:
         return exc
-    lines = _lines(text)
+    lines = text_lines(text)
     source = lines[exc.line - 2] if exc.line - 2 < len(lines) else None
     return AttnError(_as_expression(exc.message), filename="<pattern>", line=exc.line - 1,
                      column=exc.column, source_line=source)
@@ -70,7 +66,7 @@ def in_text(exc: AttnError, text: str) -> AttnError:
 
 @functools.lru_cache(maxsize=256)
 def _parse_expression(text: str) -> Pattern:
-    lines = _lines(text)
+    lines = text_lines(text)
     try:
         program = parse(_PREFIX + text, filename="<pattern>")
     except AttnError as exc:

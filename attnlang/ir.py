@@ -31,10 +31,16 @@ class Source:
     text: str = field(repr=False)
 
     def line(self, number: int) -> str:
-        """Line ``number`` (from 1) as the lexer counts lines, ended by ``\\n`` alone (a
-        ``\\r`` before it dropped); ``""`` past the text."""
-        lines = self.text.split("\n")
-        return lines[number - 1].removesuffix("\r") if 1 <= number <= len(lines) else ""
+        """Line ``number`` (from 1) of `text_lines`; ``""`` past the text."""
+        lines = text_lines(self.text)
+        return lines[number - 1] if 1 <= number <= len(lines) else ""
+
+
+def text_lines(text: str) -> list:
+    """``text``'s lines as the lexer counts them: ``\\n`` alone ends one (``str.splitlines``
+    also breaks at ``\\f``, ``\\x85``, ``\\u2028``, a lone ``\\r`` ...), a ``\\r`` before it
+    dropped."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 @dataclass(frozen=True)

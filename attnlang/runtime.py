@@ -248,24 +248,17 @@ class PatternAttention(torch.nn.Module):
             text = value if isinstance(value, str) else None
             value = as_pattern(value)
         value = check(value)
-        if name == "dropout" or "_ops" not in self.__dict__:
-            super().__setattr__(name, value)
-            if name == "pattern":  # the text, for errors' positions in it (`functional.in_text`)
-                super().__setattr__("_text", text)
-            return None
-        # after construction: the ops made with the new setting, and only then the setting kept
-        # (a setting refused by `prepare_ops` -- a pattern with a parameter unset -- changes
-        # nothing)
         kept = {key: self.__dict__[key] for key in (name, "_ops", "_needs_segments", "_text")
                 if key in self.__dict__}
         super().__setattr__(name, value)
-        if name == "pattern":
+        if name == "pattern":  # the text, for errors' positions in it (`functional.in_text`)
             super().__setattr__("_text", text)
-        try:
-            self._prepare()
-        except BaseException:
-            self.__dict__.update(kept)
-            raise
+        if name != "dropout" and "_ops" in kept:  # after construction: the ops made again, and
+            try:  # a setting they refuse (a pattern with a parameter unset) changes nothing
+                self._prepare()
+            except BaseException:
+                self.__dict__.update(kept)
+                raise
         return None
 
     def _prepare(self):
