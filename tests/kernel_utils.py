@@ -45,6 +45,11 @@ def shapes_of(values):
             for v in values]
 
 
+def randn(*shape, seed=0, **kw):
+    """A standard-normal tensor from a generator of its own (the global RNG is untouched)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), **kw)
+
+
 def random_inputs(B, Hq, Hkv, Lq, Lk, D, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, Hq, Lq, D, generator=g).to(dtype)

@@ -18,6 +18,8 @@ from attnlang.custom_ops import DOUBLE_BACKWARD
 from attnlang.nn import FlashAttention, LocalAttention, SparseAttention
 from attnlang.runtime import make_module
 
+from kernel_utils import randn
+
 BF16_TOL = 3e-2
 
 
@@ -34,9 +36,6 @@ def reference(q, k, v, keep):
     s = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~keep, -math.inf)
     return torch.softmax(s, -1).nan_to_num(0.0) @ v
 
-
-def randn(*shape, seed=0, **kw):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), **kw)
 
 
 class Model(torch.nn.Module):

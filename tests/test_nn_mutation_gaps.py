@@ -12,6 +12,8 @@ import torch
 from attnlang.nn import FlashAttention, LocalAttention, SparseAttention, attention_impl
 from attnlang.nn import blocksparse_attention_impl
 
+from kernel_utils import randn
+
 
 def naive(q, k, v, keep, scale, bias=None):
     """Masked softmax attention in float64; rows with no kept key give zeros."""
@@ -24,9 +26,6 @@ def naive(q, k, v, keep, scale, bias=None):
     probs = torch.nan_to_num(probs, nan=0.0)
     return probs @ v
 
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def close(a, b, tol=1e-4):
@@ -73,34 +72,31 @@ def dense_bias(bias, n, w, lb, lf):
     return out
 
 
-def test_local_bias_with_unequal_look_backward_and_forward():
-    """Kills ``_dense_bias`` ``+ lb`` -> ``+ lf``: attn_bias is the package's per-bucket bias
-    ``[h, w, (lb + lf + 1) * w]``, its column block ``r`` being key bucket ``query - lb + r``
-    (docs/nn/local_attention.md, Inputs)."""
-    w, lb, lf, n, d = 2, 2, 1, 8, 16
+def _assert_local_bias_matches_dense(w, lb, lf, n, bias_scale, d=16):
+    """LocalAttention with a per-bucket attn_bias equals dense attention over its buckets'
+    look-around with that bias spread out (`dense_bias`)."""
     q, k, v = randn(1, n, d, seed=1), randn(1, n, d, seed=2), randn(1, n, d, seed=3)
-    bias = randn(1, w, (lb + lf + 1) * w, seed=4) * 3
+    bias = randn(1, w, (lb + lf + 1) * w, seed=4) * bias_scale
     attn = LocalAttention(w, look_backward=lb, look_forward=lf, dropout=0.0,
                           use_rotary_pos_emb=False)
     out = attn(q, k, v, attn_bias=bias)
     expect = naive(q[0], k[0], v[0], bucket_keep(n, w, lb, lf, False), d ** -0.5,
                    dense_bias(bias[0], n, w, lb, lf))
     assert close(out[0], expect)
+
+
+def test_local_bias_with_unequal_look_backward_and_forward():
+    """Kills ``_dense_bias`` ``+ lb`` -> ``+ lf``: attn_bias is the package's per-bucket bias
+    ``[h, w, (lb + lf + 1) * w]``, its column block ``r`` being key bucket ``query - lb + r``
+    (docs/nn/local_attention.md, Inputs)."""
+    _assert_local_bias_matches_dense(w=2, lb=2, lf=1, n=8, bias_scale=3)
 
 
 def test_local_bias_split_into_calls_keeps_look_around():
     """Kills the span bounds in ``forward`` (``g1 + look_forward`` / ``g0 - look_backward``
     dropped): with a bias the queries are split into calls of ~256, and "each span covers its
     queries' whole look-around, so results are exact" (docs/nn/local_attention.md)."""
-    w, lb, lf, n, d = 64, 1, 1, 512, 16
-    q, k, v = randn(1, n, d, seed=1), randn(1, n, d, seed=2), randn(1, n, d, seed=3)
-    bias = randn(1, w, 3 * w, seed=4)
-    attn = LocalAttention(w, look_backward=lb, look_forward=lf, dropout=0.0,
-                          use_rotary_pos_emb=False)
-    out = attn(q, k, v, attn_bias=bias)
-    expect = naive(q[0], k[0], v[0], bucket_keep(n, w, lb, lf, False), d ** -0.5,
-                   dense_bias(bias[0], n, w, lb, lf))
-    assert close(out[0], expect)
+    _assert_local_bias_matches_dense(w=64, lb=1, lf=1, n=512, bias_scale=1)
 
 
 def test_local_mask_rows_apply_to_consecutive_flattened_rows():

@@ -12,11 +12,10 @@ from attnlang.functional import as_pattern
 from attnlang.predicate import mix32
 from attnlang.torch_backend import TorchBackend, dropout_keep
 
+from kernel_utils import randn
+
 TOL = dict(atol=2e-5, rtol=2e-5)
 
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def backend_run(text, q, k, v, do, bm, bn, seg=None, kpm=None, attn_mask=None, bias=None,
